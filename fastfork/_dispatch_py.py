@@ -1,0 +1,434 @@
+"""Pure-Python twin of ``fastfork._cdispatch`` (selected by FASTFORK_NO_EXTENSIONS=1).
+
+Same classes, same methods, same behaviour; ``socket.sendmsg``/``recvmsg``
+and ``select.epoll`` instead of raw syscalls.  See ``fastfork/_cdispatch.pyx``
+for the design notes, which apply to both.
+"""
+
+import array
+import collections
+import errno
+import os
+import select
+import socket
+import time
+
+from .scheduler import RoundRobinScheduler
+from .wire import (HEADER, LID, MSG_ACK, MSG_END, MSG_FDS, ProtocolError,
+                   check_batch_max, check_window, DEFAULT_BATCH_MAX, DEFAULT_WINDOW,
+                   SCM_MAX_FD)
+
+_KIND_LISTENER = 0
+_KIND_WORKER = 1
+_KIND_WATCH = 2
+
+# accept4() errors that concern one connection only: skip it and go on.
+_ACCEPT_SKIP = frozenset((errno.ECONNABORTED, errno.EPROTO, errno.EPERM,
+                          errno.ENETDOWN, errno.ENOPROTOOPT, errno.EHOSTDOWN,
+                          errno.ENONET, errno.EHOSTUNREACH, errno.EOPNOTSUPP,
+                          errno.ENETUNREACH))
+# accept4() errors that mean "out of a resource": stop accepting for a while.
+_ACCEPT_PAUSE = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
+
+_RECV_BUF = HEADER.size + LID.size * SCM_MAX_FD
+_CMSG_SPACE = socket.CMSG_SPACE(SCM_MAX_FD * 4)
+
+IMPLEMENTATION = "python"
+
+
+class Dispatcher:
+    """The primary's hot path: accept, pick a worker, pass the fd, track acks."""
+
+    def __init__(self, window=DEFAULT_WINDOW, batch_max=DEFAULT_BATCH_MAX,
+                 pause_ms=100):
+        self.window = check_window(window)
+        self.batch_max = check_batch_max(batch_max)
+        self.pause_ms = int(pause_ms)
+        self._pid = os.getpid()
+        self._epoll = select.epoll()
+        self._sched = RoundRobinScheduler(self.window)
+        self._fdmap = {}          # fd -> (kind, id)
+        self._listeners = {}      # lid -> socket (not owned: detached on removal)
+        self._armed = {}          # lid -> bool
+        self._workers = {}        # slot -> socket (not owned)
+        self._inflight = {}       # slot -> deque of fds awaiting the worker's ack
+        self._open = {}           # slot -> True while the channel is usable
+        self._dispatched = {}     # slot -> count
+        self._closed = []         # slots whose channel broke, for pop_closed()
+        self._pending = collections.deque()  # (fd, lid) waiting for credit
+        self._paused_until = 0.0
+        self.accepted = 0
+        self.dispatched = 0
+        self.redispatched = 0
+        self.pauses = 0
+        self.last_pause_errno = 0
+
+    # -- registration -----------------------------------------------------
+    def add_listener(self, fd):
+        """Start dispatching connections from listening socket ``fd``; returns its id."""
+        self._check_pid()
+        lid = next(i for i in range(64 + 1) if i not in self._listeners)
+        if lid >= 64:
+            raise ValueError("at most 64 listening sockets per primary")
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self._listeners[lid] = sock
+        self._armed[lid] = False
+        self._fdmap[fd] = (_KIND_LISTENER, lid)
+        self._epoll.register(fd, 0)
+        return lid
+
+    def remove_listener(self, lid):
+        sock = self._listeners.pop(lid)
+        self._armed.pop(lid)
+        fd = sock.detach()
+        del self._fdmap[fd]
+        self._epoll.unregister(fd)
+
+    def add_worker(self, fd):
+        """Register the primary's end of a worker's data channel; returns its slot."""
+        self._check_pid()
+        slot = 0
+        while slot in self._workers:
+            slot += 1
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        self._sched.add(slot)
+        self._workers[slot] = sock
+        self._inflight[slot] = collections.deque()
+        self._open[slot] = True
+        self._dispatched[slot] = 0
+        self._fdmap[fd] = (_KIND_WORKER, slot)
+        self._epoll.register(fd, select.EPOLLIN)
+        return slot
+
+    def subscribe(self, slot, lid):
+        """Let the worker in ``slot`` receive connections from listener ``lid``."""
+        if lid not in self._listeners:
+            raise KeyError(f"no listener {lid}")
+        if self._open.get(slot):
+            self._sched.subscribe(slot, lid)
+            self._flush_pending()
+
+    def retire_worker(self, slot):
+        """Send nothing more to ``slot``; tell it so with an END message.
+
+        Connections already sent stay tracked: the worker still acknowledges
+        them, and if it dies first they go to another worker.
+        """
+        if not self._open.get(slot):
+            return
+        self._sched.retire(slot)
+        try:
+            self._workers[slot].send(HEADER.pack(MSG_END, 0))
+        except OSError:
+            self._close_worker(slot)
+
+    def remove_worker(self, slot):
+        """Forget ``slot`` (worker gone); its unacknowledged connections are re-dispatched."""
+        if slot not in self._workers:
+            raise KeyError(f"no worker in slot {slot}")
+        self._close_worker(slot)
+        self._closed = [s for s in self._closed if s != slot]
+        del self._workers[slot]
+        del self._inflight[slot]
+        del self._open[slot]
+        del self._dispatched[slot]
+        self._flush_pending()
+
+    def watch(self, fd):
+        """Make ``poll`` report ``fd`` when it is readable (control channels, wakeup pipe)."""
+        self._fdmap[fd] = (_KIND_WATCH, fd)
+        self._epoll.register(fd, select.EPOLLIN)
+
+    def unwatch(self, fd):
+        if self._fdmap.get(fd, (None,))[0] == _KIND_WATCH:
+            del self._fdmap[fd]
+            self._epoll.unregister(fd)
+
+    # -- the loop -----------------------------------------------------------
+    def poll(self, timeout_ms):
+        """Wait up to ``timeout_ms`` (-1: forever), do all dispatch work, and
+        return the watched fds that are readable."""
+        self._check_pid()
+        self._rearm()
+        now = time.monotonic()
+        if self._paused_until > now:
+            pause_left = int((self._paused_until - now) * 1000) + 1
+            timeout_ms = pause_left if timeout_ms < 0 else min(timeout_ms, pause_left)
+        try:
+            events = self._epoll.poll(timeout_ms / 1000.0 if timeout_ms >= 0 else -1)
+        except InterruptedError:
+            events = []
+        ready = []
+        for fd, mask in events:
+            kind, ident = self._fdmap.get(fd, (None, None))
+            if kind == _KIND_WORKER:
+                self._read_acks(ident, mask)
+            elif kind == _KIND_WATCH:
+                ready.append(fd)
+        self._flush_pending()
+        for fd, mask in events:
+            kind, ident = self._fdmap.get(fd, (None, None))
+            if kind == _KIND_LISTENER:
+                self._accept_and_dispatch(ident)
+        self._rearm()
+        return ready
+
+    def pop_closed(self):
+        """Slots whose data channel closed or broke the protocol since the last call."""
+        closed, self._closed = self._closed, []
+        return closed
+
+    def worker_stats(self, slot):
+        """``(dispatched, inflight)`` for one worker."""
+        return self._dispatched[slot], len(self._inflight[slot])
+
+    def stats(self):
+        return {"accepted": self.accepted, "dispatched": self.dispatched,
+                "redispatched": self.redispatched, "pending": len(self._pending),
+                "pauses": self.pauses, "last_pause_errno": self.last_pause_errno,
+                "paused": self._paused_until > time.monotonic()}
+
+    def close(self):
+        """Close the epoll fd and every connection the primary still holds.
+
+        Sockets given to ``add_listener``/``add_worker`` are not ours to close.
+        Also right in a forked child, which must not keep the primary's copies
+        of connections alive.
+        """
+        for dq in self._inflight.values():
+            while dq:
+                os.close(dq.popleft()[0])
+        while self._pending:
+            os.close(self._pending.popleft()[0])
+        for sock in list(self._listeners.values()) + list(self._workers.values()):
+            sock.detach()
+        self._listeners.clear()
+        self._workers.clear()
+        self._fdmap.clear()
+        self._epoll.close()
+
+    # -- internals ------------------------------------------------------------
+    def _check_pid(self):
+        if os.getpid() != self._pid:
+            raise RuntimeError("this Dispatcher belongs to the parent process; "
+                               "call close() in the child")
+
+    def _rearm(self):
+        paused = self._paused_until > time.monotonic()
+        for lid, sock in self._listeners.items():
+            want = not paused and self._sched.available(lid) > 0
+            if want != self._armed[lid]:
+                self._epoll.modify(sock.fileno(), select.EPOLLIN if want else 0)
+                self._armed[lid] = want
+
+    def _accept_and_dispatch(self, lid):
+        sock = self._listeners[lid]
+        budget = self._sched.available(lid)
+        batches = {}
+        while budget > 0:
+            try:
+                fd, _ = sock._accept()
+            except BlockingIOError:
+                break
+            except InterruptedError:
+                continue
+            except OSError as exc:
+                if exc.errno in _ACCEPT_SKIP:
+                    continue
+                if exc.errno in _ACCEPT_PAUSE:
+                    # Out of fds or memory: leave the backlog in the kernel and
+                    # wait pause_ms instead of spinning on a readable socket.
+                    self._paused_until = time.monotonic() + self.pause_ms / 1000.0
+                    self.pauses += 1
+                    self.last_pause_errno = exc.errno
+                    break
+                raise
+            self.accepted += 1
+            budget -= 1
+            slot = self._sched.pick(lid)
+            batches.setdefault(slot, []).append((fd, lid))
+        for slot, batch in batches.items():
+            self._send(slot, batch)
+
+    def _flush_pending(self):
+        if not self._pending:
+            return
+        batches = {}
+        keep = collections.deque()
+        while self._pending:
+            fd, lid = self._pending.popleft()
+            slot = self._sched.pick(lid) if lid in self._listeners else -1
+            if slot < 0:
+                keep.append((fd, lid))
+            else:
+                self.redispatched += 1
+                batches.setdefault(slot, []).append((fd, lid))
+        self._pending = keep
+        for slot, batch in batches.items():
+            self._send(slot, batch)
+
+    def _send(self, slot, batch):
+        sock = self._workers[slot]
+        for start in range(0, len(batch), self.batch_max):
+            part = batch[start:start + self.batch_max]
+            fds = [fd for fd, _ in part]
+            payload = HEADER.pack(MSG_FDS, len(part)) + b"".join(LID.pack(l) for _, l in part)
+            try:
+                sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
+                                          array.array("i", fds))])
+            except OSError:
+                # Give the credit back for what was not sent, park the fds, and
+                # treat the channel as dead: a worker that cannot take a
+                # message is gone or broken (Node: "refused -> next worker").
+                rest = batch[start:]
+                self._sched.ack(slot, len(rest))
+                self._pending.extendleft(reversed(rest))
+                self._close_worker(slot)
+                return
+            self._inflight[slot].extend(part)
+            self._dispatched[slot] += len(part)
+            self.dispatched += len(part)
+
+    def _read_acks(self, slot, mask):
+        sock = self._workers[slot]
+        while self._open.get(slot):
+            try:
+                data = sock.recv(64)
+            except BlockingIOError:
+                return
+            except InterruptedError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                self._close_worker(slot)
+                return
+            try:
+                if len(data) != HEADER.size:
+                    raise ProtocolError(f"ack of {len(data)} bytes")
+                kind, count = HEADER.unpack(data)
+                if kind != MSG_ACK:
+                    raise ProtocolError(f"message type {kind} from a worker")
+                self._sched.ack(slot, count)
+            except (ProtocolError, ValueError):
+                self._close_worker(slot)
+                return
+            dq = self._inflight[slot]
+            for _ in range(count):
+                os.close(dq.popleft()[0])
+
+    def _close_worker(self, slot):
+        """The channel is unusable: stop using it and re-queue what it had not acknowledged."""
+        if not self._open.get(slot):
+            return
+        self._open[slot] = False
+        self._closed.append(slot)
+        sock = self._workers[slot]
+        fd = sock.fileno()
+        self._fdmap.pop(fd, None)
+        try:
+            self._epoll.unregister(fd)
+        except (OSError, ValueError):
+            pass
+        self._sched.remove(slot)
+        # The worker never confirmed these, so it may never have seen them:
+        # our copy keeps each connection alive for the next worker.
+        dq = self._inflight[slot]
+        self._pending.extendleft(reversed(dq))
+        dq.clear()
+        sock.detach()
+
+
+class Receiver:
+    """The worker's end of the data channel: receive fd batches, acknowledge them."""
+
+    def __init__(self, fd):
+        self._pid = os.getpid()
+        self._sock = socket.socket(fileno=fd)
+        self._sock.setblocking(False)
+        self.received = 0
+        self.ended = False
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def receive(self):
+        """Drain the channel without blocking and acknowledge what arrived.
+
+        Returns ``(pairs, ended)``: ``pairs`` is a list of ``(listener_id, fd)``
+        (the caller owns each fd), ``ended`` is True once the primary said END
+        or closed the channel.  One ACK covers everything drained.
+        """
+        pairs = []
+        try:
+            while not self.ended:
+                try:
+                    data, ancdata, flags, _ = self._sock.recvmsg(_RECV_BUF, _CMSG_SPACE)
+                except BlockingIOError:
+                    break
+                except InterruptedError:
+                    continue
+                fds = []
+                for level, ctype, cdata in ancdata:
+                    if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+                        arr = array.array("i")
+                        arr.frombytes(cdata[:len(cdata) - len(cdata) % arr.itemsize])
+                        fds.extend(arr)
+                if not data and not fds:
+                    self.ended = True       # the primary closed the channel
+                    break
+                try:
+                    self._parse(data, flags, fds, pairs)
+                except ProtocolError:
+                    for fd in fds:
+                        os.close(fd)
+                    raise
+        except BaseException:
+            for _, fd in pairs:
+                os.close(fd)
+            raise
+        if pairs:
+            self._ack(len(pairs))
+        return pairs, self.ended
+
+    def _parse(self, data, flags, fds, pairs):
+        if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
+            raise ProtocolError("truncated message on the data channel")
+        if len(data) < HEADER.size:
+            raise ProtocolError(f"short message ({len(data)} bytes) on the data channel")
+        kind, count = HEADER.unpack_from(data)
+        if kind == MSG_END:
+            if fds or count:
+                raise ProtocolError("END message with a payload")
+            self.ended = True
+            return
+        if kind != MSG_FDS:
+            raise ProtocolError(f"unknown message type {kind} on the data channel")
+        if len(data) != HEADER.size + LID.size * count or len(fds) != count:
+            raise ProtocolError(
+                f"FDS message announces {count} fds, carries {len(fds)} "
+                f"in {len(data)} bytes")
+        for i, fd in enumerate(fds):
+            pairs.append((LID.unpack_from(data, HEADER.size + i * LID.size)[0], fd))
+        self.received += count
+
+    def _ack(self, count):
+        while count:
+            n = min(count, 0xFFFF)
+            try:
+                self._sock.send(HEADER.pack(MSG_ACK, n))
+            except (BrokenPipeError, ConnectionResetError):
+                return          # primary gone: nothing to acknowledge to
+            except BlockingIOError:
+                # Acks are 4 bytes against a window of connections: a full
+                # buffer means the primary stopped reading; it will see EOF.
+                return
+            count -= n
+
+    def close(self):
+        if os.getpid() == self._pid:
+            self._sock.close()
+        else:
+            self._sock.detach()

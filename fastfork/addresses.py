@@ -1,0 +1,74 @@
+"""Listening addresses: parse what a user writes, bind what the primary owns."""
+
+import os
+import socket
+
+DEFAULT_BACKLOG = 2048
+
+
+def parse_address(address):
+    """Normalize ``address`` to ``(family, sockaddr)``.
+
+    Accepted forms: a port number (all IPv4 interfaces, as Node's
+    ``listen(3000)``), ``"host:port"``, ``"[v6]:port"``, ``(host, port)``,
+    and ``"unix:/path"``.
+    """
+    if isinstance(address, bool):
+        raise ValueError(f"not an address: {address!r}")
+    if isinstance(address, int):
+        address = ("0.0.0.0", address)
+    elif isinstance(address, str):
+        if address.startswith("unix:"):
+            path = address[5:]
+            if not path:
+                raise ValueError("unix: address needs a path, e.g. unix:/run/app.sock")
+            return socket.AF_UNIX, path
+        host, sep, port = address.rpartition(":")
+        if not sep:
+            raise ValueError(f"address {address!r} is not HOST:PORT or unix:PATH")
+        address = (host.strip("[]") or "0.0.0.0", port)
+    if not (isinstance(address, (tuple, list)) and len(address) == 2):
+        raise ValueError(f"not an address: {address!r}")
+    host, port = address
+    try:
+        port = int(port)
+    except (TypeError, ValueError):
+        raise ValueError(f"port must be a number, got {port!r}") from None
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port must be in 0..65535, got {port}")
+    host = str(host or "0.0.0.0")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    return family, (host, port)
+
+
+def describe(family, sockaddr):
+    """How an address is shown to people: ``127.0.0.1:8000``, ``[::1]:80``, ``unix:/x``."""
+    if family == socket.AF_UNIX:
+        return f"unix:{sockaddr}"
+    host, port = sockaddr[:2]
+    return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
+
+
+def bind_listener(family, sockaddr, backlog=DEFAULT_BACKLOG, reuseport=False, listen=True):
+    """A bound, non-blocking, close-on-exec listening socket.
+
+    Raises OSError with the address in its message (``EADDRINUSE``,
+    ``EACCES``, ``EADDRNOTAVAIL``...), errno preserved.
+    """
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        if family != socket.AF_UNIX:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuseport:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind(sockaddr)
+        if listen:
+            sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {describe(family, sockaddr)}: "
+                                 f"{os.strerror(exc.errno) if exc.errno else exc}") from None
+    return sock

@@ -1,0 +1,214 @@
+"""asyncio integration: serve the shared port from a worker's event loop.
+
+``start_server`` has the shape of ``asyncio.start_server`` (a client callback
+with a reader and a writer); ``create_server`` takes a protocol factory like
+``loop.create_server``.  Under the round-robin policy connections come from the
+primary and are attached with ``loop.connect_accepted_socket``; under
+``none``/``reuseport`` the worker's own listening socket is served by asyncio.
+"""
+
+import asyncio
+
+from .addresses import DEFAULT_BACKLOG
+from .worker import runtime as _get_runtime
+
+_STREAM_LIMIT = 2 ** 16
+
+
+class _Tracker:
+    """Counts open connections so a graceful stop can wait for them."""
+
+    def __init__(self):
+        self.active = 0
+        self.total = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def wrap(self, protocol_factory):
+        def factory():
+            protocol = protocol_factory()
+            made, lost = protocol.connection_made, protocol.connection_lost
+
+            def connection_made(transport):
+                self.active += 1
+                self.total += 1
+                self._idle.clear()
+                made(transport)
+
+            def connection_lost(exc):
+                try:
+                    lost(exc)
+                finally:
+                    self.active -= 1
+                    if self.active == 0:
+                        self._idle.set()
+
+            protocol.connection_made = connection_made
+            protocol.connection_lost = connection_lost
+            return protocol
+        return factory
+
+    async def wait_idle(self):
+        await self._idle.wait()
+
+
+class Server:
+    """A worker's server on a shared address (returned by start_server/create_server)."""
+
+    def __init__(self, listener, loop, factory, tracker):
+        self.listener = listener
+        self.address = listener.address
+        self._loop = loop
+        self._factory = factory
+        self._tracker = tracker
+        self._asyncio_server = None
+        self._closed = False
+
+    async def _start(self, backlog):
+        if self.listener.sock is not None:
+            self._asyncio_server = await self._loop.create_server(
+                self._factory, sock=self.listener.sock, backlog=backlog)
+        else:
+            self.listener._callback = self._attach
+            _ensure_data_reader(self._loop)
+
+    def _attach(self, sock):
+        if self._closed:
+            sock.close()
+            return
+        self._loop.create_task(self._connect(sock))
+
+    async def _connect(self, sock):
+        try:
+            await self._loop.connect_accepted_socket(self._factory, sock)
+        except OSError:
+            sock.close()      # the client went away before we attached it
+
+    @property
+    def connections(self):
+        """Connections open right now on this worker's servers."""
+        return self._tracker.active
+
+    def close(self):
+        """Stop taking new connections on this address."""
+        self._closed = True
+        if self._asyncio_server is not None:
+            self._asyncio_server.close()
+
+    async def wait_closed(self):
+        if self._asyncio_server is not None:
+            await self._asyncio_server.wait_closed()
+
+
+_data_ended = {}
+
+
+def _ensure_data_reader(loop):
+    runtime = _get_runtime()
+    if runtime._reader_loop is loop:
+        return
+    if runtime._reader_loop is not None and not runtime._reader_loop.is_closed():
+        raise RuntimeError("the data channel is already read by another event loop")
+    runtime._reader_loop = loop
+    ended = _data_ended[loop] = asyncio.Event()
+    fd = runtime.receiver.fileno()
+
+    def on_readable():
+        # Acknowledging from the loop itself is what makes credit honest: a
+        # worker whose loop is blocked stops acking, so it stops receiving.
+        if runtime.pump():
+            loop.remove_reader(fd)
+            ended.set()
+
+    loop.add_reader(fd, on_readable)
+    on_readable()
+
+
+_trackers = {}
+
+
+def _tracker_for(loop):
+    tracker = _trackers.get(loop)
+    if tracker is None:
+        tracker = _trackers[loop] = _Tracker()
+    return tracker
+
+
+async def create_server(protocol_factory, address, *, backlog=DEFAULT_BACKLOG):
+    """Serve ``address`` (shared with the other workers) with ``protocol_factory``."""
+    loop = asyncio.get_running_loop()
+    runtime = _get_runtime()
+    reply, fds = await asyncio.wrap_future(runtime.request_listen(address, backlog))
+    listener = runtime.make_listener(address, reply, fds)
+    tracker = _tracker_for(loop)
+    server = Server(listener, loop, tracker.wrap(protocol_factory), tracker)
+    await server._start(backlog)
+    return server
+
+
+async def start_server(client_connected_cb, address, *, limit=_STREAM_LIMIT,
+                       backlog=DEFAULT_BACKLOG):
+    """Like ``asyncio.start_server``: ``client_connected_cb(reader, writer)`` per connection."""
+    loop = asyncio.get_running_loop()
+
+    def factory():
+        reader = asyncio.StreamReader(limit=limit, loop=loop)
+        return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
+
+    return await create_server(factory, address, backlog=backlog)
+
+
+async def wait_stopping():
+    """Return when the primary asks this worker to stop (shutdown, reload, scale-down)."""
+    loop = asyncio.get_running_loop()
+    stopping = asyncio.Event()
+    _get_runtime().on_stop(stopping.set)
+    del loop
+    await stopping.wait()
+
+
+async def drain(servers, timeout=None):
+    """After a stop request: take what the primary already sent, then wait for
+    open connections to finish (at most ``timeout`` seconds)."""
+    loop = asyncio.get_running_loop()
+    runtime = _get_runtime()
+    if timeout is None:
+        timeout = runtime.stop_timeout
+
+    async def finish():
+        ended = _data_ended.get(loop)
+        if ended is not None:
+            await ended.wait()
+        for server in servers:
+            server.close()
+        await _tracker_for(loop).wait_idle()
+
+    try:
+        await asyncio.wait_for(finish(), timeout)
+    except asyncio.TimeoutError:
+        pass
+
+
+async def serve_async(handler, *addresses, protocol=False, backlog=DEFAULT_BACKLOG,
+                      on_started=None):
+    """Serve ``addresses`` until the primary says stop, then drain and return."""
+    make = create_server if protocol else start_server
+    servers = [await make(handler, address, backlog=backlog) for address in addresses]
+    if on_started is not None:
+        result = on_started(servers)
+        if asyncio.iscoroutine(result):
+            await result
+    await wait_stopping()
+    await drain(servers)
+
+
+def serve(handler, *addresses, protocol=False, backlog=DEFAULT_BACKLOG, on_started=None):
+    """Blocking: run an event loop serving ``addresses`` until told to stop.
+
+    ``handler`` is a ``(reader, writer)`` callback (coroutine or plain), or a
+    protocol factory with ``protocol=True``.
+    """
+    if not addresses:
+        raise ValueError("serve() needs at least one address")
+    asyncio.run(serve_async(handler, *addresses, protocol=protocol, backlog=backlog,
+                            on_started=on_started))

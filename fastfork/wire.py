@@ -1,0 +1,53 @@
+"""The data channel's wire format, shared by both implementations.
+
+The data channel is one ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair per worker:
+the primary sends batches of accepted connections down it, the worker sends
+acknowledgements back.  Every message is one datagram (SEQPACKET keeps message
+boundaries and order, so an acknowledgement of ``n`` always means "the oldest
+``n`` connections you sent me").
+
+    primary -> worker   FDS: u8 type=1, u8 0, u16 count, then count x u16
+                             listener id; SCM_RIGHTS carries exactly count fds
+    primary -> worker   END: u8 type=2, u8 0, u16 0: nothing more will come
+    worker  -> primary  ACK: u8 type=3, u8 0, u16 count received
+
+Native byte order: both ends are always on the same machine.
+"""
+
+import struct
+
+MSG_FDS = 1
+MSG_END = 2
+MSG_ACK = 3
+
+HEADER = struct.Struct("=BxH")
+LID = struct.Struct("=H")
+
+# Linux refuses more than SCM_MAX_FD (253) descriptors in one message.
+SCM_MAX_FD = 253
+DEFAULT_BATCH_MAX = 64
+
+# Credit window: how many connections a worker may hold unacknowledged.
+# 8 bounds what a frozen worker can strand (at most 8 connections, and those
+# go to another worker as soon as the frozen one is killed) while a busy
+# primary still sends up to 8 fds per sendmsg, which is where the per-message
+# cost stops mattering (see benchmarks/test_benchmarks_fdpass.py).
+DEFAULT_WINDOW = 8
+
+
+class ProtocolError(Exception):
+    """A peer sent something the data-channel protocol does not allow."""
+
+
+def check_batch_max(batch_max):
+    batch_max = int(batch_max)
+    if not 1 <= batch_max <= SCM_MAX_FD:
+        raise ValueError(f"batch_max must be in 1..{SCM_MAX_FD}, got {batch_max}")
+    return batch_max
+
+
+def check_window(window):
+    window = int(window)
+    if window < 1:
+        raise ValueError(f"credit window must be >= 1, got {window}")
+    return window

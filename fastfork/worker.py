@@ -1,0 +1,285 @@
+"""The worker side: ask the primary for a listening socket, take connections, report.
+
+One ``WorkerRuntime`` per worker process.  A daemon thread reads the control
+channel (replies to ``listen``, messages from the primary, ``stop``) so that
+blocking code and asyncio code are served the same way; connections arrive on
+the data channel and are read by whoever serves: the asyncio loop
+(``add_reader``) or a blocking ``Listener.accept()``.
+"""
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import os
+import random
+import select
+import socket
+import threading
+
+from .addresses import DEFAULT_BACKLOG, describe, parse_address
+from .control import ControlChannel, MessageError
+
+log = logging.getLogger("fastfork.worker")
+
+LISTEN_TIMEOUT = 30.0
+EXIT_PRIMARY_GONE = 70
+
+
+class WorkerStopping(OSError):
+    """Raised by ``Listener.accept()`` once the primary asked this worker to stop
+    and every connection already sent to it has been handed out."""
+
+
+class WorkerRuntime:
+    """This process's link to its primary."""
+
+    def __init__(self, data_fd, control_fd, worker_id, index, policy, dispatch_mod):
+        self.id = worker_id
+        self.index = index
+        self.policy = policy
+        self.receiver = dispatch_mod.Receiver(data_fd)
+        self.control = ControlChannel(socket.socket(fileno=control_fd))
+        self.control.sock.setblocking(True)
+        self.listeners = {}               # lid -> Listener (round-robin policy)
+        self.stop_timeout = None
+        self.stopping = threading.Event()
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self._requests = {}
+        self._next_request = 1
+        self._lock = threading.Lock()     # requests and message handlers
+        self._data_lock = threading.Lock()  # one reader of the data channel at a time
+        self._message_handlers = []
+        self._stop_handlers = []
+        self._reader_loop = None          # the asyncio loop reading the data channel
+        self._thread = threading.Thread(target=self._read_control, name="fastfork-control",
+                                        daemon=True)
+        self._thread.start()
+        self.control.send({"t": "online"})
+
+    # -- control channel ---------------------------------------------------------
+    def _read_control(self):
+        while True:
+            try:
+                message, fds = self.control.recv()
+            except MessageError as exc:
+                log.error("malformed message from the primary: %s", exc)
+                continue
+            except OSError:
+                message, fds = None, []
+            if message is None:
+                # The primary is gone (PR_SET_PDEATHSIG normally got here first).
+                os._exit(EXIT_PRIMARY_GONE)
+            kind = message["t"]
+            if kind in ("listening", "listen_error"):
+                with self._lock:
+                    future = self._requests.pop(message.get("id"), None)
+                if future is None:
+                    for fd in fds:
+                        os.close(fd)
+                else:
+                    future.set_result((message, fds))
+            elif kind == "msg":
+                with self._lock:
+                    handlers = list(self._message_handlers)
+                for callback, loop in handlers:
+                    _call(loop, callback, message.get("data"))
+            elif kind == "stop":
+                self.stop_timeout = message.get("timeout")
+                self._begin_stop()
+
+    def _begin_stop(self):
+        if self.stopping.is_set():
+            return
+        self.stopping.set()
+        os.write(self._stop_w, b"x")
+        with self._lock:
+            handlers = list(self._stop_handlers)
+        for callback, loop in handlers:
+            _call(loop, callback)
+
+    def send(self, data):
+        self.control.send({"t": "msg", "data": data})
+
+    def on_message(self, callback):
+        self._add_handler(self._message_handlers, callback)
+
+    def on_stop(self, callback):
+        self._add_handler(self._stop_handlers, callback)
+        if self.stopping.is_set():
+            _call(_running_loop(), callback)
+
+    def _add_handler(self, handlers, callback):
+        with self._lock:
+            handlers.append((callback, _running_loop()))
+
+    def ready(self):
+        self.control.send({"t": "ready"})
+
+    def heartbeat(self):
+        self.control.send({"t": "heartbeat"})
+
+    # -- listening ------------------------------------------------------------------
+    def request_listen(self, address, backlog=DEFAULT_BACKLOG):
+        """Send a listen request; returns a Future of ``(reply, fds)``."""
+        parse_address(address)   # a bad address fails here, with its own message
+        future = concurrent.futures.Future()
+        with self._lock:
+            request = self._next_request
+            self._next_request += 1
+            self._requests[request] = future
+        wire_address = list(address) if isinstance(address, tuple) else address
+        self.control.send({"t": "listen", "id": request, "address": wire_address,
+                           "backlog": backlog})
+        return future
+
+    def make_listener(self, address, reply, fds):
+        """Turn the primary's reply into a Listener, or raise its error."""
+        if reply["t"] == "listen_error":
+            raise OSError(reply.get("errno") or 0, reply.get("error") or f"cannot listen on {address}")
+        sock = socket.socket(fileno=fds[0]) if fds else None
+        listener = Listener(self, reply["lid"], reply["address"], sock)
+        if sock is None:
+            self.listeners[listener.lid] = listener
+        return listener
+
+    def listen(self, address, backlog=DEFAULT_BACKLOG, timeout=LISTEN_TIMEOUT):
+        future = self.request_listen(address, backlog)
+        try:
+            reply, fds = future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            raise TimeoutError(f"the primary did not answer a listen on {address} "
+                               f"within {timeout}s") from None
+        return self.make_listener(address, reply, fds)
+
+    # -- data channel -----------------------------------------------------------------
+    def pump(self):
+        """Receive what the primary sent and route it to listeners; True at END."""
+        pairs, ended = self.receiver.receive()
+        for lid, fd in pairs:
+            listener = self.listeners.get(lid)
+            if listener is None:
+                os.close(fd)    # cannot happen: the primary sends only what we listen on
+            else:
+                listener._arrived(fd)
+        return ended
+
+
+def _running_loop():
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+def _call(loop, callback, *args):
+    if loop is None:
+        try:
+            callback(*args)
+        except Exception:
+            log.exception("handler %r raised", callback)
+    elif not loop.is_closed():
+        loop.call_soon_threadsafe(callback, *args)
+
+
+class Listener:
+    """A listening address in a worker.
+
+    Under the round-robin policy the primary accepts and this object is fed
+    connections over the data channel; under ``none``/``reuseport`` it holds a
+    real listening socket.  Either way ``accept()`` returns a blocking
+    ``socket.socket`` and its peer address.
+    """
+
+    def __init__(self, runtime, lid, address, sock):
+        self._runtime = runtime
+        self.lid = lid
+        self.address = address
+        self.sock = sock                       # None under round-robin
+        self._queue = collections.deque()
+        self._callback = None                  # asyncio: called with each new socket
+
+    def _arrived(self, fd):
+        sock = socket.socket(fileno=fd)
+        if self._callback is not None:
+            self._callback(sock)
+        else:
+            self._queue.append(sock)
+
+    def accept(self, timeout=None):
+        """The next connection as ``(socket, address)``; WorkerStopping when stopping.
+
+        ``timeout`` (seconds) raises TimeoutError if nothing arrives.
+        """
+        runtime = self._runtime
+        wait_on = self.sock if self.sock is not None else runtime.receiver
+        deadline = None if timeout is None else _now() + timeout
+        while True:
+            if self.sock is not None:
+                if runtime.stopping.is_set():
+                    raise WorkerStopping(f"worker is stopping; no more connections on {self.address}")
+                try:
+                    conn, addr = self.sock.accept()
+                    conn.setblocking(True)
+                    return conn, addr
+                except (BlockingIOError, InterruptedError):
+                    pass
+            else:
+                with runtime._data_lock:
+                    if not self._queue and not runtime.receiver.ended:
+                        runtime.pump()
+                    if self._queue:
+                        conn = self._queue.popleft()
+                        conn.setblocking(True)
+                        try:
+                            addr = conn.getpeername()
+                        except OSError:
+                            addr = None
+                        return conn, addr
+                    if runtime.receiver.ended:
+                        raise WorkerStopping(f"worker is stopping; no more connections on {self.address}")
+            remaining = None if deadline is None else max(0.0, deadline - _now())
+            if remaining == 0.0:
+                raise TimeoutError(f"no connection on {self.address} within {timeout}s")
+            watch = [wait_on]
+            if self.sock is not None:
+                watch.append(runtime._stop_r)
+            select.select(watch, [], [], remaining)
+
+    def fileno(self):
+        return self.sock.fileno() if self.sock is not None else self._runtime.receiver.fileno()
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+        self._runtime.listeners.pop(self.lid, None)
+        while self._queue:
+            self._queue.popleft().close()
+
+
+def _now():
+    import time
+    return time.monotonic()
+
+
+_runtime = None
+
+
+def start_runtime(data_fd, control_fd, worker_id, index, policy, dispatch_mod):
+    """Become a worker: connect to the primary over the inherited channels."""
+    global _runtime
+    import fastfork
+    random.seed()    # forked workers must not share the primary's random sequence
+    _runtime = WorkerRuntime(data_fd, control_fd, worker_id, index, policy, dispatch_mod)
+    fastfork._become_worker(_runtime)
+    return _runtime
+
+
+def finish_runtime():
+    """The worker's code returned: nothing more to do here (the process exits)."""
+
+
+def runtime():
+    if _runtime is None:
+        raise RuntimeError("not in a fastfork worker (fastfork.is_worker is False)")
+    return _runtime

@@ -1,0 +1,29 @@
+"""Build the Cython hot path.  Metadata lives in pyproject.toml.
+
+FASTFORK_DEBUG=1 builds with CYTHON_TRACE, assertions and the debug counters
+that tests use to check that every fd the dispatcher held was closed.
+"""
+import os
+
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("FASTFORK_DEBUG") == "1"
+
+macros = [("FASTFORK_DEBUG", "1"), ("CYTHON_TRACE", "1")] if DEBUG else []
+cflags = ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O2"]
+
+extensions = [
+    Extension("fastfork._cscheduler", ["fastfork/_cscheduler.pyx"],
+              define_macros=macros, extra_compile_args=cflags),
+    Extension("fastfork._cdispatch", ["fastfork/_cdispatch.pyx", "csrc/fdpass.c"],
+              include_dirs=["csrc"], define_macros=macros, extra_compile_args=cflags),
+]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        language_level=3,
+        compiler_directives={"linetrace": DEBUG, "embedsignature": True},
+    ),
+)
