@@ -1,0 +1,137 @@
+"""A small cluster for the tests: a line protocol served by every worker.
+
+Run as ``python cluster_app.py [options]``.  The primary prints one line per
+lifecycle event on stdout as ``EVENT {json}`` so a test can wait for exactly
+what it needs.  Each connection reads one line and answers it:
+
+    whoami          -> "<worker id> <pid> <index>"
+    block S         -> blocks the worker's event loop for S seconds, then answers
+    count           -> how many connections this worker served
+    send TEXT       -> sends {"text": TEXT} to the primary, answers "sent"
+    exit CODE       -> the worker exits at once with CODE
+    anything else   -> echoed back
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+import fastfork  # noqa: E402
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--workers", default="2")
+parser.add_argument("--policy", default="rr")
+parser.add_argument("--form", choices=("function", "node"), default="function")
+parser.add_argument("--address", default="127.0.0.1:0")
+parser.add_argument("--window", type=int, default=8)
+parser.add_argument("--graceful-timeout", type=float, default=10.0)
+parser.add_argument("--max-restarts", type=int, default=10)
+parser.add_argument("--min-uptime", type=float, default=1.0)
+parser.add_argument("--crash-on-start", action="store_true")
+parser.add_argument("--blocking", action="store_true", help="serve with Listener.accept() and threads")
+parser.add_argument("--bad-address", default=None, help="also try to listen here and report the error")
+args = parser.parse_args()
+
+served = 0
+
+
+def emit(event, **fields):
+    fields["event"] = event
+    print("EVENT " + json.dumps(fields), flush=True)
+
+
+async def handle(reader, writer):
+    global served
+    served += 1
+    line = (await reader.readline()).decode().strip()
+    cmd, _, arg = line.partition(" ")
+    if cmd == "whoami":
+        reply = f"{fastfork.worker_id} {os.getpid()} {fastfork.worker_index}"
+    elif cmd == "block":
+        time.sleep(float(arg))        # deliberately blocks the event loop
+        reply = f"{fastfork.worker_id} unblocked"
+    elif cmd == "count":
+        reply = str(served)
+    elif cmd == "send":
+        fastfork.send({"text": arg})
+        reply = "sent"
+    elif cmd == "exit":
+        os._exit(int(arg or 0))
+    else:
+        reply = line
+    writer.write((reply + "\n").encode())
+    await writer.drain()
+    writer.close()
+
+
+def serve_blocking():
+    import threading
+    listener = fastfork.listen(args.address)
+
+    def one(conn):
+        with conn:
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = conn.recv(1024)
+                if not chunk:
+                    return
+                data += chunk
+            conn.sendall(f"{fastfork.worker_id} {os.getpid()} {fastfork.worker_index}\n".encode())
+
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except fastfork.WorkerStopping:
+            return
+        threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+
+def worker_main():
+    if args.crash_on_start:
+        sys.exit(3)
+    fastfork.on_message(lambda data: fastfork.send({"echo": data}))
+    if args.bad_address:
+        try:
+            fastfork.listen(args.bad_address)
+        except OSError as exc:
+            fastfork.send({"listen_error": exc.errno, "message": str(exc)})
+    if args.blocking:
+        serve_blocking()
+    else:
+        fastfork.serve(handle, args.address)
+
+
+def primary_main():
+    cluster = fastfork.Cluster(worker_main if args.form == "function" else None, args.workers,
+                               policy=args.policy, window=args.window,
+                               graceful_timeout=args.graceful_timeout,
+                               max_restarts=args.max_restarts, min_uptime=args.min_uptime)
+    emit("primary", pid=os.getpid(), implementation=cluster.implementation, size=cluster.size)
+    cluster.on("fork", lambda w: emit("fork", id=w.id, index=w.index, pid=w.pid))
+    cluster.on("online", lambda w: emit("online", id=w.id, pid=w.pid))
+    cluster.on("listening", lambda w, a: emit("listening", id=w.id, index=w.index, pid=w.pid,
+                                               address=a))
+    cluster.on("disconnect", lambda w: emit("disconnect", id=w.id))
+
+    def on_message(worker, data):
+        emit("message", id=worker.id, data=data)
+        if isinstance(data, dict) and "text" in data:
+            worker.send({"pong": data["text"]})
+
+    cluster.on("message", on_message)
+    cluster.on("exit", lambda w, code, sig: emit("exit", id=w.id, index=w.index, pid=w.pid,
+                                                  code=code, signal=sig))
+    code = cluster.run()
+    emit("done", code=code)
+    return code
+
+
+if __name__ == "__main__":
+    if fastfork.is_worker:
+        worker_main()
+    else:
+        sys.exit(primary_main())
