@@ -579,8 +579,9 @@ class Cluster:
     def _replace_misbehaving(self, worker, why):
         log.error("%s (pid %d) sent a malformed message (%s); replacing it",
                   worker.label, worker.pid, why)
-        self._on_disconnect(worker)
+        # Kill before closing its channel, or it would exit on the EOF first.
         worker.kill(signal.SIGKILL)
+        self._on_disconnect(worker)
 
     def _on_disconnect(self, worker):
         if worker.control is None:

@@ -5,9 +5,11 @@ lifecycle event on stdout as ``EVENT {json}`` so a test can wait for exactly
 what it needs.  Each connection reads one line and answers it:
 
     whoami          -> "<worker id> <pid> <index>"
-    block S         -> blocks the worker's event loop for S seconds, then answers
+    block S         -> reports {"blocking": id} to the primary, blocks the worker's
+                       event loop for S seconds, then answers
     count           -> how many connections this worker served
     send TEXT       -> sends {"text": TEXT} to the primary, answers "sent"
+    garbage         -> writes a malformed message on the control channel
     exit CODE       -> the worker exits at once with CODE
     anything else   -> echoed back
 """
@@ -15,6 +17,7 @@ what it needs.  Each connection reads one line and answers it:
 import argparse
 import asyncio
 import json
+import logging
 import os
 import sys
 import time
@@ -35,6 +38,7 @@ parser.add_argument("--crash-on-start", action="store_true")
 parser.add_argument("--blocking", action="store_true", help="serve with Listener.accept() and threads")
 parser.add_argument("--bad-address", default=None, help="also try to listen here and report the error")
 args = parser.parse_args()
+logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(levelname)s %(message)s")
 
 served = 0
 
@@ -52,6 +56,8 @@ async def handle(reader, writer):
     if cmd == "whoami":
         reply = f"{fastfork.worker_id} {os.getpid()} {fastfork.worker_index}"
     elif cmd == "block":
+        # Tell the primary (and so the test) first: from here on the loop is stuck.
+        fastfork.send({"blocking": fastfork.worker_id})
         time.sleep(float(arg))        # deliberately blocks the event loop
         reply = f"{fastfork.worker_id} unblocked"
     elif cmd == "count":
@@ -59,6 +65,10 @@ async def handle(reader, writer):
     elif cmd == "send":
         fastfork.send({"text": arg})
         reply = "sent"
+    elif cmd == "garbage":
+        # Bypass the API: a malformed datagram straight onto the control channel.
+        fastfork.worker.runtime().control.sock.send(b"{not json")
+        reply = "garbage sent"
     elif cmd == "exit":
         os._exit(int(arg or 0))
     else:
@@ -105,7 +115,23 @@ def worker_main():
         fastfork.serve(handle, args.address)
 
 
+def _children():
+    me = str(os.getpid())
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if stat[stat.rindex(")") + 2:].split()[1] == me:
+                kids.append(int(entry))
+    return kids
+
+
 def primary_main():
+    fds_before = len(os.listdir("/proc/self/fd"))
     cluster = fastfork.Cluster(worker_main if args.form == "function" else None, args.workers,
                                policy=args.policy, window=args.window,
                                graceful_timeout=args.graceful_timeout,
@@ -126,7 +152,8 @@ def primary_main():
     cluster.on("exit", lambda w, code, sig: emit("exit", id=w.id, index=w.index, pid=w.pid,
                                                   code=code, signal=sig))
     code = cluster.run()
-    emit("done", code=code)
+    emit("done", code=code, fds_before=fds_before, fds_after=len(os.listdir("/proc/self/fd")),
+         children=_children())
     return code
 
 
