@@ -47,6 +47,7 @@ def usable_cpus():
 
 def parse_workers(value):
     """A worker count from user input: a positive int, or "max" (usable cores)."""
+    original = value
     if isinstance(value, str):
         text = value.strip().lower()
         if text == "max":
@@ -58,5 +59,5 @@ def parse_workers(value):
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"worker count must be a positive integer or 'max', got {value!r}")
     if value < 1:
-        raise ValueError(f"worker count must be a positive integer or 'max', got {value}")
+        raise ValueError(f"worker count must be a positive integer or 'max', got {original!r}")
     return value
