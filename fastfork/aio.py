@@ -125,6 +125,26 @@ def _ensure_data_reader(loop):
 
 
 _trackers = {}
+_heartbeats = {}
+
+
+def _ensure_heartbeat(loop):
+    # The loop itself beats, not a side thread: a handler that blocks the loop
+    # silences it, and the primary replaces a worker silent past its timeout.
+    if loop in _heartbeats:
+        return
+    runtime = _get_runtime()
+    tracker = _tracker_for(loop)
+
+    async def beat():
+        while True:
+            try:
+                runtime.heartbeat(tracker.active, tracker.total)
+            except OSError:
+                return        # the primary is gone; this worker exits on its own
+            await asyncio.sleep(runtime.heartbeat_interval)
+
+    _heartbeats[loop] = loop.create_task(beat())
 
 
 def _tracker_for(loop):
@@ -143,6 +163,7 @@ async def create_server(protocol_factory, address, *, backlog=DEFAULT_BACKLOG):
     tracker = _tracker_for(loop)
     server = Server(listener, loop, tracker.wrap(protocol_factory), tracker)
     await server._start(backlog)
+    _ensure_heartbeat(loop)
     return server
 
 

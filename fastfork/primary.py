@@ -6,9 +6,13 @@ connections in the same wait), then acts on control messages, queued signals,
 dead children and the worker count, each in one verb-named method.
 """
 
+import collections
 import errno
+import grp
 import logging
 import os
+import pwd
+import random
 import signal
 import socket
 import sys
@@ -31,12 +35,27 @@ EXIT_CRASH_LOOP = 3      # workers kept dying right after start: re-forking stop
 # Exit code of a worker whose code could not start (import error, exec failure).
 WORKER_EXEC_FAILED = 127
 
+# Out of fds or memory, the dispatcher pauses accept() many times a second:
+# the log says so at most once per interval, not once per refused connection.
+PAUSE_LOG_INTERVAL = 1.0
+
 POLICIES = ("rr", "none", "reuseport")
 EVENTS = ("fork", "online", "listening", "ready", "message", "disconnect", "exit")
 
 # Signals the primary handles; the worker resets them after fork.
 HANDLED_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGQUIT,
                    signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU)
+
+# A worker beats at most this often; more often when --timeout is short, so
+# that one late beat is never taken for a hang.
+HEARTBEAT_MAX_INTERVAL = 1.0
+# A hung worker gets SIGABRT (faulthandler prints where it is stuck), then
+# SIGKILL if it is still there this long after.
+ABORT_GRACE = 5.0
+# systemd socket activation: inherited sockets start at fd 3 (sd_listen_fds(3)).
+SD_LISTEN_FDS_START = 3
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
 # Environment of a worker started by exec (the Node form).
 ENV_CHANNELS = "FASTFORK_CHANNELS"       # "data_fd,control_fd": marks a worker
@@ -65,6 +84,12 @@ class Worker:
         self.data_sock = None
         self.control = None
         self.last_heartbeat = self.started_at
+        self.heartbeats = 0          # hang detection starts with the first beat
+        self.open_connections = None # as last reported by the worker's loop
+        self.served = None           # connections its loop has taken, as reported
+        self.replaces = None         # the worker this one replaces, until it is ready
+        self.request_limit = 0       # max-requests plus this worker's jitter; 0: none
+        self.restarts = 0            # workers forked at this index before this one
 
     @property
     def label(self):
@@ -103,12 +128,27 @@ class Worker:
 
     _dispatched_final = 0
 
+    def handled(self):
+        """Connections this worker got: dispatched by the primary (``rr``) or,
+        when it accepts by itself (``none``/``reuseport``), as its loop reports."""
+        return max(self.dispatched(), self.served or 0)
+
+    def rss(self):
+        """Resident memory in bytes (from /proc), or None once it is gone."""
+        try:
+            with open(f"/proc/{self.pid}/statm") as f:
+                return int(f.read().split()[1]) * _PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            return None
+
     def __repr__(self):
         return f"<Worker id={self.id} index={self.index} pid={self.pid} state={self.state}>"
 
 
 class _SharedListener:
     """A listening address owned by the primary, shared by the workers that asked for it."""
+
+    inherited = False        # passed by systemd: never unlinked by us
 
     def __init__(self, family, sockaddr, sock, lid):
         self.family = family
@@ -117,6 +157,83 @@ class _SharedListener:
         bound = sock.getsockname()
         self.sockaddr = bound if family == socket.AF_UNIX else bound[:2]
         self.display = describe(family, self.sockaddr)
+
+
+class _Replacement:
+    """One worker being replaced new-before-old (reload, max-requests, max-memory)."""
+
+    def __init__(self, old, new, reason, deadline):
+        self.old = old
+        self.new = new
+        self.reason = reason
+        self.deadline = deadline     # the new worker must be ready by then
+
+
+def resolve_credentials(user=None, group=None):
+    """``(uid, gid, username)`` for ``--user``/``--group`` (names or numbers).
+
+    The group defaults to the user's primary group.  Raises ValueError naming
+    an unknown user or group.
+    """
+    uid = gid = username = None
+    if user is not None:
+        try:
+            entry = pwd.getpwuid(int(user)) if str(user).isdigit() else pwd.getpwnam(str(user))
+        except KeyError:
+            raise ValueError(f"no such user: {user!r}") from None
+        uid, gid, username = entry.pw_uid, entry.pw_gid, entry.pw_name
+    if group is not None:
+        try:
+            gid = (grp.getgrgid(int(group)) if str(group).isdigit()
+                   else grp.getgrnam(str(group))).gr_gid
+        except KeyError:
+            raise ValueError(f"no such group: {group!r}") from None
+    return uid, gid, username
+
+
+def drop_privileges(uid, gid, username=None):
+    """In a worker, before user code: become ``uid``/``gid`` for good."""
+    if gid is not None:
+        if username is not None:
+            os.initgroups(username, gid)
+        else:
+            os.setgroups([gid])
+        os.setgid(gid)
+    if uid is not None:
+        os.setuid(uid)
+
+
+def inherited_sockets(environ=None):
+    """Sockets passed by systemd socket activation, as ``{(family, sockaddr): socket}``.
+
+    Reads and removes ``LISTEN_PID``/``LISTEN_FDS``/``LISTEN_FDNAMES`` (so that
+    workers and their children do not take the sockets for their own); the
+    sockets count only when ``LISTEN_PID`` is this process.
+    """
+    environ = os.environ if environ is None else environ
+    pid = environ.pop("LISTEN_PID", None)
+    count = environ.pop("LISTEN_FDS", None)
+    environ.pop("LISTEN_FDNAMES", None)
+    if pid is None or count is None or pid.strip() != str(os.getpid()):
+        return {}
+    try:
+        count = int(count)
+    except ValueError:
+        raise ValueError(f"LISTEN_FDS={count!r} is not a number") from None
+    sockets = {}
+    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise ValueError(f"LISTEN_FDS: fd {fd} is not a socket ({exc.strerror})") from None
+        if sock.type != socket.SOCK_STREAM:
+            raise ValueError(f"LISTEN_FDS: fd {fd} is not a stream socket")
+        sock.set_inheritable(False)
+        sock.setblocking(False)
+        bound = sock.getsockname()
+        sockaddr = bound if sock.family == socket.AF_UNIX else bound[:2]
+        sockets[(sock.family, sockaddr)] = sock
+    return sockets
 
 
 class Cluster:
@@ -138,7 +255,9 @@ class Cluster:
                  policy="rr", window=DEFAULT_WINDOW, batch_max=DEFAULT_BATCH_MAX,
                  respawn=True, graceful_timeout=30.0, min_uptime=1.0,
                  max_restarts=10, backoff_base=0.1, backoff_max=2.0,
-                 argv=None, env=None, pure=None):
+                 argv=None, env=None, pure=None, timeout=None, max_requests=0,
+                 max_requests_jitter=0, max_memory=0, wait_ready=False, ready_timeout=30.0,
+                 user=None, group=None, control_socket=None, name=None):
         if policy not in POLICIES:
             raise ValueError(f"policy must be one of {', '.join(POLICIES)}, got {policy!r}")
         self.size = 0 if workers == 0 and target is None else parse_workers(workers)
@@ -156,6 +275,22 @@ class Cluster:
         self.backoff_max = float(backoff_max)
         self.argv = list(argv) if argv else None
         self.env = dict(env or {})
+        self.timeout = float(timeout) if timeout else None     # hang detection; None: off
+        self.max_requests = int(max_requests)
+        self.max_requests_jitter = int(max_requests_jitter)
+        self.max_memory = int(max_memory)                      # bytes of RSS; 0: no limit
+        self.wait_ready = bool(wait_ready)   # a replacement is ready at fastfork.ready(), not at listen
+        self.ready_timeout = float(ready_timeout)
+        self.name = name or "fastfork"
+        self.started_at = time.monotonic()
+        self._uid, self._gid, self._username = resolve_credentials(user, group)
+        self._inherited = inherited_sockets()   # systemd: (family, sockaddr) -> socket
+        self._control_path = control_socket
+        self._control_server = None
+        self._replace_queue = collections.deque()   # (worker, reason), one at a time
+        self._replacement = None                    # the _Replacement in progress
+        self._restarts = {}                         # index -> re-forks at that index
+        self._next_check_at = 0.0
         self.workers = {}                 # id -> Worker, alive or not yet reaped
         self.pid = os.getpid()
         self.exit_code = EXIT_OK
@@ -177,6 +312,8 @@ class Cluster:
         self._by_control_fd = {}
         self._by_slot = {}
         self._running = False
+        self._pauses_seen = 0
+        self._pause_check_at = 0.0
 
     # -- events -----------------------------------------------------------------
     def on(self, event, callback):
@@ -222,6 +359,58 @@ class Cluster:
     def alive_workers(self):
         return [w for w in self.workers.values() if not w.is_dead()]
 
+    def bind(self, address, backlog=DEFAULT_BACKLOG):
+        """Bind ``address`` in the primary now, so a bad address or a port in use
+        fails before any worker starts; workers that listen on it share it.
+        Returns the address as bound (the real port for port 0)."""
+        self._ensure_started()
+        family, sockaddr = parse_address(address)
+        return self._shared_listener(family, sockaddr, backlog).display
+
+    def inherited_addresses(self):
+        """The addresses of the sockets systemd passed (socket activation)."""
+        return [describe(family, sockaddr) for family, sockaddr in self._inherited]
+
+    def open_control_socket(self, path):
+        """Serve ``fastfork status`` on the Unix socket ``path`` (mode 0600).
+
+        Raises OSError naming the path when it cannot (another primary owns it).
+        """
+        from .control_socket import ControlServer
+        self._ensure_started()
+        if self._control_server is not None:
+            self._control_server.close()
+        self._control_server = ControlServer(path, {"status": self.status},
+                                             self._dispatcher.watch, self._dispatcher.unwatch)
+        return self._control_server.path
+
+    def status(self):
+        """A snapshot of the primary and its workers (what ``fastfork status`` shows)."""
+        workers = []
+        for w in sorted(self.workers.values(), key=lambda w: (w.index, w.id)):
+            workers.append({"id": w.id, "index": w.index, "pid": w.pid,
+                            "uptime": round(w.uptime, 3), "restarts": w.restarts,
+                            "dispatched": w.handled(), "open": w.open_connections,
+                            "rss": w.rss(), "state": w.state})
+        replacing = None
+        if self._replacement is not None:
+            r = self._replacement
+            replacing = {"old": r.old.id, "new": r.new.id, "reason": r.reason}
+        return {
+            "primary": {"pid": self.pid, "name": self.name, "policy": self.policy,
+                        "implementation": self.implementation, "size": self.size,
+                        "uptime": round(time.monotonic() - self.started_at, 3),
+                        "addresses": [s.display for s in self._listeners.values()],
+                        "replacing": replacing, "queued": len(self._replace_queue),
+                        "stopping": self._stopping},
+            "workers": workers,
+            "totals": {"workers": len(workers),
+                       "restarts": sum(self._restarts.values()),
+                       "dispatched": sum(w["dispatched"] for w in workers),
+                       "open": sum(w["open"] or 0 for w in workers),
+                       "rss": sum(w["rss"] or 0 for w in workers)},
+        }
+
     # -- the loop ---------------------------------------------------------------------
     def run(self):
         """Fork the workers and run the primary until shutdown; returns the exit code."""
@@ -239,11 +428,14 @@ class Cluster:
                         worker = self._by_control_fd.get(fd)
                         if worker is not None:
                             self.read_control(worker)
+                        elif self._control_server is not None:
+                            self._control_server.handle(fd)
                 for slot in self._dispatcher.pop_closed():
                     worker = self._by_slot.get(slot)
                     if worker is not None and not worker.stop_requested:
                         log.debug("%s closed its data channel", worker.label)
                 self.handle_signals()
+                self.report_pauses()
                 self.reap_workers()
                 if self._stopping:
                     if not self.workers:
@@ -251,6 +443,8 @@ class Cluster:
                     self.murder_workers()
                 else:
                     self.murder_workers()
+                    self.check_workers()
+                    self.advance_replacement()
                     self.manage_workers()
         finally:
             self._running = False
@@ -268,6 +462,8 @@ class Cluster:
         self._dispatcher.watch(self._wake_r)
         log.info("primary %d started (policy %s, %s dispatcher, window %d)",
                  self.pid, self.policy, self.implementation, self.window)
+        if self._control_path:
+            self.open_control_socket(self._control_path)
 
     def _poll_timeout_ms(self):
         now = time.monotonic()
@@ -275,7 +471,35 @@ class Cluster:
         if not self._stopping and len(self._live_indices()) < self.size:
             deadlines.append(max(now, self._next_spawn_at))
         deadlines.extend(w.kill_at for w in self.workers.values() if w.kill_at is not None)
+        if self._checks_enabled():
+            deadlines.append(self._next_check_at)
+        if self._replacement is not None:
+            deadlines.append(self._replacement.deadline)
+        elif self._replace_queue:
+            deadlines.append(max(now, self._next_spawn_at))
         return max(0, int((min(deadlines) - now) * 1000) + 1)
+
+    def _checks_enabled(self):
+        return bool(self.timeout or self.max_requests or self.max_memory)
+
+    def _heartbeat_interval(self):
+        if self.timeout:
+            return max(0.05, min(HEARTBEAT_MAX_INTERVAL, self.timeout / 4))
+        return HEARTBEAT_MAX_INTERVAL
+
+    def report_pauses(self):
+        """Log accept() pauses (EMFILE and friends) at most once per PAUSE_LOG_INTERVAL."""
+        now = time.monotonic()
+        if now < self._pause_check_at:
+            return
+        self._pause_check_at = now + PAUSE_LOG_INTERVAL
+        stats = self._dispatcher.stats()
+        new = stats["pauses"] - self._pauses_seen
+        if new > 0:
+            self._pauses_seen = stats["pauses"]
+            code = stats["last_pause_errno"]
+            log.warning("accept paused: %s (%d times in the last interval of %.0fs)",
+                        errno.errorcode.get(code, str(code)), new, PAUSE_LOG_INTERVAL)
 
     # -- signals ----------------------------------------------------------------------
     def _install_signals(self):
@@ -345,6 +569,10 @@ class Cluster:
         """Fork one worker for ``index``; returns its handle."""
         worker = Worker(self, self._next_id, index)
         self._next_id += 1
+        worker.restarts = self._restarts[index] = self._restarts.get(index, -1) + 1
+        if self.max_requests:
+            # The jitter keeps workers started together from recycling together.
+            worker.request_limit = self.max_requests + random.randint(0, self.max_requests_jitter)
         data_primary, data_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ctl_primary, ctl_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         sys.stdout.flush()
@@ -359,6 +587,7 @@ class Cluster:
         worker.slot = self._dispatcher.add_worker(data_primary.fileno())
         ctl_primary.setblocking(False)
         worker.control = ControlChannel(ctl_primary)
+        worker.control.send({"t": "config", "heartbeat": self._heartbeat_interval()})
         self._dispatcher.watch(ctl_primary.fileno())
         self._by_control_fd[ctl_primary.fileno()] = worker
         self._by_slot[worker.slot] = worker
@@ -381,6 +610,12 @@ class Cluster:
             # Ctrl-C reaches the whole process group; the primary coordinates
             # the shutdown, so workers must not die of KeyboardInterrupt first.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            if self._uid is not None or self._gid is not None:
+                drop_privileges(self._uid, self._gid, self._username)
+                # Changing credentials clears the parent-death signal: set it again.
+                _sys.set_parent_death_signal(signal.SIGKILL)
+                if os.getppid() != self.pid:
+                    os._exit(1)
             if self.target is None:
                 self._exec_worker(worker, data_sock, ctl_sock)
             from . import worker as worker_side
@@ -416,6 +651,10 @@ class Cluster:
             shared.sock.close()
         for sock in self._reserved:
             sock.close()
+        for sock in self._inherited.values():
+            sock.close()
+        if self._control_server is not None:
+            self._control_server.close(unlink=False)   # the path is the primary's
         os.close(self._wake_r)
         os.close(self._wake_w)
 
@@ -451,6 +690,10 @@ class Cluster:
                    else f"signal {signal.Signals(worker.exit_signal).name}")
             if worker.stop_requested:
                 log.info("%s (pid %d) exited with %s", worker.label, worker.pid, how)
+            elif worker.replaces is not None:
+                # Not a crash loop: the old worker keeps serving; advance_replacement aborts.
+                log.error("%s (pid %d), replacing %s, exited with %s before it was ready",
+                          worker.label, worker.pid, worker.replaces.label, how)
             else:
                 log.warning("%s (pid %d) died unexpectedly with %s after %.2fs",
                             worker.label, worker.pid, how, worker.uptime)
@@ -505,7 +748,9 @@ class Cluster:
         """Fork missing workers (when respawn allows) and stop extra ones."""
         if self._stopping or self._dispatcher is None:
             return
-        live = sorted((w for w in self.workers.values() if not w.stop_requested),
+        # A replacement still starting is not counted: its predecessor holds the index.
+        live = sorted((w for w in self.workers.values()
+                       if not w.stop_requested and not self._in_transit(w)),
                       key=lambda w: w.index)
         for worker in live[self.size:]:
             self.stop_worker(worker)
@@ -540,11 +785,123 @@ class Cluster:
                 worker.kill_at = None
 
     def reload(self):
-        """Replace every worker, one at a time, new before old (SIGHUP)."""
-        log.info("reload requested")
+        """Replace every worker, one at a time, new before old (SIGHUP).
+
+        The listening sockets stay open throughout, so no client is refused.
+        """
+        workers = sorted((w for w in self.workers.values() if not w.stop_requested),
+                         key=lambda w: w.index)
+        log.info("reload: replacing %d workers one at a time", len(workers))
+        for worker in workers:
+            self.replace_worker(worker, "reload")
+
+    def replace_worker(self, worker, reason):
+        """Queue ``worker`` to be replaced new-before-old; one replacement runs at a time."""
+        queued = any(w is worker for w, _ in self._replace_queue)
+        current = self._replacement is not None and self._replacement.old is worker
+        if not (queued or current or worker.stop_requested or worker.is_dead()):
+            self._replace_queue.append((worker, reason))
+
+    def advance_replacement(self):
+        """Move the replacement in progress along, and start the next once it is done.
+
+        Fork the new worker for the old one's index, wait until it is ready
+        (listening on every address the old one had, or ``fastfork.ready()``
+        with ``wait_ready``) within ``ready_timeout``, then stop the old one
+        gracefully and wait for it to exit before the next replacement.
+        """
+        current = self._replacement
+        if current is not None:
+            old, new = current.old, current.new
+            if new.replaces is not None:
+                if new.is_dead() or new.stop_requested:
+                    self._abort_replacement(f"{new.label} exited before it was ready")
+                elif old.is_dead() or old.stop_requested:
+                    new.replaces = None      # the old one went first; the new one takes its place
+                elif self._is_ready_replacement(old, new):
+                    log.info("%s (pid %d) is ready; stopping %s (pid %d)",
+                             new.label, new.pid, old.label, old.pid)
+                    new.replaces = None
+                    self.stop_worker(old)
+                elif time.monotonic() >= current.deadline:
+                    self._abort_replacement(
+                        f"{new.label} was not ready within {self.ready_timeout:g}s")
+            if self._replacement is current and new.replaces is None and old.is_dead():
+                log.info("replaced %s by %s (%s)", old.label, new.label, current.reason)
+                self._replacement = None
+        if self._replacement is not None or time.monotonic() < self._next_spawn_at:
+            return
+        while self._replace_queue:
+            old, reason = self._replace_queue.popleft()
+            if old.stop_requested or old.is_dead():
+                continue
+            log.info("replacing %s (pid %d, index %d): %s", old.label, old.pid, old.index, reason)
+            new = self.spawn_worker(old.index)
+            new.replaces = old
+            self._replacement = _Replacement(old, new, reason,
+                                             time.monotonic() + self.ready_timeout)
+            return
+
+    def _is_ready_replacement(self, old, new):
+        if self.wait_ready:
+            return new.ready
+        if old.addresses:
+            return set(old.addresses) <= set(new.addresses)
+        return new.state != "starting"   # the old one never listened: online is enough
+
+    def _abort_replacement(self, why):
+        current, self._replacement = self._replacement, None
+        current.new.replaces = None
+        self.stop_worker(current.new)
+        log.error("replacing %s (%s) failed: %s; %s keeps serving",
+                  current.old.label, current.reason, why, current.old.label)
+        if current.reason == "reload":
+            left = [w for w, reason in self._replace_queue if reason == "reload"]
+            self._replace_queue = collections.deque(
+                (w, r) for w, r in self._replace_queue if r != "reload")
+            if left:
+                log.error("reload stopped: %d more workers keep their old code", len(left))
+        # Do not retry at once (max-requests/max-memory would re-queue it next check).
+        self._next_spawn_at = time.monotonic() + self.backoff_max
+
+    def _in_transit(self, worker):
+        old = worker.replaces
+        return old is not None and not old.stop_requested and not old.is_dead()
+
+    def check_workers(self):
+        """Replace workers that hang, reached max-requests, or outgrew max-memory."""
+        now = time.monotonic()
+        if not self._checks_enabled() or now < self._next_check_at:
+            return
+        self._next_check_at = now + self._heartbeat_interval()
         for worker in list(self.workers.values()):
-            if not worker.stop_requested:
-                self.stop_worker(worker)
+            if worker.stop_requested or worker.is_dead():
+                continue
+            silent = now - worker.last_heartbeat
+            if self.timeout and worker.heartbeats and silent > self.timeout:
+                self.abort_worker(worker, silent)
+            elif worker.replaces is not None:
+                continue          # still starting: recycling it now would be pointless
+            elif worker.request_limit and worker.handled() >= worker.request_limit:
+                self.replace_worker(worker, f"max-requests ({worker.handled()} connections, "
+                                            f"limit {worker.request_limit})")
+            elif self.max_memory:
+                rss = worker.rss()
+                if rss is not None and rss > self.max_memory:
+                    self.replace_worker(worker, f"max-memory (RSS {rss / 2**20:.1f} MiB, "
+                                                f"limit {self.max_memory / 2**20:.1f} MiB)")
+
+    def abort_worker(self, worker, silent):
+        """A worker whose loop stopped beating: SIGABRT now (so faulthandler can
+        print where it is stuck), SIGKILL after ABORT_GRACE; its replacement
+        is forked at once and its unacknowledged connections go to others."""
+        log.error("%s (pid %d) sent no heartbeat for %.1fs (timeout %gs): aborting it",
+                  worker.label, worker.pid, silent, self.timeout)
+        worker.stop_requested = True
+        worker.state = "hung"
+        worker.kill_at = time.monotonic() + ABORT_GRACE
+        self._dispatcher.retire_worker(worker.slot)
+        worker.kill(signal.SIGABRT)
 
     # -- control messages ---------------------------------------------------------------
     def read_control(self, worker):
@@ -572,7 +929,11 @@ class Cluster:
                 return
             try:
                 handler(worker, message)
-            except (KeyError, TypeError, ValueError) as exc:
+            except Exception as exc:
+                # Whatever a worker's message makes a handler raise (a missing
+                # field, Infinity where a count goes: OverflowError, a backlog
+                # the kernel refuses) is that worker's fault: replace it, and
+                # never let it out of the loop, which would take every worker down.
                 self._replace_misbehaving(worker, f"bad {message['t']!r} message: {exc}")
                 return
 
@@ -603,6 +964,10 @@ class Cluster:
 
     def on_heartbeat(self, worker, message):
         worker.last_heartbeat = time.monotonic()
+        worker.heartbeats += 1
+        opened, served = message.get("open"), message.get("served")
+        worker.open_connections = None if opened is None else int(opened)
+        worker.served = None if served is None else int(served)
 
     def on_msg(self, worker, message):
         self.emit("message", worker, message.get("data"))
@@ -647,6 +1012,9 @@ class Cluster:
             return shared
         if family == socket.AF_UNIX and self.policy == "reuseport":
             raise OSError(errno.EINVAL, f"policy reuseport needs a TCP address, not unix:{sockaddr}")
+        if key in self._inherited and self.policy == "reuseport":
+            raise OSError(errno.EINVAL, f"policy reuseport cannot share the socket systemd passed "
+                                        f"for {describe(family, sockaddr)}; use rr or none")
         if self.policy == "reuseport":
             # Hold the port with a bound, non-listening socket: it joins the
             # reuseport group but never receives connections.
@@ -654,9 +1022,13 @@ class Cluster:
             self._reserved.append(sock)
             shared = _SharedListener(family, sockaddr, sock, -1)
         else:
-            sock = bind_listener(family, sockaddr, backlog)
+            inherited = self._inherited.pop(key, None)
+            sock = inherited or bind_listener(family, sockaddr, backlog)
             lid = self._dispatcher.add_listener(sock.fileno()) if self.policy == "rr" else -1
             shared = _SharedListener(family, sockaddr, sock, lid)
+            if inherited is not None:
+                shared.inherited = True
+                log.info("using the socket systemd passed for %s", shared.display)
         self._listeners[key] = shared
         return shared
 
@@ -666,6 +1038,7 @@ class Cluster:
         if self._stopping:
             return
         self._stopping = True
+        self._replace_queue.clear()
         log.info("shutting down (%s): draining %d workers, timeout %.1fs",
                  why, len(self.alive_workers()), self.graceful_timeout)
         self._close_listeners()
@@ -686,7 +1059,7 @@ class Cluster:
             if shared.lid >= 0:
                 self._dispatcher.remove_listener(shared.lid)
             shared.sock.close()
-            if shared.family == socket.AF_UNIX:
+            if shared.family == socket.AF_UNIX and not shared.inherited:
                 try:
                     os.unlink(shared.sockaddr)
                 except OSError:
@@ -710,6 +1083,12 @@ class Cluster:
             worker.exit_signal = worker.exit_signal or signal.SIGKILL
             self._forget_worker(worker)
         self._close_listeners()
+        for sock in self._inherited.values():
+            sock.close()
+        self._inherited = {}
+        if self._control_server is not None:
+            self._control_server.close()
+            self._control_server = None
         self._restore_signals()
         if self._dispatcher is not None:
             self._dispatcher.close()

@@ -43,6 +43,9 @@ class WorkerRuntime:
         self.control.sock.setblocking(True)
         self.listeners = {}               # lid -> Listener (round-robin policy)
         self.stop_timeout = None
+        # Until the primary's "config" says otherwise: short, so a worker that
+        # starts beating before the config arrives is never taken for hung.
+        self.heartbeat_interval = 0.1
         self.stopping = threading.Event()
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._requests = {}
@@ -87,6 +90,8 @@ class WorkerRuntime:
             elif kind == "stop":
                 self.stop_timeout = message.get("timeout")
                 self._begin_stop()
+            elif kind == "config":
+                self.heartbeat_interval = float(message.get("heartbeat") or self.heartbeat_interval)
 
     def _begin_stop(self):
         if self.stopping.is_set():
@@ -116,8 +121,9 @@ class WorkerRuntime:
     def ready(self):
         self.control.send({"t": "ready"})
 
-    def heartbeat(self):
-        self.control.send({"t": "heartbeat"})
+    def heartbeat(self, open_connections=None, served=None):
+        """Prove this worker's loop runs; the counts show in ``fastfork status``."""
+        self.control.send({"t": "heartbeat", "open": open_connections, "served": served})
 
     # -- listening ------------------------------------------------------------------
     def request_listen(self, address, backlog=DEFAULT_BACKLOG):

@@ -1,0 +1,271 @@
+"""The primary's control socket: how ``python -m fastfork status`` asks a running primary.
+
+A Unix stream socket created with mode 0600 (in a directory only its owner
+can enter, for the default location), and every peer checked with
+``SO_PEERCRED``: only the primary's own user and root may ask, whatever the
+file's mode became.  A client sends one JSON line, ``{"cmd": "status"}``, and
+gets one JSON line back; then the primary closes the connection.
+
+The primary never waits on a client: the listening socket and each client
+connection are watched by the primary's loop; a client that sends nothing is
+dropped when newer ones arrive, and there are at most ``MAX_CLIENTS``.
+"""
+
+import errno
+import json
+import os
+import socket
+import struct
+import time
+
+MAX_CLIENTS = 16
+MAX_REQUEST = 4096
+CLIENT_TIMEOUT = 5.0          # seconds an idle client may hold a connection
+_UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
+
+
+class ControlError(Exception):
+    """A control request failed: no primary there, refused, or a bad answer."""
+
+
+def default_dir():
+    """Where control sockets live unless ``--control-socket`` says otherwise.
+
+    ``$FASTFORK_RUN_DIR``; else ``/run/fastfork`` for root, else
+    ``$XDG_RUNTIME_DIR/fastfork``, else ``/tmp/fastfork-UID``.
+    """
+    explicit = os.environ.get("FASTFORK_RUN_DIR")
+    if explicit:
+        return explicit
+    if os.getuid() == 0:
+        return "/run/fastfork"
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "fastfork")
+    return f"/tmp/fastfork-{os.getuid()}"
+
+
+def default_path(name):
+    """The control socket of the primary called ``name`` (``--name``)."""
+    return os.path.join(default_dir(), f"{name}.sock")
+
+
+def peer_credentials(sock):
+    """``(pid, uid, gid)`` of the process at the other end of a Unix socket,
+    as they were when it connected (``SO_PEERCRED``)."""
+    return _UCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+
+
+def peer_allowed(peer_uid, owner_uid):
+    """Only the primary's own user and root may use its control socket."""
+    return peer_uid == owner_uid or peer_uid == 0
+
+
+def _ensure_private_dir(path):
+    # Create our own directory 0700; an existing one must be ours and not
+    # writable by others, or another user could swap the socket under us.
+    try:
+        os.makedirs(path, mode=0o700)
+    except FileExistsError:
+        pass
+    info = os.stat(path)
+    if info.st_uid != os.getuid():
+        raise OSError(errno.EPERM, f"control socket directory {path} belongs to uid "
+                                   f"{info.st_uid}, not to this user ({os.getuid()})")
+    if info.st_mode & 0o022:
+        raise OSError(errno.EPERM, f"control socket directory {path} is writable by others "
+                                   f"(mode {info.st_mode & 0o777:o})")
+
+
+class _Client:
+    __slots__ = ("sock", "buffer", "deadline")
+
+    def __init__(self, sock):
+        self.sock = sock
+        self.buffer = b""
+        self.deadline = time.monotonic() + CLIENT_TIMEOUT
+
+
+class ControlServer:
+    """The listening control socket, served from the primary's loop.
+
+    ``commands`` maps a command name to a function returning a JSON-able
+    answer; ``watch(fd)``/``unwatch(fd)`` register fds with the primary's
+    loop, which calls ``handle(fd)`` when one is readable.
+    """
+
+    def __init__(self, path, commands, watch, unwatch):
+        self.path = os.path.abspath(path)
+        self.owner_uid = os.getuid()
+        self._commands = dict(commands)
+        self._watch, self._unwatch = watch, unwatch
+        self._clients = {}            # fd -> _Client
+        self._pid = os.getpid()
+        if os.path.dirname(self.path) == os.path.abspath(default_dir()):
+            _ensure_private_dir(os.path.dirname(self.path))
+        self._remove_stale()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old_umask = os.umask(0o177)   # born 0600: no window where others may connect
+        try:
+            sock.bind(self.path)
+        except OSError as exc:
+            sock.close()
+            raise OSError(exc.errno, f"cannot create control socket {self.path}: "
+                                     f"{os.strerror(exc.errno)}") from None
+        finally:
+            os.umask(old_umask)
+        os.chmod(self.path, 0o600)
+        sock.listen(MAX_CLIENTS)
+        sock.setblocking(False)
+        self._sock = sock
+        watch(sock.fileno())
+
+    def _remove_stale(self):
+        if not os.path.lexists(self.path):
+            return
+        try:
+            answer = request(self.path, "status", timeout=2.0)
+        except ControlError:
+            answer = None
+        if answer is not None:
+            pid = answer.get("primary", {}).get("pid")
+            raise OSError(errno.EADDRINUSE, f"control socket {self.path} is in use by a running "
+                                            f"primary (pid {pid}); give this one another --name "
+                                            f"or --control-socket")
+        import stat
+        if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
+            raise OSError(errno.EEXIST, f"control socket path {self.path} exists and is not a socket")
+        os.unlink(self.path)     # left by a primary that was killed
+
+    def fileno(self):
+        return self._sock.fileno()
+
+    def handle(self, fd):
+        """Serve whatever is readable on ``fd``; False if ``fd`` is not ours."""
+        if fd == self._sock.fileno():
+            self._accept()
+            return True
+        client = self._clients.get(fd)
+        if client is None:
+            return False
+        self._read(client)
+        return True
+
+    def _accept(self):
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return         # out of fds or the client left: it can retry
+            _, uid, _ = peer_credentials(conn)
+            if not peer_allowed(uid, self.owner_uid):
+                self._answer(conn, {"error": f"permission denied: uid {uid} is neither the "
+                                             f"primary's user ({self.owner_uid}) nor root"})
+                conn.close()
+                continue
+            conn.setblocking(False)
+            self._expire()
+            if len(self._clients) >= MAX_CLIENTS:
+                self._drop(min(self._clients.values(), key=lambda c: c.deadline))
+            client = _Client(conn)
+            self._clients[conn.fileno()] = client
+            self._watch(conn.fileno())
+
+    def _read(self, client):
+        try:
+            data = client.sock.recv(MAX_REQUEST)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        client.buffer += data
+        if b"\n" not in client.buffer and data and len(client.buffer) <= MAX_REQUEST:
+            return
+        line = client.buffer.split(b"\n", 1)[0]
+        self._answer(client.sock, self._run(line))
+        self._drop(client)
+
+    def _run(self, line):
+        try:
+            message = json.loads(line.decode("utf-8"))
+            command = message["cmd"]
+        except (ValueError, KeyError, TypeError):
+            return {"error": 'a request is one JSON line like {"cmd": "status"}'}
+        handler = self._commands.get(command)
+        if handler is None:
+            return {"error": f"unknown command {command!r}; commands: {', '.join(self._commands)}"}
+        return handler()
+
+    def _answer(self, sock, answer):
+        # Answers are small (a status is ~150 bytes a worker); a client that
+        # does not read one may delay the primary by at most this timeout.
+        try:
+            sock.settimeout(1.0)
+            sock.sendall(json.dumps(answer).encode() + b"\n")
+        except OSError:
+            pass
+
+    def _expire(self):
+        now = time.monotonic()
+        for client in [c for c in self._clients.values() if c.deadline < now]:
+            self._drop(client)
+
+    def _drop(self, client):
+        fd = client.sock.fileno()
+        self._clients.pop(fd, None)
+        self._unwatch(fd)
+        client.sock.close()
+
+    def close(self, unlink=True):
+        """Stop serving; ``unlink=False`` in a forked worker (the path is the primary's)."""
+        for client in list(self._clients.values()):
+            if unlink:
+                self._drop(client)
+            else:
+                client.sock.close()
+        self._clients.clear()
+        self._sock.close()
+        if unlink and os.getpid() == self._pid:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+
+
+def request(path, command="status", timeout=5.0):
+    """Ask the primary at ``path``; returns its answer (a dict) or raises ControlError."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        try:
+            sock.connect(path)
+        except FileNotFoundError:
+            raise ControlError(f"no control socket at {path}: is the primary running?") from None
+        except ConnectionRefusedError:
+            raise ControlError(f"nothing answers at {path}: the primary is gone") from None
+        except PermissionError:
+            raise ControlError(f"permission denied on {path}: run as the primary's user "
+                               f"or root") from None
+        sock.sendall(json.dumps({"cmd": command}).encode() + b"\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+    except socket.timeout:
+        raise ControlError(f"the primary at {path} did not answer within {timeout}s") from None
+    except OSError as exc:
+        raise ControlError(f"{path}: {exc.strerror or exc}") from None
+    finally:
+        sock.close()
+    try:
+        answer = json.loads(data.decode("utf-8"))
+    except ValueError:
+        raise ControlError(f"the primary at {path} closed the connection without an answer"
+                           if not data else f"bad answer from {path}") from None
+    if isinstance(answer, dict) and "error" in answer:
+        raise ControlError(answer["error"])
+    return answer

@@ -1,0 +1,1 @@
+raise ZeroDivisionError("app cannot start: division by zero on purpose")

@@ -1,0 +1,426 @@
+"""Operations of a running `python -m fastfork run`: reload, scaling, hang detection,
+recycling, crash loop, privileges, socket activation, status and its control socket.
+
+Each test drives a real primary (in its own session, killed after the test) and
+watches it through its control socket, with deadlines, never sleeps.
+"""
+
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import pytest
+
+from harness import ROOT, ClusterProcess, impl_env, request, wait_until
+from fastfork.control_socket import ControlError, peer_allowed, peer_credentials
+from fastfork.control_socket import request as control_request
+
+APPS = os.path.join(ROOT, "tests", "apps")
+OPS_APP = os.path.join(APPS, "ops_app.py")
+
+
+class Runner:
+    """One `python -m fastfork run ...` process and its control socket."""
+
+    def __init__(self, rundir, args, impl="py", env=None, launcher=None):
+        self.socket_path = os.path.join(rundir, "ctl.sock")
+        run = ["fastfork", "run", *args, "--control-socket", self.socket_path]
+        if launcher:
+            # A program that sets things up, then execs python -m fastfork run.
+            self.proc = ClusterProcess(launcher[1:] + [sys.executable, "-m"] + run, impl=impl,
+                                       env=env, script=launcher[0])
+        else:
+            self.proc = ClusterProcess(run, impl=impl, env=env, script="-m")
+        self.pid = self.proc.pid
+
+    def status(self):
+        return control_request(self.socket_path)
+
+    def try_status(self):
+        try:
+            return self.status()
+        except ControlError:
+            if self.proc.proc.poll() is not None:
+                raise AssertionError(f"the primary exited ({self.proc.proc.returncode}):\n"
+                                     f"{self.output()}") from None
+            return None
+
+    def wait_status(self, predicate, what, timeout=15):
+        def check():
+            status = self.try_status()
+            return status if status is not None and predicate(status) else None
+        try:
+            return wait_until(check, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last status: {self.try_status()}\n"
+                                 f"output:\n{self.output()}") from None
+
+    def wait_serving(self, workers, timeout=15):
+        """Wait for ``workers`` listening workers and no replacement running; returns status."""
+        return self.wait_status(
+            lambda s: (len(s["workers"]) == workers
+                       and all(w["state"] == "listening" for w in s["workers"])
+                       and s["primary"]["replacing"] is None and not s["primary"]["queued"]),
+            f"{workers} listening workers", timeout)
+
+    def address(self):
+        host, _, port = self.status()["primary"]["addresses"][0].rpartition(":")
+        return host, int(port)
+
+    def output(self):
+        return self.proc.output()
+
+    def signal(self, sig):
+        os.kill(self.pid, sig)
+
+    def close(self):
+        self.proc.close()
+
+
+@pytest.fixture
+def rundir():
+    # Short: a Unix socket path must fit in 108 bytes.
+    path = tempfile.mkdtemp(prefix="ffops", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def runner_factory(rundir):
+    started = []
+
+    def start(*args, impl="py", env=None, launcher=None):
+        runner = Runner(rundir, args, impl=impl, env=env, launcher=launcher)
+        started.append(runner)
+        return runner
+
+    yield start
+    for runner in started:
+        runner.close()
+
+
+def pids_of(status):
+    return {w["pid"] for w in status["workers"]}
+
+
+def alive_counts(output):
+    """From the primary's log, in order: how many workers were alive after each fork/exit."""
+    alive, counts = 0, []
+    for line in output.splitlines():
+        if re.search(r"INFO forked worker \d+", line):
+            alive += 1
+            counts.append(alive)
+        elif re.search(r"worker \d+ \(pid \d+\).* (exited with|died unexpectedly)", line):
+            alive -= 1
+            counts.append(alive)
+    return counts
+
+
+class LoadClient:
+    """Threads that each open a new connection per request, until stopped."""
+
+    def __init__(self, address, threads=4, slow_every=10):
+        self.address = address
+        self.sent = self.failed = 0
+        self.errors = []
+        self.replies = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._slow_every = slow_every
+        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
+                         for i in range(threads)]
+
+    def __enter__(self):
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def _run(self, n):
+        i = 0
+        while not self._stop.is_set():
+            i += 1
+            # Some requests stay open a while, so a reload must let them finish.
+            line = "slow 0.2" if i % self._slow_every == n else "whoami"
+            try:
+                reply = request(self.address, line, timeout=10)
+                ok = bool(reply) and (reply.endswith("slept") or len(reply.split()) == 4)
+            except OSError as exc:
+                reply, ok = repr(exc), False
+            with self._lock:
+                self.sent += 1
+                if ok:
+                    self.replies.append(reply)
+                else:
+                    self.failed += 1
+                    self.errors.append(f"{line}: {reply!r}")
+
+    def count(self):
+        with self._lock:
+            return self.sent
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(15)
+
+
+# -- reload ---------------------------------------------------------------------------
+def test_reload_under_load_answers_every_request(runner_factory, rundir, impl):
+    app = os.path.join(rundir, "app.py")
+    shutil.copy(OPS_APP, app)
+    runner = runner_factory(f"{app}:handle", "--workers", "2", "--bind", "127.0.0.1:0",
+                            impl=impl)
+    before = pids_of(runner.wait_serving(2))
+    address = runner.address()
+    with open(app) as f:
+        code = f.read()
+    with open(app, "w") as f:
+        f.write(code.replace('VERSION = "1"', 'VERSION = "2"'))   # new code on disk
+    with LoadClient(address) as load:
+        wait_until(lambda: load.count() >= 50, 15, "load before the reload")
+        runner.signal(signal.SIGHUP)
+        after = runner.wait_status(
+            lambda s: (len(s["workers"]) == 2 and not pids_of(s) & before
+                       and s["primary"]["replacing"] is None and not s["primary"]["queued"]
+                       and all(w["state"] == "listening" for w in s["workers"])),
+            "every worker replaced", timeout=30)
+        settled = load.count()
+        wait_until(lambda: load.count() >= settled + 50, 15, "load after the reload")
+    print(f"\nreload under load ({impl}): {load.sent} requests sent, {load.failed} failed")
+    assert load.failed == 0, load.errors[:5]
+    versions = {r.split()[3] for r in load.replies if not r.endswith("slept")}
+    assert versions == {"1", "2"}, versions          # served by old, then new code
+    assert request(address, "whoami").split()[3] == "2"
+    assert all(w["restarts"] == 1 for w in after["workers"])
+    # One at a time: never more than 2 + 1 workers alive.
+    assert max(alive_counts(runner.output())) == 3, runner.output()
+
+
+def test_reload_with_broken_code_keeps_the_old_workers(runner_factory, rundir):
+    app = os.path.join(rundir, "app.py")
+    shutil.copy(OPS_APP, app)
+    runner = runner_factory(f"{app}:handle", "--workers", "2", "--bind", "127.0.0.1:0",
+                            "--backoff-max", "0.2")
+    before = pids_of(runner.wait_serving(2))
+    with open(app, "a") as f:
+        f.write("\nraise RuntimeError('deploy went wrong')\n")
+    runner.signal(signal.SIGHUP)
+    wait_until(lambda: "reload stopped" in runner.output(), 15, "the reload to give up")
+    status = runner.wait_serving(2)
+    assert pids_of(status) == before
+    assert "deploy went wrong" in runner.output()
+    assert request(runner.address(), "whoami").split()[1] in {str(p) for p in before}
+
+
+def test_reload_waits_for_explicit_ready(runner_factory):
+    runner = runner_factory(f"{OPS_APP}:serve_when_ready", "--app-type", "main",
+                            "--wait-ready", "--workers", "1", "--bind", "127.0.0.1:0",
+                            env={"OPS_READY_DELAY": "0.5"})
+    (old,) = pids_of(runner.wait_serving(1))
+    runner.signal(signal.SIGHUP)
+    status = runner.wait_serving(1, timeout=20)
+    (new,) = pids_of(status)
+    assert new != old
+    lines = runner.output().splitlines()
+    ready_at = next(i for i, l in enumerate(lines) if l == f"OPS ready {new}")
+    stop_at = next(i for i, l in enumerate(lines) if f"stopping worker 1 (pid {old})" in l)
+    assert ready_at < stop_at, "\n".join(lines)
+
+
+# -- scaling --------------------------------------------------------------------------------
+def test_scale_up_and_down_with_signals(runner_factory, impl):
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "2", "--bind", "127.0.0.1:0",
+                            impl=impl)
+    runner.wait_serving(2)
+    address = runner.address()
+    runner.signal(signal.SIGTTIN)
+    status = runner.wait_serving(3)
+    assert status["primary"]["size"] == 3
+    assert sorted(w["index"] for w in status["workers"]) == [0, 1, 2]
+    # Round-robin over sequential requests: each of the 3 workers gets its share.
+    served = [int(request(address, "whoami").split()[1]) for _ in range(9)]
+    assert set(served) == pids_of(status)
+    assert all(served.count(pid) == 3 for pid in set(served)), served
+    runner.signal(signal.SIGTTOU)
+    status = runner.wait_serving(2)
+    served = [int(request(address, "whoami").split()[1]) for _ in range(6)]
+    assert set(served) == pids_of(status)
+    assert sorted(w["index"] for w in status["workers"]) == [0, 1]
+
+
+# -- hang detection -----------------------------------------------------------------------
+def test_a_blocked_loop_is_aborted_and_replaced(runner_factory):
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "2", "--bind", "127.0.0.1:0",
+                            "--timeout", "1")
+    before = runner.wait_serving(2)
+    address = runner.address()
+    blocker = socket.create_connection(address)
+    try:
+        blocker.sendall(b"block 30\n")
+        status = runner.wait_status(lambda s: len(pids_of(s) - pids_of(before)) == 1
+                                    and len(s["workers"]) == 2
+                                    and all(w["state"] == "listening" for w in s["workers"]),
+                                    "the hung worker replaced", timeout=20)
+        assert blocker.recv(100) == b""            # its connection died with it
+    finally:
+        blocker.close()
+    (hung,) = pids_of(before) - pids_of(status)
+    output = runner.output()
+    assert re.search(rf"\(pid {hung}\) sent no heartbeat for [\d.]+s \(timeout 1s\)", output)
+    assert re.search(rf"\(pid {hung}\) exited with signal SIGABRT", output), output
+    assert "ops_app.py" in output and "in handle" in output   # faulthandler's traceback
+    assert {int(request(address, "whoami").split()[1]) for _ in range(4)} == pids_of(status)
+
+
+# -- recycling ----------------------------------------------------------------------------
+def test_max_requests_recycles_one_worker_at_a_time(runner_factory):
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "2", "--bind", "127.0.0.1:0",
+                            "--max-requests", "5", "--max-requests-jitter", "2")
+    first = pids_of(runner.wait_serving(2))
+    address = runner.address()
+    for _ in range(16):        # 8 each: both pass their limit (5..7) about together
+        request(address, "whoami")
+    status = runner.wait_status(lambda s: not pids_of(s) & first and s["totals"]["restarts"] >= 2
+                                and s["primary"]["replacing"] is None,
+                                "both workers recycled", timeout=20)
+    assert all(w["dispatched"] < 5 for w in status["workers"])
+    output = runner.output()
+    assert len(re.findall(r"replacing worker \d+ .*: max-requests", output)) >= 2
+    assert max(alive_counts(output)) == 3, output          # never two at once
+
+
+def test_max_memory_recycles_only_the_big_worker(runner_factory):
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "2", "--bind", "127.0.0.1:0",
+                            "--max-memory", "100M")
+    before = runner.wait_serving(2)
+    assert all(w["rss"] < 100 * 2**20 for w in before["workers"])
+    grown_rss = int(request(runner.address(), "grow 120"))
+    assert grown_rss > 100 * 2**20
+    status = runner.wait_status(lambda s: len(pids_of(s) - pids_of(before)) == 1
+                                and s["primary"]["replacing"] is None,
+                                "the big worker recycled", timeout=20)
+    (replaced,) = pids_of(before) - pids_of(status)
+    assert re.search(rf"replacing worker \d+ \(pid {replaced}, index \d\): max-memory \(RSS",
+                     runner.output())
+    assert all(w["rss"] < 100 * 2**20 for w in status["workers"])
+    assert sorted(w["restarts"] for w in status["workers"]) == [0, 1]
+
+
+# -- crash loop ---------------------------------------------------------------------------------
+def test_crash_loop_stops_with_a_clear_error(runner_factory):
+    runner = runner_factory(f"{OPS_APP}:crash", "--app-type", "main", "--workers", "2",
+                            "--bind", "127.0.0.1:0", "--max-restarts", "4",
+                            "--backoff-base", "0.01", "--backoff-max", "0.05")
+    code = runner.proc.wait_exit(30)
+    output = runner.output()
+    assert code == 3, output
+    assert re.search(r"workers died 4 times in a row within 1\.0s of starting; not re-forking",
+                     output), output
+    assert "re-forking in" in output          # the backoff is in the log
+    assert runner.proc.leftovers() == []
+
+
+# -- privileges and systemd -----------------------------------------------------------------
+def test_workers_drop_to_user_and_group(runner_factory):
+    if os.getuid() != 0:
+        pytest.skip("dropping privileges needs root")
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "1", "--bind", "127.0.0.1:0",
+                            "--user", "nobody", "--group", "nogroup")
+    status = runner.wait_serving(1)
+    pid = int(request(runner.address(), "whoami").split()[1])
+    assert pids_of(status) == {pid}
+    with open(f"/proc/{pid}/status") as f:
+        ids = dict(line.split(":", 1) for line in f if line.startswith(("Uid", "Gid", "Groups")))
+    assert ids["Uid"].split() == ["65534"] * 4
+    assert ids["Gid"].split() == ["65534"] * 4
+    assert ids["Groups"].split() == ["65534"]
+    with open(f"/proc/{runner.pid}/status") as f:
+        assert next(l for l in f if l.startswith("Uid")).split()[1] == "0"   # the primary stays
+
+
+def test_systemd_socket_activation_uses_the_passed_socket(runner_factory):
+    launcher = [os.path.join(APPS, "ops_systemd.py")]
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "2", launcher=launcher)
+    passed = runner.proc.wait_event("activated")["address"]
+    status = runner.wait_serving(2)
+    assert status["primary"]["addresses"] == [passed]
+    assert "using the socket systemd passed for " + passed in runner.output()
+    host, _, port = passed.rpartition(":")
+    assert {int(request((host, int(port)), "whoami").split()[1]) for _ in range(4)} \
+        == pids_of(status)
+
+
+# -- status and the control socket ----------------------------------------------------------
+def test_status_shows_the_real_pids(runner_factory, rundir):
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "2", "--bind", "127.0.0.1:0",
+                            "--name", "opsdemo")
+    status = runner.wait_serving(2)
+    served = {int(request(runner.address(), "whoami").split()[1]) for _ in range(4)}
+    assert served == pids_of(status)
+    env = impl_env("py")
+    cli = subprocess.run([sys.executable, "-m", "fastfork", "status", "--socket",
+                          runner.socket_path, "--json"], env=env, capture_output=True,
+                         text=True, timeout=20)
+    assert cli.returncode == 0, cli.stderr
+    answer = json.loads(cli.stdout)
+    assert pids_of(answer) == served
+    assert answer["primary"]["pid"] == runner.pid
+    assert answer["totals"]["dispatched"] >= 4
+    assert all(w["rss"] > 0 and w["state"] == "listening" for w in answer["workers"])
+    # The table, found through the control directory without --socket.
+    os.rename(runner.socket_path, os.path.join(rundir, "opsdemo.sock"))
+    env["FASTFORK_RUN_DIR"] = rundir
+    cli = subprocess.run([sys.executable, "-m", "fastfork", "status"], env=env,
+                         capture_output=True, text=True, timeout=20)
+    assert cli.returncode == 0, cli.stderr
+    lines = cli.stdout.splitlines()
+    assert lines[0].startswith(f"opsdemo: primary pid {runner.pid}, ")
+    assert lines[1].split() == ["id", "index", "pid", "uptime", "restarts", "dispatched",
+                                "open", "rss", "state"]
+    rows = {int(line.split()[2]): line.split() for line in lines[2:4]}
+    assert set(rows) == served
+    assert lines[4].startswith("total")
+
+
+def test_control_socket_is_private_and_checks_the_peer(runner_factory):
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "1", "--bind", "127.0.0.1:0")
+    runner.wait_serving(1)
+    mode = os.stat(runner.socket_path).st_mode
+    assert stat.S_ISSOCK(mode) and stat.S_IMODE(mode) == 0o600
+    if os.getuid() != 0:
+        pytest.skip("connecting as another user needs root")
+    # Reach the socket as root for the filesystem (fsuid 0) but as nobody for
+    # SO_PEERCRED (euid 65534): only the peer-credential check can refuse it.
+    probe = (
+        "import ctypes, os, socket, sys\n"
+        "libc = ctypes.CDLL(None, use_errno=True)\n"
+        "os.seteuid(65534)\n"
+        "libc.setfsuid(0)\n"
+        "s = socket.socket(socket.AF_UNIX)\n"
+        "s.connect(sys.argv[1])\n"
+        "s.sendall(b'{\"cmd\": \"status\"}\\n')\n"
+        "print(s.recv(4096).decode().strip())\n")
+    out = subprocess.run([sys.executable, "-c", probe, runner.socket_path],
+                         capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer == {"error": "permission denied: uid 65534 is neither the primary's user "
+                               "(0) nor root"}
+    assert runner.status()["primary"]["pid"] == runner.pid        # root still may
+
+
+def test_peer_credentials_and_the_rule():
+    a, b = socket.socketpair(socket.AF_UNIX)
+    with a, b:
+        assert peer_credentials(a) == (os.getpid(), os.getuid(), os.getgid())
+    assert peer_allowed(1000, 1000) and peer_allowed(0, 1000)
+    assert not peer_allowed(1001, 1000) and not peer_allowed(65534, 0)
