@@ -58,7 +58,7 @@ def _install_fork_hooks():
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         # One line, no usage block: the line names the problem, --help the rest.
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(EXIT_USAGE, f"fastfork demo: error: {message} (see --help)\n")
 
 
 def _workers_arg(text):
@@ -251,6 +251,9 @@ class Demo:
         self.failure = None          # (exit code, message) once the demo cannot go on
         self.client = None
         self.finished = False
+        self.interrupted = False     # the primary began stopping without the demo asking
+        self._stop_sent = False
+        self._live = {}              # id -> Worker, kept by the loop's thread
         self._started = False
         self._events = []            # (kind, worker, extra) for the client thread
         self._cond = threading.Condition()
@@ -271,6 +274,8 @@ class Demo:
     def on_fork(self, worker):
         out = self.out
         self.all_workers.append(worker)
+        with self._cond:
+            self._live[worker.id] = worker
         name = out.worker(worker.id, worker.index)
         old = self.dead_at_index.pop(worker.index, None)
         if old is None:
@@ -309,12 +314,17 @@ class Demo:
             self._post("count", worker, data["count"])
         elif "listen_error" in data and self.failure is None:
             self.failure = (EXIT_USAGE, str(data["listen_error"]))
+            self._stop_sent = True
             self.out.error(self.failure[1])
             self.cluster.stop()
 
     def on_exit(self, worker, code, sig):
         out = self.out
         name = out.worker(worker.id, worker.index)
+        with self._cond:
+            self._live.pop(worker.id, None)
+        if worker.stop_requested and not self._stop_sent and not self.args.serve:
+            self.interrupted = True      # Ctrl-C or SIGTERM: the client's errors are expected
         how = f"code {code}, signal None" if sig is None else \
             f"code None, signal {signal.Signals(sig).name}"
         if worker.stop_requested:
@@ -328,19 +338,19 @@ class Demo:
 
     # -- what the primary says once every worker listens --------------------------------
     def explain_shared_port(self):
-        out, policy = self.out, self.cluster.policy
+        out, policy, pid = self.out, self.cluster.policy, os.getpid()
         out.line(f"   All {self.size} workers listen on the same {self.address}, and none got "
                  "\"address in use\":")
         if policy == "rr":
-            out.line(f"   only the primary (pid {os.getpid()}) bound it. It accepts each connection "
+            out.line(f"   only the primary (pid {pid}) bound it. It accepts each connection "
                      "and passes")
             out.line("   the socket to one worker over a Unix socket (policy rr, round-robin).")
         elif policy == "none":
-            out.line(f"   only the primary (pid {os.getpid()}) bound it, then gave each worker a "
+            out.line(f"   only the primary (pid {pid}) bound it, then gave each worker a "
                      "copy of that one")
             out.line("   socket; the workers race to accept (policy none: the kernel decides).")
         else:
-            out.line(f"   the primary (pid {os.getpid()}) reserved it, and each worker bound its "
+            out.line(f"   the primary (pid {pid}) reserved it, and each worker bound its "
                      "own socket with")
             out.line("   SO_REUSEPORT (policy reuseport: the kernel spreads connections by hash).")
 
@@ -357,10 +367,11 @@ class Demo:
             self.script()
             self.finished = True
         except Exception as exc:           # report it, then shut the cluster down cleanly
-            if self.failure is None:
+            if self.failure is None and not self.interrupted:
                 self.failure = (EXIT_DEMO_FAILED, f"the demo could not go on: {exc}")
                 self.out.error(self.failure[1])
         finally:
+            self._stop_sent = True
             self.cluster.stop()
 
     def _wait_for(self, predicate, what):
@@ -372,10 +383,17 @@ class Demo:
             return None
 
         with self._cond:
-            event = self._cond.wait_for(find, WAIT)
+            event = self._cond.wait_for(lambda: find() or self.interrupted, WAIT)
+        if self.interrupted:
+            raise RuntimeError("interrupted")
         if event is None:
             raise TimeoutError(f"no {what} within {WAIT:g}s")
         return event
+
+    def live_workers(self):
+        """The workers alive now, by index (a snapshot: the loop's thread updates them)."""
+        with self._cond:
+            return sorted(self._live.values(), key=lambda w: w.index)
 
     def pause(self):
         if self.args.step:
@@ -431,10 +449,10 @@ class Demo:
 
         out.line("")
         out.line(out.heading("4. Memory is not shared"))
-        out.line("   Each worker counts the requests it served in its own variable; the primary adds "
-                 "up")
+        out.line("   Each worker counts the requests it served in its own variable; the "
+                 "primary adds up")
         out.line("   the reports the workers send it over the message channel.")
-        live = sorted(self.cluster.alive_workers(), key=lambda w: w.index)
+        live = self.live_workers()
         for worker in live:
             worker.send("count?")
         counts = []
@@ -453,8 +471,8 @@ class Demo:
         out.line("")
         out.line(out.heading("5. Resilience: a worker dies, the primary re-forks it"))
         victim = live[0]
-        out.line(f"   killing {out.worker(victim.id, victim.index)} (pid {victim.pid}) with SIGKILL: "
-                 "no chance to clean up")
+        name = out.worker(victim.id, victim.index)
+        out.line(f"   killing {name} (pid {victim.pid}) with SIGKILL: no chance to clean up")
         victim.kill(signal.SIGKILL)
         self._wait_for(lambda kind, w, extra: kind == "exit" and w is victim,
                        f"exit event of {victim.label}")
@@ -463,7 +481,7 @@ class Demo:
                                     and w.id != victim.id),
             f"a replacement at index {victim.index}")
         self.pause()
-        rest = len(self.cluster.alive_workers())
+        rest = len(self.live_workers())
         out.line(f"   One more round of {rest} requests:")
         order = self.do_round(rest, count + 1)
         served = order.count(spare.id)
@@ -553,15 +571,15 @@ def _run(args, out, probe):
                      "slot, which a"))
     out.line(out.dim("   replacement takes over."))
     code = cluster.run()
-    if demo.client is not None:
-        demo.client.join(WAIT)
+    if demo.client is not None and not demo.interrupted:
+        demo.client.join(WAIT)      # not when interrupted: it may be waiting for Enter
 
     left = "no child process is left" if _no_child_left() else "SOME CHILD PROCESSES ARE LEFT"
     out.line(f"   every worker exited and was reaped; {left}.")
     if demo.failure is not None:
         code = demo.failure[0]
     elif not args.serve and not demo.finished:
-        out.error("the cluster stopped before the demo finished")
+        out.error("interrupted: the primary stopped before the demo finished")
         code = code or EXIT_DEMO_FAILED
     forked = len(demo.all_workers)
     refork = forked - size

@@ -8,7 +8,9 @@ processes (parent pids, who holds the listening socket) while they are alive.
 import glob
 import json
 import os
+import pty
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -232,7 +234,8 @@ def test_walkthrough(start_demo, impl):
     assert sorted(int(m[2]) for m in again) == sorted(live)      # one full rotation
     for m in again:
         assert live[int(m[2])] == int(m[3])
-    demo.expect(r"The replacement, worker %d \(pid %d\), answered 1 of them" % (spare_id, spare_pid))
+    demo.expect(r"The replacement, worker %d \(pid %d\), answered 1 of them"
+                % (spare_id, spare_pid))
 
     # 6: every worker stopped and reaped, exit 0, nothing left.
     stopped = {int(m[1]): int(m[2]) for m in demo.expect_n(EXIT_STOPPED.pattern, 3)}
@@ -273,6 +276,44 @@ def test_defaults_one_worker_per_core(start_demo):
     assert demo.wait_exit() == 0
     assert "\033[" not in demo.output()      # stdout is a pipe: no colors
     no_leftovers(demo)
+
+
+def run_on_terminal(args):
+    """Run the demo with stdout on a pseudo-terminal; returns (exit code, output)."""
+    master, slave = pty.openpty()
+    env = impl_env("py")
+    env.pop("NO_COLOR", None)
+    proc = subprocess.Popen(DEMO + args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                            stdout=slave, stderr=subprocess.PIPE, start_new_session=True)
+    os.close(slave)
+    data, deadline = b"", time.monotonic() + WAIT
+    try:
+        while time.monotonic() < deadline:
+            if select.select([master], [], [], deadline - time.monotonic())[0]:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:          # EIO: the demo closed the terminal
+                    break
+                if not chunk:
+                    break
+                data += chunk
+        code = proc.wait(WAIT)
+    finally:
+        os.close(master)
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        proc.stderr.close()
+    assert session_pids(proc.pid)[0] == []
+    return code, data.decode()
+
+
+def test_colors_only_on_a_terminal():
+    code, text = run_on_terminal(["--port", "0", "--workers", "max"])
+    assert code == 0 and "\033[1m1. One process = one core\033[0m" in text
+    assert re.search(r"\033\[\d+mworker 1\033\[0m", text)
+    code, text = run_on_terminal(["--port", "0", "--workers", "max", "--no-color"])
+    assert code == 0 and "1. One process = one core" in text and "\033[" not in text
 
 
 # -- --serve: the reference HTTP server ---------------------------------------------------
