@@ -278,11 +278,10 @@ class Demo:
             self._live[worker.id] = worker
         name = out.worker(worker.id, worker.index)
         old = self.dead_at_index.pop(worker.index, None)
-        if old is None:
-            out.line(f"   fork       {name}: pid {worker.pid}, index {worker.index}")
-        else:
-            out.line(f"   fork       {name}: pid {worker.pid}, index {worker.index}, replacing "
-                     f"worker {old.id} (pid {old.pid}): same index, new id and pid")
+        out.line(f"   fork       {name}: pid {worker.pid}, index {worker.index}")
+        if old is not None:
+            out.line(f"              replaces worker {old.id} (pid {old.pid}): same index, "
+                     "new id and pid")
         self._post("fork", worker)
 
     def on_listening(self, worker, address):
@@ -437,9 +436,10 @@ class Demo:
         count = self.args.requests or 2 * self.size
 
         out.line("")
-        out.line(out.heading("3. Round-robin dispatch"))
-        out.line(f"   The demo is now a client: it opens {count} short HTTP connections, one after "
-                 "another.")
+        out.line(out.heading("3. Round-robin dispatch" if policy == "rr"
+                             else f"3. Dispatch by the kernel (policy {policy})"))
+        out.line(f"   The demo is now a client: it opens {count} short HTTP connections, "
+                 "one after another.")
         order = self.do_round(count, 1)
         if policy == "rr":
             out.line(f"   The primary handed them out in turn: {', '.join(map(str, order))}.")
@@ -485,8 +485,12 @@ class Demo:
         out.line(f"   One more round of {rest} requests:")
         order = self.do_round(rest, count + 1)
         served = order.count(spare.id)
-        out.line(f"   The replacement, worker {spare.id} (pid {spare.pid}), answered {served} of "
-                 f"them: it serves the same port.")
+        if served:
+            out.line(f"   The replacement, worker {spare.id} (pid {spare.pid}), answered {served} "
+                     "of them: it serves the same port.")
+        else:
+            out.line(f"   The replacement, worker {spare.id} (pid {spare.pid}), answered none of "
+                     "them this time: the kernel picked.")
 
         out.line("")
         out.line(out.heading("6. Clean shutdown"))

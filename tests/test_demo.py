@@ -215,10 +215,11 @@ def test_walkthrough(start_demo, impl):
     victim_index = forks[victim][1]
     demo.expect(r"exit\s+worker %d \(pid %d, index %d\): code None, signal SIGKILL$"
                 % (victim, victim_pid, victim_index))
-    spare = demo.expect(r"fork\s+worker (\d+): pid (\d+), index (\d+), replacing worker %d "
-                        r"\(pid %d\)" % (victim, victim_pid))
+    spare = demo.expect(FORK.pattern + "$")
     spare_id, spare_pid = int(spare[1]), int(spare[2])
     assert int(spare[3]) == victim_index
+    demo.expect(r"^\s+replaces worker %d \(pid %d\): same index, new id and pid$"
+                % (victim, victim_pid))
     assert spare_id not in pids and spare_pid != victim_pid
     demo.expect(r"listening\s+worker %d \(pid %d\)" % (spare_id, spare_pid))
     demo.expect(r"press Enter")
