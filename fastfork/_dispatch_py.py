@@ -36,6 +36,18 @@ _CMSG_SPACE = socket.CMSG_SPACE(SCM_MAX_FD * 4)
 IMPLEMENTATION = "python"
 
 
+def _borrow(fd):
+    """A non-blocking socket object around ``fd`` (raises for a non-socket, like
+    the Cython build's SO_TYPE check)."""
+    sock = socket.socket(fileno=fd)
+    try:
+        sock.setblocking(False)
+    except BaseException:
+        sock.detach()
+        raise
+    return sock
+
+
 class Dispatcher:
     """The primary's hot path: accept, pick a worker, pass the fd, track acks."""
 
@@ -43,7 +55,10 @@ class Dispatcher:
                  pause_ms=100):
         self.window = check_window(window)
         self.batch_max = check_batch_max(batch_max)
-        self.pause_ms = int(pause_ms)
+        pause_ms = int(pause_ms)
+        if pause_ms < 0:
+            raise ValueError(f"pause_ms must be >= 0, got {pause_ms}")
+        self.pause_ms = pause_ms
         self._pid = os.getpid()
         self._epoll = select.epoll()
         self._sched = RoundRobinScheduler(self.window)
@@ -54,7 +69,7 @@ class Dispatcher:
         self._inflight = {}       # slot -> deque of fds awaiting the worker's ack
         self._open = {}           # slot -> True while the channel is usable
         self._dispatched = {}     # slot -> count
-        self._closed = []         # slots whose channel broke, for pop_closed()
+        self._closed_slots = []   # slots whose channel broke, for pop_closed()
         self._pending = collections.deque()  # (fd, lid) waiting for credit
         self._paused_until = 0.0
         self.accepted = 0
@@ -62,48 +77,67 @@ class Dispatcher:
         self.redispatched = 0
         self.pauses = 0
         self.last_pause_errno = 0
+        self._closed = False      # last: __del__ cleans only a fully built object
 
     # -- registration -----------------------------------------------------
     def add_listener(self, fd):
-        """Start dispatching connections from listening socket ``fd``; returns its id."""
-        self._check_pid()
+        """Start dispatching connections from listening socket ``fd``; returns its id.
+
+        ``fd`` stays the caller's: call ``remove_listener`` before closing it.
+        """
+        self._check()
         lid = next(i for i in range(64 + 1) if i not in self._listeners)
         if lid >= 64:
             raise ValueError("at most 64 listening sockets per primary")
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
+        sock = _borrow(fd)
+        try:
+            self._epoll.register(fd, 0)     # armed by poll() once a worker has credit
+        except BaseException:
+            sock.detach()
+            raise
         self._listeners[lid] = sock
         self._armed[lid] = False
         self._fdmap[fd] = (_KIND_LISTENER, lid)
-        self._epoll.register(fd, 0)
         return lid
 
     def remove_listener(self, lid):
+        """Stop accepting on ``lid``; connections waiting for credit on it are closed."""
+        self._check()
+        if lid not in self._listeners:
+            raise KeyError(f"no listener {lid}")
         sock = self._listeners.pop(lid)
         self._armed.pop(lid)
         fd = sock.detach()
         del self._fdmap[fd]
+        self._flush_pending()               # drops what waited for this listener
         self._epoll.unregister(fd)
 
     def add_worker(self, fd):
-        """Register the primary's end of a worker's data channel; returns its slot."""
-        self._check_pid()
+        """Register the primary's end of a worker's data channel; returns its slot.
+
+        ``fd`` stays the caller's: close it only after ``remove_worker``.
+        """
+        self._check()
         slot = 0
         while slot in self._workers:
             slot += 1
-        sock = socket.socket(fileno=fd)
-        sock.setblocking(False)
-        self._sched.add(slot)
+        sock = _borrow(fd)
+        try:
+            self._epoll.register(fd, select.EPOLLIN)
+        except BaseException:
+            sock.detach()
+            raise
+        self._sched.add(slot)               # cannot fail: the slot is free
         self._workers[slot] = sock
         self._inflight[slot] = collections.deque()
         self._open[slot] = True
         self._dispatched[slot] = 0
         self._fdmap[fd] = (_KIND_WORKER, slot)
-        self._epoll.register(fd, select.EPOLLIN)
         return slot
 
     def subscribe(self, slot, lid):
         """Let the worker in ``slot`` receive connections from listener ``lid``."""
+        self._check()
         if lid not in self._listeners:
             raise KeyError(f"no listener {lid}")
         if self._open.get(slot):
@@ -116,6 +150,7 @@ class Dispatcher:
         Connections already sent stay tracked: the worker still acknowledges
         them, and if it dies first they go to another worker.
         """
+        self._check()
         if not self._open.get(slot):
             return
         self._sched.retire(slot)
@@ -126,10 +161,11 @@ class Dispatcher:
 
     def remove_worker(self, slot):
         """Forget ``slot`` (worker gone); its unacknowledged connections are re-dispatched."""
+        self._check()
         if slot not in self._workers:
             raise KeyError(f"no worker in slot {slot}")
         self._close_worker(slot)
-        self._closed = [s for s in self._closed if s != slot]
+        self._closed_slots = [s for s in self._closed_slots if s != slot]
         del self._workers[slot]
         del self._inflight[slot]
         del self._open[slot]
@@ -138,10 +174,12 @@ class Dispatcher:
 
     def watch(self, fd):
         """Make ``poll`` report ``fd`` when it is readable (control channels, wakeup pipe)."""
-        self._fdmap[fd] = (_KIND_WATCH, fd)
+        self._check()
         self._epoll.register(fd, select.EPOLLIN)
+        self._fdmap[fd] = (_KIND_WATCH, fd)
 
     def unwatch(self, fd):
+        self._check()
         if self._fdmap.get(fd, (None,))[0] == _KIND_WATCH:
             del self._fdmap[fd]
             self._epoll.unregister(fd)
@@ -149,8 +187,16 @@ class Dispatcher:
     # -- the loop -----------------------------------------------------------
     def poll(self, timeout_ms):
         """Wait up to ``timeout_ms`` (-1: forever), do all dispatch work, and
-        return the watched fds that are readable."""
-        self._check_pid()
+        return the watched fds that are readable.
+
+        May return early with an empty list when a signal interrupts the wait
+        (the Cython build does; here PEP 475 retries the wait, so set a wakeup
+        fd with ``signal.set_wakeup_fd`` and ``watch`` it to wake both builds).
+        """
+        self._check()
+        # Connections re-queued by a failed send since the last call go out
+        # now, not after the next event.
+        self._flush_pending()
         self._rearm()
         now = time.monotonic()
         if self._paused_until > now:
@@ -177,14 +223,24 @@ class Dispatcher:
 
     def pop_closed(self):
         """Slots whose data channel closed or broke the protocol since the last call."""
-        closed, self._closed = self._closed, []
+        self._check()
+        closed, self._closed_slots = self._closed_slots, []
         return closed
 
     def worker_stats(self, slot):
         """``(dispatched, inflight)`` for one worker."""
+        self._check()
+        if slot not in self._workers:
+            raise KeyError(f"no worker in slot {slot}")
         return self._dispatched[slot], len(self._inflight[slot])
 
+    def held_fds(self):
+        """How many connection fds the primary holds (in flight + pending)."""
+        self._check()
+        return sum(len(dq) for dq in self._inflight.values()) + len(self._pending)
+
     def stats(self):
+        self._check()
         return {"accepted": self.accepted, "dispatched": self.dispatched,
                 "redispatched": self.redispatched, "pending": len(self._pending),
                 "pauses": self.pauses, "last_pause_errno": self.last_pause_errno,
@@ -197,6 +253,9 @@ class Dispatcher:
         Also right in a forked child, which must not keep the primary's copies
         of connections alive.
         """
+        if self._closed:
+            return
+        self._closed = True
         for dq in self._inflight.values():
             while dq:
                 os.close(dq.popleft()[0])
@@ -209,11 +268,20 @@ class Dispatcher:
         self._fdmap.clear()
         self._epoll.close()
 
+    def __del__(self):
+        # Like the Cython build's __dealloc__: never close the caller's
+        # listener/worker fds (the socket objects would), and do not leak
+        # the connections.  A failed __init__ leaves nothing to clean.
+        if getattr(self, "_closed", True) is False:
+            self.close()
+
     # -- internals ------------------------------------------------------------
-    def _check_pid(self):
+    def _check(self):
         if os.getpid() != self._pid:
             raise RuntimeError("this Dispatcher belongs to the parent process; "
                                "call close() in the child")
+        if self._closed:
+            raise ValueError("I/O operation on a closed Dispatcher")
 
     def _rearm(self):
         paused = self._paused_until > time.monotonic()
@@ -224,33 +292,47 @@ class Dispatcher:
                 self._armed[lid] = want
 
     def _accept_and_dispatch(self, lid):
+        if self._paused_until > time.monotonic():
+            return                          # another listener just ran out of fds
         sock = self._listeners[lid]
         budget = self._sched.available(lid)
         batches = {}
-        while budget > 0:
-            try:
-                fd, _ = sock._accept()
-            except BlockingIOError:
-                break
-            except InterruptedError:
-                continue
-            except OSError as exc:
-                if exc.errno in _ACCEPT_SKIP:
-                    continue
-                if exc.errno in _ACCEPT_PAUSE:
-                    # Out of fds or memory: leave the backlog in the kernel and
-                    # wait pause_ms instead of spinning on a readable socket.
-                    self._paused_until = time.monotonic() + self.pause_ms / 1000.0
-                    self.pauses += 1
-                    self.last_pause_errno = exc.errno
+        try:
+            while budget > 0:
+                try:
+                    fd, _ = sock._accept()
+                except BlockingIOError:
                     break
-                raise
-            self.accepted += 1
-            budget -= 1
-            slot = self._sched.pick(lid)
-            batches.setdefault(slot, []).append((fd, lid))
-        for slot, batch in batches.items():
-            self._send(slot, batch)
+                except InterruptedError:
+                    continue
+                except OSError as exc:
+                    if exc.errno in _ACCEPT_SKIP:
+                        continue
+                    if exc.errno in _ACCEPT_PAUSE:
+                        # Out of fds or memory: leave the backlog in the kernel and
+                        # wait pause_ms (listeners disarmed) instead of spinning.
+                        self._paused_until = time.monotonic() + self.pause_ms / 1000.0
+                        self.pauses += 1
+                        self.last_pause_errno = exc.errno
+                        break
+                    raise
+                self.accepted += 1
+                budget -= 1
+                # Workers get connections non-blocking, as accept4(SOCK_NONBLOCK)
+                # gives them in the Cython build.
+                try:
+                    os.set_blocking(fd, False)
+                except OSError:
+                    pass
+                slot = self._sched.pick(lid)
+                if slot < 0:                # cannot happen: budget came from available()
+                    self._pending.append((fd, lid))
+                    continue
+                batches.setdefault(slot, []).append((fd, lid))
+        finally:
+            # What was accepted goes out even if accept failed unexpectedly.
+            for slot, batch in batches.items():
+                self._send(slot, batch)
 
     def _flush_pending(self):
         if not self._pending:
@@ -259,7 +341,10 @@ class Dispatcher:
         keep = collections.deque()
         while self._pending:
             fd, lid = self._pending.popleft()
-            slot = self._sched.pick(lid) if lid in self._listeners else -1
+            if lid not in self._listeners:
+                os.close(fd)                # its listener was removed: nobody can serve it
+                continue
+            slot = self._sched.pick(lid)
             if slot < 0:
                 keep.append((fd, lid))
             else:
@@ -324,7 +409,7 @@ class Dispatcher:
         if not self._open.get(slot):
             return
         self._open[slot] = False
-        self._closed.append(slot)
+        self._closed_slots.append(slot)
         sock = self._workers[slot]
         fd = sock.fileno()
         self._fdmap.pop(fd, None)
@@ -342,12 +427,14 @@ class Dispatcher:
 
 
 class Receiver:
-    """The worker's end of the data channel: receive fd batches, acknowledge them."""
+    """The worker's end of the data channel: receive fd batches, acknowledge them.
+
+    Owns ``fd``: ``close()`` closes it.
+    """
 
     def __init__(self, fd):
         self._pid = os.getpid()
-        self._sock = socket.socket(fileno=fd)
-        self._sock.setblocking(False)
+        self._sock = _borrow(fd)
         self.received = 0
         self.ended = False
 
@@ -361,11 +448,16 @@ class Receiver:
         (the caller owns each fd), ``ended`` is True once the primary said END
         or closed the channel.  One ACK covers everything drained.
         """
+        if os.getpid() != self._pid:
+            raise RuntimeError("this Receiver belongs to the parent process")
+        if self._sock.fileno() < 0:
+            raise ValueError("I/O operation on a closed Receiver")
         pairs = []
         try:
             while not self.ended:
                 try:
-                    data, ancdata, flags, _ = self._sock.recvmsg(_RECV_BUF, _CMSG_SPACE)
+                    data, ancdata, flags, _ = self._sock.recvmsg(
+                        _RECV_BUF, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
                 except BlockingIOError:
                     break
                 except InterruptedError:
@@ -385,12 +477,12 @@ class Receiver:
                     for fd in fds:
                         os.close(fd)
                     raise
+            if pairs:
+                self._ack(len(pairs))
         except BaseException:
             for _, fd in pairs:
                 os.close(fd)
             raise
-        if pairs:
-            self._ack(len(pairs))
         return pairs, self.ended
 
     def _parse(self, data, flags, fds, pairs):

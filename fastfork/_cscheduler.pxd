@@ -1,0 +1,30 @@
+# The C-level interface of fastfork._cscheduler, cimported by _cdispatch so
+# that the hot path picks workers without going through Python calls.
+from libc.stdint cimport uint64_t
+
+cdef enum:
+    FF_MAX_LISTENERS = 64
+
+
+cdef class RoundRobinScheduler:
+    cdef readonly int window
+    cdef int nslots          # slots known so far (len(_present) in the twin); never shrinks
+    cdef int capacity        # allocated length of the arrays below
+    cdef unsigned char *present
+    cdef unsigned char *active
+    cdef int *inflight_
+    cdef uint64_t *subs      # bit lid set: subscribed to listener lid
+    cdef int cursor[FF_MAX_LISTENERS]   # lid -> slot picked last
+
+    # Python-raising helpers (cold path).
+    cdef int _grow(self, int need) except -1
+    cdef int _check(self, int slot) except -1
+    cdef int c_add(self, int slot) except -1
+    cdef int c_remove(self, int slot) except -1       # returns the lost count
+    cdef int c_subscribe(self, int slot, int lid) except -1
+    cdef int c_retire(self, int slot) except -1
+    # Hot path: no exceptions.  lid must be in 0..FF_MAX_LISTENERS-1.
+    cdef int c_pick(self, int lid) noexcept
+    cdef int c_available(self, int lid) noexcept
+    cdef int c_try_ack(self, int slot, int count) noexcept   # 0, or -1 if invalid
+    cdef bint c_has(self, int slot) noexcept

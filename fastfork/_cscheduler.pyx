@@ -1,0 +1,191 @@
+# cython: language_level=3
+"""Which worker gets the next connection: the C twin of ``fastfork.scheduler``.
+
+Same rules (see that module's docstring), same Python methods and exceptions;
+``_cdispatch`` calls the ``c_*`` methods declared in ``_cscheduler.pxd``.
+"""
+
+from libc.stdint cimport uint64_t
+from libc.stdlib cimport free, realloc
+from libc.string cimport memset
+
+MAX_LISTENERS = FF_MAX_LISTENERS
+
+
+cdef class RoundRobinScheduler:
+    """Round-robin over workers that have credit (see ``fastfork.scheduler``)."""
+
+    def __cinit__(self, *args, **kwargs):
+        cdef int i
+        self.nslots = 0
+        self.capacity = 0
+        self.present = NULL
+        self.active = NULL
+        self.inflight_ = NULL
+        self.subs = NULL
+        for i in range(FF_MAX_LISTENERS):
+            self.cursor[i] = -1
+
+    def __init__(self, window):
+        window = int(window)
+        if window < 1:
+            raise ValueError(f"credit window must be >= 1, got {window}")
+        self.window = window
+
+    def __dealloc__(self):
+        free(self.present)
+        free(self.active)
+        free(self.inflight_)
+        free(self.subs)
+
+    # -- C interface --------------------------------------------------------------
+    cdef int _grow(self, int need) except -1:
+        cdef int cap = self.capacity if self.capacity > 0 else 8
+        cdef void *p
+        while cap < need:
+            cap *= 2
+        # Each realloc is stored at once, so a failure leaves consistent state.
+        p = realloc(self.present, cap * sizeof(unsigned char))
+        if p == NULL:
+            raise MemoryError()
+        self.present = <unsigned char *>p
+        p = realloc(self.active, cap * sizeof(unsigned char))
+        if p == NULL:
+            raise MemoryError()
+        self.active = <unsigned char *>p
+        p = realloc(self.inflight_, cap * sizeof(int))
+        if p == NULL:
+            raise MemoryError()
+        self.inflight_ = <int *>p
+        p = realloc(self.subs, cap * sizeof(uint64_t))
+        if p == NULL:
+            raise MemoryError()
+        self.subs = <uint64_t *>p
+        self.capacity = cap
+        return 0
+
+    cdef int _check(self, int slot) except -1:
+        if not self.c_has(slot):
+            raise KeyError(f"no worker in slot {slot}")
+        return 0
+
+    cdef bint c_has(self, int slot) noexcept:
+        return 0 <= slot < self.nslots and self.present[slot]
+
+    cdef int c_add(self, int slot) except -1:
+        cdef int i
+        if slot < 0:
+            raise ValueError(f"slot must be >= 0, got {slot}")
+        if slot >= self.nslots:
+            if slot >= self.capacity:
+                self._grow(slot + 1)
+            for i in range(self.nslots, slot + 1):
+                self.present[i] = 0
+                self.active[i] = 0
+                self.inflight_[i] = 0
+                self.subs[i] = 0
+            self.nslots = slot + 1
+        if self.present[slot]:
+            raise ValueError(f"slot {slot} is already in use")
+        self.present[slot] = 1
+        self.active[slot] = 1
+        self.inflight_[slot] = 0
+        self.subs[slot] = 0
+        return 0
+
+    cdef int c_remove(self, int slot) except -1:
+        cdef int lost
+        self._check(slot)
+        self.present[slot] = 0
+        self.active[slot] = 0
+        self.subs[slot] = 0
+        lost = self.inflight_[slot]
+        self.inflight_[slot] = 0
+        return lost
+
+    cdef int c_subscribe(self, int slot, int lid) except -1:
+        self._check(slot)
+        if not 0 <= lid < FF_MAX_LISTENERS:
+            raise ValueError(
+                f"listener id must be in 0..{FF_MAX_LISTENERS - 1}, got {lid}")
+        self.subs[slot] |= (<uint64_t>1) << lid
+        return 0
+
+    cdef int c_retire(self, int slot) except -1:
+        self._check(slot)
+        self.active[slot] = 0
+        return 0
+
+    cdef int c_pick(self, int lid) noexcept:
+        cdef int n = self.nslots
+        cdef int start, step, slot
+        cdef uint64_t bit = (<uint64_t>1) << lid
+        if n == 0:
+            return -1
+        start = self.cursor[lid]     # -1 or a slot < n: (start + step) >= 0
+        for step in range(1, n + 1):
+            slot = (start + step) % n
+            if (self.active[slot] and (self.subs[slot] & bit)
+                    and self.inflight_[slot] < self.window):
+                self.inflight_[slot] += 1
+                self.cursor[lid] = slot
+                return slot
+        return -1
+
+    cdef int c_available(self, int lid) noexcept:
+        cdef int slot
+        cdef int total = 0
+        cdef uint64_t bit = (<uint64_t>1) << lid
+        for slot in range(self.nslots):
+            if self.active[slot] and (self.subs[slot] & bit):
+                total += self.window - self.inflight_[slot]
+        return total
+
+    cdef int c_try_ack(self, int slot, int count) noexcept:
+        if not self.c_has(slot) or count < 0 or count > self.inflight_[slot]:
+            return -1
+        self.inflight_[slot] -= count
+        return 0
+
+    # -- Python interface (same as fastfork.scheduler) ----------------------------
+    def add(self, int slot):
+        self.c_add(slot)
+
+    def remove(self, int slot):
+        """Forget a worker; returns how many connections it had unacknowledged."""
+        return self.c_remove(slot)
+
+    def subscribe(self, int slot, int lid):
+        self.c_subscribe(slot, lid)
+
+    def retire(self, int slot):
+        self.c_retire(slot)
+
+    def pick(self, int lid):
+        """The slot that gets the next connection on ``lid``, or -1."""
+        _check_lid(lid)
+        return self.c_pick(lid)
+
+    def ack(self, int slot, long long count):
+        """Credit back ``count`` connections; raises if more than in flight."""
+        self._check(slot)
+        if count < 0 or count > self.inflight_[slot]:
+            raise ValueError(
+                f"slot {slot} acknowledged {count} connections "
+                f"but has {self.inflight_[slot]} in flight")
+        self.inflight_[slot] -= <int>count
+
+    def available(self, int lid):
+        """Total credit of the workers eligible for ``lid``."""
+        _check_lid(lid)
+        return self.c_available(lid)
+
+    def inflight(self, int slot):
+        self._check(slot)
+        return self.inflight_[slot]
+
+
+cdef int _check_lid(int lid) except -1:
+    if not 0 <= lid < FF_MAX_LISTENERS:
+        raise ValueError(f"listener id must be in 0..{FF_MAX_LISTENERS - 1}, got {lid}")
+    return 0

@@ -1,0 +1,741 @@
+"""Dispatcher and Receiver driven directly, against both implementations.
+
+No fork: the workers' data channels are socketpairs in this process, the
+listener is a real TCP socket on 127.0.0.1 and the clients really connect.
+Every wait polls for a condition with a deadline.
+"""
+
+import contextlib
+import errno
+import gc
+import os
+import resource
+import signal
+import socket
+import struct
+import threading
+import time
+import warnings
+
+import pytest
+
+from fastfork import _impl
+from fastfork.wire import HEADER, LID, MSG_ACK, MSG_END, MSG_FDS, ProtocolError
+
+DEADLINE = 5.0
+
+
+def load_dispatch(pure):
+    """The dispatch module; the Cython one must be built unless FASTFORK_NO_EXTENSIONS=1."""
+    if pure:
+        return _impl.load(pure=True)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        try:
+            return _impl.load(pure=False)[0]
+        except RuntimeWarning as exc:
+            if os.environ.get("FASTFORK_NO_EXTENSIONS", "") not in ("", "0"):
+                pytest.skip("FASTFORK_NO_EXTENSIONS is set: Cython build not required")
+            pytest.fail(f"the Cython dispatcher is not built: {exc}")
+
+
+@pytest.fixture(params=[True, False], ids=["py-dispatch", "c-dispatch"])
+def mod(request):
+    return load_dispatch(request.param)
+
+
+# -- helpers ----------------------------------------------------------------------------
+
+def open_fds():
+    """The fds open in this process (without the one listdir used)."""
+    fds = set()
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            os.fstat(int(name))
+        except OSError:
+            continue
+        fds.add(int(name))
+    return fds
+
+
+def backlog_len(listener):
+    """Connections waiting in the kernel's accept queue (tcpi_unacked of a listener)."""
+    info = listener.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return struct.unpack_from("=I", info, 24)[0]
+
+
+def wait_for(cond, what, step=None, deadline=DEADLINE):
+    end = time.monotonic() + deadline
+    while True:
+        if step is not None:
+            step()
+        if cond():
+            return
+        if time.monotonic() > end:
+            pytest.fail(f"timed out waiting for {what}")
+        if step is None:
+            time.sleep(0.005)
+
+
+def recv_exactly(sock, n):
+    data = b""
+    sock.settimeout(DEADLINE)
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def raw_fds_message(data, fds):
+    """Send-side helper: ``(payload, ancillary)`` for socket.sendmsg."""
+    anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, struct.pack(f"{len(fds)}i", *fds))] if fds else []
+    return [data], anc
+
+
+def fds_payload(lids, kind=MSG_FDS, count=None):
+    count = len(lids) if count is None else count
+    return HEADER.pack(kind, count) + b"".join(LID.pack(lid) for lid in lids)
+
+
+class Worker:
+    """One fake worker: the primary's end of its data channel and a Receiver on the other."""
+
+    def __init__(self, rig, receiver_mod, subscribe=True):
+        self.rig = rig
+        self.primary_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        rig.stack.callback(self.primary_end.close)
+        try:
+            self.receiver = receiver_mod.Receiver(worker_end.fileno())
+        except BaseException:
+            worker_end.close()
+            raise
+        worker_end.detach()               # the Receiver owns it now
+        rig.stack.callback(self.receiver.close)
+        self.slot = rig.d.add_worker(self.primary_end.fileno())
+        if subscribe:
+            rig.d.subscribe(self.slot, rig.lid)
+        self.conns = []                   # (lid, socket) received
+
+    def receive(self):
+        pairs, ended = self.receiver.receive()
+        got = [(lid, self.rig.adopt(fd)) for lid, fd in pairs]
+        self.conns.extend(got)
+        return got, ended
+
+    def receive_until(self, n):
+        """Receive until ``n`` connections in all arrived (the dispatcher keeps polling)."""
+        wait_for(lambda: len(self.conns) >= n, f"{n} connections in slot {self.slot}",
+                 step=lambda: (self.rig.d.poll(5), self.receive()))
+        return self.conns
+
+    def die(self):
+        """The worker process is gone: its end of the channel closes."""
+        self.receiver.close()
+
+
+class Rig:
+    def __init__(self, stack, mod, receiver_mod=None, **options):
+        self.stack = stack
+        self.mod = mod
+        self.receiver_mod = receiver_mod or mod
+        self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        stack.callback(self.listener.close)
+        self.address = self.listener.getsockname()
+        self.d = mod.Dispatcher(**options)
+        stack.callback(self.d.close)
+        self.lid = self.d.add_listener(self.listener.fileno())
+        self.workers = []
+        self.clients = []
+
+    def add_worker(self, subscribe=True):
+        worker = Worker(self, self.receiver_mod, subscribe)
+        self.workers.append(worker)
+        return worker
+
+    def connect(self, n=1, tag=True):
+        new = []
+        for _ in range(n):
+            client = socket.create_connection(self.address, timeout=DEADLINE)
+            self.stack.callback(client.close)
+            if tag:
+                client.sendall(bytes([len(self.clients)]))
+            self.clients.append(client)
+            new.append(client)
+        return new
+
+    def adopt(self, fd):
+        sock = socket.socket(fileno=fd)
+        self.stack.callback(sock.close)
+        return sock
+
+    def poll_until(self, cond, what):
+        wait_for(cond, what, step=lambda: self.d.poll(5))
+
+    def receive_all(self, n):
+        """Poll and let every worker receive until ``n`` connections arrived in all."""
+        def step():
+            self.d.poll(5)
+            for worker in self.workers:
+                worker.receive()
+        wait_for(lambda: sum(len(w.conns) for w in self.workers) >= n,
+                 f"{n} connections received", step=step)
+
+
+@pytest.fixture
+def stack():
+    with contextlib.ExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture
+def rig_factory(stack, mod):
+    def make(**options):
+        return Rig(stack, mod, **options)
+    return make
+
+
+# -- dispatching ------------------------------------------------------------------------
+
+def test_round_robin_across_three_workers(rig_factory):
+    rig = rig_factory(window=8)
+    workers = [rig.add_worker() for _ in range(3)]
+    rig.connect(6)
+    rig.poll_until(lambda: rig.d.dispatched == 6, "6 dispatched")
+    for index, worker in enumerate(workers):
+        assert rig.d.worker_stats(worker.slot) == (2, 2)
+        conns = worker.receive_until(2)
+        tags = sorted(recv_exactly(sock, 1)[0] for _, sock in conns)
+        assert tags == [index, index + 3]
+        assert {lid for lid, _ in conns} == {rig.lid}
+    assert rig.d.stats()["accepted"] == 6
+
+
+def read_batches(sock):
+    """Raw recvmsg on a worker's end: the fd count of each message waiting there."""
+    sizes = []
+    sock.setblocking(False)
+    while True:
+        try:
+            data, anc, flags, _ = sock.recvmsg(1024, socket.CMSG_SPACE(253 * 4))
+        except BlockingIOError:
+            return sizes
+        kind, count = HEADER.unpack_from(data)
+        assert kind == MSG_FDS and not flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC)
+        fds = list(struct.unpack(f"{len(anc[0][2]) // 4}i", anc[0][2]))
+        assert len(fds) == count
+        for fd in fds:
+            os.close(fd)
+        sizes.append(count)
+
+
+@pytest.mark.parametrize("batch_max, expected", [(64, [5]), (2, [2, 2, 1])])
+def test_pending_connections_to_one_worker_go_in_one_message(stack, mod, batch_max, expected):
+    rig = Rig(stack, mod, window=8, batch_max=batch_max)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stack.callback(a.close)
+    stack.callback(b.close)
+    slot = rig.d.add_worker(a.fileno())
+    rig.connect(5)
+    wait_for(lambda: backlog_len(rig.listener) == 5, "5 connections in the backlog")
+    rig.d.subscribe(slot, rig.lid)
+    rig.poll_until(lambda: rig.d.dispatched == 5, "5 dispatched")
+    assert read_batches(b) == expected
+
+
+def test_credit_window_stops_dispatch_and_leaves_the_backlog(rig_factory):
+    rig = rig_factory(window=2)
+    worker = rig.add_worker()
+    rig.connect(5)
+    rig.poll_until(lambda: rig.d.dispatched == 2, "2 dispatched")
+    wait_for(lambda: backlog_len(rig.listener) == 3, "3 connections left in the backlog")
+    # No credit: the listener is disarmed, so poll sleeps its whole timeout
+    # instead of waking for a readable listener it would not accept from.
+    start = time.monotonic()
+    assert rig.d.poll(300) == []
+    assert time.monotonic() - start >= 0.25
+    assert rig.d.accepted == 2 and rig.d.held_fds() == 2
+    assert rig.d.worker_stats(worker.slot) == (2, 2)
+    assert backlog_len(rig.listener) == 3
+    # The worker acknowledges: credit comes back and the backlog drains.
+    worker.receive_until(4)
+    rig.poll_until(lambda: rig.d.dispatched == 4, "4 dispatched")
+    assert backlog_len(rig.listener) == 1
+    worker.receive_until(5)
+    rig.poll_until(lambda: rig.d.held_fds() == 0, "all acknowledged")
+    assert sorted(recv_exactly(s, 1)[0] for _, s in worker.conns) == [0, 1, 2, 3, 4]
+
+
+def test_acks_close_the_primarys_copies(rig_factory):
+    rig = rig_factory(window=8)
+    worker = rig.add_worker()
+    clients = rig.connect(3)
+    rig.poll_until(lambda: rig.d.dispatched == 3, "3 dispatched")
+    assert rig.d.held_fds() == 3
+    got, ended = worker.receive()
+    assert len(got) == 3 and not ended
+    before = open_fds()
+    rig.poll_until(lambda: rig.d.held_fds() == 0, "the ack to be read")
+    closed = before - open_fds()
+    assert len(closed) == 3
+    assert not closed & {s.fileno() for _, s in got}
+    # The worker's copies are the connections now.
+    for (_, sock), client in zip(got, clients):
+        sock.sendall(b"pong")
+        assert recv_exactly(client, 4) == b"pong"
+    assert rig.d.worker_stats(worker.slot) == (3, 0)
+
+
+def test_remove_worker_redispatches_unacknowledged(rig_factory):
+    rig = rig_factory(window=8)
+    frozen, healthy = rig.add_worker(), rig.add_worker()
+    [client] = rig.connect(1)
+    rig.poll_until(lambda: rig.d.dispatched == 1, "1 dispatched")
+    assert rig.d.worker_stats(frozen.slot) == (1, 1)
+    rig.d.remove_worker(frozen.slot)       # never acknowledged: goes to the other worker
+    assert rig.d.redispatched == 1
+    assert rig.d.worker_stats(healthy.slot) == (1, 1)
+    with pytest.raises(KeyError):
+        rig.d.worker_stats(frozen.slot)
+    frozen.die()
+    [(lid, sock)] = healthy.receive_until(1)
+    assert lid == rig.lid
+    assert recv_exactly(sock, 1) == b"\x00"
+    sock.sendall(b"via the second worker")
+    assert recv_exactly(client, 21) == b"via the second worker"
+    client.sendall(b"and back")
+    assert recv_exactly(sock, 8) == b"and back"
+    rig.poll_until(lambda: rig.d.held_fds() == 0, "the ack")
+    assert rig.d.pop_closed() == []
+
+
+def test_dead_channel_redispatches_and_is_reported(rig_factory):
+    rig = rig_factory(window=8)
+    dead, healthy = rig.add_worker(), rig.add_worker()
+    [client] = rig.connect(1)
+    rig.poll_until(lambda: rig.d.dispatched == 1, "1 dispatched")
+    dead.die()                              # EOF on the channel, fd never acknowledged
+    closed = []
+    rig.poll_until(lambda: closed.extend(rig.d.pop_closed()) or closed, "the slot closed")
+    assert closed == [dead.slot]
+    assert rig.d.worker_stats(dead.slot) == (1, 0)
+    [(_, sock)] = healthy.receive_until(1)
+    sock.sendall(b"ok")
+    assert recv_exactly(client, 2) == b"ok"
+    rig.d.remove_worker(dead.slot)
+    assert rig.d.pop_closed() == []
+    # The slot is free again for a replacement.
+    assert rig.add_worker().slot == dead.slot
+
+
+def test_retire_sends_end(rig_factory):
+    rig = rig_factory(window=8)
+    old, new = rig.add_worker(), rig.add_worker()
+    rig.connect(1)
+    rig.poll_until(lambda: rig.d.dispatched == 1, "1 dispatched")
+    rig.d.retire_worker(old.slot)
+    got, ended = old.receive()              # the connection, then END, in one drain
+    assert len(got) == 1 and ended and old.receiver.ended
+    assert old.receive() == ([], True)
+    rig.poll_until(lambda: rig.d.worker_stats(old.slot)[1] == 0, "the retired worker's ack")
+    rig.connect(2)
+    rig.poll_until(lambda: rig.d.dispatched == 3, "3 dispatched")
+    assert rig.d.worker_stats(old.slot) == (1, 0)
+    assert rig.d.worker_stats(new.slot) == (2, 2)
+    rig.d.retire_worker(old.slot)           # twice is harmless
+    assert rig.d.pop_closed() == []
+
+
+@pytest.mark.parametrize("message", [
+    pytest.param(b"\x03\x00", id="short"),
+    pytest.param(HEADER.pack(MSG_ACK, 2), id="more-than-in-flight"),
+    pytest.param(HEADER.pack(MSG_FDS, 0), id="wrong-type"),
+    pytest.param(HEADER.pack(MSG_ACK, 1) + b"\x00" * 4, id="too-long"),
+    pytest.param(b"\x03" * 100, id="oversized"),
+])
+def test_malformed_ack_closes_the_slot(rig_factory, message):
+    rig = rig_factory(window=8)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    rig.stack.callback(a.close)
+    rig.stack.callback(b.close)
+    slot = rig.d.add_worker(a.fileno())
+    rig.d.subscribe(slot, rig.lid)
+    [client] = rig.connect(1)
+    rig.poll_until(lambda: rig.d.dispatched == 1, "1 dispatched")
+    b.send(message)
+    closed = []
+    rig.poll_until(lambda: closed.extend(rig.d.pop_closed()) or closed, "the slot closed")
+    assert closed == [slot]
+    # Its connection waits for another worker.
+    assert rig.d.held_fds() == 1 and rig.d.stats()["pending"] == 1
+    rig.d.remove_worker(slot)
+    replacement = rig.add_worker()
+    [(_, sock)] = replacement.receive_until(1)
+    assert rig.d.redispatched == 1
+    sock.sendall(b"x")
+    assert recv_exactly(client, 1) == b"x"
+
+
+def test_remove_listener_drops_what_waits_for_it(rig_factory):
+    rig = rig_factory(window=8)
+    worker = rig.add_worker()
+    [client] = rig.connect(1, tag=False)    # unread data would turn the close into a reset
+    rig.poll_until(lambda: rig.d.dispatched == 1, "1 dispatched")
+    worker.die()
+    rig.poll_until(lambda: rig.d.stats()["pending"] == 1, "the connection back in pending")
+    rig.d.remove_listener(rig.lid)
+    assert rig.d.held_fds() == 0
+    assert recv_exactly(client, 1) == b""  # closed: nobody can serve it
+    with pytest.raises(KeyError):
+        rig.d.remove_listener(rig.lid)
+    with pytest.raises(KeyError):
+        rig.d.subscribe(worker.slot, rig.lid)
+
+
+# -- the receiver ---------------------------------------------------------------------------
+
+@pytest.fixture
+def channel(stack, mod):
+    """(raw primary end, Receiver on the worker end)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stack.callback(a.close)
+    receiver = mod.Receiver(b.detach())
+    stack.callback(receiver.close)
+    return a, receiver
+
+
+@pytest.mark.parametrize("payload, nfds", [
+    pytest.param(fds_payload([0], count=2), 1, id="fewer-fds-than-announced"),
+    pytest.param(fds_payload([0, 0], count=1), 1, id="more-lids-than-announced"),
+    pytest.param(fds_payload([0]), 2, id="more-fds-than-announced"),
+    pytest.param(fds_payload([0])[:5], 1, id="cut-lid"),
+    pytest.param(b"\x09\x00\x01\x00\x00\x00", 1, id="unknown-type"),
+    pytest.param(b"\x01\x00", 1, id="short"),
+    pytest.param(b"", 1, id="empty-with-fds"),
+    pytest.param(HEADER.pack(MSG_END, 0), 1, id="end-with-fds"),
+    pytest.param(HEADER.pack(MSG_END, 3), 0, id="end-with-count"),
+    pytest.param(fds_payload([0]) + b"\x00" * 600, 1, id="truncated"),
+])
+def test_receiver_rejects_malformed_messages_and_closes_fds(channel, payload, nfds):
+    a, receiver = channel
+    baseline = open_fds()
+    # A good message first: what it brought is closed too, and not acknowledged.
+    good_r, good_w = os.pipe()
+    a.sendmsg(*raw_fds_message(fds_payload([0]), [good_r]))
+    pipes = [os.pipe() for _ in range(nfds)]
+    a.sendmsg(*raw_fds_message(payload, [r for r, _ in pipes]))
+    for fd in [good_r, good_w] + [fd for pair in pipes for fd in pair]:
+        os.close(fd)
+    with pytest.raises(ProtocolError):
+        receiver.receive()
+    assert open_fds() == baseline
+    a.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        a.recv(64)                          # no ACK
+
+
+def test_receiver_acks_once_for_everything_drained(channel):
+    a, receiver = channel
+    pipes = [os.pipe() for _ in range(5)]
+    for lids, start in (([1, 2], 0), ([3], 2), ([4, 5], 3)):
+        a.sendmsg(*raw_fds_message(fds_payload(lids),
+                                   [pipes[start + i][0] for i in range(len(lids))]))
+    try:
+        pairs, ended = receiver.receive()
+        assert [lid for lid, _ in pairs] == [1, 2, 3, 4, 5] and not ended
+        assert receiver.received == 5
+        for (_, fd), (_, w) in zip(pairs, pipes):
+            assert os.get_inheritable(fd) is False          # received close-on-exec
+            os.write(w, b"!")
+            assert os.read(fd, 1) == b"!"
+            os.close(fd)
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+    assert a.recv(64) == HEADER.pack(MSG_ACK, 5)
+    a.setblocking(False)
+    with pytest.raises(BlockingIOError):
+        a.recv(64)
+    assert receiver.receive() == ([], False)
+    a.close()
+    assert receiver.receive() == ([], True)       # EOF ends it too
+    assert receiver.ended
+
+
+def test_receiver_fileno_and_close(mod):
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    with a:
+        fd = b.detach()
+        receiver = mod.Receiver(fd)
+        assert receiver.fileno() == fd
+        receiver.close()
+        receiver.close()
+        assert receiver.fileno() == -1
+        with pytest.raises(OSError):
+            os.fstat(fd)
+        with pytest.raises(ValueError):
+            receiver.receive()
+    r, w = os.pipe()
+    try:
+        with pytest.raises(OSError):
+            mod.Receiver(r)                 # not a socket
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+# -- lifetime -------------------------------------------------------------------------------
+
+def test_close_leaves_no_fd_behind(stack, mod):
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    stack.callback(listener.close)
+    ends = []
+    for _ in range(2):
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        stack.callback(a.close)
+        stack.callback(b.close)
+        ends.append((a, b))
+    clients = [socket.create_connection(listener.getsockname(), timeout=DEADLINE)
+               for _ in range(4)]
+    for client in clients:
+        stack.callback(client.close)
+    baseline = open_fds()
+    d = mod.Dispatcher(window=2)
+    stack.callback(d.close)
+    lid = d.add_listener(listener.fileno())
+    slots = [d.add_worker(a.fileno()) for a, _ in ends]
+    for slot in slots:
+        d.subscribe(slot, lid)
+    wait_for(lambda: d.dispatched == 4, "4 dispatched", step=lambda: d.poll(5))
+    dead_end = ends[1][1]
+    dead_fd = dead_end.fileno()
+    dead_end.close()                        # the fds queued on it go with it
+    wait_for(lambda: d.stats()["pending"] == 2, "2 pending", step=lambda: d.poll(5))
+    assert d.held_fds() == 4                # 2 in flight + 2 pending
+    d.close()
+    d.close()
+    assert open_fds() == baseline - {dead_fd}
+    for sock in [listener] + [a for a, _ in ends]:
+        os.fstat(sock.fileno())             # the caller's sockets are still open
+    with pytest.raises(ValueError):
+        d.poll(0)
+
+
+def test_close_without_registrations(mod):
+    baseline = open_fds()
+    d = mod.Dispatcher()
+    assert len(open_fds() - baseline) == 1  # the epoll fd
+    d.close()
+    assert open_fds() == baseline
+
+
+def test_dropping_an_unclosed_dispatcher_keeps_the_callers_fds(stack, mod):
+    listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+    stack.callback(listener.close)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stack.callback(a.close)
+    stack.callback(b.close)
+    client = socket.create_connection(listener.getsockname(), timeout=DEADLINE)
+    stack.callback(client.close)
+    baseline = open_fds()
+    d = mod.Dispatcher(window=4)
+    d.subscribe(d.add_worker(a.fileno()), d.add_listener(listener.fileno()))
+    wait_for(lambda: d.dispatched == 1, "1 dispatched", step=lambda: d.poll(5))
+    assert d.held_fds() == 1
+    del d                                   # never closed
+    gc.collect()
+    # Its epoll fd and its copy of the connection are gone; the caller's
+    # listener and channel are not.
+    assert open_fds() == baseline
+
+
+def test_bad_arguments(stack, mod):
+    with pytest.raises(ValueError):
+        mod.Dispatcher(window=0)
+    with pytest.raises(ValueError):
+        mod.Dispatcher(batch_max=254)
+    with pytest.raises(ValueError):
+        mod.Dispatcher(pause_ms=-1)
+    rig = Rig(stack, mod)
+    worker = rig.add_worker()
+    with pytest.raises(FileExistsError):
+        rig.d.add_listener(rig.listener.fileno())      # already registered
+    with pytest.raises(FileExistsError):
+        rig.d.watch(worker.primary_end.fileno())
+    with pytest.raises(KeyError):
+        rig.d.subscribe(worker.slot, rig.lid + 1)
+    with pytest.raises(KeyError):
+        rig.d.remove_worker(worker.slot + 1)
+    r, w = os.pipe()
+    try:
+        with pytest.raises(OSError):
+            rig.d.add_worker(r)                         # not a socket
+    finally:
+        os.close(r)
+        os.close(w)
+    # Nothing above broke the state.
+    [client] = rig.connect(1)
+    [(_, sock)] = worker.receive_until(1)
+    sock.sendall(b"!")
+    assert recv_exactly(client, 1) == b"!"
+
+
+def test_watch_reports_readable_fds(rig_factory):
+    rig = rig_factory()
+    r, w = os.pipe()
+    rig.stack.callback(os.close, r)
+    rig.stack.callback(os.close, w)
+    rig.d.watch(r)
+    assert rig.d.poll(0) == []
+    os.write(w, b"x")
+    assert rig.d.poll(1000) == [r]
+    rig.d.unwatch(r)
+    rig.d.unwatch(r)
+    start = time.monotonic()
+    assert rig.d.poll(50) == []
+    assert time.monotonic() - start >= 0.04
+
+
+def test_forked_child_must_not_use_it(rig_factory):
+    rig = rig_factory()
+    rig.add_worker()
+    pid = os.fork()
+    if pid == 0:                            # pragma: no cover (child)
+        code = 1
+        try:
+            for call in (lambda: rig.d.poll(0), lambda: rig.d.add_worker(3),
+                         lambda: rig.d.subscribe(0, 0), lambda: rig.d.retire_worker(0),
+                         lambda: rig.d.watch(0), lambda: rig.d.stats()):
+                try:
+                    call()
+                except RuntimeError:
+                    continue
+                os._exit(2)
+            rig.d.close()                   # allowed, and closes only the child's copies
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    rig.connect(1)                          # the parent's dispatcher is intact
+    rig.workers[0].receive_until(1)
+
+
+def test_out_of_fds_pauses_without_spinning(rig_factory):
+    rig = rig_factory(window=8, pause_ms=200)
+    worker = rig.add_worker()
+    rig.connect(2)
+    wait_for(lambda: backlog_len(rig.listener) == 2, "2 connections in the backlog")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 1, hard))
+        while True:                         # fill the holes below the limit
+            try:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+                break
+        rig.d.poll(1000)
+        assert rig.d.pauses == 1 and rig.d.last_pause_errno == errno.EMFILE
+        assert rig.d.stats()["paused"] and rig.d.accepted == 0
+        # While paused the listeners are disarmed: each poll sleeps until the
+        # pause ends instead of waking for the readable listener.
+        calls = 0
+        start = time.monotonic()
+        while rig.d.stats()["paused"]:
+            rig.d.poll(-1)
+            calls += 1
+        assert calls <= 3 and time.monotonic() - start >= 0.05
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    assert backlog_len(rig.listener) == 2
+    worker.receive_until(2)
+    assert rig.d.accepted == 2 and rig.d.stats()["last_pause_errno"] == errno.EMFILE
+
+
+# -- signals --------------------------------------------------------------------------------
+
+class Boom(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def signalling(handler):
+    """Install ``handler`` for SIGUSR1 and send SIGUSR1 to this thread every 20 ms
+    until the block ends; restore the old handler afterwards."""
+    old = signal.signal(signal.SIGUSR1, handler)
+    done = threading.Event()
+    main = threading.get_ident()
+
+    def pester():
+        while not done.wait(0.02):
+            signal.pthread_kill(main, signal.SIGUSR1)
+
+    thread = threading.Thread(target=pester)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        signal.signal(signal.SIGUSR1, old)
+    assert signal.getsignal(signal.SIGUSR1) is old
+
+
+def test_signal_handler_exception_propagates_from_poll(rig_factory):
+    rig = rig_factory()
+    rig.add_worker()
+    raised = []
+
+    def handler(signum, frame):
+        if not raised:                      # once: never inside the cleanup
+            raised.append(signum)
+            raise Boom()
+
+    start = time.monotonic()
+    with pytest.raises(Boom):
+        with signalling(handler):
+            while time.monotonic() - start < DEADLINE:
+                rig.d.poll(DEADLINE * 1000)
+    assert time.monotonic() - start < DEADLINE
+    rig.connect(1)
+    rig.workers[0].receive_until(1)         # still usable
+
+
+def test_c_poll_returns_early_on_a_signal(stack):
+    # The Cython build returns from poll() after EINTR so the caller's loop can
+    # act on what its handlers recorded; the twin retries (PEP 475) and relies
+    # on a watched wakeup fd instead.
+    rig = Rig(stack, load_dispatch(pure=False))
+    seen = []
+    start = time.monotonic()
+    with signalling(lambda signum, frame: seen.append(signum)):
+        assert rig.d.poll(DEADLINE * 1000) == []
+    assert seen and time.monotonic() - start < DEADLINE
+
+
+# -- the two builds together -------------------------------------------------------------------
+
+@pytest.mark.parametrize("dispatch_pure, receive_pure", [(False, True), (True, False)],
+                         ids=["c-dispatch-py-receiver", "py-dispatch-c-receiver"])
+def test_interop(stack, dispatch_pure, receive_pure):
+    rig = Rig(stack, load_dispatch(dispatch_pure), load_dispatch(receive_pure), window=2)
+    workers = [rig.add_worker(), rig.add_worker()]
+    clients = rig.connect(6)
+    rig.receive_all(6)
+    rig.poll_until(lambda: rig.d.held_fds() == 0, "all acknowledged")
+    for worker in workers:
+        for _, sock in worker.conns:
+            tag = recv_exactly(sock, 1)[0]
+            sock.sendall(b"hi %d" % tag)
+            assert recv_exactly(clients[tag], 4) == b"hi %d" % tag
+        rig.d.retire_worker(worker.slot)
+        assert worker.receive() == ([], True)
+    assert rig.d.stats() == {"accepted": 6, "dispatched": 6, "redispatched": 0,
+                             "pending": 0, "pauses": 0, "last_pause_errno": 0,
+                             "paused": False}

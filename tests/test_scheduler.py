@@ -1,0 +1,194 @@
+"""The scheduler's rules as tables of steps, run against both implementations.
+
+Each case is a credit window and a list of steps ``"method args... -> result"``:
+the result is the return value, or the name of the exception the step raises;
+a step without ``->`` must just not raise.  ``sub`` is ``subscribe``.
+"""
+
+import os
+import warnings
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from fastfork import _impl
+
+
+def load_scheduler(pure):
+    """The scheduler module; the Cython one must be built unless FASTFORK_NO_EXTENSIONS=1."""
+    if pure:
+        return _impl.load(pure=True)[1]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        try:
+            return _impl.load(pure=False)[1]
+        except RuntimeWarning as exc:
+            if os.environ.get("FASTFORK_NO_EXTENSIONS", "") not in ("", "0"):
+                pytest.skip("FASTFORK_NO_EXTENSIONS is set: Cython build not required")
+            pytest.fail(f"the Cython scheduler is not built: {exc}")
+
+
+@pytest.fixture(params=[True, False], ids=["py-scheduler", "c-scheduler"])
+def sched_mod(request):
+    return load_scheduler(request.param)
+
+
+METHODS = {"add": "add", "remove": "remove", "sub": "subscribe", "retire": "retire",
+           "pick": "pick", "ack": "ack", "available": "available", "inflight": "inflight"}
+ERRORS = {"ValueError": ValueError, "KeyError": KeyError}
+
+CASES = {
+    "round-robin in slot order": (2, [
+        "add 0", "add 1", "add 2", "sub 0 0", "sub 1 0", "sub 2 0",
+        "pick 0 -> 0", "pick 0 -> 1", "pick 0 -> 2",
+        "pick 0 -> 0", "pick 0 -> 1", "pick 0 -> 2",
+        "pick 0 -> -1",
+    ]),
+    "workers without credit are skipped": (1, [
+        "add 0", "add 1", "add 2", "sub 0 0", "sub 1 0", "sub 2 0",
+        "pick 0 -> 0", "pick 0 -> 1", "ack 0 1",
+        "pick 0 -> 2", "pick 0 -> 0", "pick 0 -> -1",
+    ]),
+    "ack restores credit": (2, [
+        "add 0", "sub 0 0",
+        "pick 0 -> 0", "pick 0 -> 0", "pick 0 -> -1", "inflight 0 -> 2",
+        "ack 0 1", "inflight 0 -> 1", "pick 0 -> 0", "pick 0 -> -1",
+        "ack 0 2", "inflight 0 -> 0", "ack 0 0", "inflight 0 -> 0",
+    ]),
+    "over-ack raises and changes nothing": (4, [
+        "add 0", "sub 0 0", "pick 0 -> 0",
+        "ack 0 2 -> ValueError", "ack 0 -1 -> ValueError", "inflight 0 -> 1",
+        "ack 0 1", "ack 0 1 -> ValueError", "inflight 0 -> 0",
+    ]),
+    "retired worker gets nothing but still acks": (2, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0",
+        "pick 0 -> 0", "retire 0",
+        "pick 0 -> 1", "pick 0 -> 1", "pick 0 -> -1",
+        "inflight 0 -> 1", "ack 0 1", "inflight 0 -> 0", "pick 0 -> -1",
+        "available 0 -> 0", "remove 0 -> 0",
+    ]),
+    "a worker gets only listeners it subscribed to, one cursor each": (8, [
+        "add 0", "add 1", "add 2",
+        "sub 0 0", "sub 0 1", "sub 1 0", "sub 2 1",
+        "pick 0 -> 0", "pick 0 -> 1",
+        "pick 1 -> 0", "pick 1 -> 2", "pick 1 -> 0",
+        "pick 0 -> 0", "pick 0 -> 1",
+        "pick 2 -> -1", "pick 63 -> -1", "sub 2 63", "pick 63 -> 2",
+    ]),
+    "a removed slot is reused fresh": (3, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0",
+        "pick 0 -> 0", "pick 0 -> 1", "pick 0 -> 0",
+        "remove 0 -> 2", "inflight 0 -> KeyError", "remove 0 -> KeyError",
+        "add 0", "inflight 0 -> 0", "add 0 -> ValueError",
+        "pick 0 -> 1",            # the new worker in slot 0 has not subscribed
+        "sub 0 0", "pick 0 -> 0", "pick 0 -> 1",
+    ]),
+    "available sums the credit of eligible workers": (3, [
+        "available 0 -> 0", "add 0", "add 1", "add 2",
+        "sub 0 0", "sub 1 0", "sub 2 1",
+        "available 0 -> 6", "available 1 -> 3", "available 2 -> 0",
+        "pick 0 -> 0", "available 0 -> 5",
+        "retire 1", "available 0 -> 2", "available 1 -> 3",
+        "remove 0 -> 1", "available 0 -> 0",
+    ]),
+    "pick is -1 when nobody is eligible": (1, [
+        "pick 0 -> -1", "add 0", "pick 0 -> -1", "sub 0 1", "pick 0 -> -1",
+        "pick 1 -> 0", "pick 1 -> -1", "retire 0", "ack 0 1", "pick 1 -> -1",
+    ]),
+    "slots can be sparse": (1, [
+        "add 5", "add 2", "sub 5 0", "sub 2 0",
+        "pick 0 -> 2", "pick 0 -> 5", "pick 0 -> -1", "inflight 3 -> KeyError",
+    ]),
+    "bad arguments": (1, [
+        "add -1 -> ValueError", "sub 0 0 -> KeyError", "retire 0 -> KeyError",
+        "ack 0 1 -> KeyError", "inflight 0 -> KeyError", "remove 0 -> KeyError",
+        "add 0", "sub 0 64 -> ValueError", "sub 0 -1 -> ValueError",
+    ]),
+}
+
+
+def run_step(sched, step):
+    call, _, expect = step.partition("->")
+    name, *args = call.split()
+    method = getattr(sched, METHODS[name])
+    args = [int(a) for a in args]
+    expect = expect.strip()
+    if expect in ERRORS:
+        with pytest.raises(ERRORS[expect]):
+            method(*args)
+    elif expect:
+        assert method(*args) == int(expect), step
+    else:
+        method(*args)
+
+
+@pytest.mark.parametrize("window, steps", list(CASES.values()), ids=list(CASES))
+def test_rules(sched_mod, window, steps):
+    sched = sched_mod.RoundRobinScheduler(window)
+    assert sched.window == window
+    for step in steps:
+        run_step(sched, step)
+
+
+@pytest.mark.parametrize("window", [0, -3])
+def test_window_must_be_positive(sched_mod, window):
+    with pytest.raises(ValueError, match="credit window must be >= 1"):
+        sched_mod.RoundRobinScheduler(window)
+
+
+def test_many_slots(sched_mod):
+    # Beyond the first allocation of the C arrays.
+    sched = sched_mod.RoundRobinScheduler(1)
+    for slot in range(100):
+        sched.add(slot)
+        sched.subscribe(slot, 7)
+    assert sched.available(7) == 100
+    assert [sched.pick(7) for _ in range(101)] == list(range(100)) + [-1]
+
+
+ERROR_CALLS = [("add", (-1,)), ("add", (0,)), ("remove", (9,)), ("subscribe", (0, 64)),
+               ("subscribe", (9, 0)), ("retire", (9,)), ("ack", (0, 1)),
+               ("ack", (0, -1)), ("inflight", (9,))]
+
+
+def test_same_error_messages():
+    """Both builds say the same thing, so logs do not depend on the build."""
+    messages = []
+    for pure in (True, False):
+        sched = load_scheduler(pure).RoundRobinScheduler(2)
+        sched.add(0)
+        said = []
+        for name, args in ERROR_CALLS:
+            with pytest.raises((ValueError, KeyError)) as info:
+                getattr(sched, name)(*args)
+            said.append((info.type, str(info.value)))
+        messages.append(said)
+    assert messages[0] == messages[1]
+
+
+OPS = st.one_of(
+    st.tuples(st.just("add"), st.integers(0, 6)),
+    st.tuples(st.just("remove"), st.integers(0, 6)),
+    st.tuples(st.just("subscribe"), st.integers(0, 6), st.integers(0, 63)),
+    st.tuples(st.just("retire"), st.integers(0, 6)),
+    st.tuples(st.just("pick"), st.integers(0, 63)),
+    st.tuples(st.just("pick"), st.integers(0, 2)),
+    st.tuples(st.just("ack"), st.integers(0, 6), st.integers(0, 3)),
+    st.tuples(st.just("available"), st.integers(0, 63)),
+    st.tuples(st.just("inflight"), st.integers(0, 6)),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(window=st.integers(1, 4), ops=st.lists(OPS, max_size=60))
+def test_builds_agree(window, ops):
+    """Any sequence of calls gives the same results in both builds."""
+    scheds = [load_scheduler(pure).RoundRobinScheduler(window) for pure in (True, False)]
+    for name, *args in ops:
+        outcomes = []
+        for sched in scheds:
+            try:
+                outcomes.append(getattr(sched, name)(*args))
+            except (ValueError, KeyError) as exc:
+                outcomes.append(type(exc))
+        assert outcomes[0] == outcomes[1], (name, args)
