@@ -162,6 +162,10 @@ def reserve_port(host, port):
     return sock
 
 
+def _count(number, noun):
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 # -- output ----------------------------------------------------------------------------
 
 _WORKER_COLORS = (36, 33, 35, 32, 34, 31)
@@ -338,8 +342,11 @@ class Demo:
     # -- what the primary says once every worker listens --------------------------------
     def explain_shared_port(self):
         out, policy, pid = self.out, self.cluster.policy, os.getpid()
-        out.line(f"   All {self.size} workers listen on the same {self.address}, and none got "
-                 "\"address in use\":")
+        if self.size == 1:
+            out.line(f"   The worker listens on {self.address} without having bound it:")
+        else:
+            out.line(f"   All {self.size} workers listen on the same {self.address}, and none got "
+                     "\"address in use\":")
         if policy == "rr":
             out.line(f"   only the primary (pid {pid}) bound it. It accepts each connection "
                      "and passes")
@@ -356,7 +363,7 @@ class Demo:
     def announce_ready(self):
         url = f"http://{self.address}/"
         self.out.line("")
-        self.out.line(f"ready: {self.size} workers serving {url} (policy {self.cluster.policy}); "
+        self.out.line(f"ready: {_count(self.size, 'worker')} serving {url} (policy {self.cluster.policy}); "
                       "press Ctrl-C to stop")
         self.out.line(self.out.dim(f"   try: curl {url}   (each answer names its worker)"))
 
@@ -560,9 +567,9 @@ def _run(args, out, probe):
     else:
         out.line(f"   usable cores: {cores}")
     if args.workers is None:
-        out.line(f"   so the primary forks {size} workers, one per core.")
+        out.line(f"   so the primary forks {_count(size, 'worker')}, one per core.")
     else:
-        out.line(f"   --workers {size}: the primary forks {size} workers.")
+        out.line(f"   --workers {size}: the primary forks {_count(size, 'worker')}.")
     if args.port == 0:
         out.line(f"   port 0: picked the free port {port}")
 
@@ -590,10 +597,11 @@ def _run(args, out, probe):
     if args.serve:
         served = ""
         if args.policy == "rr":
-            served = f", {sum(w.dispatched() for w in demo.all_workers)} connections dispatched"
+            dispatched = sum(w.dispatched() for w in demo.all_workers)
+            served = f", {_count(dispatched, 'connection')} dispatched"
     else:
-        served = f", {demo.answered} requests answered"
+        served = f", {_count(demo.answered, 'request')} answered"
     out.line("")
-    out.line(out.heading("done") + f": {forked} workers forked ({refork} re-forked){served}; "
+    out.line(out.heading("done") + f": {_count(forked, 'worker')} forked ({refork} re-forked){served}; "
              f"the primary exits {code} after {time.monotonic() - started:.1f}s.")
     return code if code is not None else EXIT_OK
