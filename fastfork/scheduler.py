@@ -23,6 +23,12 @@ Rules
 MAX_LISTENERS = 64
 
 
+def _check_lid(lid):
+    if not 0 <= lid < MAX_LISTENERS:
+        raise ValueError(f"listener id must be in 0..{MAX_LISTENERS - 1}, got {lid}")
+    return lid
+
+
 class RoundRobinScheduler:
     """Round-robin over workers that have credit (see the module docstring)."""
 
@@ -66,9 +72,7 @@ class RoundRobinScheduler:
 
     def subscribe(self, slot, lid):
         self._check(slot)
-        if not 0 <= lid < MAX_LISTENERS:
-            raise ValueError(f"listener id must be in 0..{MAX_LISTENERS - 1}, got {lid}")
-        self._subs[slot] |= 1 << lid
+        self._subs[slot] |= 1 << _check_lid(lid)
 
     def retire(self, slot):
         self._check(slot)
@@ -77,6 +81,7 @@ class RoundRobinScheduler:
     # -- decisions ------------------------------------------------------
     def pick(self, lid):
         """The slot that gets the next connection on ``lid``, or -1."""
+        _check_lid(lid)
         n = len(self._present)
         if n == 0:
             return -1
@@ -102,7 +107,7 @@ class RoundRobinScheduler:
 
     def available(self, lid):
         """Total credit of the workers eligible for ``lid``."""
-        bit = 1 << lid
+        bit = 1 << _check_lid(lid)
         total = 0
         for slot in range(len(self._present)):
             if self._active[slot] and self._subs[slot] & bit:
