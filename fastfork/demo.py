@@ -42,6 +42,7 @@ HELLO = re.compile(r"hello from worker (\d+) \(pid (\d+)\)")
 
 _OUTPUT_LOCK = threading.Lock()
 _fork_hooks_installed = False
+_probe = None              # the primary's port reservation; a forked worker closes its copy
 
 
 def _install_fork_hooks():
@@ -207,6 +208,8 @@ class Output:
 def worker_main(address, report):
     """A worker: serve HTTP on ``address``; with ``report``, tell the primary
     about every request (the demo's global total)."""
+    if _probe is not None:
+        _probe.close()      # fork copied the primary's port reservation: drop it
     asyncio.run(_serve(address, report))
 
 
@@ -363,8 +366,8 @@ class Demo:
     def announce_ready(self):
         url = f"http://{self.address}/"
         self.out.line("")
-        self.out.line(f"ready: {_count(self.size, 'worker')} serving {url} (policy {self.cluster.policy}); "
-                      "press Ctrl-C to stop")
+        workers, policy = _count(self.size, "worker"), self.cluster.policy
+        self.out.line(f"ready: {workers} serving {url} (policy {policy}); press Ctrl-C to stop")
         self.out.line(self.out.dim(f"   try: curl {url}   (each answer names its worker)"))
 
     # -- the client (helper thread) --------------------------------------------------------
@@ -527,9 +530,12 @@ def main(argv=None):
     except UsageError as exc:
         out.error(str(exc))
         return EXIT_USAGE
+    global _probe
+    _probe = probe
     try:
         return _run(args, out, probe)
     finally:
+        _probe = None
         probe.close()
 
 
@@ -602,6 +608,6 @@ def _run(args, out, probe):
     else:
         served = f", {_count(demo.answered, 'request')} answered"
     out.line("")
-    out.line(out.heading("done") + f": {_count(forked, 'worker')} forked ({refork} re-forked){served}; "
-             f"the primary exits {code} after {time.monotonic() - started:.1f}s.")
+    out.line(out.heading("done") + f": {_count(forked, 'worker')} forked ({refork} re-forked)"
+             f"{served}; the primary exits {code} after {time.monotonic() - started:.1f}s.")
     return code if code is not None else EXIT_OK

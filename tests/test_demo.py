@@ -136,15 +136,29 @@ def ppid(pid):
     raise AssertionError(f"no PPid in /proc/{pid}/status")
 
 
-def listening_inode(port):
-    """Inode of the socket listening on 127.0.0.1:``port``."""
+def port_sockets(port):
+    """``{inode: tcp state}`` of every socket bound to 127.0.0.1:``port`` ("0A" = listening)."""
     want = f"0100007F:{port:04X}"
     with open("/proc/net/tcp") as f:
-        for line in f.readlines()[1:]:
-            fields = line.split()
-            if fields[1] == want and fields[3] == "0A":
-                return fields[9]
-    raise AssertionError(f"nothing listens on 127.0.0.1:{port}")
+        rows = [line.split() for line in f.readlines()[1:]]
+    return {fields[9]: fields[3] for fields in rows if fields[1] == want and fields[9] != "0"}
+
+
+def socket_inodes(pid):
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    return inodes
+
+
+def unix_socket_inodes():
+    with open("/proc/net/unix") as f:
+        return {line.split()[6] for line in f.readlines()[1:]}
 
 
 def holds_socket(pid, inode):
@@ -184,11 +198,15 @@ def test_walkthrough(start_demo, impl):
     demo.expect(r"press Enter")
     # Paused: the workers are alive children of the primary, and the listening
     # socket is held by the primary alone.
-    inode = listening_inode(port)
-    assert holds_socket(demo.pid, inode)
+    bound = port_sockets(port)
+    listening = [inode for inode, state in bound.items() if state == "0A"]
+    assert len(listening) == 1 and holds_socket(demo.pid, listening[0])
+    unix = unix_socket_inodes()
     for pid in pids.values():
         assert ppid(pid) == demo.pid
-        assert not holds_socket(pid, inode)
+        # No client is connected yet: a worker's sockets are its Unix channels to
+        # the primary and nothing else (no copy of the port's socket, bound or not).
+        assert socket_inodes(pid) <= unix, f"worker {pid} holds a TCP socket"
     demo.enter()
 
     # 3: round-robin in connection order.
