@@ -131,6 +131,11 @@ class HTTPProtocol(asyncio.Protocol):
         buffer = self._buffer + data if self._buffer else data
         out = []
         while buffer:
+            if buffer[:2] == b"\r\n":
+                # Empty lines before a request line are allowed (RFC 9112, 2.2):
+                # some clients send one after a request body.
+                buffer = buffer.lstrip(b"\r\n")
+                continue
             end = buffer.find(b"\r\n\r\n")
             if end < 0:
                 if len(buffer) > MAX_HEAD:
