@@ -43,10 +43,25 @@ class _Tracker:
                     if self.active == 0:
                         self._idle.set()
 
-            protocol.connection_made = connection_made
-            protocol.connection_lost = connection_lost
+            try:
+                protocol.connection_made = connection_made
+                protocol.connection_lost = connection_lost
+            except AttributeError:
+                # A protocol with __slots__ cannot be instrumented: it is
+                # served all the same, but a graceful stop cannot wait for it.
+                pass
             return protocol
         return factory
+
+    def hold(self):
+        """Count a connection before its transport exists (see Server._attach)."""
+        self.active += 1
+        self._idle.clear()
+
+    def release(self):
+        self.active -= 1
+        if self.active == 0:
+            self._idle.set()
 
     async def wait_idle(self):
         await self._idle.wait()
@@ -76,6 +91,10 @@ class Server:
         if self._closed:
             sock.close()
             return
+        # Counted from here, not from connection_made: the END that makes a
+        # stopping worker drain can arrive in the same read as this connection,
+        # and the drain must not find the worker idle before its transport exists.
+        self._tracker.hold()
         self._loop.create_task(self._connect(sock))
 
     async def _connect(self, sock):
@@ -83,6 +102,8 @@ class Server:
             await self._loop.connect_accepted_socket(self._factory, sock)
         except OSError:
             sock.close()      # the client went away before we attached it
+        finally:
+            self._tracker.release()
 
     @property
     def connections(self):
