@@ -278,21 +278,29 @@ def main(argv=None):
             max_memory=settings["max_memory"], wait_ready=settings["wait_ready"],
             ready_timeout=settings["ready_timeout"], user=settings["user"],
             group=settings["group"], name=name)
-        setup_logging(settings["log_level"])
         # Bind in the primary now: a port in use or a privileged port fails
         # here, once, instead of in every worker; workers share these sockets.
-        wanted = settings["bind"] or cluster.inherited_addresses() or [DEFAULT_BIND]
+        inherited = cluster.inherited_addresses()
+        wanted = settings["bind"] or inherited or [DEFAULT_BIND]
         for address in wanted:
             cluster.bind(address)
         binds.extend(wanted)
         control = cluster.open_control_socket(settings["control_socket"] or default_path(name))
     except (config.ConfigError, AppError, ValueError, OSError) as exc:
-        print(f"fastfork run: error: {exc}", file=sys.stderr)
+        # OSError's str() would prefix "[Errno N]" to a message that already says it all.
+        text = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
+        print(f"fastfork run: error: {text}", file=sys.stderr)
         return EXIT_USAGE
-    logging.getLogger("fastfork").info(
-        "serving %s (%s) on %s with %d workers, policy %s; status: python -m fastfork status%s",
-        settings["app"], kind, ", ".join(cluster.status()["primary"]["addresses"]),
-        cluster.size, cluster.policy,
+    # Logging starts once nothing can fail any more: bad input gets its one line only.
+    setup_logging(settings["log_level"])
+    log = logging.getLogger("fastfork")
+    for address in set(wanted) & set(inherited):
+        log.info("using the socket systemd passed for %s", address)
+    log.info(
+        "primary %d serving %s (%s) on %s with %d workers, policy %s (%s dispatcher); "
+        "status: python -m fastfork status%s",
+        cluster.pid, settings["app"], kind, ", ".join(cluster.status()["primary"]["addresses"]),
+        cluster.size, cluster.policy, cluster.implementation,
         "" if os.path.dirname(control) == os.path.abspath(default_dir()) else f" --socket {control}")
     return cluster.run()
 

@@ -185,22 +185,26 @@ def test_reload_under_load_answers_every_request(runner_factory, rundir, impl):
         code = f.read()
     with open(app, "w") as f:
         f.write(code.replace('VERSION = "1"', 'VERSION = "2"'))   # new code on disk
-    with LoadClient(address) as load:
+    reloads = 3
+    with LoadClient(address, threads=6) as load:
         wait_until(lambda: load.count() >= 50, 15, "load before the reload")
-        runner.signal(signal.SIGHUP)
-        after = runner.wait_status(
-            lambda s: (len(s["workers"]) == 2 and not pids_of(s) & before
-                       and s["primary"]["replacing"] is None and not s["primary"]["queued"]
-                       and all(w["state"] == "listening" for w in s["workers"])),
-            "every worker replaced", timeout=30)
+        for _ in range(reloads):
+            runner.signal(signal.SIGHUP)
+            after = runner.wait_status(
+                lambda s: (len(s["workers"]) == 2 and not pids_of(s) & before
+                           and s["primary"]["replacing"] is None and not s["primary"]["queued"]
+                           and all(w["state"] == "listening" for w in s["workers"])),
+                "every worker replaced", timeout=30)
+            before = pids_of(after)
         settled = load.count()
-        wait_until(lambda: load.count() >= settled + 50, 15, "load after the reload")
-    print(f"\nreload under load ({impl}): {load.sent} requests sent, {load.failed} failed")
+        wait_until(lambda: load.count() >= settled + 50, 15, "load after the reloads")
+    print(f"\n{reloads} reloads under load ({impl}): {load.sent} requests sent, "
+          f"{load.failed} failed")
     assert load.failed == 0, load.errors[:5]
     versions = {r.split()[3] for r in load.replies if not r.endswith("slept")}
     assert versions == {"1", "2"}, versions          # served by old, then new code
     assert request(address, "whoami").split()[3] == "2"
-    assert all(w["restarts"] == 1 for w in after["workers"])
+    assert all(w["restarts"] == reloads for w in after["workers"])
     # One at a time: never more than 2 + 1 workers alive.
     assert max(alive_counts(runner.output())) == 3, runner.output()
 
