@@ -587,7 +587,10 @@ class Cluster:
         worker.slot = self._dispatcher.add_worker(data_primary.fileno())
         ctl_primary.setblocking(False)
         worker.control = ControlChannel(ctl_primary)
-        worker.control.send({"t": "config", "heartbeat": self._heartbeat_interval()})
+        try:
+            worker.control.send({"t": "config", "heartbeat": self._heartbeat_interval()})
+        except OSError:
+            pass          # it died already: reap_workers will say so
         self._dispatcher.watch(ctl_primary.fileno())
         self._by_control_fd[ctl_primary.fileno()] = worker
         self._by_slot[worker.slot] = worker

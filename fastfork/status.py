@@ -78,6 +78,16 @@ def table(answer):
 
 
 def main(argv=None):
+    try:
+        return _main(argv)
+    except BrokenPipeError:
+        # `fastfork status | head`: the reader has what it wanted; point stdout
+        # at /dev/null so the flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(argv):
     parser = build_parser()
     parser.add_argument("name", nargs="?", help="the app's --name (default: every running one)")
     parser.add_argument("--socket", metavar="PATH", help="the control socket of one primary")
