@@ -818,7 +818,8 @@ class Cluster:
             old, new = current.old, current.new
             if new.replaces is not None:
                 if new.is_dead() or new.stop_requested:
-                    self._abort_replacement(f"{new.label} exited before it was ready")
+                    how = "exited" if new.is_dead() else f"was stopped ({new.state})"
+                    self._abort_replacement(f"{new.label} {how} before it was ready")
                 elif old.is_dead() or old.stop_requested:
                     new.replaces = None      # the old one went first; the new one takes its place
                 elif self._is_ready_replacement(old, new):
