@@ -425,59 +425,66 @@ cdef class Dispatcher:
 
     # -- the loop -------------------------------------------------------------------
     def poll(self, double timeout_ms):
-        """Wait up to ``timeout_ms`` (-1: forever), do all dispatch work, and
-        return the watched fds that are readable.
+        """Dispatch until a watched fd is readable or ``timeout_ms`` has passed
+        (-1: no limit); return the watched fds that are readable.
 
-        May return early with an empty list when a signal interrupts the wait
-        (after running Python's signal handlers; an exception they raise
-        propagates).
+        Accepting, dispatching and reading acks all happen inside, without
+        returning to Python, so under load the caller's loop runs only when
+        it has something to do.  Returns early, possibly with an empty list,
+        when a signal interrupts the wait (after running Python's signal
+        handlers; an exception they raise propagates).
         """
         cdef int timeout, n, i, err = 0, kind, ident, pause_left
-        cdef double now
+        cdef double now, deadline = -1
         cdef list ready = []
         self._check()
-        self._flush_pending()
-        self._rearm()
-        if timeout_ms < 0:
-            timeout = -1
-        elif timeout_ms >= INT_MAX:
-            timeout = INT_MAX
-        else:
-            timeout = <int>timeout_ms
-            if timeout < timeout_ms:
-                timeout += 1                # round up, like select.epoll.poll
-        now = _monotonic()
-        if self._paused_until > now:
-            pause_left = <int>((self._paused_until - now) * 1000) + 1
-            timeout = pause_left if timeout < 0 else min(timeout, pause_left)
-        # Release the GIL only here: this is where the primary blocks, and
-        # while it waits the rest of the process (threads, the caller's
-        # helpers) must be able to run.  All other work is short and non-blocking.
-        with nogil:
-            n = epoll_wait(self._epfd, self._events, MAX_EVENTS, timeout)
+        if timeout_ms >= 0:
+            deadline = _monotonic() + timeout_ms / 1000.0
+        while True:
+            self._flush_pending()
+            self._rearm()
+            now = _monotonic()
+            if deadline < 0:
+                timeout = -1
+            elif deadline - now >= INT_MAX / 1000.0:
+                timeout = INT_MAX
+            else:
+                timeout = <int>((deadline - now) * 1000.0)
+                if timeout < (deadline - now) * 1000.0:
+                    timeout += 1            # round up, like select.epoll.poll
+            if self._paused_until > now:
+                pause_left = <int>((self._paused_until - now) * 1000) + 1
+                timeout = pause_left if timeout < 0 else min(timeout, pause_left)
+            # Release the GIL only here: this is where the primary blocks, and
+            # while it waits the rest of the process (threads, the caller's
+            # helpers) must be able to run.  All other work is short and non-blocking.
+            with nogil:
+                n = epoll_wait(self._epfd, self._events, MAX_EVENTS, timeout)
+                if n < 0:
+                    err = errno
             if n < 0:
-                err = errno
-        if n < 0:
-            if err != EINTR:
-                _raise_errno(err)
-            # A signal: run Python's handlers now (an exception propagates),
-            # then return so the caller's loop can act on what they recorded.
-            n = 0
-            PyErr_CheckSignals()
-        for i in range(n):
-            kind = <int>(self._events[i].data.u64 >> 32)
-            ident = <int>(<uint32_t>self._events[i].data.u64)
-            if kind == KIND_WORKER:
-                if self._is_open(ident):
-                    self._read_acks(ident)
-            elif kind == KIND_WATCH:
-                ready.append(ident)
-        self._flush_pending()
-        for i in range(n):
-            kind = <int>(self._events[i].data.u64 >> 32)
-            ident = <int>(<uint32_t>self._events[i].data.u64)
-            if kind == KIND_LISTENER and self._lfd[ident] >= 0:
-                self._accept_and_dispatch(ident)
+                if err != EINTR:
+                    _raise_errno(err)
+                # A signal: run Python's handlers now (an exception propagates),
+                # then return so the caller's loop can act on what they recorded.
+                PyErr_CheckSignals()
+                break
+            for i in range(n):
+                kind = <int>(self._events[i].data.u64 >> 32)
+                ident = <int>(<uint32_t>self._events[i].data.u64)
+                if kind == KIND_WORKER:
+                    if self._is_open(ident):
+                        self._read_acks(ident)
+                elif kind == KIND_WATCH:
+                    ready.append(ident)
+            self._flush_pending()
+            for i in range(n):
+                kind = <int>(self._events[i].data.u64 >> 32)
+                ident = <int>(<uint32_t>self._events[i].data.u64)
+                if kind == KIND_LISTENER and self._lfd[ident] >= 0:
+                    self._accept_and_dispatch(ident)
+            if ready or (deadline >= 0 and _monotonic() >= deadline):
+                break
         self._rearm()
         if FASTFORK_DEBUG:
             self._verify()

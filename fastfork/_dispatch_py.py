@@ -186,38 +186,45 @@ class Dispatcher:
 
     # -- the loop -----------------------------------------------------------
     def poll(self, timeout_ms):
-        """Wait up to ``timeout_ms`` (-1: forever), do all dispatch work, and
-        return the watched fds that are readable.
+        """Dispatch until a watched fd is readable or ``timeout_ms`` has passed
+        (-1: no limit); return the watched fds that are readable.
 
-        May return early with an empty list when a signal interrupts the wait
-        (the Cython build does; here PEP 475 retries the wait, so set a wakeup
-        fd with ``signal.set_wakeup_fd`` and ``watch`` it to wake both builds).
+        Accepting, dispatching and reading acks all happen inside, so under
+        load the caller's loop runs only when it has something to do.  The
+        Cython build also returns early when a signal interrupts the wait;
+        here PEP 475 retries the wait, so set a wakeup fd with
+        ``signal.set_wakeup_fd`` and ``watch`` it to wake both builds.
         """
         self._check()
-        # Connections re-queued by a failed send since the last call go out
-        # now, not after the next event.
-        self._flush_pending()
-        self._rearm()
-        now = time.monotonic()
-        if self._paused_until > now:
-            pause_left = int((self._paused_until - now) * 1000) + 1
-            timeout_ms = pause_left if timeout_ms < 0 else min(timeout_ms, pause_left)
-        try:
-            events = self._epoll.poll(timeout_ms / 1000.0 if timeout_ms >= 0 else -1)
-        except InterruptedError:
-            events = []
+        deadline = time.monotonic() + timeout_ms / 1000.0 if timeout_ms >= 0 else None
         ready = []
-        for fd, mask in events:
-            kind, ident = self._fdmap.get(fd, (None, None))
-            if kind == _KIND_WORKER:
-                self._read_acks(ident, mask)
-            elif kind == _KIND_WATCH:
-                ready.append(fd)
-        self._flush_pending()
-        for fd, mask in events:
-            kind, ident = self._fdmap.get(fd, (None, None))
-            if kind == _KIND_LISTENER:
-                self._accept_and_dispatch(ident)
+        while True:
+            # Connections re-queued by a failed send go out now, not after
+            # the next event.
+            self._flush_pending()
+            self._rearm()
+            now = time.monotonic()
+            timeout = -1 if deadline is None else max(0.0, deadline - now)
+            if self._paused_until > now:
+                pause_left = self._paused_until - now + 0.001
+                timeout = pause_left if timeout < 0 else min(timeout, pause_left)
+            try:
+                events = self._epoll.poll(timeout)
+            except InterruptedError:
+                break
+            for fd, mask in events:
+                kind, ident = self._fdmap.get(fd, (None, None))
+                if kind == _KIND_WORKER:
+                    self._read_acks(ident, mask)
+                elif kind == _KIND_WATCH:
+                    ready.append(fd)
+            self._flush_pending()
+            for fd, mask in events:
+                kind, ident = self._fdmap.get(fd, (None, None))
+                if kind == _KIND_LISTENER:
+                    self._accept_and_dispatch(ident)
+            if ready or (deadline is not None and time.monotonic() >= deadline):
+                break
         self._rearm()
         return ready
 

@@ -419,8 +419,16 @@ class Cluster:
         self._running = True
         try:
             self.manage_workers()
+            next_tick = time.monotonic() + self._poll_timeout_ms() / 1000.0
             while True:
-                ready = self._dispatcher.poll(self._poll_timeout_ms())
+                wait_ms = max(0, int((next_tick - time.monotonic()) * 1000) + 1)
+                ready = self._dispatcher.poll(wait_ms)
+                if not ready and not self._signals and time.monotonic() < next_tick:
+                    # Only dispatch work happened, and that is done inside
+                    # poll(): the bookkeeping below waits for a control
+                    # message, a signal or a deadline, so under load the
+                    # primary spends no Python per connection.
+                    continue
                 for fd in ready:
                     if fd == self._wake_r:
                         self._drain_wakeup()
@@ -446,6 +454,7 @@ class Cluster:
                     self.check_workers()
                     self.advance_replacement()
                     self.manage_workers()
+                next_tick = time.monotonic() + self._poll_timeout_ms() / 1000.0
         finally:
             self._running = False
             self._teardown()

@@ -259,9 +259,10 @@ def test_credit_window_stops_dispatch_and_leaves_the_backlog(rig_factory):
     assert rig.d.worker_stats(worker.slot) == (2, 2)
     assert backlog_len(rig.listener) == 3
     # The worker acknowledges: credit comes back and the backlog drains.
+    # (poll keeps dispatching until its timeout, so the fifth may follow at once)
     worker.receive_until(4)
-    rig.poll_until(lambda: rig.d.dispatched == 4, "4 dispatched")
-    assert backlog_len(rig.listener) == 1
+    rig.poll_until(lambda: rig.d.dispatched >= 4, "4 dispatched")
+    assert backlog_len(rig.listener) <= 1
     worker.receive_until(5)
     rig.poll_until(lambda: rig.d.held_fds() == 0, "all acknowledged")
     assert sorted(recv_exactly(s, 1)[0] for _, s in worker.conns) == [0, 1, 2, 3, 4]
@@ -624,7 +625,7 @@ def test_forked_child_must_not_use_it(rig_factory):
 
 
 def test_out_of_fds_pauses_without_spinning(rig_factory):
-    rig = rig_factory(window=8, pause_ms=200)
+    rig = rig_factory(window=8, pause_ms=1000)
     worker = rig.add_worker()
     rig.connect(2)
     wait_for(lambda: backlog_len(rig.listener) == 2, "2 connections in the backlog")
@@ -638,17 +639,18 @@ def test_out_of_fds_pauses_without_spinning(rig_factory):
             except OSError as exc:
                 assert exc.errno == errno.EMFILE
                 break
-        rig.d.poll(1000)
+        rig.d.poll(100)
         assert rig.d.pauses == 1 and rig.d.last_pause_errno == errno.EMFILE
         assert rig.d.stats()["paused"] and rig.d.accepted == 0
-        # While paused the listeners are disarmed: each poll sleeps until the
-        # pause ends instead of waking for the readable listener.
-        calls = 0
-        start = time.monotonic()
-        while rig.d.stats()["paused"]:
-            rig.d.poll(-1)
-            calls += 1
-        assert calls <= 3 and time.monotonic() - start >= 0.05
+        # While paused the listeners are disarmed: poll sleeps out its timeout
+        # instead of waking for the readable listener (a spinning poll would
+        # burn the whole 300 ms of CPU; the bound is generous on purpose).
+        before = resource.getrusage(resource.RUSAGE_SELF)
+        rig.d.poll(300)
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        assert cpu < 0.1, f"poll used {cpu:.3f}s of CPU while paused"
+        assert rig.d.pauses == 1 and rig.d.accepted == 0
     finally:
         for fd in fillers:
             os.close(fd)
