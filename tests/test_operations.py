@@ -302,21 +302,28 @@ def test_max_requests_recycles_one_worker_at_a_time(runner_factory):
     assert max(alive_counts(output)) == 3, output          # never two at once
 
 
-def test_max_memory_recycles_only_the_big_worker(runner_factory):
+def test_max_memory_recycles_the_big_workers_one_at_a_time(runner_factory):
     runner = runner_factory(f"{OPS_APP}:handle", "--workers", "2", "--bind", "127.0.0.1:0",
                             "--max-memory", "100M")
     before = runner.wait_serving(2)
+    address = runner.address()
     assert all(w["rss"] < 100 * 2**20 for w in before["workers"])
-    grown_rss = int(request(runner.address(), "grow 120"))
-    assert grown_rss > 100 * 2**20
+    assert int(request(address, "grow 120")) > 100 * 2**20
     status = runner.wait_status(lambda s: len(pids_of(s) - pids_of(before)) == 1
                                 and s["primary"]["replacing"] is None,
                                 "the big worker recycled", timeout=20)
     (replaced,) = pids_of(before) - pids_of(status)
     assert re.search(rf"replacing worker \d+ \(pid {replaced}, index \d\): max-memory \(RSS",
                      runner.output())
+    assert sorted(w["restarts"] for w in status["workers"]) == [0, 1]   # only that one
+    # Both grow at once (round-robin: one request each): still one at a time.
+    grown = {request(address, "grow 120") for _ in range(2)}
+    assert all(int(rss) > 100 * 2**20 for rss in grown)
+    status = runner.wait_status(lambda s: not pids_of(s) & pids_of(status)
+                                and s["primary"]["replacing"] is None,
+                                "both big workers recycled", timeout=20)
     assert all(w["rss"] < 100 * 2**20 for w in status["workers"])
-    assert sorted(w["restarts"] for w in status["workers"]) == [0, 1]
+    assert max(alive_counts(runner.output())) == 3, runner.output()
 
 
 # -- crash loop ---------------------------------------------------------------------------------

@@ -187,3 +187,15 @@ def test_preload_serves_the_code_loaded_at_start(runner_factory, rundir):  # noq
                              and s["workers"][0]["state"] == "listening", "a reload")
     whoami = request(run.address(), "whoami").split()
     assert int(whoami[1]) in pids_of(status) and whoami[3] == "1"   # forked from the primary
+
+
+def test_a_second_primary_on_the_same_control_socket_exits_2(runner_factory):  # noqa: F811
+    first = runner_factory(f"{OPS_APP}:handle", "--workers", "1", "--bind", "127.0.0.1:0")
+    first.wait_serving(1)
+    out = run_cli([f"{OPS_APP}:handle", "--workers", "1", "--bind", "127.0.0.1:0",
+                   "--control-socket", first.socket_path])
+    assert out.returncode == 2
+    assert out.stderr.splitlines() == [
+        f"fastfork run: error: control socket {first.socket_path} is in use by a running "
+        f"primary (pid {first.pid}); give this one another --name or --control-socket"]
+    assert first.status()["primary"]["pid"] == first.pid       # the first one is untouched
