@@ -248,7 +248,10 @@ def request(path, command="status", timeout=5.0):
         except PermissionError:
             raise ControlError(f"permission denied on {path}: run as the primary's user "
                                f"or root") from None
-        sock.sendall(json.dumps({"cmd": command}).encode() + b"\n")
+        try:
+            sock.sendall(json.dumps({"cmd": command}).encode() + b"\n")
+        except BrokenPipeError:
+            pass     # a refused peer is answered and closed at once: read why
         data = b""
         while not data.endswith(b"\n"):
             chunk = sock.recv(65536)
