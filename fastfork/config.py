@@ -103,7 +103,7 @@ def _path(value):
 
 class Option:
     def __init__(self, name, convert, default, help, group, metavar=None, flag=False,
-                 repeat=False, cli_only=False):
+                 repeat=False):
         self.name = name                    # as on the command line, without "--"
         self.dest = name.replace("-", "_")
         self.convert = convert
@@ -113,7 +113,6 @@ class Option:
         self.metavar = metavar
         self.flag = flag                    # --preload: a switch, true/false in TOML
         self.repeat = repeat                # --bind A --bind B; a list in TOML
-        self.cli_only = cli_only
 
 
 OPTIONS = [
@@ -234,7 +233,7 @@ def convert_table(table, where):
             settings["app"] = value
             continue
         option = BY_DEST.get(dest)
-        if option is None or option.cli_only:
+        if option is None:
             known = ", ".join(["app"] + [o.name for o in OPTIONS])
             raise ConfigError(f"{where}: unknown option {key!r} (options: {known})")
         try:

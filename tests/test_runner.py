@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from harness import ROOT, impl_env, request
+from harness import impl_env, request
 from test_operations import APPS, OPS_APP, pids_of, rundir, runner_factory  # noqa: F401
 
 from fastfork import config, runner
