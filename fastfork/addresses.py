@@ -71,4 +71,7 @@ def bind_listener(family, sockaddr, backlog=DEFAULT_BACKLOG, reuseport=False, li
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {describe(family, sockaddr)}: "
                                  f"{os.strerror(exc.errno) if exc.errno else exc}") from None
+    except BaseException:
+        sock.close()         # e.g. OverflowError for a backlog no C int holds
+        raise
     return sock

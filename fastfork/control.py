@@ -46,8 +46,13 @@ def decode(data, truncated=False):
         message = json.loads(data.decode("utf-8"))
     except UnicodeDecodeError:
         raise MessageError("message is not UTF-8") from None
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         raise MessageError(f"message is not valid JSON ({exc.msg} at byte {exc.pos})") from None
+    except (ValueError, RecursionError) as exc:
+        # Well-formed JSON json.loads still refuses: a number over Python's
+        # int digit limit (ValueError), nesting deeper than the recursion
+        # limit (RecursionError).  A worker must not crash the primary with it.
+        raise MessageError(f"message is not acceptable JSON ({exc})") from None
     if not isinstance(message, dict) or not isinstance(message.get("t"), str):
         raise MessageError("message is not a JSON object with a string 't' field")
     return message

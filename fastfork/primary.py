@@ -770,7 +770,17 @@ class Cluster:
         if missing <= 0 or time.monotonic() < self._next_spawn_at:
             return
         for _ in range(missing):
-            self.spawn_worker(self._free_index())
+            try:
+                self.spawn_worker(self._free_index())
+            except OSError as exc:
+                self._spawn_failed(exc)
+                return
+
+    def _spawn_failed(self, exc):
+        # Out of fds (EMFILE at the fd limit) or processes (EAGAIN): the
+        # workers still alive keep serving; dying here would take them down.
+        self._next_spawn_at = time.monotonic() + self.backoff_max
+        log.error("cannot start a worker: %s; trying again in %.1fs", exc, self.backoff_max)
 
     def stop_worker(self, worker, timeout=None):
         """Retire ``worker``: no new connections, finish open ones, SIGKILL after ``timeout``."""
@@ -849,7 +859,12 @@ class Cluster:
             if old.stop_requested or old.is_dead():
                 continue
             log.info("replacing %s (pid %d, index %d): %s", old.label, old.pid, old.index, reason)
-            new = self.spawn_worker(old.index)
+            try:
+                new = self.spawn_worker(old.index)
+            except OSError as exc:
+                self._replace_queue.appendleft((old, reason))
+                self._spawn_failed(exc)
+                return
             new.replaces = old
             self._replacement = _Replacement(old, new, reason,
                                              time.monotonic() + self.ready_timeout)
