@@ -63,6 +63,8 @@ def bind_listener(family, sockaddr, backlog=DEFAULT_BACKLOG, reuseport=False, li
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        if family == socket.AF_UNIX:
+            _remove_stale_unix_socket(sockaddr)
         sock.bind(sockaddr)
         if listen:
             sock.listen(backlog)
@@ -75,3 +77,27 @@ def bind_listener(family, sockaddr, backlog=DEFAULT_BACKLOG, reuseport=False, li
         sock.close()         # e.g. OverflowError for a backlog no C int holds
         raise
     return sock
+
+
+def _remove_stale_unix_socket(path):
+    """Unlink ``path`` if it is a socket file nobody listens on any more.
+
+    A primary killed with SIGKILL leaves its socket file behind, and bind()
+    would then fail with "address in use" forever.  A live socket (connect
+    succeeds) or any other kind of file is left alone, so bind reports it.
+    """
+    import stat
+    try:
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return
+    except OSError:
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(path)
+    except ConnectionRefusedError:
+        os.unlink(path)
+    except OSError:
+        pass
+    finally:
+        probe.close()

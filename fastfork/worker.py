@@ -14,6 +14,7 @@ import logging
 import os
 import random
 import select
+import signal
 import socket
 import threading
 
@@ -48,6 +49,12 @@ class WorkerRuntime:
         self.heartbeat_interval = 0.1
         self.stopping = threading.Event()
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        # SIGTERM to a worker (kill, systemd's KillMode=control-group) means
+        # "drain and exit", as in gunicorn.  The handler only writes here;
+        # the control thread does the work.
+        self._term_r, self._term_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_sigterm)
         self._requests = {}
         self._next_request = 1
         self._lock = threading.Lock()     # requests and message handlers
@@ -61,8 +68,28 @@ class WorkerRuntime:
         self.control.send({"t": "online"})
 
     # -- control channel ---------------------------------------------------------
+    def _on_sigterm(self, signum, frame):
+        try:
+            os.write(self._term_w, b"t")
+        except BlockingIOError:
+            pass
+
     def _read_control(self):
         while True:
+            readable, _, _ = select.select([self.control.sock, self._term_r], [], [])
+            if self._term_r in readable:
+                os.read(self._term_r, 64)
+                if not self.stopping.is_set():
+                    log.info("worker %d: SIGTERM, finishing open connections", self.id)
+                    try:
+                        # The primary retires us (END on the data channel),
+                        # answers with "stop", and forks a replacement.
+                        self.control.send({"t": "stopping"})
+                    except OSError:
+                        pass
+                    self._begin_stop()
+            if self.control.sock not in readable:
+                continue
             try:
                 message, fds = self.control.recv()
             except MessageError as exc:

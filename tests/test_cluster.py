@@ -252,3 +252,27 @@ def test_worker_identity_id_never_reused_index_reused(cluster_factory, impl):
     whoami(address)
     # Re-forking leaks nothing in the primary (once the last ack is in).
     wait_until(lambda: fd_count(cluster.pid) == fds, 5, f"the primary back to {fds} fds")
+
+
+def test_sigterm_to_a_worker_drains_it_and_reforks_its_index(cluster_factory, impl):
+    cluster = cluster_factory("--workers", "2")
+    address, listening = cluster.wait_listening(2)
+    busy = socket.create_connection(address, timeout=30)
+    busy.sendall(b"block 1\n")
+    blocking = cluster.wait_event("message")["data"]["blocking"]
+    victim = next(event for event in listening if event["id"] == blocking)
+    os.kill(victim["pid"], signal.SIGTERM)
+    # The request in progress is finished, not cut ...
+    with busy:
+        assert busy.makefile().readline().split() == [str(blocking), "unblocked"]
+    # ... the worker exits on its own, and its index is served again.
+    died = cluster.wait_event("exit", id=blocking)
+    assert (died["code"], died["signal"]) == (0, None)
+    # (the replacement may be listening before the old one has exited)
+    original = {event["id"] for event in listening}
+    replacement = wait_until(lambda: next(
+        (e for e in cluster.events if e["event"] == "listening" and e["id"] not in original),
+        None), 15, "the replacement to listen")
+    assert replacement["index"] == victim["index"]
+    assert {whoami(address)[0] for _ in range(4)} == {replacement["id"]} | (
+        {event["id"] for event in listening} - {blocking})
