@@ -38,6 +38,9 @@ WORKER_EXEC_FAILED = 127
 # Out of fds or memory, the dispatcher pauses accept() many times a second:
 # the log says so at most once per interval, not once per refused connection.
 PAUSE_LOG_INTERVAL = 1.0
+# A worker whose data channel closed or broke is killed this long after,
+# unless it exits by itself first (a dying worker closes it on the way out).
+DATA_CHANNEL_GRACE = 1.0
 
 POLICIES = ("rr", "none", "reuseport")
 EVENTS = ("fork", "online", "listening", "ready", "message", "disconnect", "exit")
@@ -441,7 +444,7 @@ class Cluster:
                 for slot in self._dispatcher.pop_closed():
                     worker = self._by_slot.get(slot)
                     if worker is not None and not worker.stop_requested:
-                        log.debug("%s closed its data channel", worker.label)
+                        self._lost_data_channel(worker)
                 self.handle_signals()
                 self.report_pauses()
                 self.reap_workers()
@@ -776,6 +779,16 @@ class Cluster:
                 self._spawn_failed(exc)
                 return
 
+    def _lost_data_channel(self, worker):
+        # Closed (the worker is exiting: it is reaped long before the grace
+        # ends) or broken (garbage acks): the dispatcher sends it nothing
+        # more, so a live one would idle forever; kill it and respawn.
+        if worker.kill_at is None:
+            worker.kill_at = time.monotonic() + DATA_CHANNEL_GRACE
+            log.warning("%s (pid %d) closed or broke its data channel; killing it "
+                        "unless it exits within %.1fs", worker.label, worker.pid,
+                        DATA_CHANNEL_GRACE)
+
     def _spawn_failed(self, exc):
         # Out of fds (EMFILE at the fd limit) or processes (EAGAIN): the
         # workers still alive keep serving; dying here would take them down.
@@ -792,6 +805,8 @@ class Cluster:
         worker.kill_at = time.monotonic() + timeout
         self._dispatcher.retire_worker(worker.slot)
         try:
+            if worker.control is None:
+                raise BrokenPipeError("control channel closed")
             worker.control.send({"t": "stop", "timeout": timeout})
         except OSError:
             worker.kill(signal.SIGKILL)
@@ -990,6 +1005,12 @@ class Cluster:
         worker.ready = True
         self.emit("ready", worker)
 
+    def on_stopping(self, worker, message):
+        # The worker got SIGTERM: retire it like any graceful stop; as a
+        # stop nobody here asked for, its index is re-forked.
+        log.info("%s (pid %d) is stopping on its own (SIGTERM)", worker.label, worker.pid)
+        self.stop_worker(worker)
+
     def on_heartbeat(self, worker, message):
         worker.last_heartbeat = time.monotonic()
         worker.heartbeats += 1
@@ -1128,4 +1149,4 @@ class Cluster:
 
 
 # Message types a worker may send; anything else gets it replaced.
-_WORKER_MESSAGES = frozenset(("online", "ready", "heartbeat", "msg", "listen"))
+_WORKER_MESSAGES = frozenset(("online", "ready", "heartbeat", "msg", "listen", "stopping"))
