@@ -206,7 +206,7 @@ class WrkClient:
     def __init__(self, connections, threads, timeout):
         self.connections, self.threads, self.timeout = connections, threads, timeout
         out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
-        self.version = (out.stdout + out.stderr).splitlines()[0].strip()
+        self.version = (out.stdout + out.stderr).splitlines()[0].split(" Copyright")[0].strip()
 
     def describe(self):
         return (f"{self.version}, -t{self.threads} -c{self.connections}; durations are "
@@ -552,6 +552,7 @@ def main(argv=None):
                 args.skipped[key] = "node is not on the PATH"
 
     started = time.monotonic()
+    load_before = os.getloadavg()[0]
     command = "python -m benchmarks.compare" + "".join(
         " " + shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     info = machine_info(client, args.stall_client)
@@ -581,6 +582,8 @@ def main(argv=None):
         sweep = run_sweep(args) if args.sweep_duration > 0 else []
 
     elapsed = time.monotonic() - started
+    # Other processes on the machine move the figures; say how busy it was.
+    info["loadavg_1min"] = [round(load_before, 2), round(os.getloadavg()[0], 2)]
     results = {
         "command": command, "machine": info, "elapsed_s": elapsed,
         "settings": {"workers": args.workers, "duration_s": args.duration,
@@ -605,7 +608,7 @@ def main(argv=None):
     markdown = render_markdown(results)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(results, f, indent=1, default=_json_default)
+        json.dump(_json_safe(results), f, indent=1, allow_nan=False)
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(markdown)
     print(markdown)
@@ -613,8 +616,15 @@ def main(argv=None):
     return 1 if errors else 0
 
 
-def _json_default(value):
-    raise TypeError(f"not JSON-serializable: {value!r}")
+def _json_safe(value):
+    """Strict JSON: an infinite ratio (a worker that got no connection) becomes "inf"."""
+    if isinstance(value, float) and math.isinf(value):
+        return "inf"
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 # -- the report ---------------------------------------------------------------------------
@@ -661,7 +671,9 @@ def render_markdown(results):
         f"{settings['duration_s']:g} s, stall runs of {settings['stall_duration_s']:g} s with "
         f"a {settings['stall_s']:g} s stall from a quarter in; medians of "
         f"{settings['repeat']} alternating repeats; (ratio) to the `{results['reference']}` row.",
-        f"Command: `{results['command']}` ({results['elapsed_s']:.0f} s).",
+        f"Command: `{results['command']}` ({results['elapsed_s']:.0f} s); 1-minute load "
+        f"average {info['loadavg_1min'][0]:g} before, {info['loadavg_1min'][1]:g} after "
+        "(the benchmark itself adds about 2).",
     ]
     spreads = _spread(results["rows"])
     if spreads:
