@@ -733,12 +733,11 @@ def render_markdown(results):
     if results["sweep"]:
         lines += ["## The dispatcher alone (`benchmarks/dispatch_sweep.py`)", "",
                   "A bare `Dispatcher` (no Cluster loop, no HTTP) fed by one "
-                  "connect-and-reset client process, passing to sink workers that close each "
-                  "fd; " + ("the primary pinned to a core of its own, the client and sinks on "
-                            "the others. " if results["sweep"][0].get("pinned") else "") +
-                  "The primary's CPU per dispatched connection (getrusage) and the rate one "
+                  "connect-and-reset client process, passing to sink workers that hold each "
+                  "connection briefly and close it. The primary's CPU per dispatched "
+                  "connection (getrusage) at the load the client reached, and the rate one "
                   "core could sustain at that cost (1e6 / µs per connection). Where the "
-                  "primary is far from 100% busy, batches are small and the cost per "
+                  "primary is far from 100% busy, its batches are small and the cost per "
                   "connection is an upper bound.", "",
                   "| dispatcher | window | conns/s achieved | primary CPU % | user µs/conn | "
                   "sys µs/conn | conns/s per primary core |",

@@ -6,7 +6,8 @@ connections per second one primary core can dispatch.
 No HTTP and no Cluster around it: this process runs a bare ``Dispatcher``
 (accept, pick, ``sendmsg`` with SCM_RIGHTS, read acks, close its copy) over
 one listening socket; ``--workers`` forked sink processes receive each batch
-with ``Receiver.receive()`` (which acknowledges it) and close the fds;
+with ``Receiver.receive()`` (which acknowledges it) and close the fds a
+little later;
 ``--clients`` forked processes connect as fast as they can and reset each
 connection at once (SO_LINGER 0, so no TIME_WAIT exhausts the ports).  The
 primary's user and system CPU over the measured window (``getrusage``),
@@ -16,6 +17,7 @@ primary did nothing else.  Prints one JSON line.
 """
 
 import argparse
+import collections
 import json
 import os
 import resource
@@ -37,14 +39,26 @@ def _die_with_parent():
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)   # PR_SET_PDEATHSIG
 
 
+SINK_HOLD = 256
+
+
 def _sink(dispatch, fd):
-    """A worker that takes every connection and closes it."""
+    """A worker that takes every connection and closes it a little later.
+
+    Holding the last SINK_HOLD connections open, as a real worker holds a
+    connection while it serves it, makes the primary's close of its copy
+    (on the ack) a reference drop, not the TCP teardown it would be if the
+    sink had closed first.
+    """
     receiver = dispatch.Receiver(fd)
+    held = collections.deque()
     while True:
         select.select([receiver], [], [])
         pairs, ended = receiver.receive()
         for _, conn in pairs:
-            os.close(conn)
+            held.append(conn)
+        while len(held) > SINK_HOLD:
+            os.close(held.popleft())
         if ended:
             return
 
@@ -63,23 +77,12 @@ def _client(address, go_fd):
         sock.close()
 
 
-def _cpu_split():
-    """``(primary_cpus, others)``: with 2+ usable CPUs the primary gets one to
-    itself, so the clients and sinks cannot starve it of a core."""
-    cpus = sorted(os.sched_getaffinity(0))
-    if len(cpus) < 2:
-        return None, None
-    return {cpus[0]}, set(cpus[1:])
-
-
-def _fork(body, cpus):
+def _fork(body):
     pid = os.fork()
     if pid == 0:
         code = 0
         try:
             _die_with_parent()
-            if cpus:
-                os.sched_setaffinity(0, cpus)
             body()
         except BaseException:
             code = 1
@@ -97,7 +100,6 @@ def measure(impl, window, workers, clients, duration):
     address = listener.getsockname()
     channels = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(workers)]
     go_r, go_w = os.pipe()
-    primary_cpus, other_cpus = _cpu_split()
     children = []
     try:
         for index, (_, worker_end) in enumerate(channels):
@@ -106,7 +108,7 @@ def measure(impl, window, workers, clients, duration):
                 for primary_end, _ in channels:
                     primary_end.close()
                 _sink(dispatch, worker_end.detach())
-            children.append(_fork(sink, other_cpus))
+            children.append(_fork(sink))
         for _ in range(clients):
             def client():
                 listener.close()
@@ -114,12 +116,10 @@ def measure(impl, window, workers, clients, duration):
                     for sock in pair:
                         sock.close()
                 _client(address, go_r)
-            children.append(_fork(client, other_cpus))
+            children.append(_fork(client))
         for _, worker_end in channels:
             worker_end.close()
 
-        if primary_cpus:
-            os.sched_setaffinity(0, primary_cpus)
         dispatcher = dispatch.Dispatcher(window=window)
         try:
             lid = dispatcher.add_listener(listener.fileno())
@@ -155,7 +155,7 @@ def measure(impl, window, workers, clients, duration):
         os.close(go_w)
     user = usage1.ru_utime - usage0.ru_utime
     system = usage1.ru_stime - usage0.ru_stime
-    result = {"pinned": bool(primary_cpus), "impl": impl, "implementation": dispatch.IMPLEMENTATION, "window": window,
+    result = {"impl": impl, "implementation": dispatch.IMPLEMENTATION, "window": window,
               "workers": workers, "clients": clients, "wall_s": wall,
               "connections": count, "conns_per_s": count / wall,
               "primary_cpu_pct": 100.0 * (user + system) / wall}
