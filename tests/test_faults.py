@@ -33,8 +33,9 @@ WINDOW = wire.DEFAULT_WINDOW
 DEFAULT_IMPL = "c" if importlib.util.find_spec("fastfork._cdispatch") else "py"
 
 # The issue asks for 20 s of kills and of reloads.  These run 8 s each (kills
-# on both implementations): the whole suite must stay under 10 minutes on two
-# cores, and 16 kills already exercise every path a kill can take.
+# on both implementations) because the whole suite must stay under 10 minutes
+# on two cores: 16 kills per implementation (about 60 reloads), each checked
+# on its own, where 20 s would only repeat the same checks.
 KILL_DURATION = 8.0
 KILL_INTERVAL = 0.5
 KILL_CONCURRENCY = 2 * WINDOW     # more clients than one window, so the bound bites
@@ -56,9 +57,10 @@ SOAK_CONCURRENCY = 16
 SOAK_PRIMARY_RSS_MARGIN_KIB = 256
 SOAK_WORKER_RSS_MARGIN_KIB = 512
 
-# Out of fds: the primary's soft RLIMIT_NOFILE.  It needs about 15 for itself
-# and two workers, which leaves fewer free than the two workers' credit
-# windows, so a flood reaches the limit before credit runs out.
+# Out of fds: the primary's soft RLIMIT_NOFILE.  It uses 11 for itself and two
+# workers (stdio, epoll, wakeup pipe, listener, two channels per worker),
+# which leaves fewer free than the two workers' credit windows: a flood
+# reaches the fd limit before the workers' credit runs out.
 NOFILE = 24
 AT_LIMIT_WINDOW = 2.0        # seconds of CPU measured while at the limit
 MAX_CPU_AT_LIMIT = 0.5       # of one core: a bound against spinning, not a speed claim
@@ -278,10 +280,12 @@ def test_kill_under_load(cluster_factory, impl, figures):
                               for k in kills)]
     held = [len(k.held) for k in kills]
     figures(sent=report.sent, answered=report.answered, failed=report.failed,
-            kills=len(kills), vanished=vanished, held_at_kill_total=sum(held), held_at_kill_max=max(held, default=0),
-            unexplained=len(unexplained), rate=f"{report.rate:.0f}/s",
-            errors=dict(report.errors), fds_before=fds_before, fds_after=fds_after)
+            kills=len(kills), held_at_kill_total=sum(held),
+            held_at_kill_max=max(held, default=0), unexplained=len(unexplained),
+            rate=f"{report.rate:.0f}/s", errors=dict(report.errors),
+            fds_before=fds_before, fds_after=fds_after)
     assert not vanished, f"workers died before they were killed:\n{proc.output()[-6000:]}"
+    assert len(kills) >= int(KILL_DURATION / KILL_INTERVAL) - 2, f"only {len(kills)} kills"
     assert report.answered > 0
     assert not unexplained, f"failed requests no killed worker held: {unexplained[:10]}"
     assert report.failed <= len(kills) * WINDOW, (
@@ -349,12 +353,12 @@ def test_soak(cluster_factory, impl, figures):
 
     soak = Load(address, concurrency=SOAK_CONCURRENCY, max_requests=SOAK_CONNECTIONS,
                 duration=110).run()
-    # A connection's fd is closed by the worker just after it answers.
-    settled = lambda: {pid: fd_count(pid) for pid in pids} == idle_fds  # noqa: E731
-    try:
-        wait_until(settled, 5, "fds back to idle after the soak")
-    except AssertionError:
-        pass            # reported by the assertion below, with the numbers
+    # A worker closes a connection's fd just after answering: give it a moment,
+    # then compare (a leak shows in the assertions below, with the numbers).
+    deadline = time.monotonic() + 5
+    while ({pid: fd_count(pid) for pid in pids} != idle_fds
+           and time.monotonic() < deadline):
+        time.sleep(0.02)
     after_soak = snapshot(pids)
     assert sorted(e["pid"] for e in workers_view(proc).values()) == workers, \
         "a worker was replaced during the soak"
@@ -589,11 +593,11 @@ def attach_fake_worker(cluster):
     return worker, data, ctl
 
 
-def test_read_control_never_raises():
+def test_read_control_never_raises(impl):
     """Whatever a worker writes on its control channel, the primary's reader
     returns; a bad message disconnects and replaces that worker, and every
     descriptor that came with it is closed."""
-    cluster = primary.Cluster(lambda: None, 1, pure=True)
+    cluster = primary.Cluster(lambda: None, 1, pure=impl == "py")
     cluster._ensure_started()
     seen = {"replaced": 0, "kept": 0}
     try:

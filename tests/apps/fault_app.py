@@ -1,8 +1,9 @@
-"""The cluster the fault and load tests attack (tests/test_fault_*.py).
+"""The cluster the fault and load tests attack (tests/test_faults.py).
 
 Run as ``python fault_app.py [options]``.  Like cluster_app.py, the primary
 prints one ``EVENT {json}`` line per lifecycle event; with ``--log`` it also
-prints its log as ``LOG <level> <message>`` lines so a test can count them.
+prints its log as ``LOG <ms since start> <level> <message>`` lines so a
+test can count them.
 
 Each connection reads one line and answers it:
 
@@ -21,7 +22,6 @@ its side gets the partial line echoed back.
 
 import argparse
 import array
-import asyncio
 import json
 import logging
 import os
