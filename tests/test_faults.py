@@ -42,12 +42,12 @@ KILL_CONCURRENCY = 2 * WINDOW     # more clients than one window, so the bound b
 RELOAD_DURATION = 8.0
 
 # The issue's soak is 200,000 connections.  Measured here (2 cores, 16 client
-# threads in this process, Cython dispatcher) that takes 53 s, about 3,800
-# connections a second; twice that (both implementations) is too much of the
-# suite's budget, so the soak runs SOAK_CONNECTIONS after warm-up.  In that
-# measurement the primary's fds and RSS did not move at all after warm-up, the
-# workers' RSS rose by about 200 KiB over the first 25,000 (caches filling)
-# and then not at all up to 200,000.
+# threads in this process) that takes 30 s per implementation on a quiet
+# machine (6,700 connections a second) and 53 s with other test runs beside
+# it: twice that is too much of the suite's budget, so the soak runs
+# SOAK_CONNECTIONS after warm-up.  Over the full 200,000 the primary's fds and
+# RSS did not move at all after warm-up; the workers' RSS rose by about
+# 200 KiB over the first 25,000 (caches filling) and then not at all.
 SOAK_WARMUP = 5_000
 SOAK_CONNECTIONS = 30_000
 SOAK_CONCURRENCY = 16
