@@ -721,7 +721,7 @@ def test_slow_and_half_open_clients(start_cluster, figures):
             half.append(sock)
         # The workers took every connection (the primary keeps none).
         wait_until(lambda: sum(fd_count(pid) for pid in workers)
-                   >= worker_fds_before + IDLE_CLIENTS + TRICKLE_CLIENTS, 10,
+                   >= worker_fds_before + IDLE_CLIENTS + TRICKLE_CLIENTS, 30,
                    "the workers to hold the slow connections")
         load = Load(address, concurrency=4, duration=SLOW_PHASE, max_requests=100_000,
                     timeout=5).start()
