@@ -131,7 +131,7 @@ def serve_single(port, stats_dir):
     asyncio.run(main())
 
 
-def serve_fastfork(port, stats_dir, workers, policy, impl):
+def serve_fastfork(port, stats_dir, workers, policy, impl, window=None):
     import fastfork
 
     def worker_main():
@@ -141,8 +141,9 @@ def serve_fastfork(port, stats_dir, workers, policy, impl):
                        on_started=lambda servers: STATS.start(asyncio.get_running_loop()))
 
     pure = None if impl == "auto" else impl == "py"
+    options = {} if window is None else {"window": window}
     cluster = fastfork.Cluster(worker_main, workers, policy=policy, pure=pure,
-                               graceful_timeout=5.0)
+                               graceful_timeout=5.0, **options)
     print(json.dumps({"primary": os.getpid(), "policy": policy,
                       "implementation": cluster.implementation}), flush=True)
     return cluster.run()
@@ -155,6 +156,8 @@ def main(argv=None):
     parser.add_argument("--impl", choices=("c", "py", "auto"), default="auto",
                         help="fastfork dispatcher: Cython, pure Python, or the default choice")
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--window", type=int, default=None,
+                        help="credit window of the rr policy (default: fastfork's)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--stats-dir", required=True)
     args = parser.parse_args(argv)
@@ -164,7 +167,8 @@ def main(argv=None):
     if args.server == "single":
         serve_single(args.port, args.stats_dir)
         return 0
-    return serve_fastfork(args.port, args.stats_dir, args.workers, args.policy, args.impl)
+    return serve_fastfork(args.port, args.stats_dir, args.workers, args.policy, args.impl,
+                          args.window)
 
 
 if __name__ == "__main__":
