@@ -34,6 +34,29 @@ def impl_env(impl):
     return env
 
 
+def load_impl(pure):
+    """``(dispatch_module, scheduler_module)``, pure-Python or Cython.
+
+    The Cython build must be there unless FASTFORK_NO_EXTENSIONS=1 (then its
+    tests are skipped): a silent fallback would test the twin twice.
+    """
+    import warnings
+
+    import pytest
+
+    from fastfork import _impl
+    if pure:
+        return _impl.load(pure=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        try:
+            return _impl.load(pure=False)
+        except RuntimeWarning as exc:
+            if os.environ.get("FASTFORK_NO_EXTENSIONS", "") not in ("", "0"):
+                pytest.skip("FASTFORK_NO_EXTENSIONS is set: Cython build not required")
+            pytest.fail(f"the Cython extension is not built: {exc}")
+
+
 def session_pids(sid):
     """Pids of live (non-zombie) processes in session ``sid``, and of zombies."""
     alive, zombies = [], []

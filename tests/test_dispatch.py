@@ -15,28 +15,17 @@ import socket
 import struct
 import threading
 import time
-import warnings
 
 import pytest
 
-from fastfork import _impl
+from harness import load_impl
 from fastfork.wire import HEADER, LID, MSG_ACK, MSG_END, MSG_FDS, ProtocolError
 
 DEADLINE = 5.0
 
 
 def load_dispatch(pure):
-    """The dispatch module; the Cython one must be built unless FASTFORK_NO_EXTENSIONS=1."""
-    if pure:
-        return _impl.load(pure=True)[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        try:
-            return _impl.load(pure=False)[0]
-        except RuntimeWarning as exc:
-            if os.environ.get("FASTFORK_NO_EXTENSIONS", "") not in ("", "0"):
-                pytest.skip("FASTFORK_NO_EXTENSIONS is set: Cython build not required")
-            pytest.fail(f"the Cython dispatcher is not built: {exc}")
+    return load_impl(pure)[0]
 
 
 @pytest.fixture(params=[True, False], ids=["py-dispatch", "c-dispatch"])

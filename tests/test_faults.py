@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from fastfork import control, primary, wire
-from harness import ROOT, ClusterProcess, fd_count, session_pids, wait_until
+from harness import ROOT, ClusterProcess, fd_count, request, session_pids, wait_until
 from loadgen import Load
 
 FAULT_APP = os.path.join(ROOT, "tests", "apps", "fault_app.py")
@@ -155,18 +155,6 @@ def workers_view(proc):
 
 def listening(proc):
     return {wid: w for wid, w in workers_view(proc).items() if w["listening"]}
-
-
-def request(address, line, timeout=10):
-    with socket.create_connection(address, timeout=timeout) as sock:
-        sock.sendall(line.encode() + b"\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(4096)
-            if not chunk:
-                break
-            data += chunk
-    return data.decode().strip()
 
 
 _libc = ctypes.CDLL(None, use_errno=True)

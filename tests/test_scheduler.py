@@ -5,27 +5,15 @@ the result is the return value, or the name of the exception the step raises;
 a step without ``->`` must just not raise.  ``sub`` is ``subscribe``.
 """
 
-import os
-import warnings
 
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from fastfork import _impl
+from harness import load_impl
 
 
 def load_scheduler(pure):
-    """The scheduler module; the Cython one must be built unless FASTFORK_NO_EXTENSIONS=1."""
-    if pure:
-        return _impl.load(pure=True)[1]
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        try:
-            return _impl.load(pure=False)[1]
-        except RuntimeWarning as exc:
-            if os.environ.get("FASTFORK_NO_EXTENSIONS", "") not in ("", "0"):
-                pytest.skip("FASTFORK_NO_EXTENSIONS is set: Cython build not required")
-            pytest.fail(f"the Cython scheduler is not built: {exc}")
+    return load_impl(pure)[1]
 
 
 @pytest.fixture(params=[True, False], ids=["py-scheduler", "c-scheduler"])
