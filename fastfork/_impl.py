@@ -29,11 +29,17 @@ def load(pure=None):
             from . import _cdispatch, _cscheduler
             return _check(_cdispatch, PUBLIC_API), _check(_cscheduler, SCHEDULER_API)
         except ImportError as exc:
+            here = os.path.dirname(os.path.abspath(__file__))
+            if os.path.exists(os.path.join(here, "_cdispatch.pyx")):
+                fix = (f"fastfork is imported from a source checkout ({here}) whose "
+                       "extension was not built in place: run `pip install -e .` there, "
+                       "or run Python from another directory to use an installed fastfork")
+            else:
+                fix = ("reinstall it where a C compiler and the Python headers are "
+                       "available: `pip install --force-reinstall --no-binary fastfork fastfork`")
             warnings.warn(
                 f"fastfork's Cython extension is not available ({exc}); using the "
-                "pure-Python dispatcher, which is slower. Build it with "
-                "`pip install --force-reinstall --no-binary fastfork fastfork` or, in a "
-                "checkout, `pip install -e .` (needs a C compiler and Python headers). "
+                f"pure-Python dispatcher, which is slower. To fix it, {fix}. "
                 "Set FASTFORK_NO_EXTENSIONS=1 to choose the pure-Python one silently.",
                 RuntimeWarning, stacklevel=3)
     from . import _dispatch_py, scheduler
