@@ -177,11 +177,25 @@ class Output:
 
     def __init__(self, color):
         self.color = color
+        self.reader_gone = False
+        self.on_reader_gone = None      # called once if stdout's reader goes away
 
     def line(self, text=""):
         with _OUTPUT_LOCK:
-            sys.stdout.write(text + "\n")
-            sys.stdout.flush()
+            if self.reader_gone:
+                return
+            try:
+                sys.stdout.write(text + "\n")
+                sys.stdout.flush()
+            except BrokenPipeError:
+                # `python -m fastfork demo | head`: nobody reads any more.  Send
+                # stdout to /dev/null (so no later flush fails) and end the demo.
+                self.reader_gone = True
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+                os.close(devnull)
+                if self.on_reader_gone is not None:
+                    self.on_reader_gone()
 
     def error(self, text):
         with _OUTPUT_LOCK:
@@ -244,6 +258,7 @@ class Demo:
     def __init__(self, args, out, size, host, port, probe):
         self.args = args
         self.out = out
+        out.on_reader_gone = self._reader_gone
         self.size = size
         self.host = host
         self.port = port
@@ -369,6 +384,14 @@ class Demo:
         workers, policy = _count(self.size, "worker"), self.cluster.policy
         self.out.line(f"ready: {workers} serving {url} (policy {policy}); press Ctrl-C to stop")
         self.out.line(self.out.dim(f"   try: curl {url}   (each answer names its worker)"))
+
+    def _reader_gone(self):
+        with self._cond:
+            self.interrupted = True
+            self._cond.notify_all()
+        self._stop_sent = True
+        if self.cluster is not None:
+            self.cluster.stop()
 
     # -- the client (helper thread) --------------------------------------------------------
     def run_client(self):

@@ -544,3 +544,27 @@ def check_usage_error(args, message):
     assert len(err.splitlines()) == 1 and message in err, err
     alive, _ = session_pids(proc.pid)
     assert alive == []
+
+
+def test_output_piped_into_head_ends_the_demo():
+    """`python -m fastfork demo | head -3`: the reader leaves, the demo stops at once."""
+    proc = subprocess.Popen([sys.executable, "-m", "fastfork", "demo", "--port", "0",
+                             "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=impl_env("py"), cwd=ROOT, start_new_session=True)
+    try:
+        for _ in range(3):
+            assert proc.stdout.readline()
+        proc.stdout.close()                  # what head does after its lines
+        # Well under the demo's own 10 s waits: it reacted to the closed pipe,
+        # it did not time out waiting for events it failed to print.
+        code = proc.wait(5)
+        assert code in (0, 1), proc.stderr.read()
+        alive, _ = session_pids(proc.pid)
+        assert alive == [], f"processes left behind: {alive}"
+        assert "Traceback" not in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        proc.stderr.close()
