@@ -30,6 +30,20 @@ from .worker import WorkerStopping
 
 __version__ = "0.1.0"
 
+__all__ = [
+    # roles and identity
+    "is_primary", "is_worker", "worker_id", "worker_index",
+    # the primary
+    "Cluster", "Worker", "run", "usable_cpus", "parse_workers", "POLICIES", "EVENTS",
+    "EXIT_OK", "EXIT_FORCED", "EXIT_CRASH_LOOP", "DEFAULT_WINDOW",
+    # a worker
+    "listen", "serve", "serve_async", "start_server", "create_server", "drain",
+    "wait_stopping", "send", "on_message", "on_stop", "ready", "is_stopping",
+    "WorkerStopping", "parse_address",
+    # errors
+    "MessageError", "ProtocolError",
+]
+
 is_primary = True
 is_worker = False
 worker_id = None          # unique, never reused (Node's cluster.worker.id)

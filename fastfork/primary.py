@@ -8,10 +8,8 @@ dead children and the worker count, each in one verb-named method.
 
 import collections
 import errno
-import grp
 import logging
 import os
-import pwd
 import random
 import signal
 import socket
@@ -20,6 +18,8 @@ import time
 import traceback
 
 from . import _impl, _sys
+from .activation import inherited_sockets
+from .privileges import drop_privileges, resolve_credentials
 from .addresses import DEFAULT_BACKLOG, bind_listener, describe, parse_address
 from .control import ControlChannel, MessageError
 from .cpus import parse_workers
@@ -55,8 +55,6 @@ HEARTBEAT_MAX_INTERVAL = 1.0
 # A hung worker gets SIGABRT (faulthandler prints where it is stuck), then
 # SIGKILL if it is still there this long after.
 ABORT_GRACE = 5.0
-# systemd socket activation: inherited sockets start at fd 3 (sd_listen_fds(3)).
-SD_LISTEN_FDS_START = 3
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
 
@@ -170,73 +168,6 @@ class _Replacement:
         self.new = new
         self.reason = reason
         self.deadline = deadline     # the new worker must be ready by then
-
-
-def resolve_credentials(user=None, group=None):
-    """``(uid, gid, username)`` for ``--user``/``--group`` (names or numbers).
-
-    The group defaults to the user's primary group.  Raises ValueError naming
-    an unknown user or group.
-    """
-    uid = gid = username = None
-    if user is not None:
-        try:
-            entry = pwd.getpwuid(int(user)) if str(user).isdigit() else pwd.getpwnam(str(user))
-        except KeyError:
-            raise ValueError(f"no such user: {user!r}") from None
-        uid, gid, username = entry.pw_uid, entry.pw_gid, entry.pw_name
-    if group is not None:
-        try:
-            gid = (grp.getgrgid(int(group)) if str(group).isdigit()
-                   else grp.getgrnam(str(group))).gr_gid
-        except KeyError:
-            raise ValueError(f"no such group: {group!r}") from None
-    return uid, gid, username
-
-
-def drop_privileges(uid, gid, username=None):
-    """In a worker, before user code: become ``uid``/``gid`` for good."""
-    if gid is not None:
-        if username is not None:
-            os.initgroups(username, gid)
-        else:
-            os.setgroups([gid])
-        os.setgid(gid)
-    if uid is not None:
-        os.setuid(uid)
-
-
-def inherited_sockets(environ=None):
-    """Sockets passed by systemd socket activation, as ``{(family, sockaddr): socket}``.
-
-    Reads and removes ``LISTEN_PID``/``LISTEN_FDS``/``LISTEN_FDNAMES`` (so that
-    workers and their children do not take the sockets for their own); the
-    sockets count only when ``LISTEN_PID`` is this process.
-    """
-    environ = os.environ if environ is None else environ
-    pid = environ.pop("LISTEN_PID", None)
-    count = environ.pop("LISTEN_FDS", None)
-    environ.pop("LISTEN_FDNAMES", None)
-    if pid is None or count is None or pid.strip() != str(os.getpid()):
-        return {}
-    try:
-        count = int(count)
-    except ValueError:
-        raise ValueError(f"LISTEN_FDS={count!r} is not a number") from None
-    sockets = {}
-    for fd in range(SD_LISTEN_FDS_START, SD_LISTEN_FDS_START + count):
-        try:
-            sock = socket.socket(fileno=fd)
-        except OSError as exc:
-            raise ValueError(f"LISTEN_FDS: fd {fd} is not a socket ({exc.strerror})") from None
-        if sock.type != socket.SOCK_STREAM:
-            raise ValueError(f"LISTEN_FDS: fd {fd} is not a stream socket")
-        sock.set_inheritable(False)
-        sock.setblocking(False)
-        bound = sock.getsockname()
-        sockaddr = bound if sock.family == socket.AF_UNIX else bound[:2]
-        sockets[(sock.family, sockaddr)] = sock
-    return sockets
 
 
 class Cluster:

@@ -20,7 +20,7 @@ import sys
 
 import fastfork
 
-from . import config, primary
+from . import config, primary, privileges
 from .control_socket import default_dir, default_path
 
 EXIT_USAGE = 2
@@ -184,7 +184,7 @@ def check_app(spec, app_type, credentials):
             message = ""
             try:
                 if any(x is not None for x in credentials[:2]):
-                    primary.drop_privileges(*credentials)   # import as the workers will
+                    privileges.drop_privileges(*credentials)   # import as the workers will
                 message = "ok " + resolve_app(spec, app_type)[1]
             except AppError as exc:
                 message = str(exc)
@@ -260,7 +260,7 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
         settings = parse(argv)
-        credentials = primary.resolve_credentials(settings["user"], settings["group"])
+        credentials = privileges.resolve_credentials(settings["user"], settings["group"])
         if settings["preload"]:
             app, kind = resolve_app(settings["app"], settings["app_type"])
         else:

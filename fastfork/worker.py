@@ -18,7 +18,7 @@ import signal
 import socket
 import threading
 
-from .addresses import DEFAULT_BACKLOG, describe, parse_address
+from .addresses import DEFAULT_BACKLOG, parse_address
 from .control import ControlChannel, MessageError
 
 log = logging.getLogger("fastfork.worker")

@@ -8,7 +8,6 @@ session (primary and any worker) whatever happened, and reports leftovers.
 import json
 import os
 import queue
-import re
 import signal
 import socket
 import subprocess

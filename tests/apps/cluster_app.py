@@ -15,7 +15,6 @@ what it needs.  Each connection reads one line and answers it:
 """
 
 import argparse
-import asyncio
 import json
 import logging
 import os
