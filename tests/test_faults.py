@@ -693,7 +693,9 @@ def test_slow_and_half_open_clients(start_cluster, figures):
     proc = start_cluster("--workers", "2")
     address, events = proc.wait_listening(2)
     workers = [e["pid"] for e in events]
+    idle_fds = fd_count(proc.pid)            # listening, no connection held
     Load(address, concurrency=4, max_requests=500, duration=30).run()   # warm-up
+    wait_until(lambda: fd_count(proc.pid) == idle_fds, 5, "the warm-up's last ack")
     fds_before, rss_before = fd_count(proc.pid), rss_kib(proc.pid)
     worker_fds_before = sum(fd_count(pid) for pid in workers)
     idle, trickle, half = [], [], []
