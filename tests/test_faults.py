@@ -693,11 +693,15 @@ def test_slow_and_half_open_clients(start_cluster, figures):
     proc = start_cluster("--workers", "2")
     address, events = proc.wait_listening(2)
     workers = [e["pid"] for e in events]
-    idle_fds = fd_count(proc.pid)            # listening, no connection held
+    # Baselines from the idle cluster (listening, no connection held), and
+    # the warm-up waited out: a count taken while a worker is still closing
+    # its last connection would be one too high for good.
+    idle_fds = {pid: fd_count(pid) for pid in [proc.pid] + workers}
     Load(address, concurrency=4, max_requests=500, duration=30).run()   # warm-up
-    wait_until(lambda: fd_count(proc.pid) == idle_fds, 5, "the warm-up's last ack")
-    fds_before, rss_before = fd_count(proc.pid), rss_kib(proc.pid)
-    worker_fds_before = sum(fd_count(pid) for pid in workers)
+    wait_until(lambda: {pid: fd_count(pid) for pid in idle_fds} == idle_fds, 5,
+               "the warm-up's connections all closed")
+    fds_before, rss_before = idle_fds[proc.pid], rss_kib(proc.pid)
+    worker_fds_before = sum(idle_fds[pid] for pid in workers)
     idle, trickle, half = [], [], []
     try:
         for _ in range(IDLE_CLIENTS):
