@@ -14,6 +14,7 @@ import random
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 
@@ -238,6 +239,7 @@ class Cluster:
         self._next_id = 1
         self._signals = []
         self._wake_r = self._wake_w = -1
+        self._wake_lock = threading.Lock()
         self._stopping = False
         self._stop_deadline = None
         self._quick_deaths = 0
@@ -282,13 +284,17 @@ class Cluster:
         self.manage_workers()
 
     def stop(self):
-        """Begin a graceful shutdown (what SIGTERM does)."""
+        """Begin a graceful shutdown (what SIGTERM does).  Safe from any thread,
+        also while or after ``run()`` returns."""
         self._signals.append(signal.SIGTERM)
-        if self._wake_w >= 0:
-            try:
-                os.write(self._wake_w, b"\0")
-            except BlockingIOError:
-                pass
+        # Under the lock, so that a stop from another thread never writes to
+        # a wake-up fd that run() has just closed (or whose number was reused).
+        with self._wake_lock:
+            if self._wake_w >= 0:
+                try:
+                    os.write(self._wake_w, b"\0")
+                except BlockingIOError:
+                    pass
 
     def alive_workers(self):
         return [w for w in self.workers.values() if not w.is_dead()]
@@ -1073,10 +1079,11 @@ class Cluster:
         if self._dispatcher is not None:
             self._dispatcher.close()
             self._dispatcher = None
-        for fd in (self._wake_r, self._wake_w):
-            if fd >= 0:
-                os.close(fd)
-        self._wake_r = self._wake_w = -1
+        with self._wake_lock:
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
 
 
 # Message types a worker may send; anything else gets it replaced.
