@@ -1,6 +1,10 @@
+import shutil
+import tempfile
+
 import pytest
 
 from harness import ClusterProcess
+from runner_harness import Runner
 
 
 @pytest.fixture(params=["c", "py"], ids=["c-dispatch", "py-dispatch"])
@@ -23,3 +27,25 @@ def cluster_factory(impl):
     yield start
     for proc in started:
         proc.close()
+
+
+@pytest.fixture
+def rundir():
+    # Short: a Unix socket path must fit in 108 bytes.
+    path = tempfile.mkdtemp(prefix="ffops", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def runner_factory(rundir):
+    started = []
+
+    def start(*args, impl="py", env=None, launcher=None):
+        runner = Runner(rundir, args, impl=impl, env=env, launcher=launcher)
+        started.append(runner)
+        return runner
+
+    yield start
+    for runner in started:
+        runner.close()

@@ -14,102 +14,13 @@ import socket
 import stat
 import subprocess
 import sys
-import tempfile
 import threading
 
 import pytest
 
-from harness import ROOT, ClusterProcess, impl_env, request, wait_until
-from fastfork.control_socket import ControlError, peer_allowed, peer_credentials
-from fastfork.control_socket import request as control_request
-
-APPS = os.path.join(ROOT, "tests", "apps")
-OPS_APP = os.path.join(APPS, "ops_app.py")
-
-
-class Runner:
-    """One `python -m fastfork run ...` process and its control socket."""
-
-    def __init__(self, rundir, args, impl="py", env=None, launcher=None):
-        self.socket_path = os.path.join(rundir, "ctl.sock")
-        run = ["fastfork", "run", *args, "--control-socket", self.socket_path]
-        if launcher:
-            # A program that sets things up, then execs python -m fastfork run.
-            self.proc = ClusterProcess(launcher[1:] + [sys.executable, "-m"] + run, impl=impl,
-                                       env=env, script=launcher[0])
-        else:
-            self.proc = ClusterProcess(run, impl=impl, env=env, script="-m")
-        self.pid = self.proc.pid
-
-    def status(self):
-        return control_request(self.socket_path)
-
-    def try_status(self):
-        try:
-            return self.status()
-        except ControlError:
-            if self.proc.proc.poll() is not None:
-                raise AssertionError(f"the primary exited ({self.proc.proc.returncode}):\n"
-                                     f"{self.output()}") from None
-            return None
-
-    def wait_status(self, predicate, what, timeout=15):
-        def check():
-            status = self.try_status()
-            return status if status is not None and predicate(status) else None
-        try:
-            return wait_until(check, timeout, what)
-        except AssertionError as exc:
-            raise AssertionError(f"{exc}; last status: {self.try_status()}\n"
-                                 f"output:\n{self.output()}") from None
-
-    def wait_serving(self, workers, timeout=15):
-        """Wait for ``workers`` listening workers and no replacement running; returns status."""
-        return self.wait_status(
-            lambda s: (len(s["workers"]) == workers
-                       and all(w["state"] == "listening" for w in s["workers"])
-                       and s["primary"]["replacing"] is None and not s["primary"]["queued"]),
-            f"{workers} listening workers", timeout)
-
-    def address(self):
-        host, _, port = self.status()["primary"]["addresses"][0].rpartition(":")
-        return host, int(port)
-
-    def output(self):
-        return self.proc.output()
-
-    def signal(self, sig):
-        os.kill(self.pid, sig)
-
-    def close(self):
-        self.proc.close()
-
-
-@pytest.fixture
-def rundir():
-    # Short: a Unix socket path must fit in 108 bytes.
-    path = tempfile.mkdtemp(prefix="ffops", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture
-def runner_factory(rundir):
-    started = []
-
-    def start(*args, impl="py", env=None, launcher=None):
-        runner = Runner(rundir, args, impl=impl, env=env, launcher=launcher)
-        started.append(runner)
-        return runner
-
-    yield start
-    for runner in started:
-        runner.close()
-
-
-def pids_of(status):
-    return {w["pid"] for w in status["workers"]}
-
+from harness import impl_env, request, wait_until
+from runner_harness import APPS, OPS_APP, pids_of
+from fastfork.control_socket import peer_allowed, peer_credentials
 
 def alive_counts(output):
     """From the primary's log, in order: how many workers were alive after each fork/exit."""

@@ -15,7 +15,7 @@ import textwrap
 import pytest
 
 from harness import impl_env, request
-from test_operations import APPS, OPS_APP, pids_of, rundir, runner_factory  # noqa: F401
+from runner_harness import APPS, OPS_APP, pids_of
 
 from fastfork import config, runner
 

@@ -1,0 +1,73 @@
+"""Drive a real `python -m fastfork run` primary through its control socket."""
+
+import os
+import sys
+
+from harness import ROOT, ClusterProcess, wait_until
+from fastfork.control_socket import ControlError
+from fastfork.control_socket import request as control_request
+
+APPS = os.path.join(ROOT, "tests", "apps")
+OPS_APP = os.path.join(APPS, "ops_app.py")
+
+
+class Runner:
+    """One `python -m fastfork run ...` process and its control socket."""
+
+    def __init__(self, rundir, args, impl="py", env=None, launcher=None):
+        self.socket_path = os.path.join(rundir, "ctl.sock")
+        run = ["fastfork", "run", *args, "--control-socket", self.socket_path]
+        if launcher:
+            # A program that sets things up, then execs python -m fastfork run.
+            self.proc = ClusterProcess(launcher[1:] + [sys.executable, "-m"] + run, impl=impl,
+                                       env=env, script=launcher[0])
+        else:
+            self.proc = ClusterProcess(run, impl=impl, env=env, script="-m")
+        self.pid = self.proc.pid
+
+    def status(self):
+        return control_request(self.socket_path)
+
+    def try_status(self):
+        try:
+            return self.status()
+        except ControlError:
+            if self.proc.proc.poll() is not None:
+                raise AssertionError(f"the primary exited ({self.proc.proc.returncode}):\n"
+                                     f"{self.output()}") from None
+            return None
+
+    def wait_status(self, predicate, what, timeout=15):
+        def check():
+            status = self.try_status()
+            return status if status is not None and predicate(status) else None
+        try:
+            return wait_until(check, timeout, what)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; last status: {self.try_status()}\n"
+                                 f"output:\n{self.output()}") from None
+
+    def wait_serving(self, workers, timeout=15):
+        """Wait for ``workers`` listening workers and no replacement running; returns status."""
+        return self.wait_status(
+            lambda s: (len(s["workers"]) == workers
+                       and all(w["state"] == "listening" for w in s["workers"])
+                       and s["primary"]["replacing"] is None and not s["primary"]["queued"]),
+            f"{workers} listening workers", timeout)
+
+    def address(self):
+        host, _, port = self.status()["primary"]["addresses"][0].rpartition(":")
+        return host, int(port)
+
+    def output(self):
+        return self.proc.output()
+
+    def signal(self, sig):
+        os.kill(self.pid, sig)
+
+    def close(self):
+        self.proc.close()
+
+
+def pids_of(status):
+    return {w["pid"] for w in status["workers"]}
