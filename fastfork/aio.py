@@ -202,10 +202,8 @@ async def start_server(client_connected_cb, address, *, limit=_STREAM_LIMIT,
 
 async def wait_stopping():
     """Return when the primary asks this worker to stop (shutdown, reload, scale-down)."""
-    loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     _get_runtime().on_stop(stopping.set)
-    del loop
     await stopping.wait()
 
 

@@ -92,6 +92,7 @@ class Worker:
         self.replaces = None         # the worker this one replaces, until it is ready
         self.request_limit = 0       # max-requests plus this worker's jitter; 0: none
         self.restarts = 0            # workers forked at this index before this one
+        self._dispatched_final = 0   # dispatched(), frozen when the worker is reaped
 
     @property
     def label(self):
@@ -127,8 +128,6 @@ class Worker:
         if self.slot is None or self.is_dead():
             return self._dispatched_final
         return self._cluster._dispatcher.worker_stats(self.slot)[0]
-
-    _dispatched_final = 0
 
     def handled(self):
         """Connections this worker got: dispatched by the primary (``rr``) or,
@@ -247,7 +246,6 @@ class Cluster:
         self._saved_handlers = {}
         self._by_control_fd = {}
         self._by_slot = {}
-        self._running = False
         self._pauses_seen = 0
         self._pause_check_at = 0.0
 
@@ -356,19 +354,13 @@ class Cluster:
         """Fork the workers and run the primary until shutdown; returns the exit code."""
         self._ensure_started()
         self._install_signals()
-        self._running = True
         try:
             self.manage_workers()
-            next_tick = time.monotonic() + self._poll_timeout_ms() / 1000.0
             while True:
-                wait_ms = max(0, int((next_tick - time.monotonic()) * 1000) + 1)
-                ready = self._dispatcher.poll(wait_ms)
-                if not ready and not self._signals and time.monotonic() < next_tick:
-                    # Only dispatch work happened, and that is done inside
-                    # poll(): the bookkeeping below waits for a control
-                    # message, a signal or a deadline, so under load the
-                    # primary spends no Python per connection.
-                    continue
+                # poll() accepts and dispatches inside until a control
+                # message, a signal or the next deadline needs this loop, so
+                # under load the primary spends no Python per connection.
+                ready = self._dispatcher.poll(self._poll_timeout_ms())
                 for fd in ready:
                     if fd == self._wake_r:
                         self._drain_wakeup()
@@ -394,9 +386,7 @@ class Cluster:
                     self.check_workers()
                     self.advance_replacement()
                     self.manage_workers()
-                next_tick = time.monotonic() + self._poll_timeout_ms() / 1000.0
         finally:
-            self._running = False
             self._teardown()
         log.info("primary %d exiting with code %d", self.pid, self.exit_code)
         return self.exit_code
@@ -574,7 +564,6 @@ class Cluster:
             worker_side.start_runtime(data_sock.detach(), ctl_sock.detach(), worker.id,
                                       worker.index, self.policy, self._dispatch_mod)
             self.target(*self.args, **self.kwargs)
-            worker_side.finish_runtime()
             code = 0
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -17,6 +17,7 @@ import select
 import signal
 import socket
 import threading
+import time
 
 from .addresses import DEFAULT_BACKLOG, parse_address
 from .control import ControlChannel, MessageError
@@ -246,7 +247,7 @@ class Listener:
         """
         runtime = self._runtime
         wait_on = self.sock if self.sock is not None else runtime.receiver
-        deadline = None if timeout is None else _now() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             if self.sock is not None:
                 if runtime.stopping.is_set():
@@ -271,7 +272,7 @@ class Listener:
                         return conn, addr
                     if runtime.receiver.ended:
                         raise WorkerStopping(f"worker is stopping; no more connections on {self.address}")
-            remaining = None if deadline is None else max(0.0, deadline - _now())
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if remaining == 0.0:
                 raise TimeoutError(f"no connection on {self.address} within {timeout}s")
             watch = [wait_on]
@@ -290,11 +291,6 @@ class Listener:
             self._queue.popleft().close()
 
 
-def _now():
-    import time
-    return time.monotonic()
-
-
 _runtime = None
 
 
@@ -306,10 +302,6 @@ def start_runtime(data_fd, control_fd, worker_id, index, policy, dispatch_mod):
     _runtime = WorkerRuntime(data_fd, control_fd, worker_id, index, policy, dispatch_mod)
     fastfork._become_worker(_runtime)
     return _runtime
-
-
-def finish_runtime():
-    """The worker's code returned: nothing more to do here (the process exits)."""
 
 
 def runtime():
