@@ -14,9 +14,10 @@ macros = [("FASTFORK_DEBUG", "1"), ("CYTHON_TRACE", "1")] if DEBUG else []
 cflags = ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O2"]
 
 extensions = [
-    Extension("fastfork._cscheduler", ["fastfork/_cscheduler.pyx"],
+    Extension("fastfork._core._cscheduler", ["fastfork/_core/_cscheduler.pyx"],
               define_macros=macros, extra_compile_args=cflags),
-    Extension("fastfork._cdispatch", ["fastfork/_cdispatch.pyx", "csrc/fdpass.c"],
+    # One module from _cdispatch.pyx and the .pxi files it includes.
+    Extension("fastfork._core._cdispatch", ["fastfork/_core/_cdispatch.pyx", "csrc/fdpass.c"],
               include_dirs=["csrc"], define_macros=macros, extra_compile_args=cflags),
 ]
 

@@ -16,7 +16,7 @@ replaces ``STATS_DIR/<pid>.json`` with ``{"pid", "conns", "reqs", "t"}``
 counts at any moment without talking to the server.
 
 The app deliberately uses its own small protocol rather than
-``fastfork.http``: it must stay byte-for-byte equivalent to the Node app, and
+``fastfork.demo.http``: it must stay byte-for-byte equivalent to the Node app, and
 the stall path is a benchmark-only feature.
 """
 

@@ -389,11 +389,11 @@ def run_workload(server, client, workload, args):
 # -- the whole comparison ---------------------------------------------------------------------
 
 def cython_available():
-    from fastfork import _impl
+    from fastfork._core import backend
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         try:
-            _impl.load(pure=False)
+            backend.load(pure=False)
         except RuntimeWarning as exc:
             return str(exc)
     return None

@@ -1,25 +1,13 @@
-"""Fixtures shared by the microbenchmarks: which implementation, and channels."""
+"""Fixtures shared by the microbenchmarks: channels and listeners.
+
+Which implementation runs is the ``impl`` fixture of the root conftest.py,
+the same one the tests use: it never falls back silently to the twin, so a
+benchmark never measures the twin twice.
+"""
 
 import socket
 
 import pytest
-
-from fastfork import _impl
-
-
-def load_impl(name):
-    """``(dispatch_module, scheduler_module)`` for ``"c"`` or ``"py"``.
-
-    ``"c"`` never falls back silently: with ``filterwarnings = error`` a missing
-    extension fails the test, so a benchmark never measures the twin twice.
-    """
-    return _impl.load(pure=(name == "py"))
-
-
-@pytest.fixture(params=["c", "py"], ids=["c-dispatch", "py-dispatch"])
-def impl(request):
-    """The Cython hot path and its pure-Python twin: ``(dispatch, scheduler)``."""
-    return load_impl(request.param)
 
 
 @pytest.fixture

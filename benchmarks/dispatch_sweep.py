@@ -92,8 +92,8 @@ def _fork(body):
 
 
 def measure(impl, window, workers, clients, duration):
-    from fastfork import _impl
-    dispatch, _ = _impl.load(pure=(impl == "py"))
+    from fastfork._core import backend
+    dispatch = backend.load(pure=(impl == "py")).dispatch
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(4096)

@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from fastfork.wire import HEADER, LID, MSG_ACK, MSG_FDS
+from fastfork.channels.wire import HEADER, LID, MSG_ACK, MSG_FDS
 
 FDS_PER_ROUND = 64
 BATCHES = (1, 16, 64)
@@ -54,7 +54,7 @@ class _Rounds:
 @pytest.mark.parametrize("batch", BATCHES)
 def test_fdpass_dispatcher(benchmark, impl, listener, channel, batch):
     """64 connections through Dispatcher.poll and Receiver.receive, in batches of `batch` (per round)."""
-    dispatch, _ = impl
+    dispatch = impl.dispatch
     primary_end, worker_end = channel
     # window = batch_max = batch: the dispatcher sends exactly `batch` fds per
     # message and waits for their ack before accepting more.

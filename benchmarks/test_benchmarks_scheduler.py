@@ -6,8 +6,7 @@ DECISIONS = 1000      # per call, so the timer's own overhead does not dominate
 
 
 def _scheduler(impl, workers, window=8):
-    _, scheduler = impl
-    sched = scheduler.RoundRobinScheduler(window)
+    sched = impl.scheduler.RoundRobinScheduler(window)
     for slot in range(workers):
         sched.add(slot)
         sched.subscribe(slot, 0)

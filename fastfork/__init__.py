@@ -15,18 +15,25 @@ worker over a Unix socket (round-robin with a credit window, by default).
 
 In the primary ``is_primary`` is True; in a worker ``is_worker`` is True and
 ``worker_id`` / ``worker_index`` say which one this is.
+
+This module is only the face: the primary lives in ``fastfork.primary``, the
+worker side in ``fastfork.worker``, the channels between them in
+``fastfork.channels``, the hot path in ``fastfork._core``.
 """
 
 import os as _os
 
 from .addresses import parse_address
-from .aio import create_server, drain, serve, serve_async, start_server, wait_stopping
-from .control import MessageError
+from .channels.control import MessageError
+from .channels.wire import DEFAULT_WINDOW, ProtocolError
 from .cpus import parse_workers, usable_cpus
-from .primary import (EXIT_CRASH_LOOP, EXIT_FORCED, EXIT_OK, EVENTS, POLICIES, Cluster,
+from .primary import (EVENTS, EXIT_CRASH_LOOP, EXIT_FORCED, EXIT_OK, POLICIES, Cluster,
                       Worker)
-from .wire import DEFAULT_WINDOW, ProtocolError
-from .worker import WorkerStopping
+from .settings import Settings
+from .worker import boot as _boot
+from .worker import runtime as _runtime
+from .worker.aio import create_server, drain, serve, serve_async, start_server, wait_stopping
+from .worker.listener import WorkerStopping
 
 __version__ = "0.1.0"
 
@@ -34,8 +41,8 @@ __all__ = [
     # roles and identity
     "is_primary", "is_worker", "worker_id", "worker_index",
     # the primary
-    "Cluster", "Worker", "run", "usable_cpus", "parse_workers", "POLICIES", "EVENTS",
-    "EXIT_OK", "EXIT_FORCED", "EXIT_CRASH_LOOP", "DEFAULT_WINDOW",
+    "Cluster", "Worker", "Settings", "run", "usable_cpus", "parse_workers", "POLICIES",
+    "EVENTS", "EXIT_OK", "EXIT_FORCED", "EXIT_CRASH_LOOP", "DEFAULT_WINDOW",
     # a worker
     "listen", "serve", "serve_async", "start_server", "create_server", "drain",
     "wait_stopping", "send", "on_message", "on_stop", "ready", "is_stopping",
@@ -44,52 +51,52 @@ __all__ = [
     "MessageError", "ProtocolError",
 ]
 
-is_primary = True
-is_worker = False
-worker_id = None          # unique, never reused (Node's cluster.worker.id)
-worker_index = None       # 0..N-1, reused by a replacement (PM2's NODE_APP_INSTANCE)
 
-
-def _become_worker(runtime):
-    global is_primary, is_worker, worker_id, worker_index
-    is_primary, is_worker = False, True
-    worker_id, worker_index = runtime.id, runtime.index
-
-
-def _worker_runtime():
-    from .worker import runtime
-    return runtime()
+def __getattr__(name):
+    # The role is asked of the worker runtime each time, so the answer is
+    # right in a process forked after this module was imported.
+    current = _runtime.current()
+    if name == "is_primary":
+        return current is None
+    if name == "is_worker":
+        return current is not None
+    if name == "worker_id":           # unique, never reused (Node's cluster.worker.id)
+        return None if current is None else current.id
+    if name == "worker_index":        # 0..N-1, reused by a replacement (NODE_APP_INSTANCE)
+        return None if current is None else current.index
+    raise AttributeError(f"module 'fastfork' has no attribute {name!r}")
 
 
 def listen(address, backlog=2048):
     """In a worker: get the shared listening address (blocking code); returns a Listener."""
-    return _worker_runtime().listen(address, backlog)
+    return _runtime.runtime().listen(address, backlog)
 
 
 def send(data):
     """In a worker: send a JSON-serializable message to the primary."""
-    _worker_runtime().send(data)
+    _runtime.runtime().send(data)
 
 
 def on_message(callback):
     """In a worker: call ``callback(data)`` for each message from the primary
     (on the running event loop if there is one, else on a helper thread)."""
-    _worker_runtime().on_message(callback)
+    _runtime.runtime().on_message(callback)
 
 
 def on_stop(callback):
     """In a worker: call ``callback()`` when the primary asks this worker to stop."""
-    _worker_runtime().on_stop(callback)
+    _runtime.runtime().on_stop(callback)
 
 
 def ready():
     """In a worker: tell the primary this worker is ready for traffic."""
-    _worker_runtime().ready()
+    _runtime.runtime().ready()
 
 
 def is_stopping():
     """In a worker: has the primary asked this worker to stop?"""
-    return is_worker and _worker_runtime().stopping.is_set()
+    current = _runtime.current()
+    return current is not None and current.stopping.is_set()
 
 
 def run(target, workers="max", **options):
@@ -98,18 +105,6 @@ def run(target, workers="max", **options):
     return Cluster(target, workers, **options).run()
 
 
-def _start_exec_worker():
-    # A worker started in the Node form: the primary exec'd this program with
-    # the channel fds in the environment (Node's NODE_UNIQUE_ID).  Remove the
-    # marker so a subprocess of this worker does not think it is one too.
-    from . import _impl, _sys, primary, worker
-    data_fd, control_fd = (int(x) for x in _os.environ.pop(primary.ENV_CHANNELS).split(","))
-    _sys.set_parent_death_signal(9)
-    worker.start_runtime(data_fd, control_fd,
-                         int(_os.environ[primary.ENV_WORKER_ID]),
-                         int(_os.environ[primary.ENV_WORKER_INDEX]),
-                         _os.environ.get(primary.ENV_POLICY, "rr"), _impl.dispatch)
-
-
-if "FASTFORK_CHANNELS" in _os.environ:
-    _start_exec_worker()
+if _boot.ENV_CHANNELS in _os.environ:
+    # This program was exec'd as a worker (the Node form).
+    _boot.from_environment()

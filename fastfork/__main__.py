@@ -1,30 +1,8 @@
-"""``python -m fastfork COMMAND``: demo, run, status."""
+"""``python -m fastfork COMMAND``: see ``fastfork.cli``."""
 
-import importlib
 import sys
 
-COMMANDS = {
-    "demo": ("fastfork.demo", "show the cluster model live: cores, workers, round-robin, re-fork"),
-    "run": ("fastfork.runner", "serve an app on all cores: python -m fastfork run MODULE:CALLABLE"),
-    "status": ("fastfork.status", "show the workers of a running primary, like pm2 ls"),
-}
-
-USAGE = "usage: python -m fastfork {" + ",".join(COMMANDS) + "} [options]\n\n" + "\n".join(
-    f"  {name:<8}{help_}" for name, (_, help_) in COMMANDS.items())
-
-
-def main(argv=None):
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print(USAGE)
-        return 0 if argv else 2
-    name, rest = argv[0], argv[1:]
-    if name not in COMMANDS:
-        print(f"fastfork: unknown command {name!r}\n{USAGE}", file=sys.stderr)
-        return 2
-    module = importlib.import_module(COMMANDS[name][0])
-    return module.main(rest)
-
+from .cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -3,14 +3,8 @@ import tempfile
 
 import pytest
 
-from harness import ClusterProcess
+from harness import PY, ClusterProcess
 from runner_harness import Runner
-
-
-@pytest.fixture(params=["c", "py"], ids=["c-dispatch", "py-dispatch"])
-def impl(request):
-    """Run the test against the Cython hot path and its pure-Python twin."""
-    return request.param
 
 
 @pytest.fixture
@@ -41,7 +35,7 @@ def rundir():
 def runner_factory(rundir):
     started = []
 
-    def start(*args, impl="py", env=None, launcher=None):
+    def start(*args, impl=PY, env=None, launcher=None):
         runner = Runner(rundir, args, impl=impl, env=env, launcher=launcher)
         started.append(runner)
         return runner

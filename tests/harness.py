@@ -15,45 +15,10 @@ import sys
 import threading
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from tests.implementations import DEFAULT, ROOT, Impl
+
 APP = os.path.join(ROOT, "tests", "apps", "cluster_app.py")
-
-
-def impl_env(impl):
-    env = dict(os.environ)
-    env.pop("FASTFORK_CHANNELS", None)
-    env["PYTHONUNBUFFERED"] = "1"
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    if impl == "py":
-        env["FASTFORK_NO_EXTENSIONS"] = "1"
-    else:
-        env.pop("FASTFORK_NO_EXTENSIONS", None)
-        # The Cython build must be used: a silent fallback would test the twin twice.
-        env["PYTHONWARNINGS"] = "error::RuntimeWarning"
-    return env
-
-
-def load_impl(pure):
-    """``(dispatch_module, scheduler_module)``, pure-Python or Cython.
-
-    The Cython build must be there unless FASTFORK_NO_EXTENSIONS=1 (then its
-    tests are skipped): a silent fallback would test the twin twice.
-    """
-    import warnings
-
-    import pytest
-
-    from fastfork import _impl
-    if pure:
-        return _impl.load(pure=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", RuntimeWarning)
-        try:
-            return _impl.load(pure=False)
-        except RuntimeWarning as exc:
-            if os.environ.get("FASTFORK_NO_EXTENSIONS", "") not in ("", "0"):
-                pytest.skip("FASTFORK_NO_EXTENSIONS is set: Cython build not required")
-            pytest.fail(f"the Cython extension is not built: {exc}")
+PY = Impl("py")       # for tests that are about something else than the hot path
 
 
 def session_pids(sid):
@@ -89,9 +54,8 @@ def fd_count(pid):
 
 
 class ClusterProcess:
-    def __init__(self, args, impl="c", env=None, script=APP):
-        self.env = impl_env(impl)
-        self.env.update(env or {})
+    def __init__(self, args, impl=DEFAULT, env=None, script=APP):
+        self.env = impl.env(env)
         self.lines = []
         self.events = []
         self._queue = queue.Queue()

@@ -3,9 +3,9 @@
 import os
 import sys
 
-from harness import ROOT, ClusterProcess, wait_until
-from fastfork.control_socket import ControlError
-from fastfork.control_socket import request as control_request
+from harness import PY, ROOT, ClusterProcess, wait_until
+from fastfork.channels.status_socket import ControlError
+from fastfork.channels.status_socket import request as control_request
 
 APPS = os.path.join(ROOT, "tests", "apps")
 OPS_APP = os.path.join(APPS, "ops_app.py")
@@ -14,7 +14,7 @@ OPS_APP = os.path.join(APPS, "ops_app.py")
 class Runner:
     """One `python -m fastfork run ...` process and its control socket."""
 
-    def __init__(self, rundir, args, impl="py", env=None, launcher=None):
+    def __init__(self, rundir, args, impl=PY, env=None, launcher=None):
         self.socket_path = os.path.join(rundir, "ctl.sock")
         run = ["fastfork", "run", *args, "--control-socket", self.socket_path]
         if launcher:

@@ -26,7 +26,7 @@ def test_forms_start_n_workers_that_all_serve(cluster_factory, impl, form, style
     args = ["--workers", "3", "--form", form] + (["--blocking"] if style == "blocking" else [])
     cluster = cluster_factory(*args)
     primary = cluster.wait_event("primary")
-    assert primary["implementation"] == {"c": "cython", "py": "python"}[impl]
+    assert primary["implementation"] == impl.implementation
     address, listening = cluster.wait_listening(3)
     # One bound port, announced by each worker.
     assert {event["address"] for event in listening} == {f"{address[0]}:{address[1]}"}

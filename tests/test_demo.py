@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from harness import ROOT, impl_env, session_pids
+from harness import PY, ROOT, session_pids
 
 DEMO = [sys.executable, "-m", "fastfork", "demo"]
 WAIT = 15.0
@@ -34,17 +34,11 @@ EXIT_STOPPED = re.compile(r"exit\s+worker (\d+) \(pid (\d+)\): code 0, signal No
                           r"stopped by the primary$")
 
 
-def require(impl):
-    if impl == "c" and not (glob.glob(os.path.join(ROOT, "fastfork", "_cdispatch*.so"))
-                            and glob.glob(os.path.join(ROOT, "fastfork", "_cscheduler*.so"))):
-        pytest.skip("the Cython extension is not built (pip install -e .)")
-
-
 class DemoProcess:
     """``python -m fastfork demo ARGS`` in its own session, its lines read on threads."""
 
-    def __init__(self, args, impl="py"):
-        self.proc = subprocess.Popen(DEMO + list(args), cwd=ROOT, env=impl_env(impl),
+    def __init__(self, args, impl=PY):
+        self.proc = subprocess.Popen(DEMO + list(args), cwd=ROOT, env=impl.env(),
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, text=True,
                                      start_new_session=True)
@@ -118,7 +112,7 @@ class DemoProcess:
 def start_demo():
     started = []
 
-    def start(*args, impl="py"):
+    def start(*args, impl=PY):
         demo = DemoProcess(args, impl)
         started.append(demo)
         return demo
@@ -180,7 +174,7 @@ def no_leftovers(demo):
 
 def test_walkthrough(start_demo, impl):
     """Each part of the scripted demo, checked against the real processes."""
-    require(impl)
+    impl.backend       # the Cython test fails if its build is missing
     demo = start_demo("--workers", "3", "--port", "0", "--no-color", "--step", impl=impl)
 
     # 1-2: the port, the primary, its workers on one port.
@@ -268,7 +262,7 @@ def test_walkthrough(start_demo, impl):
 
 
 def usable_cpus():
-    env = impl_env("py")
+    env = PY.env()
     out = subprocess.run([sys.executable, "-c", "import fastfork, json, os; "
                           "print(json.dumps([fastfork.usable_cpus(), os.cpu_count()]))"],
                          env=env, cwd=ROOT, capture_output=True, text=True, check=True)
@@ -300,7 +294,7 @@ def test_defaults_one_worker_per_core(start_demo):
 def run_on_terminal(args):
     """Run the demo with stdout on a pseudo-terminal; returns (exit code, output)."""
     master, slave = pty.openpty()
-    env = impl_env("py")
+    env = PY.env()
     env.pop("NO_COLOR", None)
     proc = subprocess.Popen(DEMO + args, cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
                             stdout=slave, stderr=subprocess.PIPE, start_new_session=True)
@@ -381,7 +375,7 @@ class Client:
         assert self.data == b"" and self.sock.recv(4096) == b""
 
 
-def start_server(start_demo, workers, *extra, impl="py"):
+def start_server(start_demo, workers, *extra, impl=PY):
     demo = start_demo("--serve", "--port", "0", "--workers", str(workers), *extra, impl=impl)
     pids = {int(m[1]): int(m[2]) for m in demo.expect_n(LISTENING.pattern, workers)}
     ready = demo.expect(r"^ready: %d workers? serving http://127\.0\.0\.1:(\d+)/" % workers)
@@ -401,7 +395,7 @@ GET = "GET / HTTP/1.1\r\nHost: t\r\n{}\r\n"
 
 def test_serve_http(start_demo, impl):
     """Every worker answers; keep-alive, close, pipelining, HTTP/1.0, HEAD, bodies, errors."""
-    require(impl)
+    impl.backend       # the Cython test fails if its build is missing
     demo, port, pids = start_server(start_demo, 2, impl=impl)
 
     # Connection: close, one connection after another: every worker answers, in turn.
@@ -531,7 +525,7 @@ def test_port_in_use():
 
 
 def check_usage_error(args, message):
-    proc = subprocess.Popen(DEMO + args, cwd=ROOT, env=impl_env("py"), stdout=subprocess.PIPE,
+    proc = subprocess.Popen(DEMO + args, cwd=ROOT, env=PY.env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=WAIT)
@@ -551,7 +545,7 @@ def test_output_piped_into_head_ends_the_demo():
     proc = subprocess.Popen([sys.executable, "-m", "fastfork", "demo", "--port", "0",
                              "--workers", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            env=impl_env("py"), cwd=ROOT, start_new_session=True)
+                            env=PY.env(), cwd=ROOT, start_new_session=True)
     try:
         for _ in range(3):
             assert proc.stdout.readline()

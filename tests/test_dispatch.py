@@ -18,19 +18,16 @@ import time
 
 import pytest
 
-from harness import load_impl
-from fastfork.wire import HEADER, LID, MSG_ACK, MSG_END, MSG_FDS, ProtocolError
+from fastfork.channels.wire import HEADER, LID, MSG_ACK, MSG_END, MSG_FDS, ProtocolError
+from tests.implementations import Impl
 
 DEADLINE = 5.0
 
 
-def load_dispatch(pure):
-    return load_impl(pure)[0]
-
-
-@pytest.fixture(params=[True, False], ids=["py-dispatch", "c-dispatch"])
-def mod(request):
-    return load_dispatch(request.param)
+@pytest.fixture
+def mod(impl):
+    """The dispatch module (Dispatcher, Receiver) of the implementation under test."""
+    return impl.dispatch
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -702,7 +699,7 @@ def test_c_poll_returns_early_on_a_signal(stack):
     # The Cython build returns from poll() after EINTR so the caller's loop can
     # act on what its handlers recorded; the twin retries (PEP 475) and relies
     # on a watched wakeup fd instead.
-    rig = Rig(stack, load_dispatch(pure=False))
+    rig = Rig(stack, Impl("c").dispatch)
     seen = []
     start = time.monotonic()
     with signalling(lambda signum, frame: seen.append(signum)):
@@ -712,10 +709,10 @@ def test_c_poll_returns_early_on_a_signal(stack):
 
 # -- the two builds together -------------------------------------------------------------------
 
-@pytest.mark.parametrize("dispatch_pure, receive_pure", [(False, True), (True, False)],
+@pytest.mark.parametrize("dispatcher, receiver", [("c", "py"), ("py", "c")],
                          ids=["c-dispatch-py-receiver", "py-dispatch-c-receiver"])
-def test_interop(stack, dispatch_pure, receive_pure):
-    rig = Rig(stack, load_dispatch(dispatch_pure), load_dispatch(receive_pure), window=2)
+def test_interop(stack, dispatcher, receiver):
+    rig = Rig(stack, Impl(dispatcher).dispatch, Impl(receiver).dispatch, window=2)
     workers = [rig.add_worker(), rig.add_worker()]
     clients = rig.connect(6)
     rig.receive_all(6)

@@ -8,7 +8,6 @@ shows them whether or not pytest captures output.
 
 import array
 import ctypes
-import importlib.util
 import json
 import os
 import random
@@ -20,17 +19,18 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from fastfork import control, primary, wire
+from fastfork.channels import control, wire
+from fastfork.primary import arbiter, messages
 from harness import ROOT, ClusterProcess, fd_count, request, session_pids, wait_until
+from tests.implementations import DEFAULT
 from loadgen import Load
 
 FAULT_APP = os.path.join(ROOT, "tests", "apps", "fault_app.py")
 WINDOW = wire.DEFAULT_WINDOW
 
-# Tests that are not about the hot path run once, on the build a user gets:
-# the Cython dispatcher when it is built, else its pure-Python twin.  (The
-# hot-path tests run on both through the ``impl`` fixture, strictly.)
-DEFAULT_IMPL = "c" if importlib.util.find_spec("fastfork._cdispatch") else "py"
+# Tests that are not about the hot path run once, on the build a user gets
+# (tests.implementations.DEFAULT); the hot-path tests run on both through the
+# ``impl`` fixture, strictly.
 
 # The issue asks for 20 s of kills and of reloads.  These run 8 s each (kills
 # on both implementations) because the whole suite must stay under 10 minutes
@@ -83,10 +83,10 @@ def figures(capsys, request):
 # -- processes ---------------------------------------------------------------------------
 @pytest.fixture
 def start_cluster():
-    """Start fault_app clusters on DEFAULT_IMPL; all are killed after the test."""
+    """Start fault_app clusters on the default build; all are killed after the test."""
     started = []
 
-    def start(*args, impl=DEFAULT_IMPL):
+    def start(*args, impl=DEFAULT):
         proc = ClusterProcess(list(args), impl=impl, script=FAULT_APP)
         started.append(proc)
         return proc
@@ -434,7 +434,7 @@ def test_out_of_fds(cluster_factory, impl, figures):
             sent_after=after.sent, answered_after=after.answered, failed_after=after.failed,
             fds_after=fd_count(proc.pid))
     assert cpu < MAX_CPU_AT_LIMIT, f"the primary used {cpu:.0%} of a core while at its fd limit"
-    interval = primary.PAUSE_LOG_INTERVAL
+    interval = arbiter.PAUSE_LOG_INTERVAL
     assert 1 <= len(paused_lines) <= AT_LIMIT_WINDOW / interval + 1, paused_lines
     assert replies == [b"flood\n"] * len(flood)
     assert after.failed == 0 and after.answered == 200, str(after)
@@ -452,7 +452,7 @@ json_values = st.recursive(
 # The fields the primary's handlers read, and any other.
 message_fields = st.sampled_from(["id", "address", "backlog", "open", "served", "data"]) | st.text(
     max_size=8)
-message_types = st.sampled_from(sorted(primary._WORKER_MESSAGES)) | st.text(max_size=10)
+message_types = st.sampled_from(sorted(messages.HANDLERS)) | st.text(max_size=10)
 # Addresses a fake worker may ask for: never one that binds outside loopback.
 listen_addresses = (st.sampled_from(["127.0.0.1:0", ["127.0.0.1", 0], "", "nonsense",
                                      "127.0.0.1:http", "127.0.0.1:99999", "unix:", [1, 2, 3]])
@@ -574,8 +574,8 @@ def attach_fake_worker(cluster):
         kept.append(pair[1].dup())       # spawn_worker closes the worker's end
         return pair
 
-    with mock.patch.object(primary.socket, "socketpair", socketpair), \
-            mock.patch.object(primary.os, "fork", return_value=FAKE_PID):
+    with mock.patch.object(arbiter.socket, "socketpair", socketpair), \
+            mock.patch.object(arbiter.os, "fork", return_value=FAKE_PID):
         worker = cluster.spawn_worker(0)
     data, ctl = kept
     return worker, data, ctl
@@ -585,7 +585,7 @@ def test_read_control_never_raises(impl):
     """Whatever a worker writes on its control channel, the primary's reader
     returns; a bad message disconnects and replaces that worker, and every
     descriptor that came with it is closed."""
-    cluster = primary.Cluster(lambda: None, 1, pure=impl == "py")
+    cluster = arbiter.Cluster(lambda: None, 1, pure=impl.pure)
     cluster._ensure_started()
     seen = {"replaced": 0, "kept": 0}
     try:
@@ -602,7 +602,7 @@ def test_read_control_never_raises(impl):
             try:
                 for data, nfds in frames_and_fds:
                     send_frame(ctl_end, data, nfds)
-                cluster.read_control(worker)          # must not raise
+                messages.read_control(cluster, worker)     # must not raise
                 bad = worker.control is None
                 seen["replaced" if bad else "kept"] += 1
                 if bad:
@@ -612,10 +612,10 @@ def test_read_control_never_raises(impl):
                     with pytest.raises(BlockingIOError):
                         worker.control.recv()
             finally:
-                cluster._forget_worker(worker)
+                cluster.forget_worker(worker)
                 data_end.close()
                 ctl_end.close()
-                cluster._close_listeners()      # a fake worker may have asked for one
+                cluster.listeners.close(cluster.dispatcher)   # a fake worker may have asked for one
             assert open_fds() == before, "the primary kept a descriptor"
 
         check()

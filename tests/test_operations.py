@@ -18,9 +18,9 @@ import threading
 
 import pytest
 
-from harness import impl_env, request, wait_until
+from harness import PY, request, wait_until
 from runner_harness import APPS, OPS_APP, pids_of
-from fastfork.control_socket import peer_allowed, peer_credentials
+from fastfork.channels.status_socket import peer_allowed, peer_credentials
 
 def alive_counts(output):
     """From the primary's log, in order: how many workers were alive after each fork/exit."""
@@ -287,7 +287,7 @@ def test_status_shows_the_real_pids(runner_factory, rundir):
     status = runner.wait_serving(2)
     served = {int(request(runner.address(), "whoami").split()[1]) for _ in range(4)}
     assert served == pids_of(status)
-    env = impl_env("py")
+    env = PY.env()
     cli = subprocess.run([sys.executable, "-m", "fastfork", "status", "--socket",
                           runner.socket_path, "--json"], env=env, capture_output=True,
                          text=True, timeout=20)
@@ -326,12 +326,12 @@ def test_control_socket_is_private_and_checks_the_peer(runner_factory):
         "libc = ctypes.CDLL(None, use_errno=True)\n"
         "os.seteuid(65534)\n"
         "libc.setfsuid(0)\n"
-        "from fastfork.control_socket import ControlError, request\n"
+        "from fastfork.channels.status_socket import ControlError, request\n"
         "try:\n"
         "    print('answered', request(sys.argv[1]))\n"
         "except ControlError as exc:\n"
         "    print(exc)\n")
-    out = subprocess.run([sys.executable, "-c", probe, runner.socket_path], env=impl_env("py"),
+    out = subprocess.run([sys.executable, "-c", probe, runner.socket_path], env=PY.env(),
                          capture_output=True, text=True, timeout=20)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == ("permission denied: uid 65534 is neither the primary's user "

@@ -1,9 +1,11 @@
-"""The arbiter's decisions, without forking: gunicorn-style, the process calls are stubbed."""
+"""The arbiter carrying out its policies, without forking: gunicorn-style, the process
+calls are stubbed.  The policies themselves are tables in test_lifecycle.py."""
 
 import pytest
 
 import fastfork
 from fastfork.primary import EXIT_CRASH_LOOP, Cluster, Worker
+from fastfork.settings import SettingError
 
 
 class FakeClock:
@@ -17,7 +19,8 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch):
     fake = FakeClock()
-    monkeypatch.setattr("fastfork.primary.time.monotonic", fake)
+    monkeypatch.setattr("fastfork.primary.arbiter.time.monotonic", fake)
+    monkeypatch.setattr("fastfork.primary.handle.time.monotonic", fake)
     return fake
 
 
@@ -39,7 +42,7 @@ def make_cluster(monkeypatch, size, **options):
 
     monkeypatch.setattr(cluster, "spawn_worker", spawn_worker)
     monkeypatch.setattr(cluster, "stop_worker", stop_worker)
-    cluster._dispatcher = object()      # "started", without epoll
+    cluster.dispatcher = object()       # "started", without epoll
     return cluster, spawned, stopped
 
 
@@ -70,13 +73,13 @@ def test_quick_deaths_back_off_exponentially_up_to_the_cap(monkeypatch, clock, d
     cluster, _, _ = make_cluster(monkeypatch, 1, max_restarts=100)
     for _ in range(deaths):
         worker = Worker(cluster, 99, 0)      # started "now": a quick death
-        cluster._count_death(worker)
-    assert cluster._next_spawn_at - clock.now == pytest.approx(delay)
+        cluster.count_death(worker)
+    assert cluster.crash_loop.next_spawn_at - clock.now == pytest.approx(delay)
 
 
 def test_backoff_delays_the_refork(monkeypatch, clock):
     cluster, spawned, _ = make_cluster(monkeypatch, 1)
-    cluster._count_death(Worker(cluster, 99, 0))
+    cluster.count_death(Worker(cluster, 99, 0))
     cluster.manage_workers()
     assert spawned == []
     clock.now += 0.1
@@ -87,12 +90,12 @@ def test_backoff_delays_the_refork(monkeypatch, clock):
 def test_a_worker_that_lived_resets_the_streak(monkeypatch, clock):
     cluster, _, _ = make_cluster(monkeypatch, 1, min_uptime=1.0)
     for _ in range(3):
-        cluster._count_death(Worker(cluster, 99, 0))
-    assert cluster._quick_deaths == 3
+        cluster.count_death(Worker(cluster, 99, 0))
+    assert cluster.crash_loop.quick_deaths == 3
     survivor = Worker(cluster, 100, 0)
     clock.now += 5
-    cluster._count_death(survivor)
-    assert cluster._quick_deaths == 0
+    cluster.count_death(survivor)
+    assert cluster.crash_loop.quick_deaths == 0
 
 
 def test_crash_loop_stops_after_max_restarts(monkeypatch, clock):
@@ -100,7 +103,7 @@ def test_crash_loop_stops_after_max_restarts(monkeypatch, clock):
     shutdowns = []
     monkeypatch.setattr(cluster, "begin_shutdown", shutdowns.append)
     for _ in range(3):
-        cluster._count_death(Worker(cluster, 99, 0))
+        cluster.count_death(Worker(cluster, 99, 0))
     assert cluster.exit_code == EXIT_CRASH_LOOP
     assert shutdowns == ["crash loop"]
 
@@ -111,7 +114,7 @@ def test_no_respawn_shrinks_the_cluster(monkeypatch, clock):
     worker = spawned[0]
     clock.now += 5
     del cluster.workers[worker.id]
-    cluster._count_death(worker)
+    cluster.count_death(worker)
     cluster.manage_workers()
     assert cluster.size == 1 and len(spawned) == 2
 
@@ -123,8 +126,21 @@ def test_bad_worker_counts_are_refused_by_name(bad):
 
 
 def test_bad_policy_is_refused_by_name():
-    with pytest.raises(ValueError, match="policy must be one of rr, none, reuseport"):
+    with pytest.raises(SettingError, match="policy: 'random' is not one of rr, none, reuseport"):
         Cluster(lambda: None, 1, policy="random", pure=True)
+
+
+def test_settings_object_or_keywords_build_the_same_cluster():
+    settings = fastfork.Settings(policy="none", window=4, timeout=2)
+    by_object = Cluster(lambda: None, 2, settings=settings, pure=True)
+    by_keywords = Cluster(lambda: None, 2, policy="none", window=4, timeout=2, pure=True)
+    assert by_object.settings == by_keywords.settings
+    assert by_object.policy == "none" and by_object.size == 2
+    # Keywords given with a settings object apply on top of it.
+    assert Cluster(lambda: None, settings=settings, window=2).settings.window == 2
+    assert settings.window == 4          # the object itself never changes
+    with pytest.raises(SettingError, match="window: credit window must be >= 1, got 0"):
+        Cluster(lambda: None, 1, window=0)
 
 
 def test_max_means_usable_cores():

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from harness import ROOT, impl_env, session_pids, wait_until
+from harness import ROOT, session_pids, wait_until
 
 
 def readme_example(first_line):
@@ -40,7 +40,7 @@ def test_readme_example_serves_on_all_workers(tmp_path, impl, name, workers):
     code = readme_example(name).replace("127.0.0.1:8000", f"127.0.0.1:{port}")
     script = tmp_path / "example.py"
     script.write_text(code)
-    proc = subprocess.Popen([sys.executable, str(script)], env=impl_env(impl), cwd=tmp_path,
+    proc = subprocess.Popen([sys.executable, str(script)], env=impl.env(), cwd=tmp_path,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     try:

@@ -14,16 +14,17 @@ import textwrap
 
 import pytest
 
-from harness import impl_env, request
+import fastfork
+from harness import PY, request
 from runner_harness import APPS, OPS_APP, pids_of
 
-from fastfork import config, runner
+from fastfork.cli import apps, options
 
 RUN = [sys.executable, "-m", "fastfork", "run"]
 
 
 def run_cli(args, cwd=APPS, timeout=20):
-    return subprocess.run(RUN + list(args), cwd=cwd, env=impl_env("py"), capture_output=True,
+    return subprocess.run(RUN + list(args), cwd=cwd, env=PY.env(), capture_output=True,
                           text=True, timeout=timeout)
 
 
@@ -78,7 +79,7 @@ def test_a_port_in_use_exits_2_before_forking(busy_port):
 def test_help_lists_every_option():
     out = run_cli(["--help"])
     assert out.returncode == 0
-    for option in config.OPTIONS:
+    for option in options.OPTIONS:
         assert f"--{option.name}" in out.stdout
     for text in ("--config", "MODULE:CALLABLE", "SIGHUP", "SIGTTIN", "[tool.fastfork]",
                  "3 crash loop"):
@@ -104,28 +105,29 @@ def test_pyproject_table_then_command_line(tmp_path):
         max_requests = 1000
         preload = true
         """)
-    settings = config.resolve({"workers": 2, "policy": "none"}, cwd=str(tmp_path))
-    assert settings["app"] == "someapp:handle"
-    assert settings["workers"] == 2                      # the command line wins
-    assert settings["policy"] == "none"
-    assert settings["bind"] == ["127.0.0.1:9001", "unix:/tmp/x.sock"]
-    assert settings["max_memory"] == int(1.5 * 2**30)
-    assert settings["max_requests"] == 1000
-    assert settings["preload"] is True
-    assert settings["timeout"] == 30.0                   # untouched default
+    settings = options.build({"workers": "2", "policy": "none"}, cwd=str(tmp_path))
+    assert settings.app == "someapp:handle"
+    assert settings.workers == 2                         # the command line wins
+    assert settings.policy == "none"
+    assert settings.bind == ("127.0.0.1:9001", "unix:/tmp/x.sock")
+    assert settings.max_memory == int(1.5 * 2**30)
+    assert settings.max_requests == 1000
+    assert settings.preload is True
+    assert settings.timeout == 30.0                      # untouched default of fastfork run
+    assert settings.window == fastfork.DEFAULT_WINDOW
 
 
 def test_config_errors_name_the_key(tmp_path):
     path = write(tmp_path / "ff.toml", "workers = 2\nmax-request = 5\n")
-    with pytest.raises(config.ConfigError, match=r"ff.toml: unknown option 'max-request'"):
-        config.resolve({}, config_path=str(path))
+    with pytest.raises(options.ConfigError, match=r"ff.toml: unknown option 'max-request'"):
+        options.build({}, config_path=str(path))
     path = write(tmp_path / "ff.toml", "[tool.fastfork]\npreload = 'yes'\n")
-    with pytest.raises(config.ConfigError,
+    with pytest.raises(options.ConfigError,
                        match=r"ff.toml \[tool.fastfork\]: preload: 'yes' is not true or false"):
-        config.resolve({}, config_path=str(path))
+        options.build({}, config_path=str(path))
     path = write(tmp_path / "ff.toml", "workers = [\n")
-    with pytest.raises(config.ConfigError, match="is not valid TOML"):
-        config.resolve({}, config_path=str(path))
+    with pytest.raises(options.ConfigError, match="is not valid TOML"):
+        options.build({}, config_path=str(path))
 
 
 def test_app_kinds_are_told_apart():
@@ -146,15 +148,15 @@ def test_app_kinds_are_told_apart():
     class Proto(asyncio.Protocol):
         pass
 
-    assert runner.app_kind(stream, "auto", "x:stream") == "stream"
-    assert runner.app_kind(Proto, "auto", "x:Proto") == "protocol"
-    assert runner.app_kind(main, "main", "x:main") == "main"
-    with pytest.raises(runner.AppError, match="looks like a WSGI app"):
-        runner.app_kind(wsgi, "auto", "x:wsgi")
-    with pytest.raises(runner.AppError, match="looks like an ASGI app"):
-        runner.app_kind(asgi, "auto", "x:asgi")
-    with pytest.raises(runner.AppError, match="give --app-type"):
-        runner.app_kind(main, "auto", "x:main")
+    assert apps.app_kind(stream, "auto", "x:stream") == "stream"
+    assert apps.app_kind(Proto, "auto", "x:Proto") == "protocol"
+    assert apps.app_kind(main, "main", "x:main") == "main"
+    with pytest.raises(apps.AppError, match="looks like a WSGI app"):
+        apps.app_kind(wsgi, "auto", "x:wsgi")
+    with pytest.raises(apps.AppError, match="looks like an ASGI app"):
+        apps.app_kind(asgi, "auto", "x:asgi")
+    with pytest.raises(apps.AppError, match="give --app-type"):
+        apps.app_kind(main, "auto", "x:main")
 
 
 # -- serving ------------------------------------------------------------------------------

@@ -9,16 +9,13 @@ a step without ``->`` must just not raise.  ``sub`` is ``subscribe``.
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from harness import load_impl
+from tests.implementations import BOTH
 
 
-def load_scheduler(pure):
-    return load_impl(pure)[1]
-
-
-@pytest.fixture(params=[True, False], ids=["py-scheduler", "c-scheduler"])
-def sched_mod(request):
-    return load_scheduler(request.param)
+@pytest.fixture
+def sched_mod(impl):
+    """The scheduler module of the implementation under test."""
+    return impl.scheduler
 
 
 METHODS = {"add": "add", "remove": "remove", "sub": "subscribe", "retire": "retire",
@@ -142,8 +139,8 @@ ERROR_CALLS = [("add", (-1,)), ("add", (0,)), ("remove", (9,)), ("subscribe", (0
 def test_same_error_messages():
     """Both builds say the same thing, so logs do not depend on the build."""
     messages = []
-    for pure in (True, False):
-        sched = load_scheduler(pure).RoundRobinScheduler(2)
+    for impl in BOTH:
+        sched = impl.scheduler.RoundRobinScheduler(2)
         sched.add(0)
         said = []
         for name, args in ERROR_CALLS:
@@ -171,7 +168,7 @@ OPS = st.one_of(
 @given(window=st.integers(1, 4), ops=st.lists(OPS, max_size=60))
 def test_builds_agree(window, ops):
     """Any sequence of calls gives the same results in both builds."""
-    scheds = [load_scheduler(pure).RoundRobinScheduler(window) for pure in (True, False)]
+    scheds = [impl.scheduler.RoundRobinScheduler(window) for impl in BOTH]
     for name, *args in ops:
         outcomes = []
         for sched in scheds:

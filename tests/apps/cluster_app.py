@@ -23,6 +23,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import fastfork  # noqa: E402
+from fastfork.worker import runtime  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--workers", default="2")
@@ -66,7 +67,7 @@ async def handle(reader, writer):
         reply = "sent"
     elif cmd == "garbage":
         # Bypass the API: a malformed datagram straight onto the control channel.
-        fastfork.worker.runtime().control.sock.send(b"{not json")
+        runtime.runtime().control.sock.send(b"{not json")
         reply = "garbage sent"
     elif cmd == "exit":
         os._exit(int(arg or 0))

@@ -6,19 +6,20 @@ UTF-8 JSON object with a string field ``"t"`` naming its type; a datagram may
 carry file descriptors (the listening socket, for the ``none`` and
 ``reuseport`` policies).  Messages are limited to ``MAX_MESSAGE`` bytes.
 
-    worker -> primary: online, listen, ready, heartbeat, msg
-    primary -> worker: listening, listen_error, msg, stop
+    worker -> primary: online, listen, ready, heartbeat, msg, stopping
+    primary -> worker: config, listening, listen_error, msg, stop
 """
 
-import array
 import json
 import os
 import socket
 
+from .fdpass import cmsg_space, rights, unpack_fds
+
 MAX_MESSAGE = 64 * 1024
 MAX_FDS = 4
 
-_CMSG_SPACE = socket.CMSG_SPACE(MAX_FDS * array.array("i").itemsize)
+_CMSG_SPACE = cmsg_space(MAX_FDS)
 
 
 class MessageError(ValueError):
@@ -68,9 +69,7 @@ class ControlChannel:
         return self.sock.fileno()
 
     def send(self, message, fds=()):
-        data = encode(message)
-        anc = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))] if fds else []
-        self.sock.sendmsg([data], anc)
+        self.sock.sendmsg([encode(message)], rights(fds))
 
     def recv(self):
         """Receive one message: ``(message, fds)``, or ``(None, [])`` at EOF.
@@ -79,12 +78,7 @@ class ControlChannel:
         and MessageError (after closing any fds it carried) on a bad message.
         """
         data, ancdata, flags, _ = self.sock.recvmsg(MAX_MESSAGE + 1, _CMSG_SPACE)
-        fds = []
-        for level, ctype, cdata in ancdata:
-            if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
-                arr = array.array("i")
-                arr.frombytes(cdata[:len(cdata) - len(cdata) % arr.itemsize])
-                fds.extend(arr)
+        fds = unpack_fds(ancdata)
         if not data and not fds:
             return None, []
         try:

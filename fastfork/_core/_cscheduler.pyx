@@ -1,5 +1,5 @@
 # cython: language_level=3
-"""Which worker gets the next connection: the C twin of ``fastfork.scheduler``.
+"""Which worker gets the next connection: the C twin of ``fastfork._core._pyscheduler``.
 
 Same rules (see that module's docstring), same Python methods and exceptions;
 ``_cdispatch`` calls the ``c_*`` methods declared in ``_cscheduler.pxd``.
@@ -9,11 +9,13 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memset
 
+from fastfork.channels.wire import check_window
+
 MAX_LISTENERS = FF_MAX_LISTENERS
 
 
 cdef class RoundRobinScheduler:
-    """Round-robin over workers that have credit (see ``fastfork.scheduler``)."""
+    """Round-robin over workers that have credit (see ``fastfork._core._pyscheduler``)."""
 
     def __cinit__(self, *args, **kwargs):
         cdef int i
@@ -27,10 +29,7 @@ cdef class RoundRobinScheduler:
             self.cursor[i] = -1
 
     def __init__(self, window):
-        window = int(window)
-        if window < 1:
-            raise ValueError(f"credit window must be >= 1, got {window}")
-        self.window = window
+        self.window = check_window(window)
 
     def __dealloc__(self):
         free(self.present)
@@ -147,7 +146,7 @@ cdef class RoundRobinScheduler:
         self.inflight_[slot] -= count
         return 0
 
-    # -- Python interface (same as fastfork.scheduler) ----------------------------
+    # -- Python interface (same as fastfork._core._pyscheduler) ------------------
     def add(self, int slot):
         self.c_add(slot)
 

@@ -1,22 +1,30 @@
-"""Pure-Python twin of ``fastfork._cdispatch`` (selected by FASTFORK_NO_EXTENSIONS=1).
+"""Pure-Python twin of ``fastfork._core._cdispatch`` (FASTFORK_NO_EXTENSIONS=1).
 
 Same classes, same methods, same behaviour; ``socket.sendmsg``/``recvmsg``
-and ``select.epoll`` instead of raw syscalls.  See ``fastfork/_cdispatch.pyx``
-for the design notes, which apply to both.
+and ``select.epoll`` instead of raw syscalls.  See ``_cdispatch.pyx`` for the
+design notes, which apply to both.  The Receiver lives in ``_pyreceiver``.
+EINTR needs no code here: Python's socket and epoll calls retry it after
+running the signal handlers (PEP 475).
+
+Over 400 lines because ``Dispatcher`` is one state machine (listeners, worker
+FIFOs, the pending queue, batching) whose parts share its state; it mirrors
+``dispatcher.pxi`` method for method so the two can be read side by side.
 """
 
-import array
 import collections
 import errno
 import os
 import select
-import socket
 import time
 
-from .scheduler import RoundRobinScheduler
-from .wire import (HEADER, LID, MSG_ACK, MSG_END, MSG_FDS, ProtocolError,
-                   check_batch_max, check_window, DEFAULT_BATCH_MAX, DEFAULT_WINDOW,
-                   SCM_MAX_FD)
+from ..channels.fdpass import rights
+from ..channels.wire import (HEADER, LID, MSG_ACK, MSG_END, MSG_FDS, ProtocolError,
+                             check_batch_max, check_window, DEFAULT_BATCH_MAX,
+                             DEFAULT_WINDOW)
+from ._pyreceiver import Receiver, borrow
+from ._pyscheduler import RoundRobinScheduler
+
+__all__ = ["Dispatcher", "Receiver", "IMPLEMENTATION"]
 
 _KIND_LISTENER = 0
 _KIND_WORKER = 1
@@ -30,22 +38,7 @@ _ACCEPT_SKIP = frozenset((errno.ECONNABORTED, errno.EPROTO, errno.EPERM,
 # accept4() errors that mean "out of a resource": stop accepting for a while.
 _ACCEPT_PAUSE = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
-_RECV_BUF = HEADER.size + LID.size * SCM_MAX_FD
-_CMSG_SPACE = socket.CMSG_SPACE(SCM_MAX_FD * 4)
-
 IMPLEMENTATION = "python"
-
-
-def _borrow(fd):
-    """A non-blocking socket object around ``fd`` (raises for a non-socket, like
-    the Cython build's SO_TYPE check)."""
-    sock = socket.socket(fileno=fd)
-    try:
-        sock.setblocking(False)
-    except BaseException:
-        sock.detach()
-        raise
-    return sock
 
 
 class Dispatcher:
@@ -89,7 +82,7 @@ class Dispatcher:
         lid = next(i for i in range(64 + 1) if i not in self._listeners)
         if lid >= 64:
             raise ValueError("at most 64 listening sockets per primary")
-        sock = _borrow(fd)
+        sock = borrow(fd)
         try:
             self._epoll.register(fd, 0)     # armed by poll() once a worker has credit
         except BaseException:
@@ -121,7 +114,7 @@ class Dispatcher:
         slot = 0
         while slot in self._workers:
             slot += 1
-        sock = _borrow(fd)
+        sock = borrow(fd)
         try:
             self._epoll.register(fd, select.EPOLLIN)
         except BaseException:
@@ -368,8 +361,7 @@ class Dispatcher:
             fds = [fd for fd, _ in part]
             payload = HEADER.pack(MSG_FDS, len(part)) + b"".join(LID.pack(l) for _, l in part)
             try:
-                sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
-                                          array.array("i", fds))])
+                sock.sendmsg([payload], rights(fds))
             except OSError:
                 # Give the credit back for what was not sent, park the fds, and
                 # treat the channel as dead: a worker that cannot take a
@@ -431,103 +423,3 @@ class Dispatcher:
         self._pending.extendleft(reversed(dq))
         dq.clear()
         sock.detach()
-
-
-class Receiver:
-    """The worker's end of the data channel: receive fd batches, acknowledge them.
-
-    Owns ``fd``: ``close()`` closes it.
-    """
-
-    def __init__(self, fd):
-        self._pid = os.getpid()
-        self._sock = _borrow(fd)
-        self.received = 0
-        self.ended = False
-
-    def fileno(self):
-        return self._sock.fileno()
-
-    def receive(self):
-        """Drain the channel without blocking and acknowledge what arrived.
-
-        Returns ``(pairs, ended)``: ``pairs`` is a list of ``(listener_id, fd)``
-        (the caller owns each fd), ``ended`` is True once the primary said END
-        or closed the channel.  One ACK covers everything drained.
-        """
-        if os.getpid() != self._pid:
-            raise RuntimeError("this Receiver belongs to the parent process")
-        if self._sock.fileno() < 0:
-            raise ValueError("I/O operation on a closed Receiver")
-        pairs = []
-        try:
-            while not self.ended:
-                try:
-                    data, ancdata, flags, _ = self._sock.recvmsg(
-                        _RECV_BUF, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
-                except BlockingIOError:
-                    break
-                except InterruptedError:
-                    continue
-                fds = []
-                for level, ctype, cdata in ancdata:
-                    if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
-                        arr = array.array("i")
-                        arr.frombytes(cdata[:len(cdata) - len(cdata) % arr.itemsize])
-                        fds.extend(arr)
-                if not data and not fds:
-                    self.ended = True       # the primary closed the channel
-                    break
-                try:
-                    self._parse(data, flags, fds, pairs)
-                except ProtocolError:
-                    for fd in fds:
-                        os.close(fd)
-                    raise
-            if pairs:
-                self._ack(len(pairs))
-        except BaseException:
-            for _, fd in pairs:
-                os.close(fd)
-            raise
-        return pairs, self.ended
-
-    def _parse(self, data, flags, fds, pairs):
-        if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-            raise ProtocolError("truncated message on the data channel")
-        if len(data) < HEADER.size:
-            raise ProtocolError(f"short message ({len(data)} bytes) on the data channel")
-        kind, count = HEADER.unpack_from(data)
-        if kind == MSG_END:
-            if fds or count:
-                raise ProtocolError("END message with a payload")
-            self.ended = True
-            return
-        if kind != MSG_FDS:
-            raise ProtocolError(f"unknown message type {kind} on the data channel")
-        if len(data) != HEADER.size + LID.size * count or len(fds) != count:
-            raise ProtocolError(
-                f"FDS message announces {count} fds, carries {len(fds)} "
-                f"in {len(data)} bytes")
-        for i, fd in enumerate(fds):
-            pairs.append((LID.unpack_from(data, HEADER.size + i * LID.size)[0], fd))
-        self.received += count
-
-    def _ack(self, count):
-        while count:
-            n = min(count, 0xFFFF)
-            try:
-                self._sock.send(HEADER.pack(MSG_ACK, n))
-            except (BrokenPipeError, ConnectionResetError):
-                return          # primary gone: nothing to acknowledge to
-            except BlockingIOError:
-                # Acks are 4 bytes against a window of connections: a full
-                # buffer means the primary stopped reading; it will see EOF.
-                return
-            count -= n
-
-    def close(self):
-        if os.getpid() == self._pid:
-            self._sock.close()
-        else:
-            self._sock.detach()

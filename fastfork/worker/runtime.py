@@ -1,14 +1,13 @@
-"""The worker side: ask the primary for a listening socket, take connections, report.
+"""A worker's link to its primary: one ``WorkerRuntime`` per worker process.
 
-One ``WorkerRuntime`` per worker process.  A daemon thread reads the control
-channel (replies to ``listen``, messages from the primary, ``stop``) so that
-blocking code and asyncio code are served the same way; connections arrive on
-the data channel and are read by whoever serves: the asyncio loop
-(``add_reader``) or a blocking ``Listener.accept()``.
+A daemon thread reads the control channel (replies to ``listen``, messages
+from the primary, ``stop``) so that blocking code and asyncio code are served
+the same way; connections arrive on the data channel and are read by whoever
+serves: the asyncio loop (``fastfork.worker.aio``) or a blocking
+``Listener.accept()`` (``fastfork.worker.listener``).
 """
 
 import asyncio
-import collections
 import concurrent.futures
 import logging
 import os
@@ -17,20 +16,15 @@ import select
 import signal
 import socket
 import threading
-import time
 
-from .addresses import DEFAULT_BACKLOG, parse_address
-from .control import ControlChannel, MessageError
+from ..addresses import DEFAULT_BACKLOG, parse_address
+from ..channels.control import ControlChannel, MessageError
+from .listener import Listener
 
 log = logging.getLogger("fastfork.worker")
 
 LISTEN_TIMEOUT = 30.0
 EXIT_PRIMARY_GONE = 70
-
-
-class WorkerStopping(OSError):
-    """Raised by ``Listener.accept()`` once the primary asked this worker to stop
-    and every connection already sent to it has been handed out."""
 
 
 class WorkerRuntime:
@@ -49,7 +43,8 @@ class WorkerRuntime:
         # starts beating before the config arrives is never taken for hung.
         self.heartbeat_interval = 0.1
         self.stopping = threading.Event()
-        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        # Readable once this worker is stopping (a blocking accept() waits on it too).
+        self.stop_fd, self._stop_w = os.pipe2(os.O_CLOEXEC)
         # SIGTERM to a worker (kill, systemd's KillMode=control-group) means
         # "drain and exit", as in gunicorn.  The handler only writes here;
         # the control thread does the work.
@@ -59,10 +54,9 @@ class WorkerRuntime:
         self._requests = {}
         self._next_request = 1
         self._lock = threading.Lock()     # requests and message handlers
-        self._data_lock = threading.Lock()  # one reader of the data channel at a time
+        self.data_lock = threading.Lock()   # one reader of the data channel at a time
         self._message_handlers = []
         self._stop_handlers = []
-        self._reader_loop = None          # the asyncio loop reading the data channel
         self._thread = threading.Thread(target=self._read_control, name="fastfork-control",
                                         daemon=True)
         self._thread.start()
@@ -195,7 +189,7 @@ class WorkerRuntime:
             if listener is None:
                 os.close(fd)    # cannot happen: the primary sends only what we listen on
             else:
-                listener._arrived(fd)
+                listener.deliver(fd)
         return ended
 
 
@@ -216,95 +210,24 @@ def _call(loop, callback, *args):
         loop.call_soon_threadsafe(callback, *args)
 
 
-class Listener:
-    """A listening address in a worker.
-
-    Under the round-robin policy the primary accepts and this object is fed
-    connections over the data channel; under ``none``/``reuseport`` it holds a
-    real listening socket.  Either way ``accept()`` returns a blocking
-    ``socket.socket`` and its peer address.
-    """
-
-    def __init__(self, runtime, lid, address, sock):
-        self._runtime = runtime
-        self.lid = lid
-        self.address = address
-        self.sock = sock                       # None under round-robin
-        self._queue = collections.deque()
-        self._callback = None                  # asyncio: called with each new socket
-
-    def _arrived(self, fd):
-        sock = socket.socket(fileno=fd)
-        if self._callback is not None:
-            self._callback(sock)
-        else:
-            self._queue.append(sock)
-
-    def accept(self, timeout=None):
-        """The next connection as ``(socket, address)``; WorkerStopping when stopping.
-
-        ``timeout`` (seconds) raises TimeoutError if nothing arrives.
-        """
-        runtime = self._runtime
-        wait_on = self.sock if self.sock is not None else runtime.receiver
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            if self.sock is not None:
-                if runtime.stopping.is_set():
-                    raise WorkerStopping(f"worker is stopping; no more connections on {self.address}")
-                try:
-                    conn, addr = self.sock.accept()
-                    conn.setblocking(True)
-                    return conn, addr
-                except (BlockingIOError, InterruptedError):
-                    pass
-            else:
-                with runtime._data_lock:
-                    if not self._queue and not runtime.receiver.ended:
-                        runtime.pump()
-                    if self._queue:
-                        conn = self._queue.popleft()
-                        conn.setblocking(True)
-                        try:
-                            addr = conn.getpeername()
-                        except OSError:
-                            addr = None
-                        return conn, addr
-                    if runtime.receiver.ended:
-                        raise WorkerStopping(f"worker is stopping; no more connections on {self.address}")
-            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-            if remaining == 0.0:
-                raise TimeoutError(f"no connection on {self.address} within {timeout}s")
-            watch = [wait_on]
-            if self.sock is not None:
-                watch.append(runtime._stop_r)
-            select.select(watch, [], [], remaining)
-
-    def fileno(self):
-        return self.sock.fileno() if self.sock is not None else self._runtime.receiver.fileno()
-
-    def close(self):
-        if self.sock is not None:
-            self.sock.close()
-        self._runtime.listeners.pop(self.lid, None)
-        while self._queue:
-            self._queue.popleft().close()
-
-
 _runtime = None
 
 
-def start_runtime(data_fd, control_fd, worker_id, index, policy, dispatch_mod):
+def start(data_fd, control_fd, worker_id, index, policy, dispatch_mod):
     """Become a worker: connect to the primary over the inherited channels."""
     global _runtime
-    import fastfork
     random.seed()    # forked workers must not share the primary's random sequence
     _runtime = WorkerRuntime(data_fd, control_fd, worker_id, index, policy, dispatch_mod)
-    fastfork._become_worker(_runtime)
+    return _runtime
+
+
+def current():
+    """This process's runtime, or None in a process that is not a worker."""
     return _runtime
 
 
 def runtime():
+    """This process's runtime; RuntimeError outside a worker."""
     if _runtime is None:
         raise RuntimeError("not in a fastfork worker (fastfork.is_worker is False)")
     return _runtime

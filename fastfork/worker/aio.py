@@ -9,8 +9,8 @@ primary and are attached with ``loop.connect_accepted_socket``; under
 
 import asyncio
 
-from .addresses import DEFAULT_BACKLOG
-from .worker import runtime as _get_runtime
+from ..addresses import DEFAULT_BACKLOG
+from .runtime import runtime as _get_runtime
 
 _STREAM_LIMIT = 2 ** 16
 
@@ -84,7 +84,7 @@ class Server:
             self._asyncio_server = await self._loop.create_server(
                 self._factory, sock=self.listener.sock, backlog=backlog)
         else:
-            self.listener._callback = self._attach
+            self.listener.on_connection(self._attach)
             _ensure_data_reader(self._loop)
 
     def _attach(self, sock):
@@ -121,17 +121,37 @@ class Server:
             await self._asyncio_server.wait_closed()
 
 
-_data_ended = {}
+class _LoopState:
+    """What one event loop serving in this worker keeps."""
+
+    def __init__(self):
+        self.tracker = _Tracker()       # its open connections, for the drain
+        self.heartbeat = None           # the task that proves it runs
+        self.data_ended = None          # an Event, if this loop reads the data channel
+
+
+_states = {}      # loop -> _LoopState
+
+
+def _state(loop):
+    # A worker may run loops one after another (asyncio.run twice): forget
+    # the closed ones, so nothing of theirs is kept or mistaken for live.
+    for closed in [other for other in _states if other.is_closed()]:
+        del _states[closed]
+    state = _states.get(loop)
+    if state is None:
+        state = _states[loop] = _LoopState()
+    return state
 
 
 def _ensure_data_reader(loop):
-    runtime = _get_runtime()
-    if runtime._reader_loop is loop:
+    state = _state(loop)
+    if state.data_ended is not None:
         return
-    if runtime._reader_loop is not None and not runtime._reader_loop.is_closed():
+    if any(other.data_ended is not None for other in _states.values()):
         raise RuntimeError("the data channel is already read by another event loop")
-    runtime._reader_loop = loop
-    ended = _data_ended[loop] = asyncio.Event()
+    runtime = _get_runtime()
+    ended = state.data_ended = asyncio.Event()
     fd = runtime.receiver.fileno()
 
     def on_readable():
@@ -145,17 +165,14 @@ def _ensure_data_reader(loop):
     on_readable()
 
 
-_trackers = {}
-_heartbeats = {}
-
-
 def _ensure_heartbeat(loop):
     # The loop itself beats, not a side thread: a handler that blocks the loop
     # silences it, and the primary replaces a worker silent past its timeout.
-    if loop in _heartbeats:
+    state = _state(loop)
+    if state.heartbeat is not None:
         return
     runtime = _get_runtime()
-    tracker = _tracker_for(loop)
+    tracker = state.tracker
 
     async def beat():
         while True:
@@ -165,14 +182,7 @@ def _ensure_heartbeat(loop):
                 return        # the primary is gone; this worker exits on its own
             await asyncio.sleep(runtime.heartbeat_interval)
 
-    _heartbeats[loop] = loop.create_task(beat())
-
-
-def _tracker_for(loop):
-    tracker = _trackers.get(loop)
-    if tracker is None:
-        tracker = _trackers[loop] = _Tracker()
-    return tracker
+    state.heartbeat = loop.create_task(beat())
 
 
 async def create_server(protocol_factory, address, *, backlog=DEFAULT_BACKLOG):
@@ -181,7 +191,7 @@ async def create_server(protocol_factory, address, *, backlog=DEFAULT_BACKLOG):
     runtime = _get_runtime()
     reply, fds = await asyncio.wrap_future(runtime.request_listen(address, backlog))
     listener = runtime.make_listener(address, reply, fds)
-    tracker = _tracker_for(loop)
+    tracker = _state(loop).tracker
     server = Server(listener, loop, tracker.wrap(protocol_factory), tracker)
     await server._start(backlog)
     _ensure_heartbeat(loop)
@@ -215,13 +225,14 @@ async def drain(servers, timeout=None):
     if timeout is None:
         timeout = runtime.stop_timeout
 
+    state = _state(loop)
+
     async def finish():
-        ended = _data_ended.get(loop)
-        if ended is not None:
-            await ended.wait()
+        if state.data_ended is not None:
+            await state.data_ended.wait()
         for server in servers:
             server.close()
-        await _tracker_for(loop).wait_idle()
+        await state.tracker.wait_idle()
 
     try:
         await asyncio.wait_for(finish(), timeout)

@@ -1,7 +1,7 @@
 """Which worker gets the next connection: pure logic, no I/O.
 
-This module is the pure-Python twin of ``fastfork._cscheduler``; both obey the
-same rules and run the same table tests (``tests/test_scheduler.py``).
+This module is the pure-Python twin of ``fastfork._core._cscheduler``; both obey
+the same rules and run the same table tests (``tests/test_scheduler.py``).
 
 Rules
 -----
@@ -19,6 +19,7 @@ Rules
 5. ``pick`` returns -1 when no worker is eligible; the caller must then stop
    accepting so the backlog stays in the kernel's listen queue.
 """
+from ..channels.wire import check_window
 
 MAX_LISTENERS = 64
 
@@ -35,10 +36,7 @@ class RoundRobinScheduler:
     __slots__ = ("window", "_present", "_active", "_inflight", "_subs", "_cursor")
 
     def __init__(self, window):
-        window = int(window)
-        if window < 1:
-            raise ValueError(f"credit window must be >= 1, got {window}")
-        self.window = window
+        self.window = check_window(window)
         self._present = []   # slot -> bool
         self._active = []    # slot -> bool (False once retired)
         self._inflight = []  # slot -> connections sent but not acknowledged

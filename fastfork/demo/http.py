@@ -26,6 +26,7 @@ import time
 from email.utils import formatdate
 
 import fastfork
+from fastfork.worker import runtime as _runtime
 
 MAX_HEAD = 64 * 1024
 IDLE_GRACE = 1.0       # seconds a connection accepted while stopping may stay silent
@@ -48,7 +49,7 @@ class HelloApp:
         self.connections = set()
         # fastfork.is_stopping() costs a few calls per request; the worker's
         # stop event answers the same question with one.
-        self.stopping = (fastfork._worker_runtime().stopping.is_set if fastfork.is_worker
+        self.stopping = (_runtime.runtime().stopping.is_set if fastfork.is_worker
                          else fastfork.is_stopping)
         self.requests = 0
         self._second = None

@@ -1,0 +1,74 @@
+"""The one place that chooses between the Cython hot path and its pure-Python twin.
+
+``FASTFORK_NO_EXTENSIONS=1`` forces the pure-Python twin.  Otherwise the
+Cython extension is used; if it was not built, fastfork falls back to the twin
+with a RuntimeWarning that says how to build it (the twin is correct, only
+slower, so a missing compiler should not stop a server from starting).
+Whichever is chosen must provide the whole interface, checked here.
+"""
+
+import collections
+import os
+import warnings
+
+DISPATCH_API = ("Dispatcher", "Receiver", "IMPLEMENTATION")
+SCHEDULER_API = ("RoundRobinScheduler",)
+
+Backend = collections.namedtuple("Backend", "dispatch scheduler name")
+Backend.__doc__ = """The modules of one implementation; ``name`` is "cython" or "python"."""
+
+
+def _check(module, names):
+    missing = [name for name in names if not hasattr(module, name)]
+    if missing:
+        raise ImportError(f"{module.__name__} lacks {', '.join(missing)}")
+    return module
+
+
+def _make(dispatch, scheduler):
+    return Backend(_check(dispatch, DISPATCH_API), _check(scheduler, SCHEDULER_API),
+                   dispatch.IMPLEMENTATION)
+
+
+def forced_pure(environ=None):
+    """Does the environment ask for the pure-Python twin?"""
+    return (environ or os.environ).get("FASTFORK_NO_EXTENSIONS", "") not in ("", "0")
+
+
+def load(pure=None):
+    """The ``Backend`` to use; ``pure`` overrides the environment."""
+    if pure is None:
+        pure = forced_pure()
+    if not pure:
+        try:
+            from . import _cdispatch, _cscheduler
+            return _make(_cdispatch, _cscheduler)
+        except ImportError as exc:
+            warnings.warn(_fallback_message(exc), RuntimeWarning, stacklevel=3)
+    from . import _pydispatch, _pyscheduler
+    return _make(_pydispatch, _pyscheduler)
+
+
+def _fallback_message(exc):
+    here = os.path.dirname(os.path.abspath(__file__))
+    if os.path.exists(os.path.join(here, "_cdispatch.pyx")):
+        fix = (f"fastfork is imported from a source checkout ({os.path.dirname(here)}) whose "
+               "extension was not built in place: run `pip install -e .` there, "
+               "or run Python from another directory to use an installed fastfork")
+    else:
+        fix = ("reinstall it where a C compiler and the Python headers are "
+               "available: `pip install --force-reinstall --no-binary fastfork fastfork`")
+    return (f"fastfork's Cython extension is not available ({exc}); using the "
+            f"pure-Python dispatcher, which is slower. To fix it, {fix}. "
+            "Set FASTFORK_NO_EXTENSIONS=1 to choose the pure-Python one silently.")
+
+
+_default = None
+
+
+def default():
+    """The backend chosen by the environment, loaded once per process."""
+    global _default
+    if _default is None:
+        _default = load()
+    return _default

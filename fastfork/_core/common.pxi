@@ -1,0 +1,95 @@
+# The wire format in C (fastfork/channels/wire.py says it in Python), errno
+# handling and small helpers; included by _cdispatch.pyx.
+
+cdef enum:
+    MSG_FDS = 1
+    MSG_END = 2
+    MSG_ACK = 3
+    HEADER_SIZE = 4
+    LID_SIZE = 2
+    RECV_BUF = HEADER_SIZE + LID_SIZE * FF_SCM_MAX_FD
+    ACK_BUF = 64          # an ACK is 4 bytes; anything longer is a protocol error
+
+cdef enum:
+    KIND_LISTENER = 0
+    KIND_WORKER = 1
+    KIND_WATCH = 2
+
+cdef enum:
+    MAX_EVENTS = 256      # more ready fds than this are reported by the next epoll_wait
+
+
+ctypedef struct conn_t:
+    int fd
+    int lid
+
+cdef inline void _put_header(uint8_t *buf, int kind, int count) noexcept nogil:
+    cdef uint16_t c = <uint16_t>count
+    buf[0] = <uint8_t>kind
+    buf[1] = 0
+    memcpy(buf + 2, &c, 2)
+
+
+cdef inline int _get_u16(const uint8_t *buf) noexcept nogil:
+    cdef uint16_t c
+    memcpy(&c, buf, 2)
+    return c
+
+
+# -- helpers -------------------------------------------------------------------------
+
+cdef int _raise_errno(int err) except -1:
+    """The one place that maps an errno to OSError (and its subclasses)."""
+    raise OSError(err, strerror(err).decode("utf-8", "replace"))
+
+
+
+cdef int _interrupted(int err) except -1:
+    """The one EINTR rule: 1 if ``err`` is EINTR, after Python's signal handlers
+    have run (an exception one raises propagates); the caller then retries."""
+    if err != EINTR:
+        return 0
+    PyErr_CheckSignals()
+    return 1
+
+cdef inline double _monotonic() noexcept nogil:
+    # Same clock as time.monotonic(), which the twin uses.
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef int _check_socket(int fd) except -1:
+    # Same check as socket.socket(fileno=fd) in the twin: EBADF, ENOTSOCK.
+    cdef int stype = 0
+    cdef socklen_t size = sizeof(stype)
+    if getsockopt(fd, SOL_SOCKET, SO_TYPE, &stype, &size) < 0:
+        _raise_errno(errno)
+    return 0
+
+
+cdef int _set_nonblocking(int fd) except -1:
+    cdef int flags = fcntl(fd, F_GETFL)
+    if flags < 0:
+        _raise_errno(errno)
+    if not flags & O_NONBLOCK and fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0:
+        _raise_errno(errno)
+    return 0
+
+
+cdef inline bint _accept_skip(int err) noexcept nogil:
+    # accept4() errors that concern one connection only: skip it and go on.
+    return (err == ECONNABORTED or err == EPROTO or err == EPERM or err == ENETDOWN
+            or err == ENOPROTOOPT or err == EHOSTDOWN or err == ENONET
+            or err == EHOSTUNREACH or err == EOPNOTSUPP or err == ENETUNREACH)
+
+
+cdef inline bint _accept_pause(int err) noexcept nogil:
+    # accept4() errors that mean "out of a resource": stop accepting for a while.
+    return err == EMFILE or err == ENFILE or err == ENOBUFS or err == ENOMEM
+
+
+cdef inline uint64_t _tag(int kind, int ident) noexcept nogil:
+    return ((<uint64_t>kind) << 32) | <uint32_t>ident
+
+

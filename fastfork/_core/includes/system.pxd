@@ -1,0 +1,72 @@
+# POSIX and Linux declarations used by the hot path, in one place (as uvloop's
+# includes/system.pxd).  Only the struct fields fastfork reads are declared;
+# every block is nogil: none of these touch Python.  The SCM_RIGHTS (cmsg)
+# handling lives in csrc/fdpass.c, because Cython's bundled posix/ has no
+# msghdr or CMSG_* macros.
+
+from libc.stdint cimport uint32_t, uint64_t
+
+cdef extern from "<sys/socket.h>" nogil:
+    ctypedef unsigned int socklen_t
+    struct sockaddr:
+        pass
+    int accept4(int fd, sockaddr *addr, socklen_t *addrlen, int flags)
+    ssize_t send(int fd, const void *buf, size_t len, int flags)
+    ssize_t recv(int fd, void *buf, size_t len, int flags)
+    int getsockopt(int fd, int level, int name, void *value, socklen_t *len)
+    enum:
+        SOCK_NONBLOCK
+        SOCK_CLOEXEC
+        SOL_SOCKET
+        SO_TYPE
+        MSG_NOSIGNAL
+        MSG_DONTWAIT
+        MSG_TRUNC
+        MSG_CTRUNC
+        MSG_CMSG_CLOEXEC
+
+cdef extern from "<sys/epoll.h>" nogil:
+    ctypedef union epoll_data_t:
+        void *ptr
+        int fd
+        uint32_t u32
+        uint64_t u64
+    struct epoll_event:
+        uint32_t events
+        epoll_data_t data
+    int epoll_create1(int flags)
+    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
+    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
+    enum:
+        EPOLL_CLOEXEC
+        EPOLL_CTL_ADD
+        EPOLL_CTL_MOD
+        EPOLL_CTL_DEL
+        EPOLLIN
+
+cdef extern from "<limits.h>" nogil:
+    enum:
+        INT_MAX
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    /* EAGAIN and EWOULDBLOCK are one value on Linux, two elsewhere. */
+    static inline int ff_would_block(int err) {
+        return err == EAGAIN || err == EWOULDBLOCK;
+    }
+    #ifndef FASTFORK_DEBUG
+    #define FASTFORK_DEBUG 0
+    #endif
+    """
+    bint would_block "ff_would_block"(int err) noexcept nogil
+    # 1 in the debug build (FASTFORK_DEBUG=1 pip install -e .): counters checked.
+    int FASTFORK_DEBUG
+
+cdef extern from "fdpass.h" nogil:
+    enum:
+        FF_SCM_MAX_FD
+    ssize_t ff_send_fds(int sock, const void *buf, size_t len,
+                        const int *fds, int nfds, int flags)
+    ssize_t ff_recv_fds(int sock, void *buf, size_t len, int *fds, int maxfds,
+                        int *nfds, int *msg_flags, int flags)

@@ -1,0 +1,129 @@
+# The worker's end of the data channel; included by _cdispatch.pyx.
+
+cdef class Receiver:
+    """The worker's end of the data channel: receive fd batches, acknowledge them.
+
+    Owns ``fd``: ``close()`` closes it.
+    """
+
+    cdef int _fd
+    cdef pid_t _pid
+    cdef readonly long long received
+    cdef readonly bint ended
+
+    def __cinit__(self, *args, **kwargs):
+        self._fd = -1
+
+    def __init__(self, int fd):
+        self._pid = getpid()
+        _check_socket(fd)
+        _set_nonblocking(fd)
+        self._fd = fd
+        self.received = 0
+        self.ended = False
+
+    def __dealloc__(self):
+        if self._fd >= 0 and getpid() == self._pid:
+            close(self._fd)
+
+    def fileno(self):
+        return self._fd
+
+    def receive(self):
+        """Drain the channel without blocking and acknowledge what arrived.
+
+        Returns ``(pairs, ended)``: ``pairs`` is a list of ``(listener_id, fd)``
+        (the caller owns each fd), ``ended`` is True once the primary said END
+        or closed the channel.  One ACK covers everything drained.
+        """
+        cdef uint8_t buf[RECV_BUF]
+        cdef int fds[FF_SCM_MAX_FD]
+        cdef int nfds = 0, mflags = 0, err, i, j
+        cdef ssize_t n
+        cdef list pairs = []
+        if getpid() != self._pid:
+            raise RuntimeError("this Receiver belongs to the parent process")
+        if self._fd < 0:
+            raise ValueError("I/O operation on a closed Receiver")
+        try:
+            while not self.ended:
+                n = ff_recv_fds(self._fd, buf, RECV_BUF, fds, FF_SCM_MAX_FD, &nfds,
+                                &mflags, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
+                if n < 0:
+                    err = errno
+                    if would_block(err):
+                        break
+                    if _interrupted(err):
+                        continue
+                    _raise_errno(err)
+                if n == 0 and nfds == 0:
+                    self.ended = True       # the primary closed the channel
+                    break
+                try:
+                    self._parse(buf, n, mflags, nfds)
+                except ProtocolError:
+                    for i in range(nfds):
+                        close(fds[i])
+                    raise
+                for i in range(nfds):
+                    try:
+                        pairs.append((_get_u16(buf + HEADER_SIZE + i * LID_SIZE), fds[i]))
+                    except BaseException:
+                        for j in range(i, nfds):
+                            close(fds[j])
+                        raise
+                self.received += nfds
+            if pairs:
+                self._ack(len(pairs))
+        except BaseException:
+            for _, fd in pairs:
+                close(fd)
+            raise
+        return pairs, self.ended
+
+    cdef int _parse(self, const uint8_t *buf, ssize_t n, int mflags, int nfds) except -1:
+        cdef int kind, count
+        if mflags & (MSG_CTRUNC | MSG_TRUNC):
+            raise ProtocolError("truncated message on the data channel")
+        if n < HEADER_SIZE:
+            raise ProtocolError(f"short message ({n} bytes) on the data channel")
+        kind = buf[0]
+        count = _get_u16(buf + 2)
+        if kind == MSG_END:
+            if nfds or count:
+                raise ProtocolError("END message with a payload")
+            self.ended = True
+            return 0
+        if kind != MSG_FDS:
+            raise ProtocolError(f"unknown message type {kind} on the data channel")
+        if n != HEADER_SIZE + LID_SIZE * count or nfds != count:
+            raise ProtocolError(
+                f"FDS message announces {count} fds, carries {nfds} in {n} bytes")
+        return 0
+
+    cdef int _ack(self, Py_ssize_t count) except -1:
+        cdef uint8_t buf[HEADER_SIZE]
+        cdef int m, err
+        while count:
+            m = <int>min(count, 0xFFFF)
+            _put_header(buf, MSG_ACK, m)
+            if send(self._fd, buf, HEADER_SIZE, MSG_NOSIGNAL | MSG_DONTWAIT) < 0:
+                err = errno
+                if _interrupted(err):
+                    continue
+                if (err == EPIPE or err == ESHUTDOWN or err == ECONNRESET
+                        or would_block(err)):
+                    # Primary gone, or (full buffer) it stopped reading: it will
+                    # see EOF or the worker's exit and re-dispatch.  Acks are 4
+                    # bytes against a window of connections.
+                    return 0
+                _raise_errno(err)
+            count -= m
+        return 0
+
+    def close(self):
+        if self._fd >= 0:
+            if getpid() == self._pid:
+                close(self._fd)
+            self._fd = -1
+

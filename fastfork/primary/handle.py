@@ -1,0 +1,96 @@
+"""The primary's handle on one worker process (Node's ``cluster.workers[id]``)."""
+
+import os
+import signal
+import time
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+# A worker's states, in order: starting -> online -> listening, then
+# stopping (graceful) or hung (aborted), and dead once reaped.
+STATES = ("starting", "online", "listening", "stopping", "hung", "dead")
+
+
+class Worker:
+    """One worker as the primary sees it.  Created by ``Cluster.spawn_worker``."""
+
+    def __init__(self, cluster, worker_id, index):
+        self._cluster = cluster
+        self.id = worker_id          # unique, never reused (Node's worker.id)
+        self.index = index           # 0..N-1, reused by a replacement (PM2's NODE_APP_INSTANCE)
+        self.pid = None
+        self.state = "starting"
+        self.started_at = time.monotonic()
+        self.addresses = []          # what it listens on
+        self.ready = False
+        self.exit_code = None
+        self.exit_signal = None
+        self.stop_requested = False
+        self.kill_at = None          # monotonic deadline for SIGKILL while stopping
+        self.slot = None             # its place in the dispatcher
+        self.data_sock = None
+        self.control = None
+        self.last_heartbeat = self.started_at
+        self.heartbeats = 0          # hang detection starts with the first beat
+        self.open_connections = None # as last reported by the worker's loop
+        self.served = None           # connections its loop has taken, as reported
+        self.replaces = None         # the worker this one replaces, until it is ready
+        self.request_limit = 0       # max-requests plus this worker's jitter; 0: none
+        self.restarts = 0            # workers forked at this index before this one
+        self._dispatched_final = 0   # dispatched(), frozen when the worker is reaped
+
+    @property
+    def label(self):
+        return f"worker {self.id}"
+
+    @property
+    def uptime(self):
+        return time.monotonic() - self.started_at
+
+    def is_dead(self):
+        return self.state == "dead"
+
+    def in_transit(self):
+        """A replacement still starting: its predecessor still holds the index."""
+        old = self.replaces
+        return old is not None and not old.stop_requested and not old.is_dead()
+
+    def send(self, data):
+        """Send a JSON-serializable message to this worker."""
+        if self.control is None:
+            raise BrokenPipeError(f"{self.label} is not connected")
+        self.control.send({"t": "msg", "data": data})
+
+    def kill(self, sig=signal.SIGTERM):
+        """Send ``sig`` to the worker process (no-op once it has been reaped)."""
+        if self.pid and not self.is_dead():
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def disconnect(self, timeout=None):
+        """Stop this worker gracefully: no new connections, finish open ones, exit."""
+        self._cluster.stop_worker(self, timeout)
+
+    def dispatched(self):
+        """Connections the primary has handed to this worker so far."""
+        if self.slot is None or self.is_dead():
+            return self._dispatched_final
+        return self._cluster.dispatcher.worker_stats(self.slot)[0]
+
+    def handled(self):
+        """Connections this worker got: dispatched by the primary (``rr``) or,
+        when it accepts by itself (``none``/``reuseport``), as its loop reports."""
+        return max(self.dispatched(), self.served or 0)
+
+    def rss(self):
+        """Resident memory in bytes (from /proc), or None once it is gone."""
+        try:
+            with open(f"/proc/{self.pid}/statm") as f:
+                return int(f.read().split()[1]) * _PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def __repr__(self):
+        return f"<Worker id={self.id} index={self.index} pid={self.pid} state={self.state}>"

@@ -1,0 +1,48 @@
+"""Which workers to replace, and why: hang detection and recycling.  No I/O.
+
+Rules
+-----
+1. Hang detection (``timeout`` > 0) starts with a worker's first heartbeat
+   (a blocking worker that never beats is never taken for hung).  Silent for
+   longer than ``timeout``: abort it (SIGABRT, so faulthandler shows where it
+   is stuck, then SIGKILL) and fork its replacement at once.
+2. A worker still starting as a replacement is not recycled: there would be
+   nothing to gain.
+3. Recycling, one worker at a time, new before old: at ``request_limit``
+   connections handled (max-requests plus its jitter), or RSS over
+   ``max_memory`` bytes.
+4. Workers beat at most every second, and four times per timeout when the
+   timeout is shorter, so that one late beat is never taken for a hang.
+"""
+
+HEARTBEAT_MAX_INTERVAL = 1.0
+HEARTBEAT_MIN_INTERVAL = 0.05
+
+ABORT = "abort"
+REPLACE = "replace"
+
+
+def heartbeat_interval(timeout):
+    """How often a worker beats, for a hang ``timeout`` (0: hang detection off)."""
+    if timeout:
+        return max(HEARTBEAT_MIN_INTERVAL, min(HEARTBEAT_MAX_INTERVAL, timeout / 4))
+    return HEARTBEAT_MAX_INTERVAL
+
+
+def verdict(worker, now, timeout, max_memory):
+    """``None``, ``(ABORT, seconds_silent)`` or ``(REPLACE, reason)`` for ``worker``
+    (a handle: last_heartbeat, heartbeats, replaces, request_limit, handled(), rss())."""
+    silent = now - worker.last_heartbeat
+    if timeout and worker.heartbeats and silent > timeout:
+        return ABORT, silent
+    if worker.replaces is not None:
+        return None
+    if worker.request_limit and worker.handled() >= worker.request_limit:
+        return REPLACE, (f"max-requests ({worker.handled()} connections, "
+                         f"limit {worker.request_limit})")
+    if max_memory:
+        rss = worker.rss()
+        if rss is not None and rss > max_memory:
+            return REPLACE, (f"max-memory (RSS {rss / 2**20:.1f} MiB, "
+                             f"limit {max_memory / 2**20:.1f} MiB)")
+    return None

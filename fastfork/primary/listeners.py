@@ -1,0 +1,123 @@
+"""The listening addresses the primary owns, and what each policy gives a worker.
+
+* ``rr``: the primary listens and its dispatcher accepts; a worker is
+  subscribed to the listener and gets connections over its data channel.
+* ``none``: the primary listens; each worker gets a copy of the listening
+  socket and accepts on it itself (the kernel picks the worker).
+* ``reuseport``: the primary holds the port with a bound, non-listening
+  ``SO_REUSEPORT`` socket; each worker gets a listening socket of its own in
+  the same group (the kernel hashes connections over them).
+
+Sockets passed by systemd (socket activation) are used instead of binding.
+"""
+
+import errno
+import logging
+import os
+import socket
+
+from ..addresses import bind_listener, describe
+from .activation import inherited_sockets
+
+log = logging.getLogger("fastfork")
+
+
+class SharedListener:
+    """A listening address owned by the primary, shared by the workers that asked for it."""
+
+    inherited = False        # passed by systemd: never unlinked by us
+
+    def __init__(self, family, sockaddr, sock, lid):
+        self.family = family
+        self.sock = sock
+        self.lid = lid       # the dispatcher's listener id (rr), else -1
+        bound = sock.getsockname()
+        self.sockaddr = bound if family == socket.AF_UNIX else bound[:2]
+        self.display = describe(family, self.sockaddr)
+
+
+class Listeners:
+    """Every address of one primary, keyed by ``(family, sockaddr)`` as asked."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self._shared = {}
+        self._reserved = []               # reuseport: bound, not listening, holds the port
+        self._inherited = inherited_sockets()   # systemd: (family, sockaddr) -> socket
+
+    def addresses(self):
+        return [shared.display for shared in self._shared.values()]
+
+    def inherited_addresses(self):
+        return [describe(family, sockaddr) for family, sockaddr in self._inherited]
+
+    def get(self, family, sockaddr, backlog, dispatcher):
+        """The shared listener for an address, bound (or taken from systemd) on first use."""
+        key = (family, sockaddr)
+        shared = self._shared.get(key)
+        if shared is not None:
+            return shared
+        if family == socket.AF_UNIX and self.policy == "reuseport":
+            raise OSError(errno.EINVAL, f"policy reuseport needs a TCP address, not unix:{sockaddr}")
+        if key in self._inherited and self.policy == "reuseport":
+            raise OSError(errno.EINVAL, f"policy reuseport cannot share the socket systemd passed "
+                                        f"for {describe(family, sockaddr)}; use rr or none")
+        if self.policy == "reuseport":
+            # Hold the port with a bound, non-listening socket: it joins the
+            # reuseport group but never receives connections.
+            sock = bind_listener(family, sockaddr, backlog, reuseport=True, listen=False)
+            self._reserved.append(sock)
+            shared = SharedListener(family, sockaddr, sock, -1)
+        else:
+            inherited = self._inherited.pop(key, None)
+            sock = inherited or bind_listener(family, sockaddr, backlog)
+            lid = dispatcher.add_listener(sock.fileno()) if self.policy == "rr" else -1
+            shared = SharedListener(family, sockaddr, sock, lid)
+            if inherited is not None:
+                shared.inherited = True
+                log.info("using the socket systemd passed for %s", shared.display)
+        self._shared[key] = shared
+        return shared
+
+    def grant(self, slot, family, sockaddr, backlog, dispatcher):
+        """Let the worker in ``slot`` serve an address: ``(shared, fds, own)``:
+        the fds to pass it (none under rr), and a socket made for it alone
+        (reuseport), which the caller closes once it is sent."""
+        shared = self.get(family, sockaddr, backlog, dispatcher)
+        if self.policy == "rr":
+            dispatcher.subscribe(slot, shared.lid)
+            return shared, [], None
+        if self.policy == "none":
+            return shared, [shared.sock.fileno()], None
+        own = bind_listener(family, shared.sockaddr, backlog, reuseport=True)
+        return shared, [own.fileno()], own
+
+    def close(self, dispatcher):
+        """Stop listening: nothing more is accepted; unix socket files are removed."""
+        for shared in self._shared.values():
+            if shared.lid >= 0:
+                dispatcher.remove_listener(shared.lid)
+            shared.sock.close()
+            if shared.family == socket.AF_UNIX and not shared.inherited:
+                try:
+                    os.unlink(shared.sockaddr)
+                except OSError:
+                    pass
+        self._shared.clear()
+        for sock in self._reserved:
+            sock.close()
+        self._reserved = []
+
+    def close_all(self, dispatcher):
+        """``close``, and the systemd sockets never used."""
+        self.close(dispatcher)
+        for sock in self._inherited.values():
+            sock.close()
+        self._inherited = {}
+
+    def close_in_child(self):
+        """In a forked worker: drop the primary's copies, touching no file."""
+        for shared in self._shared.values():
+            shared.sock.close()
+        for sock in self._reserved + list(self._inherited.values()):
+            sock.close()

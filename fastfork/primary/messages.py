@@ -1,0 +1,130 @@
+"""What the primary does with each message a worker sends on its control channel.
+
+A table from message type to handler (as Node's cluster does).  A worker
+that sends anything else, or a message that makes its handler raise (a
+missing field, Infinity where a count goes, a backlog the kernel refuses),
+is replaced: it is that worker's fault, and it must never reach the loop,
+which would take every worker down.
+"""
+
+import logging
+import os
+import signal
+import time
+
+from ..addresses import DEFAULT_BACKLOG, parse_address
+from ..channels.control import MessageError
+
+log = logging.getLogger("fastfork")
+
+
+def read_control(cluster, worker):
+    """Handle every message waiting on ``worker``'s control channel; never raises."""
+    while worker.control is not None:
+        try:
+            message, fds = worker.control.recv()
+        except BlockingIOError:
+            return
+        except InterruptedError:
+            continue
+        except MessageError as exc:
+            replace_misbehaving(cluster, worker, str(exc))
+            return
+        except OSError:
+            message, fds = None, []
+        for fd in fds:
+            os.close(fd)       # workers have no reason to send descriptors
+        if message is None:
+            disconnect(cluster, worker)
+            return
+        handler = HANDLERS.get(message["t"])
+        if handler is None:
+            replace_misbehaving(cluster, worker, f"unknown message type {message['t']!r}")
+            return
+        try:
+            handler(cluster, worker, message)
+        except Exception as exc:
+            replace_misbehaving(cluster, worker, f"bad {message['t']!r} message: {exc}")
+            return
+
+
+def replace_misbehaving(cluster, worker, why):
+    log.error("%s (pid %d) sent a malformed message (%s); replacing it",
+              worker.label, worker.pid, why)
+    # Kill before closing its channel, or it would exit on the EOF first.
+    worker.kill(signal.SIGKILL)
+    disconnect(cluster, worker)
+
+
+def disconnect(cluster, worker):
+    """The control channel is gone (EOF or a bad message): stop watching it."""
+    if worker.control is None:
+        return
+    cluster.forget_control(worker)
+    cluster.emit("disconnect", worker)
+
+
+def on_online(cluster, worker, message):
+    worker.state = "online"
+    log.info("%s (pid %d) online", worker.label, worker.pid)
+    cluster.emit("online", worker)
+
+
+def on_ready(cluster, worker, message):
+    worker.ready = True
+    cluster.emit("ready", worker)
+
+
+def on_stopping(cluster, worker, message):
+    # The worker got SIGTERM: retire it like any graceful stop; as a stop
+    # nobody here asked for, its index is re-forked.
+    log.info("%s (pid %d) is stopping on its own (SIGTERM)", worker.label, worker.pid)
+    cluster.stop_worker(worker)
+
+
+def on_heartbeat(cluster, worker, message):
+    worker.last_heartbeat = time.monotonic()
+    worker.heartbeats += 1
+    opened, served = message.get("open"), message.get("served")
+    worker.open_connections = None if opened is None else int(opened)
+    worker.served = None if served is None else int(served)
+
+
+def on_msg(cluster, worker, message):
+    cluster.emit("message", worker, message.get("data"))
+
+
+def on_listen(cluster, worker, message):
+    request = message["id"]
+    backlog = int(message.get("backlog") or DEFAULT_BACKLOG)
+    try:
+        family, sockaddr = parse_address(message["address"])
+        shared, fds, own = cluster.listeners.grant(worker.slot, family, sockaddr, backlog,
+                                                   cluster.dispatcher)
+    except (OSError, ValueError) as exc:
+        worker.control.send({"t": "listen_error", "id": request,
+                             "errno": getattr(exc, "errno", None) or 0, "error": str(exc)})
+        log.warning("%s could not listen: %s", worker.label, exc)
+        return
+    try:
+        worker.control.send({"t": "listening", "id": request, "address": shared.display,
+                             "lid": shared.lid, "policy": cluster.policy}, fds)
+    finally:
+        if own is not None:
+            own.close()       # the worker has its own copy now
+    worker.addresses.append(shared.display)
+    if worker.state in ("starting", "online"):
+        worker.state = "listening"
+    log.info("%s (pid %d) listening on %s", worker.label, worker.pid, shared.display)
+    cluster.emit("listening", worker, shared.display)
+
+
+# Message types a worker may send; anything else gets it replaced.
+HANDLERS = {
+    "online": on_online,
+    "ready": on_ready,
+    "heartbeat": on_heartbeat,
+    "msg": on_msg,
+    "listen": on_listen,
+    "stopping": on_stopping,
+}

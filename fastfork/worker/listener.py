@@ -1,0 +1,93 @@
+"""A listening address in a worker, and blocking ``accept()`` on it."""
+
+import collections
+import select
+import socket
+import time
+
+
+class WorkerStopping(OSError):
+    """Raised by ``Listener.accept()`` once the primary asked this worker to stop
+    and every connection already sent to it has been handed out."""
+
+
+
+class Listener:
+    """A listening address in a worker.
+
+    Under the round-robin policy the primary accepts and this object is fed
+    connections over the data channel; under ``none``/``reuseport`` it holds a
+    real listening socket.  Either way ``accept()`` returns a blocking
+    ``socket.socket`` and its peer address.
+    """
+
+    def __init__(self, runtime, lid, address, sock):
+        self._runtime = runtime
+        self.lid = lid
+        self.address = address
+        self.sock = sock                       # None under round-robin
+        self._queue = collections.deque()
+        self._callback = None                  # asyncio: called with each new socket
+
+    def on_connection(self, callback):
+        """Hand each connection that arrives to ``callback(sock)`` instead of
+        queueing it for ``accept()`` (how an event loop serves round-robin)."""
+        self._callback = callback
+
+    def deliver(self, fd):
+        """A connection the primary passed for this address (the runtime calls this)."""
+        sock = socket.socket(fileno=fd)
+        if self._callback is not None:
+            self._callback(sock)
+        else:
+            self._queue.append(sock)
+
+    def accept(self, timeout=None):
+        """The next connection as ``(socket, address)``; WorkerStopping when stopping.
+
+        ``timeout`` (seconds) raises TimeoutError if nothing arrives.
+        """
+        runtime = self._runtime
+        wait_on = self.sock if self.sock is not None else runtime.receiver
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            if self.sock is not None:
+                if runtime.stopping.is_set():
+                    raise WorkerStopping(f"worker is stopping; no more connections on {self.address}")
+                try:
+                    conn, addr = self.sock.accept()
+                    conn.setblocking(True)
+                    return conn, addr
+                except (BlockingIOError, InterruptedError):
+                    pass
+            else:
+                with runtime.data_lock:
+                    if not self._queue and not runtime.receiver.ended:
+                        runtime.pump()
+                    if self._queue:
+                        conn = self._queue.popleft()
+                        conn.setblocking(True)
+                        try:
+                            addr = conn.getpeername()
+                        except OSError:
+                            addr = None
+                        return conn, addr
+                    if runtime.receiver.ended:
+                        raise WorkerStopping(f"worker is stopping; no more connections on {self.address}")
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if remaining == 0.0:
+                raise TimeoutError(f"no connection on {self.address} within {timeout}s")
+            watch = [wait_on]
+            if self.sock is not None:
+                watch.append(runtime.stop_fd)
+            select.select(watch, [], [], remaining)
+
+    def fileno(self):
+        return self.sock.fileno() if self.sock is not None else self._runtime.receiver.fileno()
+
+    def close(self):
+        if self.sock is not None:
+            self.sock.close()
+        self._runtime.listeners.pop(self.lid, None)
+        while self._queue:
+            self._queue.popleft().close()
