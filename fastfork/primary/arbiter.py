@@ -5,7 +5,13 @@ loop in ``run`` waits in the dispatcher (which accepts and hands out
 connections in the same wait), then acts on control messages, queued signals,
 dead children and the worker count, each in one verb-named method.  The
 decisions are made by I/O-free policies in their own files (``backoff``,
-``replacement``, ``health``, ``scaling``); this class carries them out.
+``replacement``, ``health``, ``scaling``), the messages are handled in
+``messages``, the addresses kept in ``listeners``; this class carries them out.
+
+Over 400 lines on purpose: ``Cluster`` is the one object that acts on worker
+processes (fork, reap, stop, kill, replace), and its verbs share the worker
+table, the dispatcher and the loop's deadlines; as in gunicorn's arbiter,
+splitting the verbs across files would only hide which state each one moves.
 """
 
 import errno
