@@ -45,7 +45,7 @@ __all__ = [
     "EVENTS", "EXIT_OK", "EXIT_FORCED", "EXIT_CRASH_LOOP", "DEFAULT_WINDOW",
     # a worker
     "listen", "serve", "serve_async", "start_server", "create_server", "drain",
-    "wait_stopping", "send", "on_message", "on_stop", "ready", "is_stopping",
+    "wait_stopping", "send", "on_message", "on_stop", "ready", "is_stopping", "heartbeat",
     "WorkerStopping", "parse_address",
     # errors
     "MessageError", "ProtocolError",
@@ -91,6 +91,14 @@ def on_stop(callback):
 def ready():
     """In a worker: tell the primary this worker is ready for traffic."""
     _runtime.runtime().ready()
+
+
+def heartbeat():
+    """In a worker: prove it is alive, from a loop fastfork does not run (a thread,
+    a server of your own).  At most one beat an interval goes out; hang detection
+    (``timeout``) starts with the first.  ``serve()`` and blocking ``accept()``
+    beat by themselves."""
+    _runtime.runtime().beat_if_due()
 
 
 def is_stopping():

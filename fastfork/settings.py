@@ -60,6 +60,10 @@ def _seconds(value):
     return seconds
 
 
+def _address_or_none(value):
+    return None if value is None else _address(value)
+
+
 def _seconds_or_off(value):
     return 0.0 if value is None else _seconds(value)
 
@@ -220,6 +224,19 @@ class Settings:
     max_memory: int = _setting(
         0, parse_size, "replace a worker whose RSS grows over this, e.g. 512M (0: no limit)",
         "operations", "SIZE")
+    shutdown_delay: float = _setting(
+        0.0, _seconds, "on SIGTERM, keep serving this many seconds (readiness already "
+        "answers 503) before draining, so that a load balancer stops sending first; like "
+        "a Kubernetes preStop sleep (default 0)", "operations", "SECONDS")
+
+    # -- observability ---------------------------------------------------------------
+    metrics: Optional[str] = _setting(
+        None, _address_or_none, "serve Prometheus metrics at http://ADDRESS/metrics, and "
+        "/livez and /readyz, from the primary (needs pip install 'fastfork[metrics]')",
+        "observability", "ADDRESS")
+    health: Optional[str] = _setting(
+        None, _address_or_none, "serve only /livez and /readyz at ADDRESS (no extra needed)",
+        "observability", "ADDRESS")
 
     # -- crash loop ------------------------------------------------------------------
     respawn: bool = _setting(True, _flag, cli=False)

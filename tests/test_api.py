@@ -13,7 +13,7 @@ PUBLIC = [
     "Cluster", "Worker", "Settings", "run", "usable_cpus", "parse_workers", "POLICIES",
     "EVENTS", "EXIT_OK", "EXIT_FORCED", "EXIT_CRASH_LOOP", "DEFAULT_WINDOW",
     "listen", "serve", "serve_async", "start_server", "create_server", "drain",
-    "wait_stopping", "send", "on_message", "on_stop", "ready", "is_stopping",
+    "wait_stopping", "send", "on_message", "on_stop", "ready", "is_stopping", "heartbeat",
     "WorkerStopping", "parse_address",
     "MessageError", "ProtocolError",
 ]

@@ -276,3 +276,29 @@ def test_sigterm_to_a_worker_drains_it_and_reforks_its_index(cluster_factory, im
     assert replacement["index"] == victim["index"]
     assert {whoami(address)[0] for _ in range(4)} == {replacement["id"]} | (
         {event["id"] for event in listening} - {blocking})
+
+
+@pytest.mark.parametrize("policy", ["rr", "none"])
+def test_a_blocking_worker_stuck_in_its_handler_is_replaced(cluster_factory, impl, policy):
+    # Blocking workers beat from accept(): idle ones keep beating, one whose
+    # handler never comes back stops, and --timeout replaces it.
+    cluster = cluster_factory("--workers", "2", "--blocking", "--sequential", "--timeout", "1",
+                              "--policy", policy, "--min-uptime", "0")
+    address, listening = cluster.wait_listening(2)
+    pids = {event["id"]: event["pid"] for event in listening}
+    stuck = socket.create_connection(address, timeout=30)
+    stuck.sendall(b"block 60\n")
+    exited = cluster.wait_event("exit", timeout=20)
+    assert exited["signal"] == signal.SIGABRT, exited      # aborted, not crashed
+    assert exited["pid"] == pids[exited["id"]]
+    # Its index is re-forked (the replacement starts at the abort, so it may
+    # listen before the aborted one has exited).
+    wait_until(lambda: any(e["event"] == "listening" and e["index"] == exited["index"]
+                           and e["id"] not in pids for e in cluster.events), 15,
+               "the replacement listening")
+    stuck.close()
+    # The other worker sat idle in accept() for longer than the timeout and is
+    # still there: it answers, under its own id.
+    survivor = next(wid for wid in pids if wid != exited["id"])
+    seen = {whoami(address)[0] for _ in range(6)}
+    assert survivor in seen, (survivor, seen)

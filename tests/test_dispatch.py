@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from fastfork.channels.wire import HEADER, LID, MSG_ACK, MSG_END, MSG_FDS, ProtocolError
+from fastfork.channels.wire import (BATCH_BUCKETS, HEADER, LID, MSG_ACK, MSG_END, MSG_FDS,
+                                    ProtocolError)
 from tests.implementations import Impl
 
 DEADLINE = 5.0
@@ -216,8 +217,12 @@ def read_batches(sock):
         sizes.append(count)
 
 
-@pytest.mark.parametrize("batch_max, expected", [(64, [5]), (2, [2, 2, 1])])
-def test_pending_connections_to_one_worker_go_in_one_message(stack, mod, batch_max, expected):
+@pytest.mark.parametrize("batch_max, expected, counts", [
+    (64, [5], (0, 0, 0, 1, 0, 0, 0, 0, 0)),       # one message of 5: the 5..8 bucket
+    (2, [2, 2, 1], (1, 2, 0, 0, 0, 0, 0, 0, 0)),
+])
+def test_pending_connections_to_one_worker_go_in_one_message(stack, mod, batch_max, expected,
+                                                             counts):
     rig = Rig(stack, mod, window=8, batch_max=batch_max)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stack.callback(a.close)
@@ -226,8 +231,11 @@ def test_pending_connections_to_one_worker_go_in_one_message(stack, mod, batch_m
     rig.connect(5)
     wait_for(lambda: backlog_len(rig.listener) == 5, "5 connections in the backlog")
     rig.d.subscribe(slot, rig.lid)
+    assert rig.d.batch_counts() == (0,) * len(BATCH_BUCKETS)
     rig.poll_until(lambda: rig.d.dispatched == 5, "5 dispatched")
     assert read_batches(b) == expected
+    # What the metrics' batch-size histogram reads.
+    assert rig.d.batch_counts() == counts
 
 
 def test_credit_window_stops_dispatch_and_leaves_the_backlog(rig_factory):

@@ -56,8 +56,8 @@ from .includes.system cimport (
     socklen_t, would_block)
 from ._cscheduler cimport RoundRobinScheduler, FF_MAX_LISTENERS
 
-from fastfork.channels.wire import (DEFAULT_BATCH_MAX, DEFAULT_WINDOW, ProtocolError,
-                                    check_batch_max, check_window)
+from fastfork.channels.wire import (BATCH_BUCKETS, DEFAULT_BATCH_MAX, DEFAULT_WINDOW,
+                                    ProtocolError, check_batch_max, check_window)
 
 IMPLEMENTATION = "cython"
 DEBUG = bool(FASTFORK_DEBUG)
@@ -66,3 +66,6 @@ include "common.pxi"
 include "connqueue.pxi"
 include "dispatcher.pxi"
 include "receiver.pxi"
+
+if [BATCH_BOUNDS[i] for i in range(NBATCH_BUCKETS)] != list(BATCH_BUCKETS):
+    raise ImportError("the C batch buckets disagree with fastfork.channels.wire.BATCH_BUCKETS")

@@ -11,6 +11,7 @@ FIFOs, the pending queue, batching) whose parts share its state; it mirrors
 ``dispatcher.pxi`` method for method so the two can be read side by side.
 """
 
+import bisect
 import collections
 import errno
 import os
@@ -18,9 +19,9 @@ import select
 import time
 
 from ..channels.fdpass import rights
-from ..channels.wire import (HEADER, LID, MSG_ACK, MSG_END, MSG_FDS, ProtocolError,
-                             check_batch_max, check_window, DEFAULT_BATCH_MAX,
-                             DEFAULT_WINDOW)
+from ..channels.wire import (BATCH_BUCKETS, HEADER, LID, MSG_ACK, MSG_END, MSG_FDS,
+                             ProtocolError, check_batch_max, check_window,
+                             DEFAULT_BATCH_MAX, DEFAULT_WINDOW)
 from ._pyreceiver import Receiver, borrow
 from ._pyscheduler import RoundRobinScheduler
 
@@ -69,6 +70,7 @@ class Dispatcher:
         self.dispatched = 0
         self.redispatched = 0
         self.pauses = 0
+        self._batches = [0] * len(BATCH_BUCKETS)   # sendmsg count by fds sent
         self.last_pause_errno = 0
         self._closed = False      # last: __del__ cleans only a fully built object
 
@@ -239,6 +241,12 @@ class Dispatcher:
         self._check()
         return sum(len(dq) for dq in self._inflight.values()) + len(self._pending)
 
+    def batch_counts(self):
+        """How many sendmsg calls carried 1, 2, 3-4, ... fds: one count per bucket of
+        ``wire.BATCH_BUCKETS`` (upper bounds)."""
+        self._check()
+        return tuple(self._batches)
+
     def stats(self):
         self._check()
         return {"accepted": self.accepted, "dispatched": self.dispatched,
@@ -374,6 +382,7 @@ class Dispatcher:
             self._inflight[slot].extend(part)
             self._dispatched[slot] += len(part)
             self.dispatched += len(part)
+            self._batches[bisect.bisect_left(BATCH_BUCKETS, len(part))] += 1
 
     def _read_acks(self, slot, mask):
         sock = self._workers[slot]

@@ -16,6 +16,12 @@ cdef enum:
     KIND_WATCH = 2
 
 cdef enum:
+    NBATCH_BUCKETS = 9    # len(wire.BATCH_BUCKETS)
+
+cdef int BATCH_BOUNDS[NBATCH_BUCKETS]
+BATCH_BOUNDS[:] = [1, 2, 4, 8, 16, 32, 64, 128, FF_SCM_MAX_FD]
+
+cdef enum:
     MAX_EVENTS = 256      # more ready fds than this are reported by the next epoll_wait
 
 

@@ -21,6 +21,7 @@ cdef class Dispatcher:
     cdef readonly long long redispatched
     cdef readonly long long pauses
     cdef readonly int last_pause_errno
+    cdef long long _batches[NBATCH_BUCKETS]   # sendmsg count by fds sent, for the metrics
 
     cdef pid_t _pid
     cdef int _epfd
@@ -55,6 +56,7 @@ cdef class Dispatcher:
         self._nslots = self._wcap = self._ntouched = 0
         self._held = 0
         self._paused_until = 0.0
+        memset(self._batches, 0, sizeof(self._batches))
         for i in range(FF_MAX_LISTENERS):
             self._lfd[i] = -1
             self._armed[i] = False
@@ -304,6 +306,12 @@ cdef class Dispatcher:
                 "pauses": self.pauses, "last_pause_errno": self.last_pause_errno,
                 "paused": self._paused_until > _monotonic()}
 
+    def batch_counts(self):
+        """How many sendmsg calls carried 1, 2, 3-4, ... fds: one count per bucket of
+        ``wire.BATCH_BUCKETS`` (upper bounds)."""
+        self._check()
+        return tuple(self._batches[i] for i in range(NBATCH_BUCKETS))
+
     def held_fds(self):
         """How many connection fds the primary holds (in flight + pending)."""
         self._check()
@@ -534,6 +542,10 @@ cdef class Dispatcher:
                 w.count += 1
             w.dispatched += m
             self.dispatched += m
+            i = 0
+            while m > BATCH_BOUNDS[i]:
+                i += 1
+            self._batches[i] += 1
             start += m
         return 0
 

@@ -6,21 +6,18 @@ can enter, for the default location), and every peer checked with
 file's mode became.  A client sends one JSON line, ``{"cmd": "status"}``, and
 gets one JSON line back; then the primary closes the connection.
 
-The primary never waits on a client: the listening socket and each client
-connection are watched by the primary's loop; a client that sends nothing is
-dropped when newer ones arrive, and there are at most ``MAX_CLIENTS``.
+The primary never waits on a client (see ``oneshot``, which serves it).
 """
 
 import errno
 import json
 import os
 import socket
+import stat
 import struct
-import time
 
-MAX_CLIENTS = 16
-MAX_REQUEST = 4096
-CLIENT_TIMEOUT = 5.0          # seconds an idle client may hold a connection
+from .oneshot import MAX_CLIENTS, OneShotServer
+
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
@@ -77,16 +74,7 @@ def _ensure_private_dir(path):
                                    f"(mode {info.st_mode & 0o777:o})")
 
 
-class _Client:
-    __slots__ = ("sock", "buffer", "deadline")
-
-    def __init__(self, sock):
-        self.sock = sock
-        self.buffer = b""
-        self.deadline = time.monotonic() + CLIENT_TIMEOUT
-
-
-class ControlServer:
+class ControlServer(OneShotServer):
     """The listening control socket, served from the primary's loop.
 
     ``commands`` maps a command name to a function returning a JSON-able
@@ -98,8 +86,6 @@ class ControlServer:
         self.path = os.path.abspath(path)
         self.owner_uid = os.getuid()
         self._commands = dict(commands)
-        self._watch, self._unwatch = watch, unwatch
-        self._clients = {}            # fd -> _Client
         self._pid = os.getpid()
         if os.path.dirname(self.path) == os.path.abspath(default_dir()):
             _ensure_private_dir(os.path.dirname(self.path))
@@ -117,8 +103,7 @@ class ControlServer:
         os.chmod(self.path, 0o600)
         sock.listen(MAX_CLIENTS)
         sock.setblocking(False)
-        self._sock = sock
-        watch(sock.fileno())
+        super().__init__(sock, watch, unwatch)
 
     def _remove_stale(self):
         if not os.path.lexists(self.path):
@@ -132,60 +117,22 @@ class ControlServer:
             raise OSError(errno.EADDRINUSE, f"control socket {self.path} is in use by a running "
                                             f"primary (pid {pid}); give this one another --name "
                                             f"or --control-socket")
-        import stat
         if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
             raise OSError(errno.EEXIST, f"control socket path {self.path} exists and is not a socket")
         os.unlink(self.path)     # left by a primary that was killed
 
-    def fileno(self):
-        return self._sock.fileno()
+    def admit(self, conn):
+        _, uid, _ = peer_credentials(conn)
+        if peer_allowed(uid, self.owner_uid):
+            return None
+        return _encode({"error": f"permission denied: uid {uid} is neither the "
+                                 f"primary's user ({self.owner_uid}) nor root"})
 
-    def handle(self, fd):
-        """Serve whatever is readable on ``fd``; False if ``fd`` is not ours."""
-        if fd == self._sock.fileno():
-            self._accept()
-            return True
-        client = self._clients.get(fd)
-        if client is None:
-            return False
-        self._read(client)
-        return True
+    def complete(self, buffer):
+        return b"\n" in buffer
 
-    def _accept(self):
-        while True:
-            try:
-                conn, _ = self._sock.accept()
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError:
-                return         # out of fds or the client left: it can retry
-            _, uid, _ = peer_credentials(conn)
-            if not peer_allowed(uid, self.owner_uid):
-                self._answer(conn, {"error": f"permission denied: uid {uid} is neither the "
-                                             f"primary's user ({self.owner_uid}) nor root"})
-                conn.close()
-                continue
-            conn.setblocking(False)
-            self._expire()
-            if len(self._clients) >= MAX_CLIENTS:
-                self._drop(min(self._clients.values(), key=lambda c: c.deadline))
-            client = _Client(conn)
-            self._clients[conn.fileno()] = client
-            self._watch(conn.fileno())
-
-    def _read(self, client):
-        try:
-            data = client.sock.recv(MAX_REQUEST)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError:
-            data = b""
-        client.buffer += data
-        if b"\n" not in client.buffer and data and len(client.buffer) <= MAX_REQUEST:
-            return
-        line = client.buffer.split(b"\n", 1)[0]
-        self._answer(client.sock, self._run(line))
-        self._drop(client)
+    def respond(self, request):
+        return _encode(self._run(request.split(b"\n", 1)[0]))
 
     def _run(self, line):
         try:
@@ -198,40 +145,19 @@ class ControlServer:
             return {"error": f"unknown command {command!r}; commands: {', '.join(self._commands)}"}
         return handler()
 
-    def _answer(self, sock, answer):
-        # Answers are small (a status is ~150 bytes a worker); a client that
-        # does not read one may delay the primary by at most this timeout.
-        try:
-            sock.settimeout(1.0)
-            sock.sendall(json.dumps(answer).encode() + b"\n")
-        except OSError:
-            pass
-
-    def _expire(self):
-        now = time.monotonic()
-        for client in [c for c in self._clients.values() if c.deadline < now]:
-            self._drop(client)
-
-    def _drop(self, client):
-        fd = client.sock.fileno()
-        self._clients.pop(fd, None)
-        self._unwatch(fd)
-        client.sock.close()
-
     def close(self, unlink=True):
         """Stop serving; ``unlink=False`` in a forked worker (the path is the primary's)."""
-        for client in list(self._clients.values()):
-            if unlink:
-                self._drop(client)
-            else:
-                client.sock.close()
-        self._clients.clear()
-        self._sock.close()
+        super().close(unwatch=unlink)
         if unlink and os.getpid() == self._pid:
             try:
                 os.unlink(self.path)
             except OSError:
                 pass
+
+
+def _encode(answer):
+    # Answers are small (a status is ~150 bytes a worker).
+    return json.dumps(answer).encode() + b"\n"
 
 
 def request(path, command="status", timeout=5.0):

@@ -27,6 +27,10 @@ LID = struct.Struct("=H")
 SCM_MAX_FD = 253
 DEFAULT_BATCH_MAX = 64
 
+# Upper bounds of the batch-size buckets the dispatchers count (fds per
+# sendmsg): what the metrics show as a histogram.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, SCM_MAX_FD)
+
 # Credit window: how many connections a worker may hold unacknowledged.
 # 8 bounds what a frozen worker can strand (at most 8 connections, and those
 # go to another worker as soon as the frozen one is killed) while a busy

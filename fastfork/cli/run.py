@@ -19,6 +19,7 @@ import fastfork
 from .. import privileges
 from ..channels.status_socket import default_dir, default_path
 from ..primary import Cluster
+from ..primary.metrics import MissingExtra
 from . import options
 from .apps import AppError, check_app, resolve_app
 
@@ -106,6 +107,7 @@ def setup_logging(level):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
+    cluster = None
     try:
         settings = parse(argv)
         credentials = privileges.resolve_credentials(settings.user, settings.group)
@@ -126,10 +128,13 @@ def main(argv=None):
         binds.extend(wanted)
         control = cluster.open_control_socket(settings.control_socket
                                               or default_path(settings.name))
-    except (options.ConfigError, AppError, ValueError, OSError) as exc:
+        cluster.open_endpoints()
+    except (options.ConfigError, AppError, MissingExtra, ValueError, OSError) as exc:
         # OSError's str() would prefix "[Errno N]" to a message that already says it all.
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(f"fastfork run: error: {text}", file=sys.stderr)
+        if cluster is not None:
+            cluster.close()       # no socket file or bound port left behind
         return EXIT_USAGE
     # Logging starts once nothing can fail any more: bad input gets its one line only.
     setup_logging(settings.log_level)

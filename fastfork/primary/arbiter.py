@@ -14,6 +14,7 @@ table, the dispatcher and the loop's deadlines; as in gunicorn's arbiter,
 splitting the verbs across files would only hide which state each one moves.
 """
 
+import collections
 import errno
 import logging
 import os
@@ -31,7 +32,8 @@ from ..cpus import parse_workers
 from ..privileges import resolve_credentials
 from ..settings import POLICIES, Settings
 from ..worker import boot
-from . import backoff, health, messages, replacement, scaling
+from . import backoff, health, messages, metrics, replacement, scaling
+from .endpoint import Endpoint
 from .handle import Worker
 from .listeners import Listeners
 from .signals import SignalQueue, reset_in_child
@@ -109,7 +111,10 @@ class Cluster:
                                                      settings.wait_ready)
         self._credentials = resolve_credentials(settings.user, settings.group)
         self._control_server = None
+        self._endpoints = []              # /livez, /readyz, /metrics (endpoint.py)
         self._restarts = {}               # index -> re-forks at that index
+        self.restarts_by_cause = collections.Counter()   # (index, cause) -> re-forks
+        self._stop_at = None              # SIGTERM with --shutdown-delay: drain from then
         self._next_check_at = 0.0
         self._handlers = {name: [] for name in EVENTS}
         self._next_id = 1
@@ -195,9 +200,61 @@ class Cluster:
                                              self.dispatcher.watch, self.dispatcher.unwatch)
         return self._control_server.path
 
+    def open_endpoints(self):
+        """Serve ``settings.metrics`` and ``settings.health`` now (``run`` does it too):
+        a port in use or a missing prometheus_client fails here, before any fork."""
+        self._ensure_started()
+        if self._endpoints:
+            return self.endpoint_addresses()
+        wanted = []
+        if self.settings.metrics:
+            wanted.append((self.settings.metrics, metrics.registry_for(self)))
+        if self.settings.health:
+            wanted.append((self.settings.health, None))
+        try:
+            for address, registry in wanted:
+                self._endpoints.append(Endpoint(address, self.readiness, registry,
+                                                self.dispatcher.watch, self.dispatcher.unwatch))
+        except BaseException:
+            self._close_endpoints()
+            raise
+        for endpoint in self._endpoints:
+            log.info("serving %s on http://%s", ", ".join(endpoint.paths), endpoint.address)
+        return self.endpoint_addresses()
+
+    def _close_endpoints(self, unwatch=True):
+        for endpoint in self._endpoints:
+            endpoint.close(unwatch=unwatch)
+        self._endpoints = []
+
+    def readiness(self):
+        """``(ready, reason)``: what ``/readyz`` answers (200 or 503, and why)."""
+        if self.stopping:
+            return False, "stopping: draining the workers"
+        if self._stop_at is not None:
+            left = max(0.0, self._stop_at - time.monotonic())
+            return False, f"stopping: SIGTERM received, draining in {left:.1f}s"
+        serving = [w for w in self.workers.values()
+                   if w.state == "listening" and not w.stop_requested]
+        if not serving:
+            return False, "no worker is serving yet"
+        return True, f"ready: {len(serving)} of {self.size} workers serving"
+
+    def note_restart(self, worker, cause):
+        """Count that ``worker``'s index is forked again, and why (for the metrics)."""
+        self.restarts_by_cause[(worker.index, cause)] += 1
+
     def status(self):
         """A snapshot of the primary and its workers (what ``fastfork status`` shows)."""
         return _status(self)
+
+    def close(self):
+        """Give back everything ``bind``/``open_*`` took, without running (after an
+        error before ``run``); ``run`` does this itself when it returns."""
+        self._teardown()
+
+    def endpoint_addresses(self):
+        return [e.address for e in self._endpoints]
 
     def restarts_total(self):
         return sum(self._restarts.values())
@@ -206,6 +263,7 @@ class Cluster:
     def run(self):
         """Fork the workers and run the primary until shutdown; returns the exit code."""
         self._ensure_started()
+        self.open_endpoints()
         self._signals.install(self._wake_w)
         try:
             self.manage_workers()
@@ -218,8 +276,8 @@ class Cluster:
                         self._drain_wakeup()
                     elif fd in self._by_control_fd:
                         messages.read_control(self, self._by_control_fd[fd])
-                    elif self._control_server is not None:
-                        self._control_server.handle(fd)
+                    else:
+                        self._serve_request(fd)
                 for slot in self.dispatcher.pop_closed():
                     worker = self._by_slot.get(slot)
                     if worker is not None and not worker.stop_requested:
@@ -228,6 +286,9 @@ class Cluster:
                 self.report_pauses()
                 self.reap_workers()
                 self.murder_workers()
+                if self._stop_at is not None and time.monotonic() >= self._stop_at:
+                    self.begin_shutdown(f"SIGTERM, after a {self.settings.shutdown_delay:g}s "
+                                        f"shutdown delay")
                 if self.stopping:
                     if not self.workers:
                         break
@@ -239,6 +300,11 @@ class Cluster:
             self._teardown()
         log.info("primary %d exiting with code %d", self.pid, self.exit_code)
         return self.exit_code
+
+    def _serve_request(self, fd):
+        for server in [self._control_server] + self._endpoints:
+            if server is not None and server.handle(fd):
+                return
 
     def _ensure_started(self):
         if self.dispatcher is not None:
@@ -253,6 +319,8 @@ class Cluster:
                  self.pid, self.policy, self.implementation, self.settings.window)
         if self.settings.control_socket:
             self.open_control_socket(self.settings.control_socket)
+        if self.settings.metrics:
+            metrics.check_available()
 
     def _poll_timeout_ms(self):
         now = time.monotonic()
@@ -261,6 +329,8 @@ class Cluster:
         if not self.stopping and len(self._live_indices()) < self.size:
             deadlines.append(next_spawn)
         deadlines.extend(w.kill_at for w in self.workers.values() if w.kill_at is not None)
+        if self._stop_at is not None:
+            deadlines.append(self._stop_at)
         if self._checks_enabled():
             deadlines.append(self._next_check_at)
         if self.replacements.current is not None:
@@ -307,6 +377,14 @@ class Cluster:
     def handle_sigterm(self):
         if self.stopping:
             self.force_stop()
+        elif self._stop_at is not None:
+            self.begin_shutdown("a second SIGTERM during the shutdown delay")
+        elif self.settings.shutdown_delay > 0:
+            # Keep serving while /readyz says 503, so that a load balancer
+            # stops sending before the listeners close (a preStop sleep).
+            self._stop_at = time.monotonic() + self.settings.shutdown_delay
+            log.info("SIGTERM: not ready any more; serving %gs more before draining",
+                     self.settings.shutdown_delay)
         else:
             self.begin_shutdown("SIGTERM")
 
@@ -387,6 +465,7 @@ class Cluster:
         self.listeners.close_in_child()
         if self._control_server is not None:
             self._control_server.close(unlink=False)   # the path is the primary's
+        self._close_endpoints(unwatch=False)
         os.close(self._wake_r)
         os.close(self._wake_w)
         reset_in_child()
@@ -416,6 +495,8 @@ class Cluster:
             else:
                 log.warning("%s (pid %d) died unexpectedly with %s after %.2fs",
                             worker.label, worker.pid, how, worker.uptime)
+                if self.settings.respawn and not self.stopping:
+                    self.note_restart(worker, "crash")
                 self.count_death(worker)
             self.emit("exit", worker, worker.exit_code, worker.exit_signal)
 
@@ -564,6 +645,7 @@ class Cluster:
                 _, old, reason = action
                 log.info("replacing %s (pid %d, index %d): %s", old.label, old.pid, old.index,
                          reason)
+                self.note_restart(old, reason.split(" ", 1)[0])
                 try:
                     new = self.spawn_worker(old.index)
                 except OSError as exc:
@@ -601,6 +683,7 @@ class Cluster:
         worker.kill_at = time.monotonic() + ABORT_GRACE
         self.dispatcher.retire_worker(worker.slot)
         worker.kill(signal.SIGABRT)
+        self.note_restart(worker, "hang")
 
     # -- shutdown -------------------------------------------------------------------------
     def begin_shutdown(self, why):
@@ -642,6 +725,7 @@ class Cluster:
         if self._control_server is not None:
             self._control_server.close()
             self._control_server = None
+        self._close_endpoints()
         self._signals.restore()
         if self.dispatcher is not None:
             self.dispatcher.close()

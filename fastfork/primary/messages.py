@@ -80,6 +80,7 @@ def on_stopping(cluster, worker, message):
     # nobody here asked for, its index is re-forked.
     log.info("%s (pid %d) is stopping on its own (SIGTERM)", worker.label, worker.pid)
     cluster.stop_worker(worker)
+    cluster.note_restart(worker, "sigterm")
 
 
 def on_heartbeat(cluster, worker, message):

@@ -45,7 +45,10 @@ class Listener:
     def accept(self, timeout=None):
         """The next connection as ``(socket, address)``; WorkerStopping when stopping.
 
-        ``timeout`` (seconds) raises TimeoutError if nothing arrives.
+        ``timeout`` (seconds) raises TimeoutError if nothing arrives.  Waiting
+        here sends the worker's heartbeats: a worker that stops coming back to
+        ``accept()`` (a handler stuck) stops beating, and the primary's
+        ``--timeout`` replaces it, as for an event loop.
         """
         runtime = self._runtime
         wait_on = self.sock if self.sock is not None else runtime.receiver
@@ -57,7 +60,7 @@ class Listener:
                 try:
                     conn, addr = self.sock.accept()
                     conn.setblocking(True)
-                    return conn, addr
+                    return self._took(conn, addr)
                 except (BlockingIOError, InterruptedError):
                     pass
             else:
@@ -71,16 +74,25 @@ class Listener:
                             addr = conn.getpeername()
                         except OSError:
                             addr = None
-                        return conn, addr
+                        return self._took(conn, addr)
                     if runtime.receiver.ended:
                         raise WorkerStopping(f"worker is stopping; no more connections on {self.address}")
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if remaining == 0.0:
                 raise TimeoutError(f"no connection on {self.address} within {timeout}s")
+            runtime.beat_if_due(served=runtime.accepted)
+            wait = runtime.heartbeat_interval if remaining is None else min(
+                remaining, runtime.heartbeat_interval)
             watch = [wait_on]
             if self.sock is not None:
                 watch.append(runtime.stop_fd)
-            select.select(watch, [], [], remaining)
+            select.select(watch, [], [], wait)
+
+    def _took(self, conn, addr):
+        runtime = self._runtime
+        runtime.accepted += 1
+        runtime.beat_if_due(served=runtime.accepted)
+        return conn, addr
 
     def fileno(self):
         return self.sock.fileno() if self.sock is not None else self._runtime.receiver.fileno()

@@ -16,6 +16,7 @@ import select
 import signal
 import socket
 import threading
+import time
 
 from ..addresses import DEFAULT_BACKLOG, parse_address
 from ..channels.control import ControlChannel, MessageError
@@ -43,6 +44,8 @@ class WorkerRuntime:
         # starts beating before the config arrives is never taken for hung.
         self.heartbeat_interval = 0.1
         self.stopping = threading.Event()
+        self._last_beat = 0.0
+        self.accepted = 0                 # connections blocking accept() returned
         # Readable once this worker is stopping (a blocking accept() waits on it too).
         self.stop_fd, self._stop_w = os.pipe2(os.O_CLOEXEC)
         # SIGTERM to a worker (kill, systemd's KillMode=control-group) means
@@ -145,7 +148,17 @@ class WorkerRuntime:
 
     def heartbeat(self, open_connections=None, served=None):
         """Prove this worker's loop runs; the counts show in ``fastfork status``."""
+        self._last_beat = time.monotonic()
         self.control.send({"t": "heartbeat", "open": open_connections, "served": served})
+
+    def beat_if_due(self, served=None):
+        """A heartbeat, unless one went out less than an interval ago (for loops
+        that are not asyncio's: blocking ``accept()`` and ``fastfork.heartbeat()``)."""
+        if time.monotonic() - self._last_beat >= self.heartbeat_interval:
+            try:
+                self.heartbeat(served=served)
+            except OSError:
+                pass          # the primary is gone; this worker exits on its own
 
     # -- listening ------------------------------------------------------------------
     def request_listen(self, address, backlog=DEFAULT_BACKLOG):

@@ -36,6 +36,9 @@ parser.add_argument("--max-restarts", type=int, default=10)
 parser.add_argument("--min-uptime", type=float, default=1.0)
 parser.add_argument("--crash-on-start", action="store_true")
 parser.add_argument("--blocking", action="store_true", help="serve with Listener.accept() and threads")
+parser.add_argument("--sequential", action="store_true",
+                    help="with --blocking: answer each connection before the next accept()")
+parser.add_argument("--timeout", type=float, default=0.0, help="the primary's hang timeout")
 parser.add_argument("--bad-address", default=None, help="also try to listen here and report the error")
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(levelname)s %(message)s")
@@ -90,6 +93,8 @@ def serve_blocking():
                 if not chunk:
                     return
                 data += chunk
+            if data.startswith(b"block "):
+                time.sleep(float(data.split()[1]))      # a handler that never comes back
             conn.sendall(f"{fastfork.worker_id} {os.getpid()} {fastfork.worker_index}\n".encode())
 
     while True:
@@ -97,7 +102,10 @@ def serve_blocking():
             conn, _ = listener.accept()
         except fastfork.WorkerStopping:
             return
-        threading.Thread(target=one, args=(conn,), daemon=True).start()
+        if args.sequential:
+            one(conn)
+        else:
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
 
 
 def worker_main():
@@ -135,7 +143,8 @@ def primary_main():
     cluster = fastfork.Cluster(worker_main if args.form == "function" else None, args.workers,
                                policy=args.policy, window=args.window,
                                graceful_timeout=args.graceful_timeout,
-                               max_restarts=args.max_restarts, min_uptime=args.min_uptime)
+                               max_restarts=args.max_restarts, min_uptime=args.min_uptime,
+                               timeout=args.timeout)
     emit("primary", pid=os.getpid(), implementation=cluster.implementation, size=cluster.size)
     cluster.on("fork", lambda w: emit("fork", id=w.id, index=w.index, pid=w.pid))
     cluster.on("online", lambda w: emit("online", id=w.id, pid=w.pid))
