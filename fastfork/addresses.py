@@ -1,5 +1,6 @@
 """Listening addresses: parse what a user writes, bind what the primary owns."""
 
+import ipaddress
 import os
 import socket
 
@@ -39,6 +40,21 @@ def parse_address(address):
     host = str(host or "0.0.0.0")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return family, (host, port)
+
+
+def parse_networks(values):
+    """``ip_network`` objects from ``"127.0.0.1"``, ``"10.0.0.0/8"``, ``"::1"``, ``"*"``."""
+    networks = []
+    for value in values:
+        if value == "*":
+            networks += [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
+            continue
+        try:
+            networks.append(ipaddress.ip_network(value, strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP address or network (like 10.0.0.0/8), "
+                             f"nor '*'") from None
+    return networks
 
 
 def describe(family, sockaddr):

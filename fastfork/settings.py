@@ -19,7 +19,7 @@ import re
 import types
 from typing import Any, Optional
 
-from .addresses import parse_address
+from .addresses import parse_address, parse_networks
 from .channels.wire import DEFAULT_BATCH_MAX, DEFAULT_WINDOW, check_batch_max, check_window
 from .cpus import parse_workers
 
@@ -62,6 +62,12 @@ def _seconds(value):
 
 def _address_or_none(value):
     return None if value is None else _address(value)
+
+
+def _networks(value):
+    values = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+    parse_networks(values)           # a bad one fails here, with its own message
+    return tuple(values)
 
 
 def _seconds_or_off(value):
@@ -228,6 +234,15 @@ class Settings:
         0.0, _seconds, "on SIGTERM, keep serving this many seconds (readiness already "
         "answers 503) before draining, so that a load balancer stops sending first; like "
         "a Kubernetes preStop sleep (default 0)", "operations", "SECONDS")
+
+    # -- behind a load balancer ---------------------------------------------------------
+    proxy_protocol: bool = _setting(
+        False, _flag, "every connection starts with a PROXY protocol header (v1 or v2, as "
+        "HAProxy's send-proxy writes): the app sees the client's address", "proxy", flag=True)
+    proxy_allow_from: tuple = _setting(
+        ("127.0.0.1", "::1"), _networks, "peers allowed to send PROXY headers: addresses or "
+        "networks, comma-separated, or '*' (default 127.0.0.1,::1); others are closed",
+        "proxy", "NETWORKS")
 
     # -- observability ---------------------------------------------------------------
     metrics: Optional[str] = _setting(

@@ -36,7 +36,9 @@ def runner_factory(rundir):
     started = []
 
     def start(*args, impl=PY, env=None, launcher=None):
-        runner = Runner(rundir, args, impl=impl, env=env, launcher=launcher)
+        # Each its own control socket: a test may run several primaries.
+        name = "ctl" if not started else f"ctl{len(started)}"
+        runner = Runner(rundir, args, impl=impl, env=env, launcher=launcher, name=name)
         started.append(runner)
         return runner
 

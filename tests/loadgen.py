@@ -74,7 +74,8 @@ def echo_check(payload, reply):
 
 class Load:
     def __init__(self, address, *, concurrency=8, duration=10.0, max_requests=100_000,
-                 payload=b"ping\n", check=echo_check, timeout=5.0, keep_records=False):
+                 payload=b"ping\n", check=echo_check, timeout=5.0, keep_records=False,
+                 source=None):
         if not 1 <= concurrency <= MAX_CONCURRENCY:
             raise ValueError(f"concurrency must be in 1..{MAX_CONCURRENCY}, got {concurrency}")
         if not 0 < duration <= MAX_DURATION:
@@ -84,6 +85,8 @@ class Load:
         if not payload.endswith(b"\n") or payload.count(b"\n") != 1:
             raise ValueError("payload must be exactly one line ending in b'\\n'")
         self.address = check_loopback(address)
+        # Connect from this loopback address (a client the server can tell apart).
+        self.source = None if source is None else check_loopback((source, 0))
         self.concurrency = concurrency
         self.duration = float(duration)
         self.max_requests = int(max_requests)
@@ -168,6 +171,8 @@ class Load:
         try:
             with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
                 sock.settimeout(self.timeout)
+                if self.source is not None:
+                    sock.bind(self.source)
                 sock.connect(self.address)
                 port = sock.getsockname()[1]
                 sock.sendall(self.payload)

@@ -14,8 +14,8 @@ OPS_APP = os.path.join(APPS, "ops_app.py")
 class Runner:
     """One `python -m fastfork run ...` process and its control socket."""
 
-    def __init__(self, rundir, args, impl=PY, env=None, launcher=None):
-        self.socket_path = os.path.join(rundir, "ctl.sock")
+    def __init__(self, rundir, args, impl=PY, env=None, launcher=None, name="ctl"):
+        self.socket_path = os.path.join(rundir, f"{name}.sock")
         run = ["fastfork", "run", *args, "--control-socket", self.socket_path]
         if launcher:
             # A program that sets things up, then execs python -m fastfork run.

@@ -108,8 +108,11 @@ def on_listen(cluster, worker, message):
         log.warning("%s could not listen: %s", worker.label, exc)
         return
     try:
+        settings = cluster.settings
         worker.control.send({"t": "listening", "id": request, "address": shared.display,
-                             "lid": shared.lid, "policy": cluster.policy}, fds)
+                             "lid": shared.lid, "policy": cluster.policy,
+                             "proxy": (list(settings.proxy_allow_from)
+                                       if settings.proxy_protocol else None)}, fds)
     finally:
         if own is not None:
             own.close()       # the worker has its own copy now

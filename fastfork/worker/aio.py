@@ -10,9 +10,11 @@ primary and are attached with ``loop.connect_accepted_socket``; under
 import asyncio
 
 from ..addresses import DEFAULT_BACKLOG
+from . import proxy_protocol
 from .runtime import runtime as _get_runtime
 
 _STREAM_LIMIT = 2 ** 16
+ACCEPT_BATCH = 64          # accepts per readiness, so one busy listener cannot starve the loop
 
 
 class _Tracker:
@@ -80,12 +82,28 @@ class Server:
         self._closed = False
 
     async def _start(self, backlog):
-        if self.listener.sock is not None:
-            self._asyncio_server = await self._loop.create_server(
-                self._factory, sock=self.listener.sock, backlog=backlog)
-        else:
+        sock = self.listener.sock
+        if sock is None:
             self.listener.on_connection(self._attach)
             _ensure_data_reader(self._loop)
+        elif self.listener.proxy_allow is None:
+            self._asyncio_server = await self._loop.create_server(
+                self._factory, sock=sock, backlog=backlog)
+        else:
+            # A PROXY header must be read before the app's protocol exists,
+            # which asyncio's own server cannot do: accept here instead.
+            sock.setblocking(False)
+            self._loop.add_reader(sock.fileno(), self._accept_ready)
+
+    def _accept_ready(self):
+        for _ in range(ACCEPT_BATCH):
+            try:
+                conn, _ = self.listener.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError:
+                return        # out of fds, or the client left: the next readiness retries
+            self._attach(conn)
 
     def _attach(self, sock):
         if self._closed:
@@ -99,11 +117,48 @@ class Server:
 
     async def _connect(self, sock):
         try:
-            await self._loop.connect_accepted_socket(self._factory, sock)
+            factory = self._factory
+            if self.listener.proxy_allow is not None:
+                factory = await self._proxied_factory(sock)
+                if factory is None:
+                    return
+            await self._loop.connect_accepted_socket(factory, sock)
         except OSError:
             sock.close()      # the client went away before we attached it
         finally:
             self._tracker.release()
+
+    async def _proxied_factory(self, sock):
+        """Read the PROXY header; the factory whose protocols see its client, or None."""
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            peer = None
+        if not proxy_protocol.allowed(peer, self.listener.proxy_allow):
+            proxy_protocol.refuse(sock, peer, "not in --proxy-allow-from")
+            return None
+        try:
+            source = await proxy_protocol.read_header(self._loop, sock)
+        except proxy_protocol.ProxyHeaderError as exc:
+            proxy_protocol.refuse(sock, peer, exc)
+            return None
+        if source is None:
+            return self._factory            # LOCAL / UNKNOWN: the real peer stands
+
+        def factory():
+            protocol = self._factory()
+            made = protocol.connection_made
+
+            def connection_made(transport):
+                made(proxy_protocol.ProxiedTransport(transport, source))
+
+            try:
+                protocol.connection_made = connection_made
+            except AttributeError:
+                # __slots__: served all the same, with the balancer's address.
+                pass
+            return protocol
+        return factory
 
     @property
     def connections(self):
@@ -112,6 +167,8 @@ class Server:
 
     def close(self):
         """Stop taking new connections on this address."""
+        if not self._closed and self.listener.sock is not None and self._asyncio_server is None:
+            self._loop.remove_reader(self.listener.sock.fileno())
         self._closed = True
         if self._asyncio_server is not None:
             self._asyncio_server.close()

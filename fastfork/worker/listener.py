@@ -5,6 +5,9 @@ import select
 import socket
 import time
 
+from ..addresses import parse_networks
+from . import proxy_protocol
+
 
 class WorkerStopping(OSError):
     """Raised by ``Listener.accept()`` once the primary asked this worker to stop
@@ -21,11 +24,13 @@ class Listener:
     ``socket.socket`` and its peer address.
     """
 
-    def __init__(self, runtime, lid, address, sock):
+    def __init__(self, runtime, lid, address, sock, proxy=None):
         self._runtime = runtime
         self.lid = lid
         self.address = address
         self.sock = sock                       # None under round-robin
+        # With --proxy-protocol: the networks allowed to send a PROXY header.
+        self.proxy_allow = None if proxy is None else parse_networks(proxy)
         self._queue = collections.deque()
         self._callback = None                  # asyncio: called with each new socket
 
@@ -54,29 +59,12 @@ class Listener:
         wait_on = self.sock if self.sock is not None else runtime.receiver
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            if self.sock is not None:
-                if runtime.stopping.is_set():
-                    raise WorkerStopping(f"worker is stopping; no more connections on {self.address}")
-                try:
-                    conn, addr = self.sock.accept()
-                    conn.setblocking(True)
-                    return self._took(conn, addr)
-                except (BlockingIOError, InterruptedError):
-                    pass
-            else:
-                with runtime.data_lock:
-                    if not self._queue and not runtime.receiver.ended:
-                        runtime.pump()
-                    if self._queue:
-                        conn = self._queue.popleft()
-                        conn.setblocking(True)
-                        try:
-                            addr = conn.getpeername()
-                        except OSError:
-                            addr = None
-                        return self._took(conn, addr)
-                    if runtime.receiver.ended:
-                        raise WorkerStopping(f"worker is stopping; no more connections on {self.address}")
+            taken = self._next()
+            if taken is not None:
+                conn, addr = self._took(*taken)
+                if conn is not None:
+                    return conn, addr
+                continue          # refused (PROXY protocol): take the next one
             remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
             if remaining == 0.0:
                 raise TimeoutError(f"no connection on {self.address} within {timeout}s")
@@ -88,11 +76,53 @@ class Listener:
                 watch.append(runtime.stop_fd)
             select.select(watch, [], [], wait)
 
+    def _next(self):
+        """A connection ready now as ``(socket, peer)``, or None; WorkerStopping at the end."""
+        runtime = self._runtime
+        if self.sock is not None:
+            if runtime.stopping.is_set():
+                raise WorkerStopping(f"worker is stopping; no more connections on {self.address}")
+            try:
+                conn, addr = self.sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return None
+            conn.setblocking(True)
+            return conn, addr
+        with runtime.data_lock:
+            if not self._queue and not runtime.receiver.ended:
+                runtime.pump()
+            if self._queue:
+                conn = self._queue.popleft()
+                conn.setblocking(True)
+                try:
+                    addr = conn.getpeername()
+                except OSError:
+                    addr = None
+                return conn, addr
+            if runtime.receiver.ended:
+                raise WorkerStopping(f"worker is stopping; no more connections on {self.address}")
+        return None
+
     def _took(self, conn, addr):
         runtime = self._runtime
         runtime.accepted += 1
         runtime.beat_if_due(served=runtime.accepted)
+        if self.proxy_allow is not None:
+            return self._proxied(conn, addr)
         return conn, addr
+
+    def _proxied(self, conn, peer):
+        # The header is read here, in the worker, so a slow one holds up this
+        # worker's accept() only (HEADER_TIMEOUT at most), never the primary.
+        if not proxy_protocol.allowed(peer, self.proxy_allow):
+            proxy_protocol.refuse(conn, peer, "not in --proxy-allow-from")
+            return None, None
+        try:
+            source = proxy_protocol.read_header_blocking(conn)
+        except (proxy_protocol.ProxyHeaderError, OSError) as exc:
+            proxy_protocol.refuse(conn, peer, exc)
+            return None, None
+        return conn, source or peer
 
     def fileno(self):
         return self.sock.fileno() if self.sock is not None else self._runtime.receiver.fileno()

@@ -179,7 +179,7 @@ class WorkerRuntime:
         if reply["t"] == "listen_error":
             raise OSError(reply.get("errno") or 0, reply.get("error") or f"cannot listen on {address}")
         sock = socket.socket(fileno=fds[0]) if fds else None
-        listener = Listener(self, reply["lid"], reply["address"], sock)
+        listener = Listener(self, reply["lid"], reply["address"], sock, reply.get("proxy"))
         if sock is None:
             self.listeners[listener.lid] = listener
         return listener

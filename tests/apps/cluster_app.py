@@ -39,6 +39,7 @@ parser.add_argument("--blocking", action="store_true", help="serve with Listener
 parser.add_argument("--sequential", action="store_true",
                     help="with --blocking: answer each connection before the next accept()")
 parser.add_argument("--timeout", type=float, default=0.0, help="the primary's hang timeout")
+parser.add_argument("--proxy-protocol", action="store_true", help="PROXY headers from 127.0.0.1")
 parser.add_argument("--bad-address", default=None, help="also try to listen here and report the error")
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(levelname)s %(message)s")
@@ -85,7 +86,7 @@ def serve_blocking():
     import threading
     listener = fastfork.listen(args.address)
 
-    def one(conn):
+    def one(conn, peer):
         with conn:
             data = b""
             while not data.endswith(b"\n"):
@@ -95,17 +96,19 @@ def serve_blocking():
                 data += chunk
             if data.startswith(b"block "):
                 time.sleep(float(data.split()[1]))      # a handler that never comes back
+            if data.startswith(b"peer"):
+                return conn.sendall(f"{peer[0]} {peer[1]}\n".encode())
             conn.sendall(f"{fastfork.worker_id} {os.getpid()} {fastfork.worker_index}\n".encode())
 
     while True:
         try:
-            conn, _ = listener.accept()
+            conn, peer = listener.accept()
         except fastfork.WorkerStopping:
             return
         if args.sequential:
-            one(conn)
+            one(conn, peer)
         else:
-            threading.Thread(target=one, args=(conn,), daemon=True).start()
+            threading.Thread(target=one, args=(conn, peer), daemon=True).start()
 
 
 def worker_main():
@@ -144,7 +147,7 @@ def primary_main():
                                policy=args.policy, window=args.window,
                                graceful_timeout=args.graceful_timeout,
                                max_restarts=args.max_restarts, min_uptime=args.min_uptime,
-                               timeout=args.timeout)
+                               timeout=args.timeout, proxy_protocol=args.proxy_protocol)
     emit("primary", pid=os.getpid(), implementation=cluster.implementation, size=cluster.size)
     cluster.on("fork", lambda w: emit("fork", id=w.id, index=w.index, pid=w.pid))
     cluster.on("online", lambda w: emit("online", id=w.id, pid=w.pid))
