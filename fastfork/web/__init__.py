@@ -12,13 +12,14 @@ with websockets or wsproto), WSGI apps through a2wsgi in a thread pool.  This
 package imports none of them until asked: ``pip install 'fastfork[web]'``.
 """
 
-from .asgi import STARTUP_FAILURE, AsgiServer, StartupFailed, log_config, requests_served
+from .asgi import (STARTUP_FAILURE, AsgiServer, StartupFailed, log_config, requests_served,
+                   servers)
 from .detect import ASGI, WSGI, classify, describe, detect
 from .errors import EXTRA_HINT, MissingExtraError, NotAnAppError
 from .serve import KINDS, LOOPS, prepare, serve, serve_async
 
 __all__ = [
     "serve", "serve_async", "prepare", "detect", "classify", "describe", "AsgiServer",
-    "requests_served", "log_config", "NotAnAppError", "MissingExtraError", "StartupFailed",
+    "requests_served", "servers", "log_config", "NotAnAppError", "MissingExtraError", "StartupFailed",
     "STARTUP_FAILURE", "EXTRA_HINT", "ASGI", "WSGI", "KINDS", "LOOPS",
 ]

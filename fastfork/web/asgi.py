@@ -50,6 +50,11 @@ def requests_served():
     return sum(server.requests for server in _servers)
 
 
+def servers():
+    """The AsgiServers serving in this process now (one per ``serve`` call)."""
+    return list(_servers)
+
+
 def log_config(access_format=None):
     """uvicorn's logging config with each line naming this worker (id, index, pid)."""
     uvicorn_config = require("uvicorn.config", "configure its logging")

@@ -45,8 +45,9 @@ def classify(app):
     if _is_coroutine_function(target):
         if count == 3:
             return ASGI, "asgi3"
-        raise NotAnAppError(f"{describe(app)} is a coroutine function taking {_count(count)}; "
-                            f"{_ASGI_SHAPE} takes exactly 3")
+        raise NotAnAppError(f"{describe(app)} takes {_count(count)}, so it is neither "
+                            f"{_ASGI_SHAPE}, which takes exactly 3, nor {_WSGI_SHAPE}, "
+                            f"which is not async")
     if count == 2:
         return WSGI, None
     if count == 3:

@@ -30,6 +30,9 @@ def prepare(app, *addresses, kind="auto", threads=DEFAULT_THREADS, **options):
     elif kind == "asgi" and detected == "wsgi":
         interface = "asgi3"     # the caller knows better: an ASGI app that looks like WSGI
     deps.check(kind, options.get("http", "auto"), options.get("ws", "auto"))
+    if not fastfork.is_worker:
+        raise RuntimeError("fastfork.web serves from a fastfork worker: call it from the target "
+                           "of fastfork.run()/Cluster(), or in the worker branch of the Node form")
     if kind == "wsgi":
         app, close = wrap(app, threads)
         # WSGI has no lifespan and no WebSockets: do not offer either.

@@ -9,19 +9,16 @@ down when the server stops.
 from .deps import require
 
 DEFAULT_THREADS = 10      # a2wsgi's own default
-# a2wsgi buffers this many body chunks between the WSGI thread and the loop
-# before the thread waits: the back-pressure a streaming WSGI response gets.
-DEFAULT_SEND_QUEUE = 10
 
 
-def wrap(app, threads=DEFAULT_THREADS, send_queue_size=DEFAULT_SEND_QUEUE):
+def wrap(app, threads=DEFAULT_THREADS):
     """``(asgi_app, close)``: the ASGI adapter and a callable that stops its pool."""
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be a positive integer (WSGI calls run on that many "
                          f"threads per worker), got {threads!r}")
     a2wsgi = require("a2wsgi", "run a WSGI app (its WSGIMiddleware adapts it to ASGI)")
-    middleware = a2wsgi.WSGIMiddleware(_terminated(app), workers=threads,
-                                       send_queue_size=send_queue_size)
+    # Only `workers`: a2wsgi's other knobs (send_queue_size) came after 1.10.0.
+    middleware = a2wsgi.WSGIMiddleware(_terminated(app), workers=threads)
 
     def close():
         # wait=False: a WSGI call stuck past the graceful timeout must not

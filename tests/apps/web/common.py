@@ -8,11 +8,17 @@ Every app serves the same routes so one test can drive any of them:
     GET  /slow?s=S      sends {"slow": "started", "id"} to the primary, waits S seconds,
                         then answers {"slept": S, "id"}
     GET  /requests      {"requests": fastfork.web.requests_served()} of this worker
+    GET  /block?s=S     sends {"blocking": "loop", "id"} to the primary, blocks this
+                        worker's event loop S seconds (it accepts nothing meanwhile),
+                        then answers /whoami's JSON
 """
 
+import asyncio
 import hashlib
 import json
 import os
+import threading
+import time
 
 import fastfork
 import fastfork.web
@@ -43,6 +49,26 @@ class Digest:
 
 def chunks(n):
     return [f"chunk {i}\n".encode() for i in range(n)]
+
+
+def block_loop(seconds):
+    """Block this worker's event loop (from the loop, or from a WSGI thread); the
+    primary hears of it once the loop is blocked, not before."""
+    def block():
+        announce(blocking="loop")
+        time.sleep(seconds)          # deliberately blocks the loop it runs on
+
+    loop = fastfork.web.servers()[0].loop
+    try:
+        running = asyncio.get_running_loop()
+    except RuntimeError:
+        running = None
+    if running is loop:
+        block()
+    else:
+        done = threading.Event()
+        loop.call_soon_threadsafe(lambda: (block(), done.set()))
+        done.wait()
 
 
 def requests_served():

@@ -49,12 +49,17 @@ def slow(request):
     return JsonResponse({"slept": seconds, "id": common.whoami("django")["id"]})
 
 
+def block(request):
+    common.block_loop(float(request.GET["s"]))
+    return JsonResponse(common.whoami("django"))
+
+
 def requests(request):
     return JsonResponse(common.requests_served())
 
 
 urlpatterns = [path("whoami", whoami), path("echo", echo), path("stream", stream),
-               path("slow", slow), path("requests", requests)]
+               path("slow", slow), path("requests", requests), path("block", block)]
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 

@@ -7,6 +7,7 @@ from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 
 import common
+import fastfork.web
 
 
 @contextlib.asynccontextmanager
@@ -49,9 +50,25 @@ async def slow(s: float):
     return {"slept": s, "id": common.whoami("fastapi")["id"]}
 
 
+@app.get("/block")
+async def block(s: float):
+    common.block_loop(s)
+    return common.whoami("fastapi")
+
+
 @app.get("/requests")
 async def requests():
     return common.requests_served()
+
+
+@app.get("/runtime")
+async def runtime():
+    """Which loop and which uvicorn protocols serve this worker."""
+    server = fastfork.web.servers()[0]
+    ws_class = server.config.ws_protocol_class
+    return {"loop": type(asyncio.get_running_loop()).__module__.partition(".")[0],
+            "http": server.config.http_protocol_class.__name__,
+            "ws": ws_class.__name__ if ws_class else None}
 
 
 @app.websocket("/ws")

@@ -38,6 +38,12 @@ def slow():
     return jsonify({"slept": seconds, "id": common.whoami("flask")["id"]})
 
 
+@app.get("/block")
+def block():
+    common.block_loop(float(request.args["s"]))
+    return jsonify(common.whoami("flask"))
+
+
 @app.get("/requests")
 def requests():
     return jsonify(common.requests_served())

@@ -39,6 +39,11 @@ async def slow(request):
     return JSONResponse({"slept": seconds, "id": common.whoami("starlette")["id"]})
 
 
+async def block(request):
+    common.block_loop(float(request.query_params["s"]))
+    return JSONResponse(common.whoami("starlette"))
+
+
 async def requests(request):
     return JSONResponse(common.requests_served())
 
@@ -52,7 +57,7 @@ async def lifespan(app):
 
 app = Starlette(routes=[
     Route("/whoami", whoami), Route("/echo", echo, methods=["POST"]), Route("/stream", stream),
-    Route("/slow", slow), Route("/requests", requests),
+    Route("/slow", slow), Route("/requests", requests), Route("/block", block),
 ], lifespan=lifespan)
 
 
