@@ -1,0 +1,204 @@
+"""fastfork.web against the usual ways to serve ASGI and WSGI apps, side by side.
+
+    python benchmarks/web_compare.py                       # the documented run
+    python benchmarks/web_compare.py --duration 1          # a quick look
+
+The same Starlette app (ASGI) and Flask app (WSGI), ``benchmarks/web_apps.py``,
+served with ``--workers`` workers on loopback by each configuration below,
+one at a time, loaded by ``wrk -t1 -c32 -dNs`` twice: a new connection per
+request (``-H 'Connection: close'``) and keep-alive.  Each server gets a 1 s
+wrk warm-up after it answers its first request, so every worker is up.  Writes
+``benchmarks/results/web_compare.md`` and prints the table: req/s and the
+ratio to fastfork rr for the same app.
+
+    fastfork rr / none      fastfork.web.serve (uvicorn's protocols; loop and
+                            parser "auto": uvloop and httptools when installed)
+    uvicorn --workers N     uvicorn's own process manager
+    gunicorn + uvicorn      gunicorn -k uvicorn_worker.UvicornWorker
+    gunicorn gthread        gunicorn -k gthread --threads T (WSGI)
+    granian                 granian --interface asgi|wsgi (when installed)
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+WRK_SCRIPT = os.path.join(HERE, "wrk_report.lua")
+READY_TIMEOUT = 30.0
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def configurations(args):
+    py, w, t = sys.executable, str(args.workers), str(args.threads)
+    me = os.path.abspath(__file__)
+    rows = []
+    for app in ("starlette", "flask"):
+        target = f"benchmarks.web_apps:{app}_app"
+        kind = "asgi" if app == "starlette" else "wsgi"
+        for policy in ("rr", "none"):
+            rows.append((app, f"fastfork {policy}",
+                         [py, me, "--serve", policy, "--app", app, "--port", "{port}",
+                          "--workers", w, "--threads", t]))
+        if kind == "asgi":
+            rows.append((app, f"uvicorn --workers {w}",
+                         [py, "-m", "uvicorn", target, "--port", "{port}", "--workers", w,
+                          "--no-access-log", "--log-level", "warning"]))
+            worker_class = "uvicorn_worker.UvicornWorker"
+            try:
+                import uvicorn_worker  # noqa: F401
+            except ImportError:
+                worker_class = "uvicorn.workers.UvicornWorker"
+            rows.append((app, "gunicorn + uvicorn",
+                         [py, "-m", "gunicorn", target, "-k", worker_class, "-w", w,
+                          "-b", "127.0.0.1:{port}", "--log-level", "warning"]))
+        else:
+            rows.append((app, f"gunicorn gthread ({t} threads)",
+                         [py, "-m", "gunicorn", target, "-k", "gthread", "-w", w,
+                          "--threads", t, "-b", "127.0.0.1:{port}", "--log-level", "warning"]))
+        if shutil.which("granian") or _importable("granian"):
+            rows.append((app, "granian",
+                         [py, "-m", "granian", "--interface", kind, target, "--host", "127.0.0.1",
+                          "--port", "{port}", "--workers", w, "--log-level", "warning"]))
+    return rows
+
+
+def _importable(name):
+    try:
+        __import__(name)
+    except ImportError:
+        return False
+    return True
+
+
+def wait_ready(proc, port):
+    deadline = time.monotonic() + READY_TIMEOUT
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode} before answering")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.05)      # polling a port that is not open yet
+    raise RuntimeError(f"no answer on port {port} within {READY_TIMEOUT}s")
+
+
+def wrk(port, duration, connections, close):
+    command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", WRK_SCRIPT]
+    if close:
+        command += ["-H", "Connection: close"]
+    out = subprocess.run(command + [f"http://127.0.0.1:{port}/"], capture_output=True,
+                         text=True, timeout=duration + 30).stdout
+    line = next(l for l in out.splitlines() if l.startswith("WRK_JSON "))
+    data = json.loads(line[9:])
+    data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
+    data["error_count"] = sum(data["errors"].values())
+    return data
+
+
+def measure(command, args):
+    port = free_port()
+    argv = [part.replace("{port}", str(port)) for part in command]
+    proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            start_new_session=True, text=True)
+    try:
+        wait_ready(proc, port)
+        wrk(port, 1, args.connections, close=False)        # warm-up: every worker up
+        return {mode: wrk(port, args.duration, args.connections, close=(mode == "close"))
+                for mode in ("close", "keepalive")}
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+        except ProcessLookupError:
+            pass
+
+
+def render(results, args):
+    lines = [f"Served by {args.workers} workers on loopback; wrk -t1 -c{args.connections} "
+             f"-d{args.duration}s; ratios to fastfork rr for the same app.", "",
+             "| app | server | new connection per request, req/s | keep-alive, req/s | errors |",
+             "|---|---|---|---|---|"]
+    for app in ("starlette", "flask"):
+        reference = results.get((app, "fastfork rr"))
+        for (row_app, label), data in results.items():
+            if row_app != app:
+                continue
+            cells = []
+            for mode in ("close", "keepalive"):
+                if isinstance(data, str):
+                    cells.append("failed")
+                    continue
+                rps = data[mode]["rps"]
+                ref = None if not isinstance(reference, dict) else reference[mode]["rps"]
+                cells.append(f"{rps:,.0f} ({rps / ref:.2f}x)" if ref else f"{rps:,.0f}")
+            errors = data if isinstance(data, str) else \
+                sum(data[m]["error_count"] for m in ("close", "keepalive"))
+            lines.append(f"| {app} | {label} | {cells[0]} | {cells[1]} | {errors} |")
+    return "\n".join(lines) + "\n"
+
+
+def serve_fastfork(args):
+    """``--serve POLICY``: the fastfork row itself (a primary and its workers)."""
+    sys.path.insert(0, ROOT)
+    import fastfork
+    import fastfork.web
+    from benchmarks import web_apps
+    app = getattr(web_apps, f"{args.app}_app")
+
+    def worker():
+        fastfork.web.serve(app, f"127.0.0.1:{args.port}", access_log=False,
+                           log_level="warning", threads=args.threads)
+
+    return fastfork.Cluster(worker, args.workers, policy=args.serve).run()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=10, help="WSGI threads per worker")
+    parser.add_argument("--duration", type=int, default=5)
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--serve", choices=("rr", "none", "reuseport"), help=argparse.SUPPRESS)
+    parser.add_argument("--app", default="starlette", help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        return serve_fastfork(args)
+    if not shutil.which("wrk"):
+        sys.exit("web_compare: wrk is not installed (apt-get install wrk)")
+    results = {}
+    for app, label, command in configurations(args):
+        print(f"{app:9} {label} ...", file=sys.stderr, flush=True)
+        try:
+            results[(app, label)] = measure(command, args)
+        except (RuntimeError, OSError, subprocess.SubprocessError, StopIteration) as exc:
+            results[(app, label)] = f"failed: {exc}"
+    table = render(results, args)
+    os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
+    with open(os.path.join(HERE, "results", "web_compare.md"), "w") as f:
+        f.write(table)
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,262 @@
+"""Serve an ASGI app with uvicorn's own HTTP and WebSocket protocols, on fastfork's connections.
+
+This mirrors ``uvicorn.Server`` (``startup``, ``main_loop``'s once-a-second
+tick, ``shutdown``) without its listening, signals or process model, which are
+fastfork's: the protocol factory goes to ``fastfork.create_server``, so it
+serves whatever the policy hands this worker (rr: sockets passed by the
+primary; none/reuseport: the worker's own listening socket), and the loop that
+runs it beats fastfork's heartbeats.
+
+Life of one worker's server::
+
+    AsgiServer(app, addresses, **options)  # builds and loads the uvicorn.Config
+    await server.start()     # lifespan startup (exits 3 if it fails), then listen
+    await fastfork.wait_stopping()
+    await server.stop()      # graceful drain, then lifespan shutdown
+
+``server.requests`` counts HTTP requests answered by this worker (uvicorn's
+``ServerState.total_requests``); ``fastfork.web.requests_served()`` sums them
+over every server in the process.
+"""
+
+import asyncio
+import copy
+import logging
+import os
+import time
+from email.utils import formatdate
+
+import fastfork
+
+from .deps import require
+
+# A connection the primary handed over after the stop began (rr sends what it
+# accepted before it stopped) may take this long to send its request before
+# it is closed; one already sending is answered first, with Connection: close.
+IDLE_GRACE = 1.0
+STARTUP_FAILURE = 3     # uvicorn's exit code for the same failure
+
+log = logging.getLogger("fastfork.web")
+_servers = []           # live AsgiServers of this process, for requests_served()
+
+
+class StartupFailed(SystemExit):
+    """The app's lifespan startup failed: the worker exits with code 3 (uvicorn's
+    STARTUP_FAILURE); the app's traceback was logged by uvicorn just before."""
+
+
+def requests_served():
+    """HTTP requests answered so far by every AsgiServer in this process."""
+    return sum(server.requests for server in _servers)
+
+
+def servers():
+    """The AsgiServers serving in this process now (one per ``serve`` call)."""
+    return list(_servers)
+
+
+def log_config(access_format=None):
+    """uvicorn's logging config with each line naming this worker (id, index, pid)."""
+    uvicorn_config = require("uvicorn.config", "configure its logging")
+    config = copy.deepcopy(uvicorn_config.LOGGING_CONFIG)
+    who = f"worker {fastfork.worker_id} (index {fastfork.worker_index}, pid {os.getpid()})"
+    formatters = config["formatters"]
+    formatters["default"]["fmt"] = f"%(levelprefix)s {who}: %(message)s"
+    formatters["access"]["fmt"] = access_format or (
+        f'%(levelprefix)s {who}: %(client_addr)s - "%(request_line)s" %(status_code)s')
+    return config
+
+
+class AsgiServer:
+    """One worker's server for one ASGI app on one or more shared addresses.
+
+    Options named here are uvicorn's (see ``uvicorn.Config``), with uvicorn's
+    defaults; any other ``uvicorn.Config`` keyword (``ws_max_size``,
+    ``headers``, ``server_header``...) passes through ``config_options``.
+    ``graceful_timeout`` bounds ``stop()``; None: the primary's graceful
+    timeout (it kills the worker after it anyway).
+    """
+
+    def __init__(self, app, addresses, *, interface="auto", http="auto", ws="auto",
+                 lifespan="auto", timeout_keep_alive=5, root_path="", proxy_headers=True,
+                 forwarded_allow_ips=None, limit_concurrency=None,
+                 h11_max_incomplete_event_size=None, access_log=True, log_level=None,
+                 log_config=log_config, graceful_timeout=None, backlog=2048,
+                 on_close=None, **config_options):
+        uvicorn = require("uvicorn", "speak HTTP")
+        server_module = require("uvicorn.server", "keep its per-server state")
+        if not addresses:
+            raise ValueError("fastfork.web needs at least one address to serve")
+        self.addresses = list(addresses)
+        self.backlog = backlog
+        self.graceful_timeout = graceful_timeout
+        self._on_close = on_close
+        if callable(log_config):
+            log_config = log_config()
+        # Built in the worker (after the fork): it configures logging and loads
+        # the protocol classes once per worker, as uvicorn does once per process.
+        self.config = uvicorn.Config(
+            app, interface=interface, http=http, ws=ws, lifespan=lifespan,
+            timeout_keep_alive=timeout_keep_alive, root_path=root_path,
+            proxy_headers=proxy_headers, forwarded_allow_ips=forwarded_allow_ips,
+            limit_concurrency=limit_concurrency,
+            h11_max_incomplete_event_size=h11_max_incomplete_event_size,
+            access_log=access_log, log_level=log_level, log_config=log_config,
+            backlog=backlog, **config_options)
+        self.config.load()
+        self.state = server_module.ServerState()
+        self.lifespan = None
+        self.servers = []
+        self.loop = None
+        self.stopping = False
+        self._ticker = None
+        self._late = set()
+
+    @property
+    def requests(self):
+        """HTTP requests this server answered (uvicorn counts each finished response)."""
+        return self.state.total_requests
+
+    @property
+    def connections(self):
+        """Open HTTP and WebSocket connections (uvicorn's own set)."""
+        return len(self.state.connections)
+
+    # -- start -------------------------------------------------------------------
+    async def start(self):
+        """Lifespan startup, then serve every address; raises StartupFailed."""
+        self.loop = asyncio.get_running_loop()
+        self._refresh_headers()
+        self.lifespan = self.config.lifespan_class(self.config)
+        await self.lifespan.startup()
+        if self.lifespan.should_exit:
+            log.error("worker %s (pid %d): the app's lifespan startup failed (see above); "
+                      "exiting with code %d", fastfork.worker_id, os.getpid(), STARTUP_FAILURE)
+            raise StartupFailed(STARTUP_FAILURE)
+        for address in self.addresses:
+            self.servers.append(await fastfork.create_server(
+                self._make_protocol, address, backlog=self.backlog))
+        self._ticker = self.loop.create_task(self._tick())
+        _servers.append(self)
+
+    def _refresh_headers(self):
+        # uvicorn.Server.on_tick does this once a second: every response
+        # takes its Date (and Server) headers from here.
+        headers = []
+        if getattr(self.config, "date_header", True):
+            headers.append((b"date", formatdate(time.time(), usegmt=True).encode()))
+        self.state.default_headers = headers + self.config.encoded_headers
+
+    async def _tick(self):
+        while True:
+            await asyncio.sleep(1.0 - time.time() % 1.0)
+            self._refresh_headers()
+
+    def _make_protocol(self):
+        protocol = self.config.http_protocol_class(
+            config=self.config, server_state=self.state,
+            app_state=self.lifespan.state, _loop=self.loop)
+        if self.config.ws_protocol_class is not None:
+            protocol.ws_protocol_class = self._upgrade_factory(protocol)
+        if self.stopping:
+            self._arrived_while_stopping(protocol)
+        return protocol
+
+    def _upgrade_factory(self, http_protocol):
+        """The WebSocket class the HTTP protocol builds on an upgrade, with one fix.
+
+        fastfork.create_server counts a connection open from the protocol it
+        made until that protocol's connection_lost.  An upgrade swaps the
+        transport over to a new WebSocket protocol (transport.set_protocol),
+        so only the new one hears of the close: pass it on, or a drain would
+        wait for a WebSocket connection that is long gone.
+        """
+        ws_class = self.config.ws_protocol_class
+
+        def make(**kwargs):
+            ws_protocol = ws_class(**kwargs)
+            lost = ws_protocol.connection_lost
+
+            def connection_lost(exc):
+                try:
+                    lost(exc)
+                finally:
+                    # The HTTP protocol's own connection_lost only forgets a
+                    # connection it already forgot at the upgrade; fastfork's
+                    # wrapper around it is what must run.
+                    http_protocol.connection_lost(exc)
+
+            ws_protocol.connection_lost = connection_lost
+            return ws_protocol
+        return make
+
+    # -- stop --------------------------------------------------------------------
+    def _arrived_while_stopping(self, protocol):
+        received = protocol.data_received
+
+        def data_received(data):
+            received(data)
+            # A request has begun: answer it, then close (keep_alive off).
+            if protocol.cycle is not None and protocol in self.state.connections:
+                protocol.shutdown()
+
+        protocol.data_received = data_received
+        self._late.add(self.loop.call_later(IDLE_GRACE, self._shutdown_if_open, protocol))
+
+    def _shutdown_if_open(self, protocol):
+        # Not in connections: closed already, or upgraded to a WebSocket (then
+        # the WebSocket protocol is in there and was shut down itself).
+        if protocol in self.state.connections:
+            protocol.shutdown()
+
+    async def stop(self):
+        """Graceful drain, as uvicorn.Server.shutdown, then lifespan shutdown.
+
+        Idle keep-alive connections close at once, busy ones after their
+        current response (uvicorn's ``protocol.shutdown()``); the connections
+        the primary had already sent are taken (``fastfork.drain``) and get
+        ``IDLE_GRACE`` to send a request; background tasks still running when
+        ``graceful_timeout`` is spent are cancelled.
+        """
+        if self.stopping:
+            return
+        self.stopping = True
+        deadline = None if self.graceful_timeout is None else \
+            self.loop.time() + self.graceful_timeout
+        for connection in list(self.state.connections):
+            connection.shutdown()
+        await fastfork.drain(self.servers, self.graceful_timeout)
+        for server in self.servers:
+            server.close()
+        tasks = set(self.state.tasks)
+        if tasks:
+            remaining = None if deadline is None else max(0.0, deadline - self.loop.time())
+            _, pending = await asyncio.wait(tasks, timeout=remaining)
+            if pending:
+                log.error("worker %s: cancelling %d request task(s) still running after the "
+                          "graceful timeout", fastfork.worker_id, len(pending))
+                for task in pending:
+                    task.cancel()
+                await asyncio.wait(pending)
+        for connection in list(self.state.connections):
+            # Past the timeout: uvicorn.Server leaves these to the process exit;
+            # closing them here lets lifespan shutdown run on a quiet server.
+            connection.transport.close()
+        for handle in self._late:
+            handle.cancel()
+        if self._ticker is not None:
+            self._ticker.cancel()
+        await self.lifespan.shutdown()
+        if self in _servers:
+            _servers.remove(self)
+        if self._on_close is not None:
+            self._on_close()
+
+    async def serve(self):
+        """start(), serve until the primary says stop, then stop()."""
+        await self.start()
+        try:
+            await fastfork.wait_stopping()
+        finally:
+            await self.stop()
+

@@ -1,0 +1,40 @@
+"""Import the web extra's packages up front, so a missing one is named before serving."""
+
+import importlib
+
+from .errors import MissingExtraError
+
+
+def require(module, purpose):
+    """Import ``module`` or raise ``MissingExtraError`` naming the ``web`` extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise MissingExtraError(module.partition(".")[0], purpose, exc) from exc
+
+
+def available(module):
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return False
+    return True
+
+
+def check(kind, http="auto", ws="auto", loop="auto"):
+    """Everything ``serve(kind=..., http=..., ws=..., loop=...)`` will import."""
+    require("uvicorn", "speak HTTP (its protocols serve every request)")
+    if kind == "wsgi":
+        require("a2wsgi", "run a WSGI app (its WSGIMiddleware adapts it to ASGI)")
+    if http == "httptools":
+        require("httptools", "parse HTTP with http='httptools'")
+    elif http == "h11":
+        require("h11", "parse HTTP with http='h11'")
+    elif http == "auto" and not available("httptools"):
+        require("h11", "parse HTTP (httptools is not installed either)")
+    if ws in ("websockets", "websockets-sansio"):
+        require("websockets", f"serve WebSockets with ws={ws!r}")
+    elif ws == "wsproto":
+        require("wsproto", "serve WebSockets with ws='wsproto'")
+    if loop == "uvloop":
+        require("uvloop", "run the event loop with loop='uvloop'")

@@ -1,0 +1,115 @@
+"""The entry point a worker calls: ``fastfork.web.serve(app, *addresses, **options)``.
+
+Everything that can be wrong (not an app, a missing package of the ``web``
+extra, a bad option) is raised before anything is served.  Then the app is
+served with uvicorn's protocols on the shared addresses until the primary
+asks this worker to stop, drained, and its lifespan shut down.
+"""
+
+import asyncio
+import sys
+
+import fastfork
+
+from . import deps
+from .asgi import AsgiServer
+from .detect import classify
+from .wsgi import DEFAULT_THREADS, wrap
+
+KINDS = ("auto", "asgi", "wsgi")
+LOOPS = ("auto", "asyncio", "uvloop")
+
+
+def prepare(app, *addresses, kind="auto", threads=DEFAULT_THREADS, **options):
+    """Check and build the worker's ``AsgiServer`` (not started); see ``serve``."""
+    if kind not in KINDS:
+        raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    detected, interface = classify(app)
+    if kind == "auto":
+        kind = detected
+    elif kind == "asgi" and detected == "wsgi":
+        interface = "asgi3"     # the caller knows better: an ASGI app that looks like WSGI
+    deps.check(kind, options.get("http", "auto"), options.get("ws", "auto"))
+    if not fastfork.is_worker:
+        raise RuntimeError("fastfork.web serves from a fastfork worker: call it from the target "
+                           "of fastfork.run()/Cluster(), or in the worker branch of the Node form")
+    if kind == "wsgi":
+        app, close = wrap(app, threads)
+        # WSGI has no lifespan and no WebSockets: do not offer either.
+        options.setdefault("lifespan", "off")
+        options["ws"] = "none"
+        options.setdefault("on_close", close)
+        interface = "asgi3"
+    options.setdefault("interface", interface or "auto")
+    return AsgiServer(app, addresses, **options)
+
+
+async def serve_async(app, *addresses, kind="auto", threads=DEFAULT_THREADS, on_started=None,
+                      **options):
+    """The async twin of ``serve``, for a worker that runs its own loop; returns the
+    ``AsgiServer`` once it has stopped.  ``on_started(server)`` (plain or async) is
+    called once every address is served."""
+    server = prepare(app, *addresses, kind=kind, threads=threads, **options)
+    await _serve_prepared(server, on_started)
+    return server
+
+
+async def _serve_prepared(server, on_started):
+    await server.start()
+    try:
+        if on_started is not None:
+            result = on_started(server)
+            if asyncio.iscoroutine(result):
+                await result
+        await fastfork.wait_stopping()
+    finally:
+        await server.stop()
+
+
+def serve(app, *addresses, kind="auto", loop="auto", threads=DEFAULT_THREADS, on_started=None,
+          **options):
+    """In a worker: serve ``app`` on ``addresses`` until the primary says stop (blocking).
+
+    ``kind``: ``"auto"`` (detect), ``"asgi"`` or ``"wsgi"``.  ``loop``:
+    ``"uvloop"`` (required), ``"auto"`` (uvloop when installed) or ``"asyncio"``.
+    ``threads``: WSGI calls run on that many threads per worker.  Other options
+    go to ``AsgiServer`` (uvicorn's: ``http``, ``ws``, ``lifespan``,
+    ``timeout_keep_alive``, ``root_path``, ``proxy_headers``,
+    ``forwarded_allow_ips``, ``limit_concurrency``,
+    ``h11_max_incomplete_event_size``, ``access_log``, ``log_level``,
+    ``log_config``, any other ``uvicorn.Config`` keyword; and
+    ``graceful_timeout``, ``backlog``).
+
+    Raises ``NotAnAppError`` (a ValueError) or ``MissingExtraError`` (an
+    ImportError naming ``pip install 'fastfork[web]'``) before serving; exits
+    the worker with code 3 (``StartupFailed``) if the lifespan startup fails.
+    """
+    if not addresses:
+        raise ValueError("fastfork.web.serve() needs at least one address")
+    if loop not in LOOPS:
+        raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
+    deps.check(None, loop=loop)
+    factory = None
+    if loop == "uvloop" or (loop == "auto" and deps.available("uvloop")):
+        import uvloop
+        factory = uvloop.new_event_loop
+    # Checked here, not in the loop, so that a bad app fails before any loop runs.
+    server = prepare(app, *addresses, kind=kind, threads=threads, **options)
+
+    _run(_serve_prepared(server, on_started), factory)
+    return server
+
+
+def _run(coroutine, loop_factory):
+    if loop_factory is None:
+        return asyncio.run(coroutine)
+    if sys.version_info >= (3, 11):
+        with asyncio.Runner(loop_factory=loop_factory) as runner:
+            return runner.run(coroutine)
+    loop = loop_factory()           # Python 3.9/3.10: no Runner
+    try:
+        asyncio.set_event_loop(loop)
+        return loop.run_until_complete(coroutine)
+    finally:
+        asyncio.set_event_loop(None)
+        loop.close()

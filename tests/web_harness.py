@@ -1,0 +1,114 @@
+"""Helpers for the fastfork.web tests: start web clusters, speak real HTTP to them.
+
+``web_cluster`` starts ``tests/apps/web/web_cluster.py`` through the harness's
+``ClusterProcess`` (its own session, killed with everything in it after the
+test, whatever happened); the HTTP helpers use ``http.client`` on loopback.
+"""
+
+import http.client
+import json
+import os
+import shutil
+import socket
+import tempfile
+
+import pytest
+
+from harness import ROOT, ClusterProcess
+
+WEB_CLUSTER = os.path.join(ROOT, "tests", "apps", "web", "web_cluster.py")
+ASGI_APPS = ("starlette", "fastapi")
+WSGI_APPS = ("flask", "django")
+FRAMEWORKS = {"starlette": "starlette", "fastapi": "fastapi", "flask": "flask",
+              "django": "django", "broken-lifespan": "starlette"}
+
+
+def need_web_extra():
+    """Skip the calling module unless the web extra is installed."""
+    for module in ("uvicorn", "a2wsgi"):
+        pytest.importorskip(module, reason=f"{module} is not installed: "
+                                           "pip install -e '.[web,webtest]' to run the web tests")
+
+
+def need_framework(app):
+    framework = FRAMEWORKS.get(app)
+    if framework:
+        pytest.importorskip(framework, reason=f"{framework} is not installed (the webtest extra)")
+
+
+@pytest.fixture
+def lifespan_dir():
+    path = tempfile.mkdtemp(prefix="ffweb")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def web_cluster():
+    """``web_cluster("--app", "flask", ...)`` starts a cluster; all are killed after the test."""
+    started = []
+
+    def start(*args, env=None):
+        app = args[args.index("--app") + 1] if "--app" in args else "starlette"
+        need_framework(app)
+        proc = ClusterProcess(args, impl="c", env=env, script=WEB_CLUSTER)
+        started.append(proc)
+        return proc
+
+    yield start
+    for proc in started:
+        proc.close()
+
+
+def connect(address, timeout=10):
+    return http.client.HTTPConnection(*address, timeout=timeout)
+
+
+def call(conn, method, path, body=None, headers=None, encode_chunked=False):
+    """One request on ``conn``; returns ``(response, body bytes)``."""
+    conn.request(method, path, body=body, headers=headers or {}, encode_chunked=encode_chunked)
+    response = conn.getresponse()
+    return response, response.read()
+
+
+def get_json(address, path):
+    """A request on a fresh connection (closed after it); the decoded JSON answer."""
+    conn = connect(address)
+    try:
+        response, body = call(conn, "GET", path, headers={"Connection": "close"})
+    finally:
+        conn.close()
+    assert response.status == 200, (response.status, body)
+    return json.loads(body)
+
+
+def raw_request(address, path, keep_alive=True, timeout=10):
+    """A socket with one GET sent on it (HTTP/1.1), for tests that watch the socket."""
+    sock = socket.create_connection(address, timeout=timeout)
+    header = "" if keep_alive else "Connection: close\r\n"
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: test\r\n{header}\r\n".encode())
+    return sock
+
+
+def read_response(sock):
+    """``(head text, body bytes)`` of one response read from ``sock`` (http.client
+    parses it: Content-Length or chunked)."""
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    body = response.read()
+    head = f"HTTP/1.1 {response.status} {response.reason}\r\n" + str(response.headers)
+    return head, body
+
+
+def closed_by_peer(sock):
+    """Block (up to the socket's timeout) until the server closes ``sock``."""
+    return sock.recv(1) == b""
+
+
+def lifespan_records(directory):
+    """``{pid: [phase, ...]}`` written by the test apps' lifespans."""
+    records = {}
+    for name in os.listdir(directory):
+        with open(os.path.join(directory, name)) as f:
+            records[int(name)] = [json.loads(line)["phase"] for line in f]
+    return records
