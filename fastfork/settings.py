@@ -24,7 +24,8 @@ from .channels.wire import DEFAULT_BATCH_MAX, DEFAULT_WINDOW, check_batch_max, c
 from .cpus import parse_workers
 
 POLICIES = ("rr", "none", "reuseport")
-APP_TYPES = ("auto", "stream", "protocol", "main")
+APP_TYPES = ("auto", "asgi", "wsgi", "stream", "protocol", "main")
+LOOPS = ("auto", "asyncio", "uvloop")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -133,6 +134,12 @@ def _name(value):
     return str(value)
 
 
+def _text_or_empty(value):
+    if not isinstance(value, str):
+        raise ValueError(f"{value!r} is not text")
+    return value
+
+
 def _path(value):
     if value is None:
         return None
@@ -193,10 +200,12 @@ class Settings:
         "next worker with room; none: workers accept on the shared socket; reuseport: one "
         "SO_REUSEPORT socket per worker (default rr)", metavar="|".join(POLICIES))
     app_type: str = _setting(
-        "auto", _choice(APP_TYPES), "what CALLABLE is: stream: an asyncio client callback "
-        "(reader, writer); protocol: an asyncio protocol factory; main: called as "
-        "CALLABLE(addresses) in each worker and serves by itself; auto: tell from the "
-        "callable (default auto)", metavar="|".join(APP_TYPES))
+        "auto", _choice(APP_TYPES), "what CALLABLE is: asgi: an ASGI app (FastAPI, Starlette, "
+        "async def app(scope, receive, send)); wsgi: a WSGI app (Flask, Django, "
+        "app(environ, start_response)); both need pip install 'fastfork[web]'; stream: an "
+        "asyncio client callback (reader, writer); protocol: an asyncio protocol factory; "
+        "main: called as CALLABLE(addresses) in each worker and serves by itself; auto: tell "
+        "from the callable (default auto)", metavar="|".join(APP_TYPES))
     preload: bool = _setting(
         False, _flag, "import the app once in the primary before forking (shared memory, "
         "faster starts; a reload then does not pick up new code)", flag=True)
@@ -234,6 +243,42 @@ class Settings:
         0.0, _seconds, "on SIGTERM, keep serving this many seconds (readiness already "
         "answers 503) before draining, so that a load balancer stops sending first; like "
         "a Kubernetes preStop sleep (default 0)", "operations", "SECONDS")
+
+    # -- HTTP apps (asgi, wsgi), served by uvicorn's protocols --------------------------
+    loop: str = _setting(
+        "auto", _choice(LOOPS), "event loop of asgi/wsgi workers: uvloop, asyncio, or auto "
+        "(uvloop when installed: pip install 'fastfork[uvloop]') (default auto)", "http apps",
+        "|".join(LOOPS))
+    http: str = _setting(
+        "auto", _choice(("auto", "httptools", "h11")), "HTTP/1.1 parser: httptools, h11, or "
+        "auto (httptools when installed) (default auto)", "http apps", "auto|httptools|h11")
+    ws: str = _setting(
+        "auto", _choice(("auto", "websockets", "wsproto", "none")), "WebSocket "
+        "implementation, or none (default auto)", "http apps", "auto|websockets|wsproto|none")
+    lifespan: str = _setting(
+        "auto", _choice(("auto", "on", "off")), "ASGI lifespan events, once per worker "
+        "(default auto: when the app supports them)", "http apps", "auto|on|off")
+    threads: int = _setting(
+        10, _positive, "threads per worker that run a WSGI app's calls (default 10)",
+        "http apps", "N")
+    root_path: str = _setting(
+        "", _text_or_empty, "the ASGI root_path (the app is mounted under this URL prefix)",
+        "http apps", "PATH")
+    proxy_headers: bool = _setting(
+        False, _flag, "trust X-Forwarded-For/-Proto from --forwarded-allow-ips for the "
+        "client address and scheme", "http apps", flag=True)
+    forwarded_allow_ips: str = _setting(
+        "127.0.0.1", _text_or_empty, "peers whose X-Forwarded-* headers are trusted, "
+        "comma-separated, or * (default 127.0.0.1)", "http apps", "IPS")
+    timeout_keep_alive: float = _setting(
+        5.0, _seconds, "close a keep-alive connection idle this long (default 5)",
+        "http apps", "SECONDS")
+    limit_concurrency: int = _setting(
+        0, _count, "answer 503 beyond this many connections and tasks per worker "
+        "(0: no limit)", "http apps", "N")
+    no_access_log: bool = _setting(
+        False, _flag, "no access log (one line per request, naming the worker)", "http apps",
+        flag=True)
 
     # -- behind a load balancer ---------------------------------------------------------
     proxy_protocol: bool = _setting(

@@ -600,8 +600,17 @@ def test_read_control_never_raises(impl):
             before = open_fds()
             worker, data_end, ctl_end = attach_fake_worker(cluster)
             try:
+                # Non-blocking: four near-64 KiB frames overflow the channel's
+                # buffer, and a blocking send would wait for a reader that is us.
+                ctl_end.setblocking(False)
                 for data, nfds in frames_and_fds:
-                    send_frame(ctl_end, data, nfds)
+                    try:
+                        send_frame(ctl_end, data, nfds)
+                    except BlockingIOError:
+                        messages.read_control(cluster, worker)   # let the primary read
+                        if worker.control is None:
+                            break
+                        send_frame(ctl_end, data, nfds)
                 messages.read_control(cluster, worker)     # must not raise
                 bad = worker.control is None
                 seen["replaced" if bad else "kept"] += 1

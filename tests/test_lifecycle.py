@@ -13,7 +13,7 @@ class W:
     """A worker handle as the policies see it (the attributes they read)."""
 
     def __init__(self, index=0, label=None, *, state="listening", addresses=(),
-                 beats=0, last_beat=0.0, handled=0, limit=0, rss=None):
+                 beats=0, last_beat=0.0, handled=0, limit=0, rss=None, requests=False):
         self.index = index
         self.label = label or f"worker {index}"
         self.state = state
@@ -25,12 +25,13 @@ class W:
         self.last_heartbeat = last_beat
         self.request_limit = limit
         self._handled, self._rss = handled, rss
+        self._unit = "requests" if requests else "connections"
 
     def is_dead(self):
         return self.state == "dead"
 
-    def handled(self):
-        return self._handled
+    def work_done(self):
+        return self._handled, self._unit
 
     def rss(self):
         return self._rss
@@ -105,6 +106,9 @@ HEALTH = {
     "max-requests reached": (W(handled=10, limit=10), 0.0, 0.0, 0,
                              (health.REPLACE, "max-requests (10 connections, limit 10)")),
     "under max-requests": (W(handled=9, limit=10), 0.0, 0.0, 0, None),
+    "max-requests counts requests where reported": (
+        W(handled=7, limit=7, requests=True), 0.0, 0.0, 0,
+        (health.REPLACE, "max-requests (7 requests, limit 7)")),
     "over max-memory": (W(rss=3 * 2**20), 0.0, 0.0, 2**20,
                         (health.REPLACE, "max-memory (RSS 3.0 MiB, limit 1.0 MiB)")),
     "gone (no RSS)": (W(rss=None), 0.0, 0.0, 2**20, None),

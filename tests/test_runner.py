@@ -45,7 +45,8 @@ BAD_INPUT = [
     (["ops_app:handle", "--bogus"], "unrecognized arguments: --bogus"),
     (["ops_app:handle", "--bind", "127.0.0.1:http"], "port must be a number, got 'http'"),
     (["ops_app:handle", "--user", "no-such-user"], "no such user: 'no-such-user'"),
-    (["ops_app:handle", "--app-type", "wsgi"], "'wsgi' is not one of auto"),
+    (["ops_app:handle", "--app-type", "wsgi"], "ops_app:handle: --app-type wsgi: "),
+    (["ops_app:handle", "--app-type", "fair"], "'fair' is not one of auto, asgi, wsgi"),
     ([], "no app given"),
     (["ops_app"], "'ops_app' is not MODULE:CALLABLE"),
     (["ops_app:nope"], "has no 'nope'"),
@@ -54,7 +55,7 @@ BAD_INPUT = [
     (["ops_broken:app"], "importing ops_broken failed: ZeroDivisionError: app cannot start"),
     ([os.path.join(APPS, "ops_broken.py") + ":app"], "ops_broken.py, line 1)"),
     (["missing/app.py:app"], "no such file: missing/app.py"),
-    (["ops_app:serve_when_ready"], "give --app-type stream, protocol or main"),
+    (["ops_app:serve_when_ready"], "give --app-type asgi, wsgi, stream, protocol or main"),
 ]
 
 
@@ -151,11 +152,9 @@ def test_app_kinds_are_told_apart():
     assert apps.app_kind(stream, "auto", "x:stream") == "stream"
     assert apps.app_kind(Proto, "auto", "x:Proto") == "protocol"
     assert apps.app_kind(main, "main", "x:main") == "main"
-    with pytest.raises(apps.AppError, match="looks like a WSGI app"):
-        apps.app_kind(wsgi, "auto", "x:wsgi")
-    with pytest.raises(apps.AppError, match="looks like an ASGI app"):
-        apps.app_kind(asgi, "auto", "x:asgi")
-    with pytest.raises(apps.AppError, match="give --app-type"):
+    assert apps.app_kind(wsgi, "auto", "x:wsgi") == "wsgi"
+    assert apps.app_kind(asgi, "auto", "x:asgi") == "asgi"
+    with pytest.raises(apps.AppError, match="give --app-type asgi, wsgi, stream"):
         apps.app_kind(main, "auto", "x:main")
 
 

@@ -13,7 +13,8 @@ import sys
 
 import pytest
 
-from harness import ROOT, impl_env
+from harness import ROOT
+from tests.implementations import DEFAULT
 from web_harness import (closed_by_peer, lifespan_dir, lifespan_records,  # noqa: F401
                          need_web_extra, raw_request, read_response, web_cluster)
 
@@ -112,7 +113,7 @@ def test_a_missing_package_names_the_extra_to_install(module, app):
     if module == "uvloop":
         code = code.replace('"127.0.0.1:0")', '"127.0.0.1:0", loop="uvloop")')
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=30, env=impl_env("c"), cwd=ROOT)
+                            timeout=30, env=DEFAULT.env(), cwd=ROOT)
     assert result.returncode == 7, result.stdout + result.stderr
     assert f"fastfork.web needs the {module!r} package" in result.stdout
     assert "install the web extra: pip install 'fastfork[web]'" in result.stdout
@@ -129,7 +130,7 @@ def test_uvloop_auto_falls_back_to_asyncio_when_missing():
             "except fastfork.web.MissingExtraError as exc:\n    print('missing', exc)\n"
             "except Exception as exc:\n    print('then', type(exc).__name__, exc)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            timeout=30, env=impl_env("c"), cwd=ROOT)
+                            timeout=30, env=DEFAULT.env(), cwd=ROOT)
     assert "missing" not in result.stdout, result.stdout + result.stderr
     assert result.stdout.startswith("then RuntimeError fastfork.web serves from a fastfork "
                                     "worker"), result.stdout + result.stderr

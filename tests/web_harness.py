@@ -15,6 +15,7 @@ import tempfile
 import pytest
 
 from harness import ROOT, ClusterProcess
+from tests.implementations import DEFAULT
 
 WEB_CLUSTER = os.path.join(ROOT, "tests", "apps", "web", "web_cluster.py")
 ASGI_APPS = ("starlette", "fastapi")
@@ -51,7 +52,7 @@ def web_cluster():
     def start(*args, env=None):
         app = args[args.index("--app") + 1] if "--app" in args else "starlette"
         need_framework(app)
-        proc = ClusterProcess(args, impl="c", env=env, script=WEB_CLUSTER)
+        proc = ClusterProcess(args, impl=DEFAULT, env=env, script=WEB_CLUSTER)
         started.append(proc)
         return proc
 

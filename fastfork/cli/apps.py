@@ -94,7 +94,10 @@ def _import_failure(name, exc):
 
 
 def app_kind(app, app_type, spec):
-    """What the callable is (stream, protocol, main), checked against ``--app-type``."""
+    """What the callable is (asgi, wsgi, stream, protocol, main), checked against
+    ``--app-type``.  ``auto`` goes by the parameters' names, the conventions the
+    frameworks keep: ``(environ, start_response)`` is WSGI, ``(scope, receive,
+    send)`` ASGI, any other two a stream callback."""
     if isinstance(app, type) and issubclass(app, asyncio.BaseProtocol):
         detected = "protocol"
     else:
@@ -106,18 +109,23 @@ def app_kind(app, app_type, spec):
             params = None
         names = [p.name for p in params] if params is not None else []
         if names[:2] == ["environ", "start_response"]:
-            raise AppError(f"{spec} looks like a WSGI app; fastfork does not serve WSGI apps "
-                           f"directly yet (see 'In production' in the README)")
-        if len(names) == 3 and names[0] == "scope":
-            raise AppError(f"{spec} looks like an ASGI app; fastfork does not serve ASGI apps "
-                           f"directly yet (see 'In production' in the README)")
-        if params is not None and len(params) == 2:
+            detected = "wsgi"
+        elif len(names) == 3 and names[0] == "scope":
+            detected = "asgi"
+        elif params is not None and len(params) == 2:
             detected = "stream"
     if app_type == "auto":
         if detected is None:
             raise AppError(f"cannot tell what kind of callable {spec} is; "
-                           f"give --app-type stream, protocol or main")
+                           f"give --app-type asgi, wsgi, stream, protocol or main")
         return detected
+    if app_type in ("asgi", "wsgi"):
+        from ..web.detect import classify
+        from ..web.errors import NotAnAppError
+        try:
+            classify(app)
+        except NotAnAppError as exc:
+            raise AppError(f"{spec}: --app-type {app_type}: {exc}") from None
     return app_type
 
 

@@ -19,7 +19,6 @@ import fastfork
 from .. import privileges
 from ..channels.status_socket import default_dir, default_path
 from ..primary import Cluster
-from ..primary.metrics import MissingExtra
 from . import options
 from .apps import AppError, check_app, resolve_app
 
@@ -74,8 +73,23 @@ def serve_worker(settings, binds, app, kind):
             sys.exit(1)
     if kind == "main":
         app(list(binds))
+    elif kind in ("asgi", "wsgi"):
+        from .. import web
+        web.serve(app, *binds, kind=kind, **web_options(settings))
     else:
         fastfork.serve(app, *binds, protocol=(kind == "protocol"))
+
+
+def web_options(settings):
+    """``fastfork.web.serve``'s options from the settings."""
+    return {"loop": settings.loop, "threads": settings.threads, "http": settings.http,
+            "ws": settings.ws, "lifespan": settings.lifespan, "root_path": settings.root_path,
+            "proxy_headers": settings.proxy_headers,
+            "forwarded_allow_ips": settings.forwarded_allow_ips,
+            "timeout_keep_alive": settings.timeout_keep_alive,
+            "limit_concurrency": settings.limit_concurrency or None,
+            "access_log": not settings.no_access_log,
+            "graceful_timeout": settings.graceful_timeout}
 
 
 def default_name(spec):
@@ -115,6 +129,10 @@ def main(argv=None):
             app, kind = resolve_app(settings.app, settings.app_type)
         else:
             app, kind = None, check_app(settings.app, settings.app_type, credentials)
+        if kind in ("asgi", "wsgi"):
+            # The web extra must be there before any worker is forked.
+            from ..web import deps
+            deps.check(kind, settings.http, settings.ws, settings.loop)
         if settings.name is None:
             settings = settings.replace(name=default_name(settings.app))
         binds = []
@@ -129,7 +147,9 @@ def main(argv=None):
         control = cluster.open_control_socket(settings.control_socket
                                               or default_path(settings.name))
         cluster.open_endpoints()
-    except (options.ConfigError, AppError, MissingExtra, ValueError, OSError) as exc:
+    # ImportError: an optional part (the web or metrics extra) is missing; the message
+    # names the extra to install.
+    except (options.ConfigError, AppError, ImportError, ValueError, OSError) as exc:
         # OSError's str() would prefix "[Errno N]" to a message that already says it all.
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(f"fastfork run: error: {text}", file=sys.stderr)

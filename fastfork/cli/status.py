@@ -13,7 +13,8 @@ import sys
 
 from ..channels.status_socket import ControlError, default_dir, default_path, request
 
-COLUMNS = ("id", "index", "pid", "uptime", "restarts", "dispatched", "open", "rss", "state")
+COLUMNS = ("id", "index", "pid", "uptime", "restarts", "dispatched", "requests", "open", "rss",
+           "state")
 
 
 def build_parser():
@@ -68,8 +69,10 @@ def table(answer):
         lines[0] += "; stopping"
     rows = [COLUMNS] + [tuple(cell(c, w[c]) for c in COLUMNS) for w in answer["workers"]]
     t = answer["totals"]
-    rows.append(("total", "", "", "", str(t["restarts"]), str(t["dispatched"]), str(t["open"]),
-                 size(t["rss"]), f"{t['workers']} workers"))
+    requests = [w["requests"] for w in answer["workers"] if w.get("requests") is not None]
+    rows.append(("total", "", "", "", str(t["restarts"]), str(t["dispatched"]),
+                 str(sum(requests)) if requests else "-", str(t["open"]), size(t["rss"]),
+                 f"{t['workers']} workers"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     for row in rows:
         lines.append("  ".join(value.ljust(w) if i in (0, len(COLUMNS) - 1) else value.rjust(w)

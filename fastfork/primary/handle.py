@@ -34,6 +34,7 @@ class Worker:
         self.heartbeats = 0          # hang detection starts with the first beat
         self.open_connections = None # as last reported by the worker's loop
         self.served = None           # connections its loop has taken, as reported
+        self.requests = None         # requests answered, as reported (HTTP apps)
         self.replaces = None         # the worker this one replaces, until it is ready
         self.request_limit = 0       # max-requests plus this worker's jitter; 0: none
         self.restarts = 0            # workers forked at this index before this one
@@ -83,6 +84,13 @@ class Worker:
         """Connections this worker got: dispatched by the primary (``rr``) or,
         when it accepts by itself (``none``/``reuseport``), as its loop reports."""
         return max(self.dispatched(), self.served or 0)
+
+    def work_done(self):
+        """What max-requests counts: ``(requests, "requests")`` where the worker
+        reports them (HTTP apps), else ``(connections, "connections")``."""
+        if self.requests is not None:
+            return self.requests, "requests"
+        return self.handled(), "connections"
 
     def rss(self):
         """Resident memory in bytes (from /proc), or None once it is gone."""

@@ -9,8 +9,8 @@ Rules
 2. A worker still starting as a replacement is not recycled: there would be
    nothing to gain.
 3. Recycling, one worker at a time, new before old: at ``request_limit``
-   connections handled (max-requests plus its jitter), or RSS over
-   ``max_memory`` bytes.
+   requests answered (HTTP apps report them) or else connections handled
+   (max-requests plus its jitter), or RSS over ``max_memory`` bytes.
 4. Workers beat at most every second, and four times per timeout when the
    timeout is shorter, so that one late beat is never taken for a hang.
 """
@@ -31,15 +31,15 @@ def heartbeat_interval(timeout):
 
 def verdict(worker, now, timeout, max_memory):
     """``None``, ``(ABORT, seconds_silent)`` or ``(REPLACE, reason)`` for ``worker``
-    (a handle: last_heartbeat, heartbeats, replaces, request_limit, handled(), rss())."""
+    (a handle: last_heartbeat, heartbeats, replaces, request_limit, work_done(), rss())."""
     silent = now - worker.last_heartbeat
     if timeout and worker.heartbeats and silent > timeout:
         return ABORT, silent
     if worker.replaces is not None:
         return None
-    if worker.request_limit and worker.handled() >= worker.request_limit:
-        return REPLACE, (f"max-requests ({worker.handled()} connections, "
-                         f"limit {worker.request_limit})")
+    done, unit = worker.work_done()
+    if worker.request_limit and done >= worker.request_limit:
+        return REPLACE, f"max-requests ({done} {unit}, limit {worker.request_limit})"
     if max_memory:
         rss = worker.rss()
         if rss is not None and rss > max_memory:

@@ -86,9 +86,10 @@ def on_stopping(cluster, worker, message):
 def on_heartbeat(cluster, worker, message):
     worker.last_heartbeat = time.monotonic()
     worker.heartbeats += 1
-    opened, served = message.get("open"), message.get("served")
+    opened, served, requests = message.get("open"), message.get("served"), message.get("requests")
     worker.open_connections = None if opened is None else int(opened)
     worker.served = None if served is None else int(served)
+    worker.requests = None if requests is None else int(requests)
 
 
 def on_msg(cluster, worker, message):

@@ -95,6 +95,8 @@ class ClusterCollector:
         families = {
             "dispatched": counter("fastfork_worker_connections", "Connections a worker got.",
                                   labels=labels),
+            "requests": counter("fastfork_worker_requests", "Requests a worker answered "
+                                "(HTTP apps).", labels=labels),
             "open": gauge("fastfork_worker_open_connections", "Connections open in a worker, "
                           "as its loop last reported.", labels=labels),
             "queued": gauge("fastfork_worker_queued_connections", "Connections sent to a "
@@ -112,6 +114,8 @@ class ClusterCollector:
                 continue      # a stopping worker shares its index with its successor
             index = [str(worker.index)]
             families["dispatched"].add_metric(index, worker.handled())
+            if worker.requests is not None:
+                families["requests"].add_metric(index, worker.requests)
             if worker.open_connections is not None:
                 families["open"].add_metric(index, worker.open_connections)
             families["queued"].add_metric(index, dispatcher.worker_stats(worker.slot)[1])

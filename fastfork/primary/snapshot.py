@@ -9,7 +9,8 @@ def status(cluster):
     for w in sorted(cluster.workers.values(), key=lambda w: (w.index, w.id)):
         workers.append({"id": w.id, "index": w.index, "pid": w.pid,
                         "uptime": round(w.uptime, 3), "restarts": w.restarts,
-                        "dispatched": w.handled(), "open": w.open_connections,
+                        "dispatched": w.handled(), "requests": w.requests,
+                        "open": w.open_connections,
                         "rss": w.rss(), "state": w.state})
     replacing = None
     current = cluster.replacements.current

@@ -12,7 +12,8 @@ import sys
 import fastfork
 
 from . import deps
-from .asgi import AsgiServer
+from ..worker import runtime as _runtime
+from .asgi import AsgiServer, requests_served
 from .detect import classify
 from .wsgi import DEFAULT_THREADS, wrap
 
@@ -55,6 +56,8 @@ async def serve_async(app, *addresses, kind="auto", threads=DEFAULT_THREADS, on_
 
 
 async def _serve_prepared(server, on_started):
+    # Heartbeats report requests, so status and max-requests count them.
+    _runtime.runtime().request_counter = requests_served
     await server.start()
     try:
         if on_started is not None:

@@ -46,6 +46,9 @@ class WorkerRuntime:
         self.stopping = threading.Event()
         self._last_beat = 0.0
         self.accepted = 0                 # connections blocking accept() returned
+        # Set by a server that counts requests (fastfork.web): heartbeats report
+        # them, and max-requests counts them instead of connections.
+        self.request_counter = None
         # Readable once this worker is stopping (a blocking accept() waits on it too).
         self.stop_fd, self._stop_w = os.pipe2(os.O_CLOEXEC)
         # SIGTERM to a worker (kill, systemd's KillMode=control-group) means
@@ -149,7 +152,9 @@ class WorkerRuntime:
     def heartbeat(self, open_connections=None, served=None):
         """Prove this worker's loop runs; the counts show in ``fastfork status``."""
         self._last_beat = time.monotonic()
-        self.control.send({"t": "heartbeat", "open": open_connections, "served": served})
+        requests = self.request_counter() if self.request_counter is not None else None
+        self.control.send({"t": "heartbeat", "open": open_connections, "served": served,
+                           "requests": requests})
 
     def beat_if_due(self, served=None):
         """A heartbeat, unless one went out less than an interval ago (for loops
