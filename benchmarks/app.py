@@ -7,8 +7,9 @@
 Every request gets the same 13-byte body; ``Connection: close`` in a request
 makes the answer carry it too and the server close after writing.
 ``GET /stall?s=2`` blocks the serving process's event loop for 2 s before
-answering (the stall test).  ``benchmarks/node_cluster.js`` answers with the
-same bytes under the same rules.
+answering (the stall test); ``GET /burn?ms=20`` burns 20 ms of CPU in the
+loop before answering (``benchmarks/uneven.py``).  ``benchmarks/node_cluster.js``
+answers with the same bytes under the same rules (it has no ``/burn``).
 
 Each serving process counts its connections and requests and, every 50 ms,
 replaces ``STATS_DIR/<pid>.json`` with ``{"pid", "conns", "reqs", "t"}``
@@ -66,6 +67,24 @@ class Stats:
 STATS = None
 
 
+def _burn_seconds(head):
+    # "GET /burn?ms=20 HTTP/1.1..." -> 0.02
+    target = head.split(b" ", 2)[1]
+    _, _, value = target.partition(b"ms=")
+    try:
+        return min(max(float(value or b"20"), 0.0), 1000.0) / 1000.0
+    except ValueError:
+        return 0.02
+
+
+def burn(seconds):
+    """Spend ``seconds`` of this thread's CPU time (not wall time: on a busy
+    machine a burn must cost the same work, however long it takes)."""
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
 def _stall_seconds(head):
     # "GET /stall?s=2 HTTP/1.1..." -> 2.0
     target = head.split(b" ", 2)[1]
@@ -98,6 +117,8 @@ class HTTP(asyncio.Protocol):
             STATS.reqs += 1
             if head.startswith(b"GET /stall"):
                 time.sleep(_stall_seconds(head))      # blocks this process's event loop
+            elif head.startswith(b"GET /burn"):
+                burn(_burn_seconds(head))             # and this keeps it busy
             if b"connection: close" in head.lower():
                 self.transport.write(RESPONSE_CLOSE)
                 self.transport.close()
@@ -131,7 +152,7 @@ def serve_single(port, stats_dir):
     asyncio.run(main())
 
 
-def serve_fastfork(port, stats_dir, workers, policy, impl, window=None):
+def serve_fastfork(port, stats_dir, workers, policy, impl, window=None, worker_connections=0):
     import fastfork
 
     def worker_main():
@@ -142,6 +163,8 @@ def serve_fastfork(port, stats_dir, workers, policy, impl, window=None):
 
     pure = None if impl == "auto" else impl == "py"
     options = {} if window is None else {"window": window}
+    if worker_connections:
+        options["worker_connections"] = worker_connections
     cluster = fastfork.Cluster(worker_main, workers, policy=policy, pure=pure,
                                graceful_timeout=5.0, **options)
     print(json.dumps({"primary": os.getpid(), "policy": policy,
@@ -152,12 +175,14 @@ def serve_fastfork(port, stats_dir, workers, policy, impl, window=None):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", choices=("fastfork", "single"), required=True)
-    parser.add_argument("--policy", choices=("rr", "none", "reuseport"), default="rr")
+    parser.add_argument("--policy", choices=("rr", "least", "none", "reuseport"), default="rr")
     parser.add_argument("--impl", choices=("c", "py", "auto"), default="auto",
                         help="fastfork dispatcher: Cython, pure Python, or the default choice")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--window", type=int, default=None,
-                        help="credit window of the rr policy (default: fastfork's)")
+                        help="credit window of the rr/least policies (default: fastfork's)")
+    parser.add_argument("--worker-connections", type=int, default=0,
+                        help="least policy: cap on a worker's open connections (0: none)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--stats-dir", required=True)
     args = parser.parse_args(argv)
@@ -168,7 +193,7 @@ def main(argv=None):
         serve_single(args.port, args.stats_dir)
         return 0
     return serve_fastfork(args.port, args.stats_dir, args.workers, args.policy, args.impl,
-                          args.window)
+                          args.window, args.worker_connections)
 
 
 if __name__ == "__main__":

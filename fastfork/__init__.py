@@ -68,7 +68,11 @@ def __getattr__(name):
 
 
 def listen(address, backlog=2048):
-    """In a worker: get the shared listening address (blocking code); returns a Listener."""
+    """In a worker: get the shared listening address (blocking code); returns a Listener.
+
+    Not under policy ``least`` (RuntimeError): blocking code does not report
+    the connections it closes; serve from an event loop there (``serve``).
+    """
     return _runtime.runtime().listen(address, backlog)
 
 

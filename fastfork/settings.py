@@ -23,7 +23,10 @@ from .addresses import parse_address, parse_networks
 from .channels.wire import DEFAULT_BATCH_MAX, DEFAULT_WINDOW, check_batch_max, check_window
 from .cpus import parse_workers
 
-POLICIES = ("rr", "none", "reuseport")
+POLICIES = ("rr", "least", "none", "reuseport")
+# The policies under which the primary accepts and its dispatcher hands out
+# connections (the others let the workers accept by themselves).
+DISPATCHED = ("rr", "least")
 APP_TYPES = ("auto", "asgi", "wsgi", "stream", "protocol", "main")
 LOOPS = ("auto", "asyncio", "uvloop")
 LOG_LEVELS = ("debug", "info", "warning", "error")
@@ -197,7 +200,8 @@ class Settings:
         "and cgroup quota) (default max)", metavar="N|max")
     policy: str = _setting(
         "rr", _choice(POLICIES), "rr: the primary accepts and hands each connection to the "
-        "next worker with room; none: workers accept on the shared socket; reuseport: one "
+        "next worker with room; least: to the worker with the fewest open connections "
+        "(asyncio workers only); none: workers accept on the shared socket; reuseport: one "
         "SO_REUSEPORT socket per worker (default rr)", metavar="|".join(POLICIES))
     app_type: str = _setting(
         "auto", _choice(APP_TYPES), "what CALLABLE is: asgi: an ASGI app (FastAPI, Starlette, "
@@ -211,7 +215,11 @@ class Settings:
         "faster starts; a reload then does not pick up new code)", flag=True)
     window: int = _setting(
         DEFAULT_WINDOW, check_window, f"connections a worker may hold unacknowledged "
-        f"(rr policy; default {DEFAULT_WINDOW})", metavar="N")
+        f"(rr and least policies; default {DEFAULT_WINDOW})", metavar="N")
+    worker_connections: int = _setting(
+        0, _count, "least policy: most connections a worker may have open; when every "
+        "worker has this many, new ones wait in the kernel's backlog (0: no cap)",
+        metavar="N")
     batch_max: int = _setting(DEFAULT_BATCH_MAX, check_batch_max, cli=False)
 
     # -- operations ------------------------------------------------------------------
@@ -344,6 +352,11 @@ class Settings:
             except ValueError as exc:
                 raise SettingError(field.name, str(exc)) from None
             object.__setattr__(self, field.name, converted)
+        if self.worker_connections and self.policy != "least":
+            # Only least counts open connections; a cap rr cannot keep must not
+            # look as if it were kept.
+            raise SettingError("worker_connections",
+                               f"needs policy least (policy is {self.policy})")
 
     def replace(self, **changes):
         """A copy with ``changes`` applied (and checked)."""

@@ -3,6 +3,7 @@
 Each case is a credit window and a list of steps ``"method args... -> result"``:
 the result is the return value, or the name of the exception the step raises;
 a step without ``->`` must just not raise.  ``sub`` is ``subscribe``.
+The least-connections cases (``LEAST_CASES``) also give ``worker_connections``.
 """
 
 
@@ -19,7 +20,8 @@ def sched_mod(impl):
 
 
 METHODS = {"add": "add", "remove": "remove", "sub": "subscribe", "retire": "retire",
-           "pick": "pick", "ack": "ack", "available": "available", "inflight": "inflight"}
+           "pick": "pick", "ack": "ack", "available": "available", "inflight": "inflight",
+           "closed": "closed", "open": "open_connections"}
 ERRORS = {"ValueError": ValueError, "KeyError": KeyError}
 
 CASES = {
@@ -92,6 +94,69 @@ CASES = {
 }
 
 
+# LeastConnectionsScheduler: window, worker_connections, steps (rules 6-10).
+LEAST_CASES = {
+    "equal counts: round-robin exactly": (2, 0, [
+        "add 0", "add 1", "add 2", "sub 0 0", "sub 1 0", "sub 2 0",
+        "pick 0 -> 0", "pick 0 -> 1", "pick 0 -> 2", "pick 0 -> 0", "pick 0 -> 1",
+        "pick 0 -> 2", "pick 0 -> -1",
+    ]),
+    "fewest open wins, whatever the cursor": (8, 0, [
+        "add 0", "add 1", "add 2", "sub 0 0", "sub 1 0", "sub 2 0",
+        "pick 0 -> 0", "pick 0 -> 1", "pick 0 -> 2",
+        "ack 0 1", "ack 1 1", "ack 2 1", "closed 1 1", "open 1 -> 0",
+        "pick 0 -> 1", "closed 0 1", "closed 2 1",
+        # 0 and 2 have 0 open, 1 has 1: after 1 (picked last) comes 2.
+        "pick 0 -> 2", "pick 0 -> 0", "pick 0 -> 1",
+    ]),
+    "a busy worker gets nothing while others have fewer": (8, 0, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0",
+        "pick 0 -> 0", "ack 0 1",           # 0 keeps one open (a slow request)
+        "pick 0 -> 1", "ack 1 1", "closed 1 1",
+        "pick 0 -> 1", "ack 1 1", "closed 1 1",
+        "pick 0 -> 1", "ack 1 1", "closed 1 1", "open 0 -> 1", "open 1 -> 0",
+    ]),
+    "closes count only what was acknowledged": (4, 0, [
+        "add 0", "sub 0 0", "pick 0 -> 0", "pick 0 -> 0",
+        "closed 0 1 -> ValueError", "ack 0 1", "closed 0 2 -> ValueError",
+        "closed 0 -1 -> ValueError", "open 0 -> 2", "closed 0 1", "open 0 -> 1",
+        "inflight 0 -> 1", "closed 0 1 -> ValueError", "ack 0 1", "closed 0 1",
+        "open 0 -> 0", "closed 0 0",
+    ]),
+    "the credit window still bounds a frozen worker": (2, 0, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0",
+        "pick 0 -> 0", "pick 0 -> 1", "pick 0 -> 0", "pick 0 -> 1",
+        "ack 1 2",                          # 0 froze: it acknowledges nothing
+        "pick 0 -> 1", "ack 1 1",           # 1 has 3 open, 0 has 2 but no credit
+        "pick 0 -> 1", "inflight 0 -> 2", "available 0 -> 1",
+        "pick 0 -> 1", "pick 0 -> -1", "open 0 -> 2", "open 1 -> 5",
+    ]),
+    "the cap leaves connections to the backlog": (8, 2, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0", "available 0 -> 4",
+        "pick 0 -> 0", "pick 0 -> 1", "pick 0 -> 0", "pick 0 -> 1",
+        "available 0 -> 0", "pick 0 -> -1",
+        "ack 0 2", "available 0 -> 0", "closed 0 1", "available 0 -> 1",
+        "pick 0 -> 0", "pick 0 -> -1", "open 0 -> 2", "open 1 -> 2",
+    ]),
+    "cap below the window: the smaller counts": (4, 1, [
+        "add 0", "sub 0 0", "available 0 -> 1", "pick 0 -> 0", "available 0 -> 0",
+        "ack 0 1", "closed 0 1", "available 0 -> 1",
+    ]),
+    "remove forgets the open count; retire keeps counting closes": (4, 0, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0",
+        "pick 0 -> 0", "pick 0 -> 1", "pick 0 -> 0", "ack 0 1",
+        "remove 0 -> 1", "open 0 -> KeyError", "closed 0 1 -> KeyError",
+        "add 0", "open 0 -> 0", "sub 0 0", "pick 0 -> 0",
+        "retire 1", "ack 1 1", "closed 1 1", "open 1 -> 0", "pick 0 -> 0",
+    ]),
+    "listeners and sparse slots as in round-robin": (1, 0, [
+        "add 5", "add 2", "sub 5 1", "sub 2 0",
+        "pick 1 -> 5", "pick 0 -> 2", "pick 0 -> -1", "pick 1 -> -1",
+        "pick 3 -> -1", "open 3 -> KeyError",
+    ]),
+}
+
+
 def run_step(sched, step):
     call, _, expect = step.partition("->")
     name, *args = call.split()
@@ -113,6 +178,39 @@ def test_rules(sched_mod, window, steps):
     assert sched.window == window
     for step in steps:
         run_step(sched, step)
+
+
+@pytest.mark.parametrize("window, cap, steps", list(LEAST_CASES.values()), ids=list(LEAST_CASES))
+def test_least_rules(sched_mod, window, cap, steps):
+    sched = sched_mod.LeastConnectionsScheduler(window, cap)
+    assert (sched.window, sched.worker_connections) == (window, cap)
+    for step in steps:
+        run_step(sched, step)
+
+
+def test_round_robin_counts_no_closes(sched_mod):
+    sched = sched_mod.RoundRobinScheduler(2)
+    sched.add(0)
+    sched.subscribe(0, 0)
+    sched.pick(0)
+    sched.ack(0, 1)
+    with pytest.raises(ValueError, match="round-robin does not count them"):
+        sched.closed(0, 1)
+    with pytest.raises(KeyError):
+        sched.closed(1, 1)
+
+
+def test_scheduler_for_maps_the_policy(sched_mod):
+    assert type(sched_mod.scheduler_for("rr", 3)) is sched_mod.RoundRobinScheduler
+    least = sched_mod.scheduler_for("least", 3, 5)
+    assert type(least) is sched_mod.LeastConnectionsScheduler
+    assert (least.window, least.worker_connections) == (3, 5)
+    with pytest.raises(ValueError, match="worker_connections needs policy least"):
+        sched_mod.scheduler_for("rr", 3, 5)
+    with pytest.raises(ValueError, match="policy 'none' has no scheduler"):
+        sched_mod.scheduler_for("none", 3)
+    with pytest.raises(ValueError, match="worker_connections must be >= 0"):
+        sched_mod.LeastConnectionsScheduler(3, -1)
 
 
 @pytest.mark.parametrize("window", [0, -3])
@@ -161,19 +259,27 @@ OPS = st.one_of(
     st.tuples(st.just("ack"), st.integers(0, 6), st.integers(0, 3)),
     st.tuples(st.just("available"), st.integers(0, 63)),
     st.tuples(st.just("inflight"), st.integers(0, 6)),
+    st.tuples(st.just("closed"), st.integers(0, 6), st.integers(-1, 3)),
+    st.tuples(st.just("open_connections"), st.integers(0, 6)),
 )
 
 
 @settings(max_examples=200, deadline=None)
-@given(window=st.integers(1, 4), ops=st.lists(OPS, max_size=60))
-def test_builds_agree(window, ops):
-    """Any sequence of calls gives the same results in both builds."""
-    scheds = [impl.scheduler.RoundRobinScheduler(window) for impl in BOTH]
+@given(window=st.integers(1, 4), cap=st.one_of(st.none(), st.integers(0, 4)),
+       ops=st.lists(OPS, max_size=60))
+def test_builds_agree(window, cap, ops):
+    """Any sequence of calls gives the same results in both builds
+    (``cap`` None: round-robin; else least connections with that cap)."""
+    if cap is None:
+        scheds = [impl.scheduler.RoundRobinScheduler(window) for impl in BOTH]
+        ops = [op for op in ops if op[0] != "open_connections"]
+    else:
+        scheds = [impl.scheduler.LeastConnectionsScheduler(window, cap) for impl in BOTH]
     for name, *args in ops:
         outcomes = []
         for sched in scheds:
             try:
                 outcomes.append(getattr(sched, name)(*args))
             except (ValueError, KeyError) as exc:
-                outcomes.append(type(exc))
+                outcomes.append((type(exc), str(exc)))
         assert outcomes[0] == outcomes[1], (name, args)

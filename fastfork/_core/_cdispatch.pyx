@@ -54,7 +54,8 @@ from .includes.system cimport (
     MSG_TRUNC, SO_TYPE, SOCK_CLOEXEC, SOCK_NONBLOCK, SOL_SOCKET, accept4, epoll_create1,
     epoll_ctl, epoll_event, epoll_wait, ff_recv_fds, ff_send_fds, getsockopt, recv, send,
     socklen_t, would_block)
-from ._cscheduler cimport RoundRobinScheduler, FF_MAX_LISTENERS
+from ._cscheduler cimport RoundRobinScheduler, LeastConnectionsScheduler, FF_MAX_LISTENERS
+from ._cscheduler import scheduler_for
 
 from fastfork.channels.wire import (BATCH_BUCKETS, DEFAULT_BATCH_MAX, DEFAULT_WINDOW,
                                     ProtocolError, check_batch_max, check_window)

@@ -27,4 +27,12 @@ cdef class RoundRobinScheduler:
     cdef int c_pick(self, int lid) noexcept
     cdef int c_available(self, int lid) noexcept
     cdef int c_try_ack(self, int slot, int count) noexcept   # 0, or -1 if invalid
+    cdef int c_try_closed(self, int slot, int count) noexcept  # 0, or -1 if invalid
     cdef bint c_has(self, int slot) noexcept
+
+
+# Policy least: overrides the cdef methods above (they are virtual), so the
+# dispatcher calls whichever scheduler it holds through the same interface.
+cdef class LeastConnectionsScheduler(RoundRobinScheduler):
+    cdef readonly int worker_connections   # 0: no cap
+    cdef int *open_          # slot -> sent and not reported closed

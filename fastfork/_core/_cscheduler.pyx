@@ -5,6 +5,7 @@ Same rules (see that module's docstring), same Python methods and exceptions;
 ``_cdispatch`` calls the ``c_*`` methods declared in ``_cscheduler.pxd``.
 """
 
+from libc.limits cimport INT_MAX
 from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memset
@@ -12,6 +13,26 @@ from libc.string cimport memset
 from fastfork.channels.wire import check_window
 
 MAX_LISTENERS = FF_MAX_LISTENERS
+
+
+def scheduler_for(policy, window, worker_connections=0):
+    """The scheduler of a dispatching policy: the one place that maps a
+    policy name to a scheduler class (the twin has the same function)."""
+    if policy == "least":
+        return LeastConnectionsScheduler(window, worker_connections)
+    if policy == "rr":
+        if worker_connections:
+            raise ValueError(f"worker_connections needs policy least, not {policy!r}")
+        return RoundRobinScheduler(window)
+    raise ValueError(f"policy {policy!r} has no scheduler (the primary dispatches "
+                     "only under rr and least)")
+
+
+def _check_cap(worker_connections):
+    worker_connections = int(worker_connections)
+    if worker_connections < 0:
+        raise ValueError(f"worker_connections must be >= 0, got {worker_connections}")
+    return worker_connections
 
 
 cdef class RoundRobinScheduler:
@@ -146,6 +167,9 @@ cdef class RoundRobinScheduler:
         self.inflight_[slot] -= count
         return 0
 
+    cdef int c_try_closed(self, int slot, int count) noexcept:
+        return -1                    # rule 10: round-robin counts no closes
+
     # -- Python interface (same as fastfork._core._pyscheduler) ------------------
     def add(self, int slot):
         self.c_add(slot)
@@ -174,6 +198,12 @@ cdef class RoundRobinScheduler:
                 f"but has {self.inflight_[slot]} in flight")
         self.inflight_[slot] -= <int>count
 
+    def closed(self, int slot, long long count):
+        """A worker reported ``count`` connections closed (rule 10: not counted here)."""
+        self._check(slot)
+        raise ValueError(f"slot {slot} reported {count} closed connections, "
+                         "but round-robin does not count them")
+
     def available(self, int lid):
         """Total credit of the workers eligible for ``lid``."""
         _check_lid(lid)
@@ -182,6 +212,94 @@ cdef class RoundRobinScheduler:
     def inflight(self, int slot):
         self._check(slot)
         return self.inflight_[slot]
+
+
+cdef class LeastConnectionsScheduler(RoundRobinScheduler):
+    """Fewest open connections first, ties round-robin (see ``fastfork._core._pyscheduler``)."""
+
+    def __cinit__(self, *args, **kwargs):
+        self.open_ = NULL            # the base's __cinit__ has run first
+
+    def __init__(self, window, worker_connections=0):
+        RoundRobinScheduler.__init__(self, window)
+        self.worker_connections = _check_cap(worker_connections)
+
+    def __dealloc__(self):
+        free(self.open_)
+
+    cdef int _grow(self, int need) except -1:
+        cdef void *p
+        RoundRobinScheduler._grow(self, need)
+        p = realloc(self.open_, self.capacity * sizeof(int))
+        if p == NULL:
+            raise MemoryError()
+        self.open_ = <int *>p
+        return 0
+
+    cdef int c_add(self, int slot) except -1:
+        RoundRobinScheduler.c_add(self, slot)
+        self.open_[slot] = 0
+        return 0
+
+    cdef int c_remove(self, int slot) except -1:
+        cdef int lost = RoundRobinScheduler.c_remove(self, slot)
+        self.open_[slot] = 0
+        return lost
+
+    cdef int c_pick(self, int lid) noexcept:
+        cdef int n = self.nslots
+        cdef int cap = self.worker_connections
+        cdef int start, step, slot, best = -1
+        cdef uint64_t bit = (<uint64_t>1) << lid
+        if n == 0:
+            return -1
+        start = self.cursor[lid]
+        for step in range(1, n + 1):
+            slot = (start + step) % n
+            if (self.active[slot] and (self.subs[slot] & bit)
+                    and self.inflight_[slot] < self.window
+                    and (cap == 0 or self.open_[slot] < cap)
+                    and (best < 0 or self.open_[slot] < self.open_[best])):
+                best = slot          # strictly fewer: the first of equals keeps it
+        if best >= 0:
+            self.inflight_[best] += 1
+            self.open_[best] += 1
+            self.cursor[lid] = best
+        return best
+
+    cdef int c_available(self, int lid) noexcept:
+        cdef int slot, room
+        cdef int total = 0
+        cdef int cap = self.worker_connections
+        cdef uint64_t bit = (<uint64_t>1) << lid
+        for slot in range(self.nslots):
+            if self.active[slot] and (self.subs[slot] & bit):
+                room = self.window - self.inflight_[slot]
+                if cap:
+                    room = min(room, cap - self.open_[slot])
+                total += max(room, 0)
+        return total
+
+    cdef int c_try_closed(self, int slot, int count) noexcept:
+        if (not self.c_has(slot) or count < 0
+                or count > self.open_[slot] - self.inflight_[slot]):
+            return -1
+        self.open_[slot] -= count
+        return 0
+
+    def closed(self, int slot, long long count):
+        """``count`` connections of ``slot`` closed; raises if it never acknowledged them."""
+        self._check(slot)
+        if self.c_try_closed(slot, <int>count if 0 <= count <= INT_MAX else -1) < 0:
+            raise ValueError(
+                f"slot {slot} reported {count} connections closed "
+                f"but has {self.open_[slot] - self.inflight_[slot]} acknowledged and open")
+
+    def open_connections(self, int slot):
+        """Connections sent to ``slot`` and not reported closed."""
+        self._check(slot)
+        return self.open_[slot]
+
 
 
 cdef int _check_lid(int lid) except -1:

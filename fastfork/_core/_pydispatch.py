@@ -19,11 +19,11 @@ import select
 import time
 
 from ..channels.fdpass import rights
-from ..channels.wire import (BATCH_BUCKETS, HEADER, LID, MSG_ACK, MSG_END, MSG_FDS,
-                             ProtocolError, check_batch_max, check_window,
+from ..channels.wire import (BATCH_BUCKETS, HEADER, LID, MSG_ACK, MSG_CLOSED, MSG_END,
+                             MSG_FDS, ProtocolError, check_batch_max, check_window,
                              DEFAULT_BATCH_MAX, DEFAULT_WINDOW)
 from ._pyreceiver import Receiver, borrow
-from ._pyscheduler import RoundRobinScheduler
+from ._pyscheduler import LeastConnectionsScheduler, scheduler_for
 
 __all__ = ["Dispatcher", "Receiver", "IMPLEMENTATION"]
 
@@ -46,7 +46,7 @@ class Dispatcher:
     """The primary's hot path: accept, pick a worker, pass the fd, track acks."""
 
     def __init__(self, window=DEFAULT_WINDOW, batch_max=DEFAULT_BATCH_MAX,
-                 pause_ms=100):
+                 pause_ms=100, policy="rr", worker_connections=0):
         self.window = check_window(window)
         self.batch_max = check_batch_max(batch_max)
         pause_ms = int(pause_ms)
@@ -55,7 +55,8 @@ class Dispatcher:
         self.pause_ms = pause_ms
         self._pid = os.getpid()
         self._epoll = select.epoll()
-        self._sched = RoundRobinScheduler(self.window)
+        self._sched = scheduler_for(policy, self.window, worker_connections)
+        self.policy = policy      # "rr" or "least": which scheduler
         self._fdmap = {}          # fd -> (kind, id)
         self._listeners = {}      # lid -> socket (not owned: detached on removal)
         self._armed = {}          # lid -> bool
@@ -236,6 +237,15 @@ class Dispatcher:
             raise KeyError(f"no worker in slot {slot}")
         return self._dispatched[slot], len(self._inflight[slot])
 
+    def worker_open(self, slot):
+        """Connections sent to ``slot`` and not reported closed (policy least), else None."""
+        self._check()
+        if not self._open.get(slot):
+            return None
+        if isinstance(self._sched, LeastConnectionsScheduler):
+            return self._sched.open_connections(slot)
+        return None
+
     def held_fds(self):
         """How many connection fds the primary holds (in flight + pending)."""
         self._check()
@@ -402,6 +412,10 @@ class Dispatcher:
                 if len(data) != HEADER.size:
                     raise ProtocolError(f"ack of {len(data)} bytes")
                 kind, count = HEADER.unpack(data)
+                if kind == MSG_CLOSED:
+                    # Policy least's count of open connections; rr refuses it.
+                    self._sched.closed(slot, count)
+                    continue
                 if kind != MSG_ACK:
                     raise ProtocolError(f"message type {kind} from a worker")
                 self._sched.ack(slot, count)

@@ -4,7 +4,8 @@ import os
 import socket
 
 from ..channels.fdpass import cmsg_space, unpack_fds
-from ..channels.wire import HEADER, LID, MSG_ACK, MSG_END, MSG_FDS, SCM_MAX_FD, ProtocolError
+from ..channels.wire import (HEADER, LID, MSG_ACK, MSG_CLOSED, MSG_END, MSG_FDS, SCM_MAX_FD,
+                             ProtocolError)
 
 _RECV_BUF = HEADER.size + LID.size * SCM_MAX_FD
 _CMSG_SPACE = cmsg_space(SCM_MAX_FD)
@@ -109,6 +110,31 @@ class Receiver:
                 # buffer means the primary stopped reading; it will see EOF.
                 return
             count -= n
+
+    def report_closed(self, count):
+        """Tell the primary ``count`` received connections are closed (policy least).
+
+        Returns how many could not be reported because the channel's buffer
+        is full: the caller keeps them and tries again later, since a lost
+        report would leave the primary counting them open for good.  A
+        primary that is gone needs no report (0).
+        """
+        if os.getpid() != self._pid:
+            raise RuntimeError("this Receiver belongs to the parent process")
+        if self._sock.fileno() < 0:
+            raise ValueError("I/O operation on a closed Receiver")
+        if count < 0:
+            raise ValueError(f"cannot report {count} connections closed")
+        while count:
+            n = min(count, 0xFFFF)
+            try:
+                self._sock.send(HEADER.pack(MSG_CLOSED, n))
+            except (BrokenPipeError, ConnectionResetError):
+                return 0
+            except BlockingIOError:
+                return count
+            count -= n
+        return 0
 
     def close(self):
         if os.getpid() == self._pid:

@@ -18,10 +18,50 @@ Rules
    one cursor per listener: the worker after the one picked last.
 5. ``pick`` returns -1 when no worker is eligible; the caller must then stop
    accepting so the backlog stays in the kernel's listen queue.
+
+Least connections (``LeastConnectionsScheduler``, policy ``least``)
+------------------------------------------------------------------
+Rules 1-5 hold, and:
+
+6. Each worker has an *open* count: connections sent to it and not yet
+   reported closed.  ``pick`` adds one; ``closed(n)`` takes ``n`` off.  A
+   worker can only close what it has acknowledged, so ``closed(n)`` raises if
+   ``n`` is more than open minus in flight (and changes nothing).
+7. Among the eligible workers the one with the fewest open connections is
+   picked; ties go round-robin (rule 4: the first such worker after the one
+   picked last on that listener).  With equal counts this is rule 4 exactly.
+8. ``worker_connections`` > 0 caps the open count: a worker at its cap is not
+   eligible, and ``available`` counts for each worker the smaller of its
+   credit and its room under the cap.  All workers at their cap: ``pick`` is
+   -1 (rule 5), so new connections wait in the kernel's backlog.
+9. ``remove`` forgets the open count with the worker (what it had open died
+   with it); the in-flight count is returned as before.
+10. ``RoundRobinScheduler`` counts no closes: ``closed`` raises ValueError
+    there (a worker reports closes only under ``least``).
 """
 from ..channels.wire import check_window
 
 MAX_LISTENERS = 64
+
+
+def scheduler_for(policy, window, worker_connections=0):
+    """The scheduler of a dispatching policy: the one place that maps a
+    policy name to a scheduler class (the C twin has the same function)."""
+    if policy == "least":
+        return LeastConnectionsScheduler(window, worker_connections)
+    if policy == "rr":
+        if worker_connections:
+            raise ValueError(f"worker_connections needs policy least, not {policy!r}")
+        return RoundRobinScheduler(window)
+    raise ValueError(f"policy {policy!r} has no scheduler (the primary dispatches "
+                     "only under rr and least)")
+
+
+def _check_cap(worker_connections):
+    worker_connections = int(worker_connections)
+    if worker_connections < 0:
+        raise ValueError(f"worker_connections must be >= 0, got {worker_connections}")
+    return worker_connections
 
 
 def _check_lid(lid):
@@ -103,6 +143,12 @@ class RoundRobinScheduler:
                 f"but has {self._inflight[slot]} in flight")
         self._inflight[slot] -= count
 
+    def closed(self, slot, count):
+        """A worker reported ``count`` connections closed (rule 10: not counted here)."""
+        self._check(slot)
+        raise ValueError(f"slot {slot} reported {count} closed connections, "
+                         "but round-robin does not count them")
+
     def available(self, lid):
         """Total credit of the workers eligible for ``lid``."""
         bit = 1 << _check_lid(lid)
@@ -119,3 +165,72 @@ class RoundRobinScheduler:
     def _check(self, slot):
         if not (0 <= slot < len(self._present) and self._present[slot]):
             raise KeyError(f"no worker in slot {slot}")
+
+
+class LeastConnectionsScheduler(RoundRobinScheduler):
+    """Fewest open connections first, ties round-robin (rules 6-9)."""
+
+    __slots__ = ("worker_connections", "_open")
+
+    def __init__(self, window, worker_connections=0):
+        super().__init__(window)
+        self.worker_connections = _check_cap(worker_connections)
+        self._open = []      # slot -> sent and not reported closed
+
+    def add(self, slot):
+        super().add(slot)
+        while len(self._open) < len(self._present):
+            self._open.append(0)
+        self._open[slot] = 0
+
+    def remove(self, slot):
+        lost = super().remove(slot)
+        self._open[slot] = 0
+        return lost
+
+    def pick(self, lid):
+        _check_lid(lid)
+        n = len(self._present)
+        bit = 1 << lid
+        start = self._cursor[lid]
+        cap = self.worker_connections
+        best = -1
+        for step in range(1, n + 1):
+            slot = (start + step) % n
+            if (self._active[slot] and self._subs[slot] & bit
+                    and self._inflight[slot] < self.window
+                    and (cap == 0 or self._open[slot] < cap)
+                    and (best < 0 or self._open[slot] < self._open[best])):
+                best = slot       # strictly fewer: the first of equals keeps it
+        if best >= 0:
+            self._inflight[best] += 1
+            self._open[best] += 1
+            self._cursor[lid] = best
+        return best
+
+    def closed(self, slot, count):
+        """``count`` connections of ``slot`` closed; raises if it never acknowledged them."""
+        self._check(slot)
+        done = self._open[slot] - self._inflight[slot]
+        if count < 0 or count > done:
+            raise ValueError(
+                f"slot {slot} reported {count} connections closed "
+                f"but has {done} acknowledged and open")
+        self._open[slot] -= count
+
+    def available(self, lid):
+        bit = 1 << _check_lid(lid)
+        cap = self.worker_connections
+        total = 0
+        for slot in range(len(self._present)):
+            if self._active[slot] and self._subs[slot] & bit:
+                room = self.window - self._inflight[slot]
+                if cap:
+                    room = min(room, cap - self._open[slot])
+                total += max(room, 0)
+        return total
+
+    def open_connections(self, slot):
+        """Connections sent to ``slot`` and not reported closed."""
+        self._check(slot)
+        return self._open[slot]

@@ -12,7 +12,7 @@ import os
 import warnings
 
 DISPATCH_API = ("Dispatcher", "Receiver", "IMPLEMENTATION")
-SCHEDULER_API = ("RoundRobinScheduler",)
+SCHEDULER_API = ("RoundRobinScheduler", "LeastConnectionsScheduler", "scheduler_for")
 
 Backend = collections.namedtuple("Backend", "dispatch scheduler name")
 Backend.__doc__ = """The modules of one implementation; ``name`` is "cython" or "python"."""

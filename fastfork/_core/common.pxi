@@ -5,6 +5,7 @@ cdef enum:
     MSG_FDS = 1
     MSG_END = 2
     MSG_ACK = 3
+    MSG_CLOSED = 4
     HEADER_SIZE = 4
     LID_SIZE = 2
     RECV_BUF = HEADER_SIZE + LID_SIZE * FF_SCM_MAX_FD

@@ -22,6 +22,7 @@ cdef class Dispatcher:
     cdef readonly long long pauses
     cdef readonly int last_pause_errno
     cdef long long _batches[NBATCH_BUCKETS]   # sendmsg count by fds sent, for the metrics
+    cdef readonly str policy             # "rr" or "least": which scheduler
 
     cdef pid_t _pid
     cdef int _epfd
@@ -61,7 +62,8 @@ cdef class Dispatcher:
             self._lfd[i] = -1
             self._armed[i] = False
 
-    def __init__(self, window=DEFAULT_WINDOW, batch_max=DEFAULT_BATCH_MAX, pause_ms=100):
+    def __init__(self, window=DEFAULT_WINDOW, batch_max=DEFAULT_BATCH_MAX, pause_ms=100,
+                 policy="rr", worker_connections=0):
         self.window = check_window(window)
         self.batch_max = check_batch_max(batch_max)
         pause_ms = int(pause_ms)
@@ -69,7 +71,8 @@ cdef class Dispatcher:
             raise ValueError(f"pause_ms must be >= 0, got {pause_ms}")
         self.pause_ms = pause_ms
         self._pid = getpid()
-        self._sched = RoundRobinScheduler(self.window)
+        self._sched = scheduler_for(policy, self.window, worker_connections)
+        self.policy = policy
         self._closed_slots = []
         self._watched = set()
         self._events = <epoll_event *>realloc(NULL, MAX_EVENTS * sizeof(epoll_event))
@@ -298,6 +301,15 @@ cdef class Dispatcher:
         if not self._is_present(slot):
             raise KeyError(f"no worker in slot {slot}")
         return self._workers[slot].dispatched, self._workers[slot].count
+
+    def worker_open(self, int slot):
+        """Connections sent to ``slot`` and not reported closed (policy least), else None."""
+        self._check()
+        if not self._is_open(slot):
+            return None
+        if isinstance(self._sched, LeastConnectionsScheduler):
+            return (<LeastConnectionsScheduler>self._sched).open_[slot]
+        return None
 
     def stats(self):
         self._check()
@@ -574,11 +586,17 @@ cdef class Dispatcher:
                 if _interrupted(err):
                     continue
                 r = 0                       # a broken channel is a closed one
-            if r != HEADER_SIZE or buf[0] != MSG_ACK:
+            if r != HEADER_SIZE or (buf[0] != MSG_ACK and buf[0] != MSG_CLOSED):
                 # EOF, or a message the protocol does not allow.
                 self._close_worker(slot)
                 return 0
             count = _get_u16(buf + 2)
+            if buf[0] == MSG_CLOSED:
+                # Policy least's count of open connections; rr refuses it.
+                if self._sched.c_try_closed(slot, count) < 0:
+                    self._close_worker(slot)
+                    return 0
+                continue
             if self._sched.c_try_ack(slot, count) < 0:
                 self._close_worker(slot)    # acknowledged more than it was sent
                 return 0

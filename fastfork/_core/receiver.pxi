@@ -121,6 +121,37 @@ cdef class Receiver:
             count -= m
         return 0
 
+    def report_closed(self, long long count):
+        """Tell the primary ``count`` received connections are closed (policy least).
+
+        Returns how many could not be reported because the channel's buffer
+        is full: the caller keeps them and tries again later, since a lost
+        report would leave the primary counting them open for good.  A
+        primary that is gone needs no report (0).
+        """
+        cdef uint8_t buf[HEADER_SIZE]
+        cdef int m, err
+        if getpid() != self._pid:
+            raise RuntimeError("this Receiver belongs to the parent process")
+        if self._fd < 0:
+            raise ValueError("I/O operation on a closed Receiver")
+        if count < 0:
+            raise ValueError(f"cannot report {count} connections closed")
+        while count:
+            m = <int>min(count, 0xFFFF)
+            _put_header(buf, MSG_CLOSED, m)
+            if send(self._fd, buf, HEADER_SIZE, MSG_NOSIGNAL | MSG_DONTWAIT) < 0:
+                err = errno
+                if _interrupted(err):
+                    continue
+                if err == EPIPE or err == ESHUTDOWN or err == ECONNRESET:
+                    return 0
+                if would_block(err):
+                    return count
+                _raise_errno(err)
+            count -= m
+        return 0
+
     def close(self):
         if self._fd >= 0:
             if getpid() == self._pid:

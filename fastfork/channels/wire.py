@@ -10,6 +10,16 @@ boundaries and order, so an acknowledgement of ``n`` always means "the oldest
                              listener id; SCM_RIGHTS carries exactly count fds
     primary -> worker   END: u8 type=2, u8 0, u16 0: nothing more will come
     worker  -> primary  ACK: u8 type=3, u8 0, u16 count received
+    worker  -> primary  CLOSED: u8 type=4, u8 0, u16 count: that many of the
+                             connections it acknowledged are closed now
+
+ACK is sent on arrival and stays the only thing that releases the primary's
+copy of a connection (a worker that dies before acknowledging loses nothing).
+CLOSED exists for policy ``least``, whose scheduler counts each worker's open
+connections (sent minus reported closed); a worker sends it only under that
+policy, batched (one datagram per event-loop iteration), and never for more
+than it acknowledged.  Under ``rr`` a CLOSED is a protocol error.  A count
+over 65535 goes as several datagrams, as for ACK.
 
 Native byte order: both ends are always on the same machine.
 """
@@ -19,6 +29,7 @@ import struct
 MSG_FDS = 1
 MSG_END = 2
 MSG_ACK = 3
+MSG_CLOSED = 4
 
 HEADER = struct.Struct("=BxH")
 LID = struct.Struct("=H")

@@ -13,7 +13,8 @@ import sys
 
 from ..channels.status_socket import ControlError, default_dir, default_path, request
 
-COLUMNS = ("id", "index", "pid", "uptime", "restarts", "dispatched", "requests", "open", "rss",
+COLUMNS = ("id", "index", "pid", "uptime", "restarts", "dispatched", "requests", "open",
+           "queued", "rss",
            "state")
 
 
@@ -21,7 +22,8 @@ def build_parser():
     return argparse.ArgumentParser(
         prog="python -m fastfork status",
         description="Show the workers of running fastfork primaries: per worker its id, "
-                    "index, pid, uptime, restarts, connections dispatched and open, RSS and "
+                    "index, pid, uptime, restarts, connections dispatched, open and queued "
+                    "(sent by the primary, not yet taken), RSS and "
                     f"state, and the totals. Control sockets are looked for in {default_dir()} "
                     "(set FASTFORK_RUN_DIR to change it) unless --socket is given.")
 
@@ -67,12 +69,13 @@ def table(answer):
         lines[0] += f"; replacing worker {r['old']} by {r['new']} ({r['reason']})"
     if p.get("stopping"):
         lines[0] += "; stopping"
-    rows = [COLUMNS] + [tuple(cell(c, w[c]) for c in COLUMNS) for w in answer["workers"]]
+    # .get: a primary of an older fastfork sends no "queued".
+    rows = [COLUMNS] + [tuple(cell(c, w.get(c)) for c in COLUMNS) for w in answer["workers"]]
     t = answer["totals"]
     requests = [w["requests"] for w in answer["workers"] if w.get("requests") is not None]
     rows.append(("total", "", "", "", str(t["restarts"]), str(t["dispatched"]),
-                 str(sum(requests)) if requests else "-", str(t["open"]), size(t["rss"]),
-                 f"{t['workers']} workers"))
+                 str(sum(requests)) if requests else "-", str(t["open"]),
+                 str(t.get("queued", "-")), size(t["rss"]), f"{t['workers']} workers"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(COLUMNS))]
     for row in rows:
         lines.append("  ".join(value.ljust(w) if i in (0, len(COLUMNS) - 1) else value.rjust(w)

@@ -137,6 +137,10 @@ class Demo:
             out.line(f"   only the primary (pid {pid}) bound it. It accepts each connection "
                      "and passes")
             out.line("   the socket to one worker over a Unix socket (policy rr, round-robin).")
+        elif policy == "least":
+            out.line(f"   only the primary (pid {pid}) bound it. It accepts each connection "
+                     "and passes it to")
+            out.line("   the worker with the fewest open connections (policy least).")
         elif policy == "none":
             out.line(f"   only the primary (pid {pid}) bound it, then gave each worker a "
                      "copy of that one")
@@ -237,13 +241,18 @@ class Demo:
         count = self.args.requests or 2 * self.size
 
         out.line("")
-        out.line(out.heading("3. Round-robin dispatch" if policy == "rr"
-                             else f"3. Dispatch by the kernel (policy {policy})"))
+        heading = {"rr": "3. Round-robin dispatch",
+                   "least": "3. Least-connections dispatch"}.get(
+            policy, f"3. Dispatch by the kernel (policy {policy})")
+        out.line(out.heading(heading))
         out.line(f"   The demo is now a client: it opens {count} short HTTP connections, "
                  "one after another.")
         order = self.do_round(count, 1)
         if policy == "rr":
             out.line(f"   The primary handed them out in turn: {', '.join(map(str, order))}.")
+        elif policy == "least":
+            out.line(f"   Each went to a worker with the fewest open (ties in turn): "
+                     f"{', '.join(map(str, order))}.")
         else:
             out.line(f"   Answered by: {', '.join(map(str, order))} (policy {policy}: the kernel "
                      "picked, so no strict rotation).")

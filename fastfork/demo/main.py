@@ -7,6 +7,7 @@ import time
 
 import fastfork
 
+from ..settings import DISPATCHED
 from . import app
 from .lesson import EXIT_DEMO_FAILED, WAIT, Demo
 from .options import EXIT_USAGE, UsageError, build_parser, reserve_port
@@ -108,7 +109,7 @@ def _run(args, out, probe):
     refork = forked - size
     if args.serve:
         served = ""
-        if args.policy == "rr":
+        if args.policy in DISPATCHED:
             dispatched = sum(w.dispatched() for w in demo.all_workers)
             served = f", {_count(dispatched, 'connection')} dispatched"
     else:

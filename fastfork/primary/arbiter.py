@@ -30,7 +30,7 @@ from ..addresses import DEFAULT_BACKLOG, parse_address
 from ..channels.control import ControlChannel
 from ..cpus import parse_workers
 from ..privileges import resolve_credentials
-from ..settings import POLICIES, Settings
+from ..settings import DISPATCHED, POLICIES, Settings
 from ..worker import boot
 from . import backoff, health, messages, metrics, replacement, scaling
 from .endpoint import Endpoint
@@ -311,8 +311,11 @@ class Cluster:
             return
         if os.getpid() != self.pid:
             raise RuntimeError("a Cluster cannot be used in a process forked from its primary")
-        self.dispatcher = self.backend.dispatch.Dispatcher(self.settings.window,
-                                                           self.settings.batch_max)
+        s = self.settings
+        # Under none/reuseport the dispatcher only watches fds: any scheduler does.
+        self.dispatcher = self.backend.dispatch.Dispatcher(
+            s.window, s.batch_max, policy=s.policy if s.policy in DISPATCHED else "rr",
+            worker_connections=s.worker_connections)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.dispatcher.watch(self._wake_r)
         log.info("primary %d started (policy %s, %s dispatcher, window %d)",

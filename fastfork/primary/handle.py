@@ -80,6 +80,21 @@ class Worker:
             return self._dispatched_final
         return self._cluster.dispatcher.worker_stats(self.slot)[0]
 
+    def queued(self):
+        """Connections sent to this worker that it has not acknowledged yet."""
+        if self.slot is None or self.is_dead():
+            return 0
+        return self._cluster.dispatcher.worker_stats(self.slot)[1]
+
+    def open(self):
+        """Its open connections: the dispatcher's exact count under ``least``
+        (sent minus reported closed), else as its loop last reported them."""
+        if self.slot is not None and not self.is_dead():
+            exact = self._cluster.dispatcher.worker_open(self.slot)
+            if exact is not None:
+                return exact
+        return self.open_connections
+
     def handled(self):
         """Connections this worker got: dispatched by the primary (``rr``) or,
         when it accepts by itself (``none``/``reuseport``), as its loop reports."""

@@ -1,7 +1,8 @@
 """The listening addresses the primary owns, and what each policy gives a worker.
 
-* ``rr``: the primary listens and its dispatcher accepts; a worker is
-  subscribed to the listener and gets connections over its data channel.
+* ``rr`` and ``least``: the primary listens and its dispatcher accepts; a
+  worker is subscribed to the listener and gets connections over its data
+  channel (the dispatcher's scheduler is what tells the two apart).
 * ``none``: the primary listens; each worker gets a copy of the listening
   socket and accepts on it itself (the kernel picks the worker).
 * ``reuseport``: the primary holds the port with a bound, non-listening
@@ -17,6 +18,7 @@ import os
 import socket
 
 from ..addresses import bind_listener, describe
+from ..settings import DISPATCHED
 from .activation import inherited_sockets
 
 log = logging.getLogger("fastfork")
@@ -30,7 +32,7 @@ class SharedListener:
     def __init__(self, family, sockaddr, sock, lid):
         self.family = family
         self.sock = sock
-        self.lid = lid       # the dispatcher's listener id (rr), else -1
+        self.lid = lid       # the dispatcher's listener id (rr, least), else -1
         bound = sock.getsockname()
         self.sockaddr = bound if family == socket.AF_UNIX else bound[:2]
         self.display = describe(family, self.sockaddr)
@@ -71,7 +73,7 @@ class Listeners:
         else:
             inherited = self._inherited.pop(key, None)
             sock = inherited or bind_listener(family, sockaddr, backlog)
-            lid = dispatcher.add_listener(sock.fileno()) if self.policy == "rr" else -1
+            lid = dispatcher.add_listener(sock.fileno()) if self.policy in DISPATCHED else -1
             shared = SharedListener(family, sockaddr, sock, lid)
             if inherited is not None:
                 shared.inherited = True
@@ -81,10 +83,10 @@ class Listeners:
 
     def grant(self, slot, family, sockaddr, backlog, dispatcher):
         """Let the worker in ``slot`` serve an address: ``(shared, fds, own)``:
-        the fds to pass it (none under rr), and a socket made for it alone
+        the fds to pass it (none under rr/least), and a socket made for it alone
         (reuseport), which the caller closes once it is sent."""
         shared = self.get(family, sockaddr, backlog, dispatcher)
-        if self.policy == "rr":
+        if self.policy in DISPATCHED:
             dispatcher.subscribe(slot, shared.lid)
             return shared, [], None
         if self.policy == "none":

@@ -10,7 +10,7 @@ def status(cluster):
         workers.append({"id": w.id, "index": w.index, "pid": w.pid,
                         "uptime": round(w.uptime, 3), "restarts": w.restarts,
                         "dispatched": w.handled(), "requests": w.requests,
-                        "open": w.open_connections,
+                        "open": w.open(), "queued": w.queued(),
                         "rss": w.rss(), "state": w.state})
     replacing = None
     current = cluster.replacements.current
@@ -30,5 +30,6 @@ def status(cluster):
                    "restarts": cluster.restarts_total(),
                    "dispatched": sum(w["dispatched"] for w in workers),
                    "open": sum(w["open"] or 0 for w in workers),
+                   "queued": sum(w["queued"] for w in workers),
                    "rss": sum(w["rss"] or 0 for w in workers)},
     }

@@ -2,9 +2,11 @@
 
 ``start_server`` has the shape of ``asyncio.start_server`` (a client callback
 with a reader and a writer); ``create_server`` takes a protocol factory like
-``loop.create_server``.  Under the round-robin policy connections come from the
-primary and are attached with ``loop.connect_accepted_socket``; under
-``none``/``reuseport`` the worker's own listening socket is served by asyncio.
+``loop.create_server``.  Under the ``rr`` and ``least`` policies connections
+come from the primary and are attached with ``loop.connect_accepted_socket``;
+under ``none``/``reuseport`` the worker's own listening socket is served by
+asyncio.  Under ``least`` the loop also tells the primary, batched, which of
+those connections closed (``_CloseReporter``), so that it can count them.
 """
 
 import asyncio
@@ -15,6 +17,8 @@ from .runtime import runtime as _get_runtime
 
 _STREAM_LIMIT = 2 ** 16
 ACCEPT_BATCH = 64          # accepts per readiness, so one busy listener cannot starve the loop
+# A close report the data channel's buffer refused is tried again this much later.
+_REPORT_RETRY = 0.01
 
 
 class _Tracker:
@@ -26,7 +30,9 @@ class _Tracker:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def wrap(self, protocol_factory):
+    def wrap(self, protocol_factory, on_lost=None):
+        """``protocol_factory`` whose protocols are counted; ``on_lost()`` is
+        called once each closes (at once for one that cannot be instrumented)."""
         def factory():
             protocol = protocol_factory()
             made, lost = protocol.connection_made, protocol.connection_lost
@@ -44,14 +50,19 @@ class _Tracker:
                     self.active -= 1
                     if self.active == 0:
                         self._idle.set()
+                    if on_lost is not None:
+                        on_lost()
 
             try:
                 protocol.connection_made = connection_made
                 protocol.connection_lost = connection_lost
             except AttributeError:
                 # A protocol with __slots__ cannot be instrumented: it is
-                # served all the same, but a graceful stop cannot wait for it.
-                pass
+                # served all the same, but a graceful stop cannot wait for it,
+                # and under least it counts as closed from the start (better
+                # than counting it open for ever).
+                if on_lost is not None:
+                    on_lost()
             return protocol
         return factory
 
@@ -69,15 +80,65 @@ class _Tracker:
         await self._idle.wait()
 
 
+class _CloseReporter:
+    """Reports closed dispatched connections to the primary (policy least):
+    one MSG_CLOSED per event-loop iteration, however many closed in it."""
+
+    def __init__(self, loop, receiver):
+        self._loop = loop
+        self._receiver = receiver
+        self._count = 0
+        self._scheduled = False
+
+    def closed(self):
+        self._count += 1
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self):
+        self._scheduled = False
+        count, self._count = self._count, 0
+        try:
+            left = self._receiver.report_closed(count)
+        except (OSError, ValueError):
+            return        # the channel is closed: nobody counts any more
+        if left:
+            # The primary is behind reading its end; a report must not be lost.
+            self._count += left
+            self._scheduled = True
+            self._loop.call_later(_REPORT_RETRY, self._flush)
+
+
+class _Once:
+    """One dispatched connection's close, reported once whichever path sees it."""
+
+    __slots__ = ("_reporter",)
+
+    def __init__(self, reporter):
+        self._reporter = reporter
+
+    def __call__(self):
+        reporter, self._reporter = self._reporter, None
+        if reporter is not None:
+            reporter.closed()
+
+
+def _not_counted():
+    """What a connection's close reports when nobody counts closes (not least)."""
+
+
 class Server:
     """A worker's server on a shared address (returned by start_server/create_server)."""
 
-    def __init__(self, listener, loop, factory, tracker):
+    def __init__(self, listener, loop, protocol_factory, tracker, reporter=None):
         self.listener = listener
         self.address = listener.address
         self._loop = loop
-        self._factory = factory
+        self._protocol_factory = protocol_factory
+        self._factory = tracker.wrap(protocol_factory)
         self._tracker = tracker
+        self._reporter = reporter     # a _CloseReporter under least, else None
         self._asyncio_server = None
         self._closed = False
 
@@ -106,29 +167,36 @@ class Server:
             self._attach(conn)
 
     def _attach(self, sock):
+        # Nothing allocated per connection unless least counts them.
+        closed = _not_counted if self._reporter is None else _Once(self._reporter)
         if self._closed:
             sock.close()
+            closed()          # never attached: still one less open for least
             return
         # Counted from here, not from connection_made: the END that makes a
         # stopping worker drain can arrive in the same read as this connection,
         # and the drain must not find the worker idle before its transport exists.
         self._tracker.hold()
-        self._loop.create_task(self._connect(sock))
+        self._loop.create_task(self._connect(sock, closed))
 
-    async def _connect(self, sock):
+    async def _connect(self, sock, closed):
+        factory = self._factory
+        if self._reporter is not None:
+            factory = self._tracker.wrap(self._protocol_factory, on_lost=closed)
         try:
-            factory = self._factory
             if self.listener.proxy_allow is not None:
-                factory = await self._proxied_factory(sock)
+                factory = await self._proxied_factory(sock, factory)
                 if factory is None:
+                    closed()          # refused: under least, the primary counts it closed
                     return
             await self._loop.connect_accepted_socket(factory, sock)
         except OSError:
             sock.close()      # the client went away before we attached it
+            closed()
         finally:
             self._tracker.release()
 
-    async def _proxied_factory(self, sock):
+    async def _proxied_factory(self, sock, base):
         """Read the PROXY header; the factory whose protocols see its client, or None."""
         try:
             peer = sock.getpeername()
@@ -143,10 +211,10 @@ class Server:
             proxy_protocol.refuse(sock, peer, exc)
             return None
         if source is None:
-            return self._factory            # LOCAL / UNKNOWN: the real peer stands
+            return base            # LOCAL / UNKNOWN: the real peer stands
 
         def factory():
-            protocol = self._factory()
+            protocol = base()
             made = protocol.connection_made
 
             def connection_made(transport):
@@ -185,6 +253,7 @@ class _LoopState:
         self.tracker = _Tracker()       # its open connections, for the drain
         self.heartbeat = None           # the task that proves it runs
         self.data_ended = None          # an Event, if this loop reads the data channel
+        self.reporter = None            # its _CloseReporter, under policy least
 
 
 _states = {}      # loop -> _LoopState
@@ -248,8 +317,10 @@ async def create_server(protocol_factory, address, *, backlog=DEFAULT_BACKLOG):
     runtime = _get_runtime()
     reply, fds = await asyncio.wrap_future(runtime.request_listen(address, backlog))
     listener = runtime.make_listener(address, reply, fds)
-    tracker = _state(loop).tracker
-    server = Server(listener, loop, tracker.wrap(protocol_factory), tracker)
+    state = _state(loop)
+    if runtime.policy == "least" and state.reporter is None:
+        state.reporter = _CloseReporter(loop, runtime.receiver)
+    server = Server(listener, loop, protocol_factory, state.tracker, state.reporter)
     await server._start(backlog)
     _ensure_heartbeat(loop)
     return server

@@ -190,6 +190,15 @@ class WorkerRuntime:
         return listener
 
     def listen(self, address, backlog=DEFAULT_BACKLOG, timeout=LISTEN_TIMEOUT):
+        if self.policy == "least":
+            # Refused before the listen request: once subscribed, connections
+            # would be dispatched to a worker whose closes nobody reports, and
+            # the primary would count them open for ever.
+            raise RuntimeError(
+                "fastfork.listen() cannot serve under policy 'least': blocking code "
+                "does not report the connections it closes, which least needs to "
+                "count each worker's open connections; serve from an event loop with "
+                "fastfork.serve(), create_server() or start_server(), or use policy rr")
         future = self.request_listen(address, backlog)
         try:
             reply, fds = future.result(timeout)
@@ -202,12 +211,17 @@ class WorkerRuntime:
     def pump(self):
         """Receive what the primary sent and route it to listeners; True at END."""
         pairs, ended = self.receiver.receive()
+        dropped = 0
         for lid, fd in pairs:
             listener = self.listeners.get(lid)
             if listener is None:
-                os.close(fd)    # cannot happen: the primary sends only what we listen on
+                # A listener closed here while the primary still sends for it.
+                os.close(fd)
+                dropped += 1
             else:
                 listener.deliver(fd)
+        if dropped and self.policy == "least":
+            self.receiver.report_closed(dropped)   # or least counts them open for ever
         return ended
 
 

@@ -7,6 +7,9 @@ what it needs.  Each connection reads one line and answers it:
     whoami          -> "<worker id> <pid> <index>"
     block S         -> reports {"blocking": id} to the primary, blocks the worker's
                        event loop for S seconds, then answers
+    hold            -> reports {"holding": id} to the primary, then keeps the
+                       connection open (the loop runs) until the client sends a
+                       second line, and answers "<id> released"
     count           -> how many connections this worker served
     send TEXT       -> sends {"text": TEXT} to the primary, answers "sent"
     garbage         -> writes a malformed message on the control channel
@@ -31,6 +34,8 @@ parser.add_argument("--policy", default="rr")
 parser.add_argument("--form", choices=("function", "node"), default="function")
 parser.add_argument("--address", default="127.0.0.1:0")
 parser.add_argument("--window", type=int, default=8)
+parser.add_argument("--worker-connections", type=int, default=0)
+parser.add_argument("--control-socket", default=None, help="serve `fastfork status` here")
 parser.add_argument("--graceful-timeout", type=float, default=10.0)
 parser.add_argument("--max-restarts", type=int, default=10)
 parser.add_argument("--min-uptime", type=float, default=1.0)
@@ -64,6 +69,10 @@ async def handle(reader, writer):
         fastfork.send({"blocking": fastfork.worker_id})
         time.sleep(float(arg))        # deliberately blocks the event loop
         reply = f"{fastfork.worker_id} unblocked"
+    elif cmd == "hold":
+        fastfork.send({"holding": fastfork.worker_id})
+        await reader.readline()
+        reply = f"{fastfork.worker_id} released"
     elif cmd == "count":
         reply = str(served)
     elif cmd == "send":
@@ -121,7 +130,12 @@ def worker_main():
         except OSError as exc:
             fastfork.send({"listen_error": exc.errno, "message": str(exc)})
     if args.blocking:
-        serve_blocking()
+        try:
+            serve_blocking()
+        except RuntimeError as exc:
+            # fastfork.listen() refused (policy least): say so, then wait to be stopped.
+            fastfork.send({"listen_refused": str(exc)})
+            runtime.runtime().stopping.wait()
     else:
         fastfork.serve(handle, args.address)
 
@@ -145,6 +159,8 @@ def primary_main():
     fds_before = len(os.listdir("/proc/self/fd"))
     cluster = fastfork.Cluster(worker_main if args.form == "function" else None, args.workers,
                                policy=args.policy, window=args.window,
+                               worker_connections=args.worker_connections,
+                               control_socket=args.control_socket,
                                graceful_timeout=args.graceful_timeout,
                                max_restarts=args.max_restarts, min_uptime=args.min_uptime,
                                timeout=args.timeout, proxy_protocol=args.proxy_protocol)

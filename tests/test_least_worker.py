@@ -1,0 +1,137 @@
+"""The worker's side of policy least, in one process: which closes are reported, and how.
+
+``fastfork.worker.aio`` reports each dispatched connection closed exactly
+once, whether it was served, failed to attach, or arrived at a closed server,
+batched into one report per event-loop iteration.  A fake receiver records
+the reports; real socketpairs stand for the connections.
+"""
+
+import asyncio
+import socket
+
+from fastfork.worker import aio
+
+
+class FakeReceiver:
+    def __init__(self, refuse=0):
+        self.reports = []
+        self.refuse = refuse          # how many calls find the buffer full
+
+    def report_closed(self, count):
+        self.reports.append(count)
+        if self.refuse:
+            self.refuse -= 1
+            return count
+        return 0
+
+
+class FakeListener:
+    address = "127.0.0.1:0"
+    sock = None
+
+
+class Echo(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.transport = transport
+
+    def data_received(self, data):
+        self.transport.write(data)
+        self.transport.close()
+
+
+class Slotted(asyncio.Protocol):
+    __slots__ = ("transport",)
+
+    def connection_made(self, transport):
+        self.transport = transport
+
+
+async def settle(loop, until, what):
+    deadline = loop.time() + 5
+    while not until():
+        assert loop.time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.001)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_served_connections_are_reported_once_batched_per_iteration():
+    async def main():
+        loop = asyncio.get_running_loop()
+        receiver = FakeReceiver()
+        tracker = aio._Tracker()
+        server = aio.Server(FakeListener(), loop, Echo, tracker,
+                            aio._CloseReporter(loop, receiver))
+        clients = []
+        for _ in range(3):
+            ours, theirs = socket.socketpair()
+            theirs.setblocking(False)
+            server._attach(theirs)
+            clients.append(ours)
+        await settle(loop, lambda: tracker.active == 3 and tracker.total == 3, "3 attached")
+        for client in clients:
+            client.sendall(b"x")
+        for client in clients:
+            client.settimeout(5)
+            assert await loop.run_in_executor(None, client.recv, 1) == b"x"
+        await settle(loop, lambda: sum(receiver.reports) == 3, "3 closes reported")
+        await asyncio.sleep(0.01)
+        for client in clients:
+            client.close()
+        return receiver.reports
+
+    reports = run(main())
+    assert sum(reports) == 3 and len(reports) <= 3
+
+
+def test_connections_never_attached_are_reported_too():
+    async def main():
+        loop = asyncio.get_running_loop()
+        receiver = FakeReceiver()
+        server = aio.Server(FakeListener(), loop, Echo, aio._Tracker(),
+                            aio._CloseReporter(loop, receiver))
+        # A socket that fails to attach: closed underneath.
+        broken = socket.socket()
+        broken.close()
+        await server._connect(broken, aio._Once(server._reporter))
+        server.close()
+        ours, theirs = socket.socketpair()
+        server._attach(theirs)            # the server is closed: never attached
+        await settle(loop, lambda: sum(receiver.reports) == 2, "2 closes reported")
+        assert theirs.fileno() == -1
+        ours.close()
+        return receiver.reports
+
+    assert sum(run(main())) == 2
+
+
+def test_a_protocol_that_cannot_be_instrumented_counts_closed_at_once():
+    async def main():
+        loop = asyncio.get_running_loop()
+        receiver = FakeReceiver()
+        server = aio.Server(FakeListener(), loop, Slotted, aio._Tracker(),
+                            aio._CloseReporter(loop, receiver))
+        ours, theirs = socket.socketpair()
+        theirs.setblocking(False)
+        server._attach(theirs)
+        await settle(loop, lambda: receiver.reports, "the close reported")
+        ours.close()
+        await asyncio.sleep(0.01)
+        return receiver.reports
+
+    assert run(main()) == [1]
+
+
+def test_a_report_the_buffer_refused_is_sent_later():
+    async def main():
+        loop = asyncio.get_running_loop()
+        receiver = FakeReceiver(refuse=2)
+        reporter = aio._CloseReporter(loop, receiver)
+        reporter.closed()
+        reporter.closed()
+        await settle(loop, lambda: len(receiver.reports) == 3, "the retries")
+        return receiver.reports
+
+    assert run(main()) == [2, 2, 2]
