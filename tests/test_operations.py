@@ -306,7 +306,7 @@ def test_status_shows_the_real_pids(runner_factory, rundir):
     lines = cli.stdout.splitlines()
     assert lines[0].startswith(f"opsdemo: primary pid {runner.pid}, ")
     assert lines[1].split() == ["id", "index", "pid", "uptime", "restarts", "dispatched",
-                                "open", "queued", "rss", "state"]
+                                "requests", "open", "queued", "rss", "state"]
     rows = {int(line.split()[2]): line.split() for line in lines[2:4]}
     assert set(rows) == served
     assert lines[4].startswith("total")
