@@ -28,6 +28,7 @@ class FakeReceiver:
 class FakeListener:
     address = "127.0.0.1:0"
     sock = None
+    proxy_allow = None        # no PROXY protocol
 
 
 class Echo(asyncio.Protocol):
