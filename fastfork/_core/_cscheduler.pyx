@@ -10,7 +10,7 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memset
 
-from fastfork.channels.wire import check_window
+from fastfork.channels.wire import check_window, check_worker_connections
 
 MAX_LISTENERS = FF_MAX_LISTENERS
 
@@ -26,13 +26,6 @@ def scheduler_for(policy, window, worker_connections=0):
         return RoundRobinScheduler(window)
     raise ValueError(f"policy {policy!r} has no scheduler (the primary dispatches "
                      "only under rr and least)")
-
-
-def _check_cap(worker_connections):
-    worker_connections = int(worker_connections)
-    if worker_connections < 0:
-        raise ValueError(f"worker_connections must be >= 0, got {worker_connections}")
-    return worker_connections
 
 
 cdef class RoundRobinScheduler:
@@ -222,7 +215,7 @@ cdef class LeastConnectionsScheduler(RoundRobinScheduler):
 
     def __init__(self, window, worker_connections=0):
         RoundRobinScheduler.__init__(self, window)
-        self.worker_connections = _check_cap(worker_connections)
+        self.worker_connections = check_worker_connections(worker_connections)
 
     def __dealloc__(self):
         free(self.open_)

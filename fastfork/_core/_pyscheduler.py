@@ -39,7 +39,7 @@ Rules 1-5 hold, and:
 10. ``RoundRobinScheduler`` counts no closes: ``closed`` raises ValueError
     there (a worker reports closes only under ``least``).
 """
-from ..channels.wire import check_window
+from ..channels.wire import check_window, check_worker_connections
 
 MAX_LISTENERS = 64
 
@@ -55,13 +55,6 @@ def scheduler_for(policy, window, worker_connections=0):
         return RoundRobinScheduler(window)
     raise ValueError(f"policy {policy!r} has no scheduler (the primary dispatches "
                      "only under rr and least)")
-
-
-def _check_cap(worker_connections):
-    worker_connections = int(worker_connections)
-    if worker_connections < 0:
-        raise ValueError(f"worker_connections must be >= 0, got {worker_connections}")
-    return worker_connections
 
 
 def _check_lid(lid):
@@ -174,7 +167,7 @@ class LeastConnectionsScheduler(RoundRobinScheduler):
 
     def __init__(self, window, worker_connections=0):
         super().__init__(window)
-        self.worker_connections = _check_cap(worker_connections)
+        self.worker_connections = check_worker_connections(worker_connections)
         self._open = []      # slot -> sent and not reported closed
 
     def add(self, slot):

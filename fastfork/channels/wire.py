@@ -66,3 +66,11 @@ def check_window(window):
     if window < 1:
         raise ValueError(f"credit window must be >= 1, got {window}")
     return window
+
+
+def check_worker_connections(worker_connections):
+    """A per-worker cap on open connections (policy least); 0: no cap."""
+    worker_connections = int(worker_connections)
+    if worker_connections < 0:
+        raise ValueError(f"worker_connections must be >= 0, got {worker_connections}")
+    return worker_connections
