@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/types.h>
 #include <unistd.h>
 
 #include "fdpass.h"
@@ -48,30 +49,14 @@ ssize_t ff_send_fds(int sock, const void *buf, size_t len,
     return sendmsg(sock, &msg, flags);
 }
 
-ssize_t ff_recv_fds(int sock, void *buf, size_t len,
-                    int *fds, int maxfds, int *nfds, int *msg_flags, int flags)
+/* The descriptors of one received message into `fds` (room for `maxfds`; any
+ * beyond are closed and MSG_CTRUNC set): the SCM_RIGHTS walk both receive
+ * calls share. */
+static int ff_take_fds(struct msghdr *msg, int *fds, int maxfds, int *msg_flags)
 {
-    ff_cmsgbuf control;
-    struct iovec iov;
-    struct msghdr msg;
     struct cmsghdr *cmsg;
-    ssize_t n;
     int count = 0;
-
-    *nfds = 0;
-    *msg_flags = 0;
-    memset(&msg, 0, sizeof(msg));
-    iov.iov_base = buf;
-    iov.iov_len = len;
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
-    msg.msg_control = control.buf;
-    msg.msg_controllen = sizeof(control.buf);
-    n = recvmsg(sock, &msg, flags);
-    if (n < 0)
-        return n;
-    *msg_flags = msg.msg_flags;
-    for (cmsg = CMSG_FIRSTHDR(&msg); cmsg != NULL; cmsg = CMSG_NXTHDR(&msg, cmsg)) {
+    for (cmsg = CMSG_FIRSTHDR(msg); cmsg != NULL; cmsg = CMSG_NXTHDR(msg, cmsg)) {
         const unsigned char *data;
         size_t i, have;
         if (cmsg->cmsg_level != SOL_SOCKET || cmsg->cmsg_type != SCM_RIGHTS)
@@ -84,12 +69,68 @@ ssize_t ff_recv_fds(int sock, void *buf, size_t len,
             if (count < maxfds) {
                 fds[count++] = fd;
             } else {
-                /* No room: the caller never sees it, so it must not leak. */
                 close(fd);
                 *msg_flags |= MSG_CTRUNC;
             }
         }
     }
-    *nfds = count;
+    return count;
+}
+
+int ff_recv_fds_batch(int sock, void *bufs, size_t len, int vlen, int *lens,
+                      int *mflags, int *fds, int *nfds, int flags)
+{
+    ff_cmsgbuf control[FF_BATCH_MAX_MSGS];
+    struct iovec iov[FF_BATCH_MAX_MSGS];
+    struct mmsghdr msgs[FF_BATCH_MAX_MSGS];
+    int n, i;
+
+    if (vlen < 1 || vlen > FF_BATCH_MAX_MSGS) {
+        errno = EINVAL;
+        return -1;
+    }
+    memset(msgs, 0, vlen * sizeof(struct mmsghdr));
+    for (i = 0; i < vlen; i++) {
+        iov[i].iov_base = (char *)bufs + i * len;
+        iov[i].iov_len = len;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_control = control[i].buf;
+        msgs[i].msg_hdr.msg_controllen = sizeof(control[i].buf);
+    }
+    n = recvmmsg(sock, msgs, vlen, flags, NULL);
+    if (n < 0)
+        return n;
+    for (i = 0; i < n; i++) {
+        lens[i] = (int)msgs[i].msg_len;
+        mflags[i] = msgs[i].msg_hdr.msg_flags;
+        nfds[i] = ff_take_fds(&msgs[i].msg_hdr, fds + i * FF_SCM_MAX_FD, FF_SCM_MAX_FD,
+                              &mflags[i]);
+    }
+    return n;
+}
+
+int ff_recv_many(int sock, void *bufs, size_t len, int vlen, int *lens, int flags)
+{
+    struct iovec iov[FF_BATCH_MAX_MSGS];
+    struct mmsghdr msgs[FF_BATCH_MAX_MSGS];
+    int n, i;
+
+    if (vlen < 1 || vlen > FF_BATCH_MAX_MSGS) {
+        errno = EINVAL;
+        return -1;
+    }
+    memset(msgs, 0, vlen * sizeof(struct mmsghdr));
+    for (i = 0; i < vlen; i++) {
+        iov[i].iov_base = (char *)bufs + i * len;
+        iov[i].iov_len = len;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    n = recvmmsg(sock, msgs, vlen, flags, NULL);
+    if (n < 0)
+        return n;
+    for (i = 0; i < n; i++)
+        lens[i] = (int)msgs[i].msg_len;
     return n;
 }

@@ -1,7 +1,7 @@
 /* fdpass: the cmsg (SCM_RIGHTS) handling of the data channel.
  *
  * Cython's bundled posix/ has no sys/socket.h msghdr or CMSG_* macros, so the
- * two calls that need them live here, in plain C.  Both return what the
+ * calls that need them live here, in plain C.  Each returns what the
  * syscall returns (-1 with errno set on failure) and never touch the GIL.
  */
 #ifndef FASTFORK_FDPASS_H
@@ -18,12 +18,20 @@
 ssize_t ff_send_fds(int sock, const void *buf, size_t len,
                     const int *fds, int nfds, int flags);
 
-/* One recvmsg into `buf`; the descriptors that came with the message are
- * stored in `fds` (room for `maxfds`, any beyond that are closed and
- * MSG_CTRUNC is set in *msg_flags) and counted in *nfds.  *msg_flags gets
- * msghdr.msg_flags (MSG_TRUNC, MSG_CTRUNC).  `flags` go to recvmsg
- * (MSG_CMSG_CLOEXEC...).  On failure *nfds is 0. */
-ssize_t ff_recv_fds(int sock, void *buf, size_t len,
-                    int *fds, int maxfds, int *nfds, int *msg_flags, int flags);
+/* Up to `vlen` messages in one recvmmsg, each with its descriptors: message
+ * i lands in `bufs + i * len` (its length in lens[i], msghdr.msg_flags in
+ * mflags[i]) and its descriptors in `fds + i * FF_SCM_MAX_FD` (counted in
+ * nfds[i]).  Returns how many messages were read, or -1 with errno (EAGAIN:
+ * none waiting).  Fewer than `vlen` means the queue is empty now, so the
+ * caller needs no second call to learn that.  vlen <= FF_BATCH_MAX_MSGS. */
+#define FF_BATCH_MAX_MSGS 16
+int ff_recv_fds_batch(int sock, void *bufs, size_t len, int vlen, int *lens,
+                      int *mflags, int *fds, int *nfds, int flags);
+
+/* Up to `vlen` small messages with no descriptors in one recvmmsg (the
+ * primary's acks): message i in `bufs + i * len`, its length in lens[i].
+ * Returns the count or -1 with errno; fewer than `vlen` means drained.
+ * Descriptors sent along anyway are discarded by the kernel (MSG_CTRUNC). */
+int ff_recv_many(int sock, void *bufs, size_t len, int vlen, int *lens, int flags);
 
 #endif

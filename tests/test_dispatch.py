@@ -18,8 +18,8 @@ import time
 
 import pytest
 
-from fastfork.channels.wire import (BATCH_BUCKETS, HEADER, LID, MSG_ACK, MSG_END, MSG_FDS,
-                                    ProtocolError)
+from fastfork.channels.wire import (BATCH_BUCKETS, DEFAULT_WINDOW, HEADER, LID, MSG_ACK, MSG_END,
+                                    MSG_FDS, ProtocolError)
 from tests.implementations import Impl
 
 DEADLINE = 5.0
@@ -87,12 +87,21 @@ def fds_payload(lids, kind=MSG_FDS, count=None):
 
 
 class Worker:
-    """One fake worker: the primary's end of its data channel and a Receiver on the other."""
+    """One fake worker: the primary's end of its data channel and a Receiver on the other.
+
+    With ``rig.peers`` the dispatcher also gets a copy of the worker's end (as
+    the arbiter keeps it): the channel then outlives ``die()``, and the test
+    calls ``remove_worker`` as the arbiter does once it reaps the worker.
+    """
 
     def __init__(self, rig, receiver_mod, subscribe=True):
         self.rig = rig
         self.primary_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         rig.stack.callback(self.primary_end.close)
+        self.peer = -1
+        if rig.peers:
+            self.peer = os.dup(worker_end.fileno())
+            rig.stack.callback(os.close, self.peer)
         try:
             self.receiver = receiver_mod.Receiver(worker_end.fileno())
         except BaseException:
@@ -100,7 +109,7 @@ class Worker:
             raise
         worker_end.detach()               # the Receiver owns it now
         rig.stack.callback(self.receiver.close)
-        self.slot = rig.d.add_worker(self.primary_end.fileno())
+        self.slot = rig.d.add_worker(self.primary_end.fileno(), self.peer)
         if subscribe:
             rig.d.subscribe(self.slot, rig.lid)
         self.conns = []                   # (lid, socket) received
@@ -123,9 +132,10 @@ class Worker:
 
 
 class Rig:
-    def __init__(self, stack, mod, receiver_mod=None, **options):
+    def __init__(self, stack, mod, receiver_mod=None, peers=False, **options):
         self.stack = stack
         self.mod = mod
+        self.peers = peers
         self.receiver_mod = receiver_mod or mod
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
         stack.callback(self.listener.close)
@@ -521,7 +531,8 @@ def test_close_leaves_no_fd_behind(stack, mod):
 def test_close_without_registrations(mod):
     baseline = open_fds()
     d = mod.Dispatcher()
-    assert len(open_fds() - baseline) == 1  # the epoll fd
+    # The epoll fd, and one window of spares kept for taking connections back.
+    assert len(open_fds() - baseline) == 1 + DEFAULT_WINDOW
     d.close()
     assert open_fds() == baseline
 

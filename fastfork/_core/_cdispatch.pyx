@@ -19,16 +19,28 @@ Design notes (they apply to the twin too)
 * One epoll instance holds the listening sockets, the primary's ends of the
   workers' data channels and the fds the caller ``watch``es.  Each registration
   carries ``kind << 32 | id`` in ``epoll_data`` so an event needs no lookup.
-* A listener is armed (EPOLLIN) only while some subscribed worker has credit
-  and accepting is not paused; otherwise it is registered with events=0 so
-  the backlog stays in the kernel and a readable listener cannot make epoll
-  spin.  Re-armed by ``poll`` as soon as credit comes back.
+* Listeners are edge-triggered (EPOLLIN|EPOLLET) and never re-armed: an event
+  marks a listener as having a backlog, accept4 returning EAGAIN clears it,
+  and a listener left with a backlog when credit ran out is accepted from
+  again as soon as acks bring credit back.  While no worker has credit the
+  connections wait in the kernel's backlog; no epoll_ctl per window.
 * Accepting: ``accept4(NONBLOCK|CLOEXEC)`` until EAGAIN or until the credit
   runs out; each connection goes to the worker the scheduler picks; the
   connections of one worker are sent in one ``sendmsg`` per ``batch_max``.
-* The primary keeps its copy of every connection until the worker
-  acknowledges it (per-worker FIFO of capacity ``window``): if the worker dies
-  first, the copy goes to the pending queue and from there to another worker.
+* Nothing a worker never received is lost.  The primary keeps the worker's
+  end of each data channel open (``add_worker(fd, peer)``), so a message
+  the worker has not read stays queued there, holding its connections, even
+  after the worker dies; the primary closes its own copy of each fd right
+  after the send (a reference drop: the kernel's TCP teardown runs later, in
+  the worker's close) and, when the worker is gone, reads the unread
+  messages back from the peer and re-dispatches their connections; a reserve
+  of spare fds (one window's worth) is given up for that, so that a primary
+  at its fd limit can still receive them.  Without
+  a peer the primary instead keeps each copy until the worker acknowledges
+  it (per-worker FIFO of capacity ``window``).
+* Acks are read with one ``recvmmsg`` per readiness (fewer messages than asked
+  for means drained: no call wasted on EAGAIN); the worker reads fd batches
+  the same way.
 * The GIL is released in exactly one place, around ``epoll_wait``.
 * Every syscall that can fail with EINTR goes through ``_interrupted``, which
   runs Python's signal handlers before the retry.
@@ -43,17 +55,17 @@ from libc.errno cimport (errno, EINTR, ECONNABORTED, EPROTO, EPERM, ENETDOWN,
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset, strerror
-from posix.fcntl cimport fcntl, F_GETFL, F_SETFL, O_NONBLOCK
+from posix.fcntl cimport fcntl, F_DUPFD_CLOEXEC, F_GETFL, F_SETFL, O_NONBLOCK
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.types cimport pid_t
 from posix.unistd cimport close, getpid
 
 from .includes.system cimport (
-    FASTFORK_DEBUG, FF_SCM_MAX_FD, INT_MAX, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL,
-    EPOLL_CTL_MOD, EPOLLIN, MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL,
+    FASTFORK_DEBUG, FF_BATCH_MAX_MSGS, FF_SCM_MAX_FD, INT_MAX, EPOLL_CLOEXEC, EPOLL_CTL_ADD,
+    EPOLL_CTL_DEL, EPOLLET, EPOLLIN, MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL,
     MSG_TRUNC, SO_TYPE, SOCK_CLOEXEC, SOCK_NONBLOCK, SOL_SOCKET, accept4, epoll_create1,
-    epoll_ctl, epoll_event, epoll_wait, ff_recv_fds, ff_send_fds, getsockopt, recv, send,
-    socklen_t, would_block)
+    epoll_ctl, epoll_event, epoll_wait, ff_recv_fds_batch, ff_recv_many, ff_send_fds,
+    getsockopt, send, socklen_t, would_block)
 from ._cscheduler cimport RoundRobinScheduler, LeastConnectionsScheduler, FF_MAX_LISTENERS
 from ._cscheduler import scheduler_for
 

@@ -2,7 +2,8 @@
 
 Same classes, same methods, same behaviour; ``socket.sendmsg``/``recvmsg``
 and ``select.epoll`` instead of raw syscalls.  See ``_cdispatch.pyx`` for the
-design notes, which apply to both.  The Receiver lives in ``_pyreceiver``.
+design notes, which apply to both, except one: Python has no ``recvmmsg``,
+so acks are read one ``recv`` at a time, until EAGAIN.  The Receiver lives in ``_pyreceiver``.
 EINTR needs no code here: Python's socket and epoll calls retry it after
 running the signal handlers (PEP 475).
 
@@ -16,12 +17,13 @@ import collections
 import errno
 import os
 import select
+import socket
 import time
 
-from ..channels.fdpass import rights
+from ..channels.fdpass import cmsg_space, rights, unpack_fds
 from ..channels.wire import (BATCH_BUCKETS, HEADER, LID, MSG_ACK, MSG_CLOSED, MSG_END,
-                             MSG_FDS, ProtocolError, check_batch_max, check_window,
-                             DEFAULT_BATCH_MAX, DEFAULT_WINDOW)
+                             MSG_FDS, SCM_MAX_FD, ProtocolError, check_batch_max,
+                             check_window, DEFAULT_BATCH_MAX, DEFAULT_WINDOW)
 from ._pyreceiver import Receiver, borrow
 from ._pyscheduler import LeastConnectionsScheduler, scheduler_for
 
@@ -41,6 +43,10 @@ _ACCEPT_PAUSE = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOM
 
 IMPLEMENTATION = "python"
 
+_MAX_SPARES = 256
+_RECV_BUF = HEADER.size + LID.size * SCM_MAX_FD
+_CMSG_SPACE = cmsg_space(SCM_MAX_FD)
+
 
 class Dispatcher:
     """The primary's hot path: accept, pick a worker, pass the fd, track acks."""
@@ -59,9 +65,12 @@ class Dispatcher:
         self.policy = policy      # "rr" or "least": which scheduler
         self._fdmap = {}          # fd -> (kind, id)
         self._listeners = {}      # lid -> socket (not owned: detached on removal)
-        self._armed = {}          # lid -> bool
+        # Edge-triggered listeners: True from an event until accept says EAGAIN.
+        self._backlog = {}        # lid -> bool
         self._workers = {}        # slot -> socket (not owned)
-        self._inflight = {}       # slot -> deque of fds awaiting the worker's ack
+        self._peers = {}          # slot -> the worker's end (not owned), or None
+        self._unacked = {}        # slot -> connections sent and not acknowledged
+        self._inflight = {}       # slot -> deque of the fds kept until acked (no peer)
         self._open = {}           # slot -> True while the channel is usable
         self._dispatched = {}     # slot -> count
         self._closed_slots = []   # slots whose channel broke, for pop_closed()
@@ -73,6 +82,12 @@ class Dispatcher:
         self.pauses = 0
         self._batches = [0] * len(BATCH_BUCKETS)   # sendmsg count by fds sent
         self.last_pause_errno = 0
+        # Spare fds (copies of the epoll fd), given up only to take connections
+        # back from a dead worker's channel: without them a primary at its fd
+        # limit could not receive them, and the kernel would close them.
+        self._spare_cap = min(self.window, _MAX_SPARES)
+        self._spares = []
+        self._refill_spares()
         self._closed = False      # last: __del__ cleans only a fully built object
 
     # -- registration -----------------------------------------------------
@@ -87,12 +102,12 @@ class Dispatcher:
             raise ValueError("at most 64 listening sockets per primary")
         sock = borrow(fd)
         try:
-            self._epoll.register(fd, 0)     # armed by poll() once a worker has credit
+            self._epoll.register(fd, select.EPOLLIN | select.EPOLLET)
         except BaseException:
             sock.detach()
             raise
         self._listeners[lid] = sock
-        self._armed[lid] = False
+        self._backlog[lid] = True           # it may hold connections already
         self._fdmap[fd] = (_KIND_LISTENER, lid)
         return lid
 
@@ -102,29 +117,48 @@ class Dispatcher:
         if lid not in self._listeners:
             raise KeyError(f"no listener {lid}")
         sock = self._listeners.pop(lid)
-        self._armed.pop(lid)
+        self._backlog.pop(lid)
         fd = sock.detach()
         del self._fdmap[fd]
         self._flush_pending()               # drops what waited for this listener
         self._epoll.unregister(fd)
 
-    def add_worker(self, fd):
+    def add_worker(self, fd, peer=-1):
         """Register the primary's end of a worker's data channel; returns its slot.
 
-        ``fd`` stays the caller's: close it only after ``remove_worker``.
+        ``peer`` is the worker's end of the same channel, which the caller keeps
+        open for the worker's whole life.  With it, the primary closes its copy
+        of each connection as soon as the fd is sent (the in-flight message
+        holds the connection, so that close is a reference drop, never a TCP
+        teardown), and when the worker is gone it reads back from ``peer``
+        every connection the worker never received.  Without it (-1), the
+        primary keeps each copy until the worker acknowledges it.
+
+        ``fd`` and ``peer`` stay the caller's: close them only after ``remove_worker``.
         """
         self._check()
         slot = 0
         while slot in self._workers:
             slot += 1
-        sock = borrow(fd)
+        # Its flags are the worker's: left alone (reads use MSG_DONTWAIT).
+        peer_sock = socket.socket(fileno=peer) if peer >= 0 else None
+        try:
+            sock = borrow(fd)
+        except BaseException:
+            if peer_sock is not None:
+                peer_sock.detach()
+            raise
         try:
             self._epoll.register(fd, select.EPOLLIN)
         except BaseException:
             sock.detach()
+            if peer_sock is not None:
+                peer_sock.detach()
             raise
         self._sched.add(slot)               # cannot fail: the slot is free
         self._workers[slot] = sock
+        self._peers[slot] = peer_sock
+        self._unacked[slot] = 0
         self._inflight[slot] = collections.deque()
         self._open[slot] = True
         self._dispatched[slot] = 0
@@ -163,6 +197,10 @@ class Dispatcher:
         self._close_worker(slot)
         self._closed_slots = [s for s in self._closed_slots if s != slot]
         del self._workers[slot]
+        peer = self._peers.pop(slot)
+        if peer is not None:
+            peer.detach()
+        del self._unacked[slot]
         del self._inflight[slot]
         del self._open[slot]
         del self._dispatched[slot]
@@ -198,7 +236,10 @@ class Dispatcher:
             # Connections re-queued by a failed send go out now, not after
             # the next event.
             self._flush_pending()
-            self._rearm()
+            if len(self._spares) < self._spare_cap and not self._pending:
+                # Taken again only once what they made room for has gone on.
+                self._refill_spares()
+            self._accept_backlogged()
             now = time.monotonic()
             timeout = -1 if deadline is None else max(0.0, deadline - now)
             if self._paused_until > now:
@@ -214,14 +255,12 @@ class Dispatcher:
                     self._read_acks(ident, mask)
                 elif kind == _KIND_WATCH:
                     ready.append(fd)
+                elif kind == _KIND_LISTENER:
+                    self._backlog[ident] = True
             self._flush_pending()
-            for fd, mask in events:
-                kind, ident = self._fdmap.get(fd, (None, None))
-                if kind == _KIND_LISTENER:
-                    self._accept_and_dispatch(ident)
+            self._accept_backlogged()
             if ready or (deadline is not None and time.monotonic() >= deadline):
                 break
-        self._rearm()
         return ready
 
     def pop_closed(self):
@@ -235,7 +274,7 @@ class Dispatcher:
         self._check()
         if slot not in self._workers:
             raise KeyError(f"no worker in slot {slot}")
-        return self._dispatched[slot], len(self._inflight[slot])
+        return self._dispatched[slot], self._unacked[slot]
 
     def worker_open(self, slot):
         """Connections sent to ``slot`` and not reported closed (policy least), else None."""
@@ -249,6 +288,7 @@ class Dispatcher:
     def held_fds(self):
         """How many connection fds the primary holds (in flight + pending)."""
         self._check()
+        # With a peer, in-flight connections are held by their messages, not here.
         return sum(len(dq) for dq in self._inflight.values()) + len(self._pending)
 
     def batch_counts(self):
@@ -274,13 +314,16 @@ class Dispatcher:
         if self._closed:
             return
         self._closed = True
+        self._release_spares()
         for dq in self._inflight.values():
             while dq:
                 os.close(dq.popleft()[0])
         while self._pending:
             os.close(self._pending.popleft()[0])
-        for sock in list(self._listeners.values()) + list(self._workers.values()):
+        for sock in (list(self._listeners.values()) + list(self._workers.values())
+                     + [p for p in self._peers.values() if p is not None]):
             sock.detach()
+        self._peers.clear()
         self._listeners.clear()
         self._workers.clear()
         self._fdmap.clear()
@@ -301,13 +344,26 @@ class Dispatcher:
         if self._closed:
             raise ValueError("I/O operation on a closed Dispatcher")
 
-    def _rearm(self):
-        paused = self._paused_until > time.monotonic()
-        for lid, sock in self._listeners.items():
-            want = not paused and self._sched.available(lid) > 0
-            if want != self._armed[lid]:
-                self._epoll.modify(sock.fileno(), select.EPOLLIN if want else 0)
-                self._armed[lid] = want
+    def _refill_spares(self):
+        while len(self._spares) < self._spare_cap:
+            try:
+                self._spares.append(os.dup(self._epoll.fileno()))
+            except OSError:
+                return                      # at the fd limit: tried again later
+
+    def _release_spares(self):
+        while self._spares:
+            os.close(self._spares.pop())
+
+    def _accept_backlogged(self):
+        # Listeners are edge-triggered: one left with connections when credit
+        # ran out gets no new event for them, so accept here once there is
+        # credit again (and not while paused).
+        if self._paused_until > time.monotonic():
+            return
+        for lid, backlog in list(self._backlog.items()):
+            if backlog and self._sched.available(lid) > 0:
+                self._accept_and_dispatch(lid)
 
     def _accept_and_dispatch(self, lid):
         if self._paused_until > time.monotonic():
@@ -320,6 +376,7 @@ class Dispatcher:
                 try:
                     fd, _ = sock._accept()
                 except BlockingIOError:
+                    self._backlog[lid] = False   # until the next edge
                     break
                 except InterruptedError:
                     continue
@@ -328,7 +385,8 @@ class Dispatcher:
                         continue
                     if exc.errno in _ACCEPT_PAUSE:
                         # Out of fds or memory: leave the backlog in the kernel and
-                        # wait pause_ms (listeners disarmed) instead of spinning.
+                        # wait pause_ms (poll() accepts nothing meanwhile) instead
+                        # of spinning.
                         self._paused_until = time.monotonic() + self.pause_ms / 1000.0
                         self.pauses += 1
                         self.last_pause_errno = exc.errno
@@ -389,7 +447,14 @@ class Dispatcher:
                 self._pending.extendleft(reversed(rest))
                 self._close_worker(slot)
                 return
-            self._inflight[slot].extend(part)
+            if self._peers[slot] is not None:
+                # Sent: the message holds each connection now, and the worker's
+                # end (kept open) holds the message until the worker takes it.
+                for fd in fds:
+                    os.close(fd)
+            else:
+                self._inflight[slot].extend(part)
+            self._unacked[slot] += len(part)
             self._dispatched[slot] += len(part)
             self.dispatched += len(part)
             self._batches[bisect.bisect_left(BATCH_BUCKETS, len(part))] += 1
@@ -422,9 +487,11 @@ class Dispatcher:
             except (ProtocolError, ValueError):
                 self._close_worker(slot)
                 return
-            dq = self._inflight[slot]
-            for _ in range(count):
-                os.close(dq.popleft()[0])
+            self._unacked[slot] -= count
+            if self._peers[slot] is None:
+                dq = self._inflight[slot]
+                for _ in range(count):
+                    os.close(dq.popleft()[0])
 
     def _close_worker(self, slot):
         """The channel is unusable: stop using it and re-queue what it had not acknowledged."""
@@ -440,9 +507,50 @@ class Dispatcher:
         except (OSError, ValueError):
             pass
         self._sched.remove(slot)
-        # The worker never confirmed these, so it may never have seen them:
-        # our copy keeps each connection alive for the next worker.
-        dq = self._inflight[slot]
-        self._pending.extendleft(reversed(dq))
-        dq.clear()
+        self._unacked[slot] = 0
+        if self._peers[slot] is not None:
+            self._recover(slot)
+        else:
+            # The worker never confirmed these, so it may never have seen them:
+            # our copy keeps each connection alive for the next worker.
+            dq = self._inflight[slot]
+            self._pending.extendleft(reversed(dq))
+            dq.clear()
         sock.detach()
+
+    def _recover(self, slot):
+        """Read back what the worker never received: it waits, in order, on the
+        worker's end of the channel, which the caller keeps open for exactly this.
+
+        Safe while the worker still runs (a broken protocol): each message is
+        taken by one reader only, so whatever is read here the worker never had.
+        """
+        peer = self._peers[slot]
+        found = []
+        self._release_spares()              # room for them even at the fd limit
+        try:
+            while True:
+                try:
+                    data, ancdata, flags, _ = peer.recvmsg(
+                        _RECV_BUF, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
+                except InterruptedError:
+                    continue
+                except OSError:
+                    break                   # EAGAIN: all read back
+                fds = unpack_fds(ancdata)
+                count = HEADER.unpack_from(data)[1] if len(data) >= HEADER.size else -1
+                if (not data or data[0] != MSG_FDS or flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC)
+                        or count != len(fds) or len(data) != HEADER.size + count * LID.size):
+                    # END, or not what this primary wrote: nothing to route.
+                    for fd in fds:
+                        os.close(fd)
+                    if not data and not fds:
+                        break
+                    continue
+                found.extend((fd, LID.unpack_from(data, HEADER.size + i * LID.size)[0])
+                             for i, fd in enumerate(fds))
+        finally:
+            # First in the pending queue, in the order they were accepted.
+            self._pending.extendleft(reversed(found))
+            if not self._pending:
+                self._refill_spares()       # else once the pending have gone on (poll)

@@ -23,6 +23,9 @@ cdef int BATCH_BOUNDS[NBATCH_BUCKETS]
 BATCH_BOUNDS[:] = [1, 2, 4, 8, 16, 32, 64, 128, FF_SCM_MAX_FD]
 
 cdef enum:
+    MAX_SPARES = 256      # spare fds kept for taking connections back (see Dispatcher)
+
+cdef enum:
     MAX_EVENTS = 256      # more ready fds than this are reported by the next epoll_wait
 
 

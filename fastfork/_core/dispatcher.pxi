@@ -2,6 +2,7 @@
 
 ctypedef struct worker_t:
     int fd              # the primary's end of the data channel (not ours to close)
+    int peer            # the worker's end, kept open by the caller, or -1 (see add_worker)
     bint present        # between add_worker and remove_worker
     bint open           # the channel is usable
     long long dispatched
@@ -29,7 +30,10 @@ cdef class Dispatcher:
     cdef bint _closed
     cdef RoundRobinScheduler _sched
     cdef int _lfd[FF_MAX_LISTENERS]      # lid -> listening fd, -1 if free
-    cdef bint _armed[FF_MAX_LISTENERS]
+    # Edge-triggered listeners: set by an event, cleared when accept4 says
+    # EAGAIN.  A listener left with connections (credit ran out) is accepted
+    # from again as soon as credit returns, with no epoll_ctl to re-arm it.
+    cdef bint _backlog[FF_MAX_LISTENERS]
     cdef worker_t *_workers              # slot -> worker, _nslots in use
     cdef int _nslots
     cdef int _wcap
@@ -43,6 +47,12 @@ cdef class Dispatcher:
     cdef long long _held                 # connection fds we hold (debug counter)
     cdef list _closed_slots
     cdef set _watched
+    # Spare fds (copies of the epoll fd), given up only to take connections
+    # back from a dead worker's channel: without them a primary at its fd
+    # limit could not receive them, and the kernel would close them.
+    cdef int *_spares
+    cdef int _nspare
+    cdef int _spare_cap
 
     def __cinit__(self, *args, **kwargs):
         cdef int i
@@ -54,13 +64,15 @@ cdef class Dispatcher:
         self._outbox = NULL
         self._touched = NULL
         self._events = NULL
+        self._spares = NULL
+        self._nspare = self._spare_cap = 0
         self._nslots = self._wcap = self._ntouched = 0
         self._held = 0
         self._paused_until = 0.0
         memset(self._batches, 0, sizeof(self._batches))
         for i in range(FF_MAX_LISTENERS):
             self._lfd[i] = -1
-            self._armed[i] = False
+            self._backlog[i] = False
 
     def __init__(self, window=DEFAULT_WINDOW, batch_max=DEFAULT_BATCH_MAX, pause_ms=100,
                  policy="rr", worker_connections=0):
@@ -81,14 +93,22 @@ cdef class Dispatcher:
         self._epfd = epoll_create1(EPOLL_CLOEXEC)
         if self._epfd < 0:
             _raise_errno(errno)
+        # What one worker can have unread is its window.
+        self._spare_cap = min(self.window, MAX_SPARES)
+        self._spares = <int *>realloc(NULL, self._spare_cap * sizeof(int))
+        if self._spares == NULL:
+            raise MemoryError()
+        self._refill_spares()
 
     def __dealloc__(self):
         # Also reached for a half-built object (a failed __init__): every
         # field starts empty in __cinit__.  No Python calls here.
         if not self._closed:
             self._close_connections()
+            self._release_spares()
             if self._epfd >= 0:
                 close(self._epfd)
+        free(self._spares)
         free(self._workers)
         free(self._rings)
         free(self._outbox)
@@ -112,12 +132,12 @@ cdef class Dispatcher:
         _check_socket(fd)
         _set_nonblocking(fd)
         memset(&ev, 0, sizeof(ev))
-        ev.events = 0                       # armed by poll() once a worker has credit
+        ev.events = EPOLLIN | EPOLLET
         ev.data.u64 = _tag(KIND_LISTENER, lid)
         if epoll_ctl(self._epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
             _raise_errno(errno)
         self._lfd[lid] = fd
-        self._armed[lid] = False
+        self._backlog[lid] = True           # it may hold connections already
         return lid
 
     def remove_listener(self, int lid):
@@ -128,15 +148,23 @@ cdef class Dispatcher:
             raise KeyError(f"no listener {lid}")
         fd = self._lfd[lid]
         self._lfd[lid] = -1
-        self._armed[lid] = False
+        self._backlog[lid] = False
         self._flush_pending()               # drops what waited for this listener
         if epoll_ctl(self._epfd, EPOLL_CTL_DEL, fd, NULL) < 0:
             _raise_errno(errno)
 
-    def add_worker(self, int fd):
+    def add_worker(self, int fd, int peer=-1):
         """Register the primary's end of a worker's data channel; returns its slot.
 
-        ``fd`` stays the caller's: close it only after ``remove_worker``.
+        ``peer`` is the worker's end of the same channel, which the caller keeps
+        open for the worker's whole life.  With it, the primary closes its copy
+        of each connection as soon as the fd is sent (the in-flight message
+        holds the connection, so that close is a reference drop, never a TCP
+        teardown), and when the worker is gone it reads back from ``peer``
+        every connection the worker never received.  Without it (-1), the
+        primary keeps each copy until the worker acknowledges it.
+
+        ``fd`` and ``peer`` stay the caller's: close them only after ``remove_worker``.
         """
         cdef int slot = 0
         cdef epoll_event ev
@@ -145,6 +173,8 @@ cdef class Dispatcher:
         while slot < self._nslots and self._workers[slot].present:
             slot += 1
         _check_socket(fd)
+        if peer >= 0:
+            _check_socket(peer)             # its flags are the worker's: left alone
         _set_nonblocking(fd)
         if slot >= self._wcap:
             self._grow_workers(slot + 1)
@@ -157,6 +187,7 @@ cdef class Dispatcher:
         w = &self._workers[slot]
         memset(w, 0, sizeof(worker_t))
         w.fd = fd
+        w.peer = peer
         w.present = True
         w.open = True
         if slot >= self._nslots:
@@ -201,7 +232,7 @@ cdef class Dispatcher:
         self._close_worker(slot)
         self._closed_slots = [s for s in self._closed_slots if s != slot]
         self._workers[slot].present = False
-        self._workers[slot].fd = -1
+        self._workers[slot].fd = self._workers[slot].peer = -1
         self._flush_pending()
 
     def watch(self, int fd):
@@ -241,7 +272,10 @@ cdef class Dispatcher:
             deadline = _monotonic() + timeout_ms / 1000.0
         while True:
             self._flush_pending()
-            self._rearm()
+            if self._nspare < self._spare_cap and self._pending.length == 0:
+                # Taken again only once what they made room for has gone on.
+                self._refill_spares()
+            self._accept_backlogged()
             now = _monotonic()
             if deadline < 0:
                 timeout = -1
@@ -275,15 +309,12 @@ cdef class Dispatcher:
                         self._read_acks(ident)
                 elif kind == KIND_WATCH:
                     ready.append(ident)
+                elif self._lfd[ident] >= 0:
+                    self._backlog[ident] = True
             self._flush_pending()
-            for i in range(n):
-                kind = <int>(self._events[i].data.u64 >> 32)
-                ident = <int>(<uint32_t>self._events[i].data.u64)
-                if kind == KIND_LISTENER and self._lfd[ident] >= 0:
-                    self._accept_and_dispatch(ident)
+            self._accept_backlogged()
             if ready or (deadline >= 0 and _monotonic() >= deadline):
                 break
-        self._rearm()
         if FASTFORK_DEBUG:
             self._verify()
         return ready
@@ -343,11 +374,12 @@ cdef class Dispatcher:
             return
         self._closed = True
         self._close_connections()
+        self._release_spares()
         for i in range(FF_MAX_LISTENERS):
             self._lfd[i] = -1
         for i in range(self._nslots):
             self._workers[i].present = self._workers[i].open = False
-            self._workers[i].fd = -1
+            self._workers[i].fd = self._workers[i].peer = -1
         self._watched.clear()
         if self._epfd >= 0:
             close(self._epfd)
@@ -373,9 +405,10 @@ cdef class Dispatcher:
         cdef worker_t *w
         for slot in range(self._nslots):
             w = &self._workers[slot]
-            for i in range(w.count):
-                close(self._rings[slot * self.window + (w.head + i) % self.window].fd)
-                self._held -= 1
+            if w.peer < 0:                  # with a peer the ring holds nothing
+                for i in range(w.count):
+                    close(self._rings[slot * self.window + (w.head + i) % self.window].fd)
+                    self._held -= 1
             w.count = w.head = 0
         self._held -= self._pending.close_all()
 
@@ -406,22 +439,31 @@ cdef class Dispatcher:
         self._wcap = cap
         return 0
 
-    cdef int _rearm(self) except -1:
-        cdef bint paused = self._paused_until > _monotonic()
-        cdef bint want
+    cdef void _refill_spares(self) noexcept:
+        cdef int fd
+        while self._nspare < self._spare_cap:
+            fd = fcntl(self._epfd, F_DUPFD_CLOEXEC, 0)
+            if fd < 0:
+                return                      # at the fd limit: tried again later
+            self._spares[self._nspare] = fd
+            self._nspare += 1
+
+    cdef void _release_spares(self) noexcept:
+        while self._nspare > 0:
+            self._nspare -= 1
+            close(self._spares[self._nspare])
+
+    cdef int _accept_backlogged(self) except -1:
+        # Listeners are edge-triggered: one left with connections when credit
+        # ran out gets no new event for them, so accept here once there is
+        # credit again (and not while paused).
         cdef int lid
-        cdef epoll_event ev
+        if self._paused_until > 0.0 and self._paused_until > _monotonic():
+            return 0
         for lid in range(FF_MAX_LISTENERS):
-            if self._lfd[lid] < 0:
-                continue
-            want = not paused and self._sched.c_available(lid) > 0
-            if want != self._armed[lid]:
-                memset(&ev, 0, sizeof(ev))
-                ev.events = EPOLLIN if want else 0
-                ev.data.u64 = _tag(KIND_LISTENER, lid)
-                if epoll_ctl(self._epfd, EPOLL_CTL_MOD, self._lfd[lid], &ev) < 0:
-                    _raise_errno(errno)
-                self._armed[lid] = want
+            if (self._backlog[lid] and self._lfd[lid] >= 0
+                    and self._sched.c_available(lid) > 0):
+                self._accept_and_dispatch(lid)
         return 0
 
     cdef inline void _stage(self, int slot, int fd, int lid) noexcept:
@@ -461,13 +503,15 @@ cdef class Dispatcher:
                     err = errno
                     if would_block(err):
                         err = 0
+                        self._backlog[lid] = False   # until the next edge
                         break
                     if _accept_skip(err) or _interrupted(err):
                         err = 0
                         continue
                     if _accept_pause(err):
                         # Out of fds or memory: leave the backlog in the kernel and
-                        # wait pause_ms (listeners disarmed) instead of spinning.
+                        # wait pause_ms (poll() accepts nothing meanwhile) instead
+                        # of spinning.
                         self._paused_until = _monotonic() + self.pause_ms / 1000.0
                         self.pauses += 1
                         self.last_pause_errno = err
@@ -549,9 +593,17 @@ cdef class Dispatcher:
                 self._unsend(slot, items, start, n)
                 self._close_worker(slot)
                 return 0
-            for i in range(m):
-                ring[(w.head + w.count) % self.window] = items[start + i]
-                w.count += 1
+            if w.peer >= 0:
+                # Sent: the message holds each connection now, and the worker's
+                # end (kept open) holds the message until the worker takes it.
+                for i in range(m):
+                    close(items[start + i].fd)
+                self._held -= m
+                w.count += m
+            else:
+                for i in range(m):
+                    ring[(w.head + w.count) % self.window] = items[start + i]
+                    w.count += 1
             w.dispatched += m
             self.dispatched += m
             i = 0
@@ -572,39 +624,50 @@ cdef class Dispatcher:
         return 0
 
     cdef int _read_acks(self, int slot) except -1:
-        cdef uint8_t buf[ACK_BUF]
-        cdef ssize_t r
-        cdef int count, i, err
+        # One recvmmsg per readiness: fewer messages than asked for means the
+        # channel is empty, so no call is spent on learning it from EAGAIN.
+        cdef uint8_t bufs[FF_BATCH_MAX_MSGS * ACK_BUF]
+        cdef int lens[FF_BATCH_MAX_MSGS]
+        cdef int n, k, count, i, err
+        cdef uint8_t *buf
         cdef worker_t *w = &self._workers[slot]
         cdef conn_t *ring = &self._rings[slot * self.window]
         while w.open:
-            r = recv(w.fd, buf, ACK_BUF, MSG_DONTWAIT)
-            if r < 0:
+            n = ff_recv_many(w.fd, bufs, ACK_BUF, FF_BATCH_MAX_MSGS, lens, MSG_DONTWAIT)
+            if n < 0:
                 err = errno
                 if would_block(err):
                     return 0
                 if _interrupted(err):
                     continue
-                r = 0                       # a broken channel is a closed one
-            if r != HEADER_SIZE or (buf[0] != MSG_ACK and buf[0] != MSG_CLOSED):
-                # EOF, or a message the protocol does not allow.
-                self._close_worker(slot)
+                self._close_worker(slot)    # a broken channel is a closed one
                 return 0
-            count = _get_u16(buf + 2)
-            if buf[0] == MSG_CLOSED:
-                # Policy least's count of open connections; rr refuses it.
-                if self._sched.c_try_closed(slot, count) < 0:
+            for k in range(n):
+                buf = bufs + k * ACK_BUF
+                if lens[k] != HEADER_SIZE or (buf[0] != MSG_ACK and buf[0] != MSG_CLOSED):
+                    # EOF, or a message the protocol does not allow.
                     self._close_worker(slot)
                     return 0
-                continue
-            if self._sched.c_try_ack(slot, count) < 0:
-                self._close_worker(slot)    # acknowledged more than it was sent
+                count = _get_u16(buf + 2)
+                if buf[0] == MSG_CLOSED:
+                    # Policy least's count of open connections; rr refuses it.
+                    if self._sched.c_try_closed(slot, count) < 0:
+                        self._close_worker(slot)
+                        return 0
+                    continue
+                if self._sched.c_try_ack(slot, count) < 0:
+                    self._close_worker(slot)    # acknowledged more than it was sent
+                    return 0
+                if w.peer >= 0:
+                    w.count -= count        # their fds were closed when sent
+                    continue
+                for i in range(count):
+                    close(ring[w.head].fd)
+                    self._held -= 1
+                    w.head = (w.head + 1) % self.window
+                    w.count -= 1
+            if n < FF_BATCH_MAX_MSGS:
                 return 0
-            for i in range(count):
-                close(ring[w.head].fd)
-                self._held -= 1
-                w.head = (w.head + 1) % self.window
-                w.count -= 1
         return 0
 
     cdef int _close_worker(self, int slot) except -1:
@@ -619,6 +682,10 @@ cdef class Dispatcher:
         self._closed_slots.append(slot)
         epoll_ctl(self._epfd, EPOLL_CTL_DEL, w.fd, NULL)   # the fd may be gone already
         self._sched.c_remove(slot)
+        if w.peer >= 0:
+            w.count = w.head = 0
+            self._recover(slot)
+            return 0
         # The worker never confirmed these, so it may never have seen them:
         # our copy keeps each connection alive for the next worker.
         for i in range(w.count - 1, -1, -1):
@@ -626,12 +693,68 @@ cdef class Dispatcher:
         w.count = w.head = 0
         return 0
 
+    cdef int _recover(self, int slot) except -1:
+        """Read back what the worker never received: it waits, in order, on the
+        worker's end of the channel, which the caller keeps open for exactly this.
+
+        Safe while the worker still runs (a broken protocol): each message is
+        taken by one reader only, so whatever is read here the worker never had.
+        """
+        cdef uint8_t bufs[FF_BATCH_MAX_MSGS * RECV_BUF]
+        cdef int fds[FF_BATCH_MAX_MSGS * FF_SCM_MAX_FD]
+        cdef int lens[FF_BATCH_MAX_MSGS]
+        cdef int mflags[FF_BATCH_MAX_MSGS]
+        cdef int nfds[FF_BATCH_MAX_MSGS]
+        cdef int n, k, i, count, err
+        cdef uint8_t *buf
+        cdef int *got
+        cdef conn_t c
+        cdef ConnQueue found = ConnQueue()
+        cdef int peer = self._workers[slot].peer
+        self._release_spares()              # room for them even at the fd limit
+        try:
+            while True:
+                n = ff_recv_fds_batch(peer, bufs, RECV_BUF, FF_BATCH_MAX_MSGS, lens, mflags,
+                                      fds, nfds, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
+                if n < 0:
+                    err = errno
+                    if _interrupted(err):
+                        continue
+                    break                   # EAGAIN: all read back
+                for k in range(n):
+                    buf = bufs + k * RECV_BUF
+                    got = fds + k * FF_SCM_MAX_FD
+                    count = _get_u16(buf + 2) if lens[k] >= HEADER_SIZE else -1
+                    if (buf[0] != MSG_FDS or mflags[k] & (MSG_CTRUNC | MSG_TRUNC)
+                            or count != nfds[k] or lens[k] != HEADER_SIZE + count * LID_SIZE):
+                        # END, or not what this primary wrote: nothing to route.
+                        for i in range(nfds[k]):
+                            close(got[i])
+                        continue
+                    found.reserve(count)
+                    for i in range(count):
+                        c.fd = got[i]
+                        c.lid = _get_u16(buf + HEADER_SIZE + i * LID_SIZE)
+                        found.push_back(c)
+                    self._held += count
+                if n < FF_BATCH_MAX_MSGS:
+                    break
+        finally:
+            # First in the pending queue, in the order they were accepted.
+            self._pending.reserve(found.length)
+            for i in range(found.length - 1, -1, -1):
+                self._pending.push_front(found.items[(found.head + i) % found.capacity])
+            if self._pending.length == 0:
+                self._refill_spares()       # else once the pending have gone on (poll)
+        return 0
+
     cdef int _verify(self) except -1:
         # Debug builds: the counter must match what the structures hold.
         cdef long long total = self._pending.length
         cdef int slot
         for slot in range(self._nslots):
-            total += self._workers[slot].count
+            if self._workers[slot].peer < 0:
+                total += self._workers[slot].count
             if self._workers[slot].nout:
                 raise AssertionError(f"slot {slot} has unsent staged connections")
             if self._workers[slot].open and (self._workers[slot].count

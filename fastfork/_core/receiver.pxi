@@ -34,12 +34,18 @@ cdef class Receiver:
 
         Returns ``(pairs, ended)``: ``pairs`` is a list of ``(listener_id, fd)``
         (the caller owns each fd), ``ended`` is True once the primary said END
-        or closed the channel.  One ACK covers everything drained.
+        or closed the channel.  One ACK covers everything drained.  Messages
+        are read with one ``recvmmsg`` per readiness: fewer than asked for
+        means the channel is empty, so no call is spent on EAGAIN.
         """
-        cdef uint8_t buf[RECV_BUF]
-        cdef int fds[FF_SCM_MAX_FD]
-        cdef int nfds = 0, mflags = 0, err, i, j
-        cdef ssize_t n
+        cdef uint8_t bufs[FF_BATCH_MAX_MSGS * RECV_BUF]
+        cdef int fds[FF_BATCH_MAX_MSGS * FF_SCM_MAX_FD]
+        cdef int lens[FF_BATCH_MAX_MSGS]
+        cdef int mflags[FF_BATCH_MAX_MSGS]
+        cdef int nfds[FF_BATCH_MAX_MSGS]
+        cdef int n, k, err, i, j
+        cdef uint8_t *buf
+        cdef int *got
         cdef list pairs = []
         if getpid() != self._pid:
             raise RuntimeError("this Receiver belongs to the parent process")
@@ -47,8 +53,8 @@ cdef class Receiver:
             raise ValueError("I/O operation on a closed Receiver")
         try:
             while not self.ended:
-                n = ff_recv_fds(self._fd, buf, RECV_BUF, fds, FF_SCM_MAX_FD, &nfds,
-                                &mflags, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
+                n = ff_recv_fds_batch(self._fd, bufs, RECV_BUF, FF_BATCH_MAX_MSGS, lens,
+                                      mflags, fds, nfds, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
                 if n < 0:
                     err = errno
                     if would_block(err):
@@ -56,23 +62,37 @@ cdef class Receiver:
                     if _interrupted(err):
                         continue
                     _raise_errno(err)
-                if n == 0 and nfds == 0:
-                    self.ended = True       # the primary closed the channel
-                    break
-                try:
-                    self._parse(buf, n, mflags, nfds)
-                except ProtocolError:
-                    for i in range(nfds):
-                        close(fds[i])
-                    raise
-                for i in range(nfds):
+                for k in range(n):
+                    buf = bufs + k * RECV_BUF
+                    got = fds + k * FF_SCM_MAX_FD
+                    if self.ended:
+                        # Nothing follows END (or EOF): whatever did is not ours.
+                        for i in range(nfds[k]):
+                            close(got[i])
+                        continue
+                    if lens[k] == 0 and nfds[k] == 0:
+                        self.ended = True   # the primary closed the channel
+                        continue
                     try:
-                        pairs.append((_get_u16(buf + HEADER_SIZE + i * LID_SIZE), fds[i]))
-                    except BaseException:
-                        for j in range(i, nfds):
-                            close(fds[j])
+                        self._parse(buf, lens[k], mflags[k], nfds[k])
+                    except ProtocolError:
+                        for j in range(k, n):
+                            for i in range(nfds[j]):
+                                close(fds[j * FF_SCM_MAX_FD + i])
                         raise
-                self.received += nfds
+                    for i in range(nfds[k]):
+                        try:
+                            pairs.append((_get_u16(buf + HEADER_SIZE + i * LID_SIZE), got[i]))
+                        except BaseException:
+                            for j in range(i, nfds[k]):
+                                close(got[j])
+                            for j in range(k + 1, n):
+                                for i in range(nfds[j]):
+                                    close(fds[j * FF_SCM_MAX_FD + i])
+                            raise
+                    self.received += nfds[k]
+                if n < FF_BATCH_MAX_MSGS:
+                    break
             if pairs:
                 self._ack(len(pairs))
         except BaseException:

@@ -434,11 +434,16 @@ class Cluster:
         if pid == 0:
             boot.run_forked(self.pid, spec, data_worker, ctl_worker,
                             lambda: self._shed_in_child((data_primary, ctl_primary)))
-        data_worker.close()
+        # The worker's end of the data channel stays open here too, for the
+        # worker's whole life: what it has not read yet stays queued there
+        # (holding its connections) even if it dies, and the dispatcher reads
+        # it back.  That is what lets the dispatcher close its own copy of
+        # each connection as soon as it is sent.
         ctl_worker.close()
         worker.pid = pid
         worker.data_sock = data_primary
-        worker.slot = self.dispatcher.add_worker(data_primary.fileno())
+        worker.data_peer = data_worker
+        worker.slot = self.dispatcher.add_worker(data_primary.fileno(), data_worker.fileno())
         ctl_primary.setblocking(False)
         worker.control = ControlChannel(ctl_primary)
         try:
@@ -462,7 +467,7 @@ class Cluster:
             sock.close()
         self.dispatcher.close()
         for other in self.workers.values():
-            for sock in (other.data_sock, other.control and other.control.sock):
+            for sock in (other.data_sock, other.data_peer, other.control and other.control.sock):
                 if sock is not None:
                     sock.close()
         self.listeners.close_in_child()
@@ -519,6 +524,7 @@ class Cluster:
         if worker.control is not None:
             self.forget_control(worker)
         worker.data_sock.close()
+        worker.data_peer.close()
         self._by_slot.pop(worker.slot, None)
         del self.workers[worker.id]
 
@@ -564,8 +570,7 @@ class Cluster:
                 return
 
     def _lost_data_channel(self, worker):
-        # Closed (the worker is exiting: it is reaped long before the grace
-        # ends) or broken (garbage acks): the dispatcher sends it nothing
+        # Broken (garbage acks, or a send that failed): the dispatcher sends it nothing
         # more, so a live one would idle forever; kill it and respawn.
         if worker.kill_at is None:
             worker.kill_at = time.monotonic() + DATA_CHANNEL_GRACE

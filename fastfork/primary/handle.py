@@ -29,6 +29,7 @@ class Worker:
         self.kill_at = None          # monotonic deadline for SIGKILL while stopping
         self.slot = None             # its place in the dispatcher
         self.data_sock = None
+        self.data_peer = None        # the worker's end, kept open (see spawn_worker)
         self.control = None
         self.last_heartbeat = self.started_at
         self.heartbeats = 0          # hang detection starts with the first beat

@@ -43,6 +43,7 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLL_CTL_MOD
         EPOLL_CTL_DEL
         EPOLLIN
+        EPOLLET
 
 cdef extern from "<limits.h>" nogil:
     enum:
@@ -68,5 +69,8 @@ cdef extern from "fdpass.h" nogil:
         FF_SCM_MAX_FD
     ssize_t ff_send_fds(int sock, const void *buf, size_t len,
                         const int *fds, int nfds, int flags)
-    ssize_t ff_recv_fds(int sock, void *buf, size_t len, int *fds, int maxfds,
-                        int *nfds, int *msg_flags, int flags)
+    enum:
+        FF_BATCH_MAX_MSGS
+    int ff_recv_fds_batch(int sock, void *bufs, size_t len, int vlen, int *lens,
+                          int *mflags, int *fds, int *nfds, int flags)
+    int ff_recv_many(int sock, void *bufs, size_t len, int vlen, int *lens, int flags)

@@ -1,0 +1,170 @@
+"""The primary's hand-off, driven directly, in both builds.
+
+With the worker's end of the data channel given to ``add_worker`` (as the
+arbiter does), the primary closes its copy of each connection as soon as it
+is sent, and takes back from that end whatever a dead worker never read.
+Also here: the edge-triggered listener accepting what waited for credit, and
+acks read many to a call.  The rig is ``test_dispatch``'s.
+"""
+
+import errno
+import os
+import resource
+import socket
+
+import pytest
+
+from fastfork.channels.fdpass import cmsg_space, unpack_fds
+from fastfork.channels.wire import HEADER, LID, MSG_ACK, MSG_FDS, SCM_MAX_FD
+from tests.test_dispatch import (Rig, backlog_len, open_fds, recv_exactly, stack,  # noqa: F401
+                                 wait_for)
+
+
+@pytest.fixture
+def handoff(stack, impl):  # noqa: F811 (the fixture imported above)
+    def make(**options):
+        return Rig(stack, impl.dispatch, peers=True, **options)
+    return make
+
+
+def tags(conns):
+    return [recv_exactly(sock, 1)[0] for _, sock in conns]
+
+
+def read_one_message(worker):
+    """Take one FDS message off ``worker``'s end by hand, as a worker that read
+    it and then died would have: its fds are the test's now (returned)."""
+    with socket.socket(fileno=os.dup(worker.receiver.fileno())) as end:
+        data, anc, _, _ = end.recvmsg(HEADER.size + LID.size * SCM_MAX_FD,
+                                      cmsg_space(SCM_MAX_FD))
+    fds = unpack_fds(anc)
+    assert HEADER.unpack_from(data) == (MSG_FDS, len(fds))
+    return [worker.rig.adopt(fd) for fd in fds]
+
+
+def test_the_primary_keeps_no_copy_once_sent(handoff):
+    rig = handoff(window=8)
+    worker = rig.add_worker()
+    clients = rig.connect(3)
+    rig.poll_until(lambda: rig.d.dispatched == 3, "3 dispatched")
+    # Sent, not yet received: in flight for credit, but no fd held here.
+    assert rig.d.worker_stats(worker.slot) == (3, 3)
+    assert rig.d.held_fds() == 0
+    conns = worker.receive_until(3)
+    assert tags(conns) == [0, 1, 2]
+    for (_, sock), client in zip(conns, clients):
+        sock.sendall(b"ok")
+        assert recv_exactly(client, 2) == b"ok"
+    rig.poll_until(lambda: rig.d.worker_stats(worker.slot) == (3, 0), "the ack")
+
+
+def test_what_a_dead_worker_never_read_goes_to_another_in_order(handoff):
+    rig = handoff(window=8)
+    dead = rig.add_worker()
+    clients = rig.connect(4)
+    rig.poll_until(lambda: rig.d.dispatched == 4, "4 dispatched")
+    dead.die()                  # its process is gone; its end stays open in the primary
+    healthy = rig.add_worker()
+    assert rig.d.pop_closed() == []         # no EOF: the primary holds the worker's end
+    rig.d.remove_worker(dead.slot)          # what the arbiter does once it reaps it
+    assert rig.d.stats()["pending"] + rig.d.dispatched >= 4
+    conns = healthy.receive_until(4)
+    assert tags(conns) == [0, 1, 2, 3]
+    assert rig.d.redispatched == 4
+    conns[2][1].sendall(b"third")
+    assert recv_exactly(clients[2], 5) == b"third"
+    assert rig.d.held_fds() == 0
+
+
+def test_what_the_worker_read_is_not_sent_twice(handoff):
+    rig = handoff(window=8)
+    dead = rig.add_worker()
+    clients = rig.connect(1)
+    rig.poll_until(lambda: rig.d.dispatched == 1, "the first dispatched")
+    clients += rig.connect(2)
+    rig.poll_until(lambda: rig.d.dispatched == 3, "the next two dispatched")
+    # The first went in a message of its own, which the worker read and then
+    # died with: that connection was the worker's, the other two never were.
+    [taken] = read_one_message(dead)
+    assert recv_exactly(taken, 1) == bytes([0])
+    dead.die()
+    healthy = rig.add_worker()
+    rig.d.remove_worker(dead.slot)
+    conns = healthy.receive_until(2)
+    assert tags(conns) == [1, 2]
+    assert rig.d.redispatched == 2
+
+
+def test_taking_back_a_full_window_at_the_fd_limit(handoff):
+    rig = handoff(window=8)
+    dead = rig.add_worker()
+    rig.connect(8)
+    rig.poll_until(lambda: rig.d.dispatched == 8, "a full window dispatched")
+    before = len(open_fds())
+    dead.die()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 1, hard))
+        while True:                         # no fd left below the limit
+            try:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+                break
+        # Only the spares make room for the eight: none may be dropped.
+        rig.d.remove_worker(dead.slot)
+        assert rig.d.held_fds() == 8 and rig.d.stats()["pending"] == 8
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    healthy = rig.add_worker()
+    assert tags(healthy.receive_until(8)) == list(range(8))
+    rig.d.poll(0)
+    # Once they went on, the spares are taken again: the dead worker's
+    # receiver is gone, the healthy one has three fds, the eight connections
+    # are its own, and the primary holds no connection.
+    assert rig.d.held_fds() == 0
+    assert len(open_fds()) == before - 1 + 3 + 8
+
+
+def test_the_backlog_left_when_credit_ran_out_is_accepted_when_it_returns(handoff):
+    # Edge-triggered: no new connection arrives to wake the listener, so the
+    # dispatcher itself must come back to the connections the kernel still holds.
+    rig = handoff(window=2)
+    worker = rig.add_worker()
+    rig.connect(5)
+    rig.poll_until(lambda: rig.d.dispatched == 2, "one window dispatched")
+    wait_for(lambda: backlog_len(rig.listener) == 3, "3 left in the backlog")
+    worker.receive_until(2)                 # acks: credit for two more
+    rig.poll_until(lambda: rig.d.dispatched == 4, "two more dispatched")
+    worker.receive_until(4)
+    rig.poll_until(lambda: rig.d.dispatched == 5, "the last dispatched")
+    assert tags(worker.receive_until(5)) == [0, 1, 2, 3, 4]
+    assert backlog_len(rig.listener) == 0
+
+
+@pytest.mark.parametrize("peers", [False, True])
+def test_many_acks_read_in_one_readiness(stack, impl, peers):  # noqa: F811
+    # More separate ACKs than one recvmmsg takes (16): all must count.
+    rig = Rig(stack, impl.dispatch, peers=peers, window=40)
+    primary_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stack.callback(primary_end.close)
+    stack.callback(worker_end.close)
+    slot = rig.d.add_worker(primary_end.fileno(), worker_end.fileno() if peers else -1)
+    rig.d.subscribe(slot, rig.lid)
+    rig.connect(37)
+    rig.poll_until(lambda: rig.d.dispatched == 37, "37 dispatched")
+    received = 0
+    worker_end.settimeout(5)
+    while received < 37:
+        data, anc, _, _ = worker_end.recvmsg(HEADER.size + LID.size * SCM_MAX_FD,
+                                             cmsg_space(SCM_MAX_FD))
+        for fd in unpack_fds(anc):
+            rig.adopt(fd)
+            received += 1
+    for _ in range(37):
+        worker_end.send(HEADER.pack(MSG_ACK, 1))
+    rig.poll_until(lambda: rig.d.worker_stats(slot) == (37, 0), "37 acks counted")
+    assert rig.d.held_fds() == 0 and rig.d.pop_closed() == []
