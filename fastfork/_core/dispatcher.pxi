@@ -34,6 +34,7 @@ cdef class Dispatcher:
     # EAGAIN.  A listener left with connections (credit ran out) is accepted
     # from again as soon as credit returns, with no epoll_ctl to re-arm it.
     cdef bint _backlog[FF_MAX_LISTENERS]
+    cdef int _lid_end                    # 1 + the highest lid in use: what loops scan
     cdef worker_t *_workers              # slot -> worker, _nslots in use
     cdef int _nslots
     cdef int _wcap
@@ -65,6 +66,7 @@ cdef class Dispatcher:
         self._touched = NULL
         self._events = NULL
         self._spares = NULL
+        self._lid_end = 0
         self._nspare = self._spare_cap = 0
         self._nslots = self._wcap = self._ntouched = 0
         self._held = 0
@@ -138,6 +140,7 @@ cdef class Dispatcher:
             _raise_errno(errno)
         self._lfd[lid] = fd
         self._backlog[lid] = True           # it may hold connections already
+        self._lid_end = max(self._lid_end, lid + 1)
         return lid
 
     def remove_listener(self, int lid):
@@ -460,7 +463,7 @@ cdef class Dispatcher:
         cdef int lid
         if self._paused_until > 0.0 and self._paused_until > _monotonic():
             return 0
-        for lid in range(FF_MAX_LISTENERS):
+        for lid in range(self._lid_end):
             if (self._backlog[lid] and self._lfd[lid] >= 0
                     and self._sched.c_available(lid) > 0):
                 self._accept_and_dispatch(lid)
