@@ -230,10 +230,13 @@ class AsgiServer:
     async def stop(self):
         """Graceful drain, as uvicorn.Server.shutdown, then lifespan shutdown.
 
-        Idle keep-alive connections close at once, busy ones after their
-        current response (uvicorn's ``protocol.shutdown()``); the connections
-        the primary had already sent are taken (``fastfork.drain``) and get
-        ``IDLE_GRACE`` to send a request; background tasks still running when
+        Busy connections close after their current response (uvicorn's
+        ``protocol.shutdown()``).  Idle keep-alive connections, and those the
+        primary had already sent (taken by ``fastfork.drain``), get
+        ``IDLE_GRACE`` to send one more request, answered with
+        ``Connection: close``: uvicorn closes idle ones at once, and a client
+        whose next request is already on its way then sees its reused
+        connection reset.  Background tasks still running when
         ``graceful_timeout`` is spent are cancelled.
         """
         if self.stopping:
@@ -242,7 +245,11 @@ class AsgiServer:
         deadline = None if self.graceful_timeout is None else \
             self.loop.time() + self.graceful_timeout
         for connection in list(self.state.connections):
-            connection.shutdown()
+            cycle = getattr(connection, "cycle", None)      # None on a WebSocket
+            if hasattr(connection, "cycle") and (cycle is None or cycle.response_complete):
+                self._arrived_while_stopping(connection)
+            else:
+                connection.shutdown()
         await fastfork.drain(self.servers, self.graceful_timeout)
         for server in self.servers:
             server.close()
