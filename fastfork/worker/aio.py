@@ -3,8 +3,9 @@
 ``start_server`` has the shape of ``asyncio.start_server`` (a client callback
 with a reader and a writer); ``create_server`` takes a protocol factory like
 ``loop.create_server``.  Under the ``rr`` and ``least`` policies connections
-come from the primary and are attached with ``loop.connect_accepted_socket``;
-under ``none``/``reuseport`` the worker's own listening socket is served by
+come from the primary and are attached to the loop as they arrive, without a
+Task per connection (``Server._attach``: asyncio's transport made directly,
+uvloop's ``connect_accepted_socket`` driven by hand); under ``none``/``reuseport`` the worker's own listening socket is served by
 asyncio.  Under ``least`` the loop also tells the primary, batched, which of
 those connections closed (``_CloseReporter``), so that it can count them.
 """
@@ -30,50 +31,42 @@ class _Tracker:
         self._idle = asyncio.Event()
         self._idle.set()
 
-    def wrap(self, protocol_factory, on_lost=None):
-        """``protocol_factory`` whose protocols are counted; ``on_lost()`` is
-        called once each closes (at once for one that cannot be instrumented)."""
+    def wrap(self, protocol_factory):
+        """``protocol_factory`` whose protocols are counted from connection_made
+        (for asyncio's own server, under none/reuseport)."""
         def factory():
             protocol = protocol_factory()
             made, lost = protocol.connection_made, protocol.connection_lost
 
             def connection_made(transport):
-                self.active += 1
-                self.total += 1
-                self._idle.clear()
+                self.opened()
                 made(transport)
 
             def connection_lost(exc):
                 try:
                     lost(exc)
                 finally:
-                    self.active -= 1
-                    if self.active == 0:
-                        self._idle.set()
-                    if on_lost is not None:
-                        on_lost()
+                    self.release()
 
             try:
                 protocol.connection_made = connection_made
                 protocol.connection_lost = connection_lost
             except AttributeError:
                 # A protocol with __slots__ cannot be instrumented: it is
-                # served all the same, but a graceful stop cannot wait for it,
-                # and under least it counts as closed from the start (better
-                # than counting it open for ever).
-                if on_lost is not None:
-                    on_lost()
+                # served all the same, but a graceful stop cannot wait for it.
+                pass
             return protocol
         return factory
 
-    def hold(self):
-        """Count a connection before its transport exists (see Server._attach)."""
+    def opened(self):
+        if not self.active:
+            self._idle.clear()
         self.active += 1
-        self._idle.clear()
+        self.total += 1
 
     def release(self):
         self.active -= 1
-        if self.active == 0:
+        if not self.active:
             self._idle.set()
 
     async def wait_idle(self):
@@ -110,22 +103,90 @@ class _CloseReporter:
             self._loop.call_later(_REPORT_RETRY, self._flush)
 
 
-class _Once:
-    """One dispatched connection's close, reported once whichever path sees it."""
+class _Connection:
+    """One dispatched connection, counted open from the moment it is attached
+    until its protocol's connection_lost (or the attach fails), its close
+    reported once under least whichever of those paths sees it.
 
-    __slots__ = ("_reporter",)
+    Counted from the attach, not from connection_made: the END that makes a
+    stopping worker drain can arrive in the same read as this connection, and
+    the drain must not find the worker idle before its transport exists.
+    """
 
-    def __init__(self, reporter):
-        self._reporter = reporter
+    __slots__ = ("_server", "_tracker", "_closed", "_lost", "_open", "_coro", "_sock")
 
-    def __call__(self):
-        reporter, self._reporter = self._reporter, None
-        if reporter is not None:
-            reporter.closed()
+    def __init__(self, server, sock, closed):
+        self._server = server
+        self._tracker = server._tracker
+        self._closed = closed         # the _CloseReporter's closed() under least, else None
+        self._sock = sock
+        self._lost = None
+        self._coro = None
+        self._open = True
+        server._tracker.opened()
 
+    def protocol(self):
+        """The app's protocol, its connection_lost hooked to ``finish``."""
+        protocol = self._server._protocol_factory()
+        try:
+            self._lost = protocol.connection_lost
+            protocol.connection_lost = self._connection_lost
+        except AttributeError:
+            # __slots__: served all the same, but a graceful stop cannot wait
+            # for it, and least counts it closed once attached (better than
+            # counting it open for ever).
+            self._lost = None
+        return protocol
 
-def _not_counted():
-    """What a connection's close reports when nobody counts closes (not least)."""
+    def _connection_lost(self, exc):
+        lost, self._lost = self._lost, None     # and the protocol <-> hook cycle is broken
+        try:
+            lost(exc)
+        finally:
+            self.finish()
+
+    def attached(self):
+        self._sock = None
+        if self._lost is None:
+            self.finish()     # nothing will tell us it closed
+
+    def finish(self):
+        if self._open:
+            self._open = False
+            self._tracker.release()
+            if self._closed is not None:
+                self._closed()
+
+    def fail(self, exc):
+        """The attach failed: the socket is closed and the connection counted closed."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self._lost = None
+        self.finish()
+        if not isinstance(exc, OSError):          # OSError: the client went away first
+            self._server._failed(exc)
+
+    def drive(self, coro):
+        """Run ``coro`` (uvloop's connect_accepted_socket) without a Task: up to
+        its ``await waiter``, then on from the waiter's done-callback."""
+        self._coro = coro
+        self._step()
+
+    def _step(self, _waiter=None):
+        coro = self._coro
+        try:
+            waiter = coro.send(None)
+            waiter.add_done_callback(self._step)
+        except StopIteration:
+            self._coro = None
+            self.attached()
+        except Exception as exc:
+            self._coro = None
+            # Dropping a suspended coroutine would close the transport from its
+            # GeneratorExit handler at some later collection: close it now.
+            coro.close()
+            self.fail(exc)
 
 
 class Server:
@@ -139,8 +200,20 @@ class Server:
         self._factory = tracker.wrap(protocol_factory)
         self._tracker = tracker
         self._reporter = reporter     # a _CloseReporter under least, else None
+        self._report = None if reporter is None else reporter.closed
         self._asyncio_server = None
         self._closed = False
+        self._attach_now = self._pick_attach(loop)
+
+    def _pick_attach(self, loop):
+        if self.listener.proxy_allow is not None:
+            return self._attach_task     # the PROXY header is awaited first
+        if (isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+                and hasattr(loop, "_make_socket_transport")):
+            return self._attach_selector
+        if type(loop).__module__.partition(".")[0] == "uvloop":
+            return self._attach_driven
+        return self._attach_task
 
     async def _start(self, backlog):
         sock = self.listener.sock
@@ -167,34 +240,53 @@ class Server:
             self._attach(conn)
 
     def _attach(self, sock):
-        # Nothing allocated per connection unless least counts them.
-        closed = _not_counted if self._reporter is None else _Once(self._reporter)
         if self._closed:
             sock.close()
-            closed()          # never attached: still one less open for least
+            if self._report is not None:
+                self._report()    # never attached: still one less open for least
             return
-        # Counted from here, not from connection_made: the END that makes a
-        # stopping worker drain can arrive in the same read as this connection,
-        # and the drain must not find the worker idle before its transport exists.
-        self._tracker.hold()
-        self._loop.create_task(self._connect(sock, closed))
-
-    async def _connect(self, sock, closed):
-        factory = self._factory
-        if self._reporter is not None:
-            factory = self._tracker.wrap(self._protocol_factory, on_lost=closed)
+        conn = _Connection(self, sock, self._report)
         try:
+            self._attach_now(sock, conn)
+        except Exception as exc:
+            conn.fail(exc)
+
+    # Three ways to attach, the first two without a Task or a coroutine frame
+    # of ours per connection; each ends in conn.attached() or conn.fail().
+    def _attach_selector(self, sock, conn):
+        # What asyncio's connect_accepted_socket does, less its Task and
+        # waiter: _make_socket_transport is private, but stable since 3.4.
+        if sock.gettimeout() != 0.0:
+            sock.setblocking(False)       # not one of ours (deliver makes them non-blocking)
+        self._loop._make_socket_transport(sock, conn.protocol())
+        conn.attached()
+
+    def _attach_driven(self, sock, conn):
+        # uvloop has no synchronous way in; its coroutine creates the transport
+        # before its first await, and must be run to its end (see drive).
+        conn.drive(self._loop.connect_accepted_socket(conn.protocol, sock))
+
+    def _attach_task(self, sock, conn):
+        self._loop.create_task(self._connect(sock, conn))
+
+    async def _connect(self, sock, conn):
+        try:
+            factory = conn.protocol
             if self.listener.proxy_allow is not None:
                 factory = await self._proxied_factory(sock, factory)
                 if factory is None:
-                    closed()          # refused: under least, the primary counts it closed
+                    conn.finish()     # refused: under least, the primary counts it closed
                     return
             await self._loop.connect_accepted_socket(factory, sock)
-        except OSError:
-            sock.close()      # the client went away before we attached it
-            closed()
-        finally:
-            self._tracker.release()
+        except Exception as exc:
+            conn.fail(exc)
+        else:
+            conn.attached()
+
+    def _failed(self, exc):
+        self._loop.call_exception_handler({
+            "message": f"attaching a connection on {self.address} failed",
+            "exception": exc})
 
     async def _proxied_factory(self, sock, base):
         """Read the PROXY header; the factory whose protocols see its client, or None."""

@@ -5,14 +5,31 @@ import select
 import socket
 import time
 
-from ..addresses import parse_networks
+from ..addresses import parse_address, parse_networks
 from . import proxy_protocol
+
+# The primary accepts with accept4(SOCK_NONBLOCK): saying so here, with the
+# family and protocol, spares CPython two getsockopt and a getsockname per
+# connection, and asyncio the ioctl of setblocking(False).
+_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 
 
 class WorkerStopping(OSError):
     """Raised by ``Listener.accept()`` once the primary asked this worker to stop
     and every connection already sent to it has been handed out."""
 
+
+
+def _kind(address):
+    """``(family, proto)`` of the connections on ``address`` (as the primary shows
+    it), or ``(-1, -1)``: CPython then asks the socket itself."""
+    try:
+        family, _ = parse_address(address)
+    except ValueError:
+        return -1, -1
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on a socket whose
+    # proto says TCP, as it is on the connections it accepts itself.
+    return family, (0 if family == socket.AF_UNIX else socket.IPPROTO_TCP)
 
 
 class Listener:
@@ -33,6 +50,7 @@ class Listener:
         self.proxy_allow = None if proxy is None else parse_networks(proxy)
         self._queue = collections.deque()
         self._callback = None                  # asyncio: called with each new socket
+        self._family, self._proto = _kind(address)
 
     def on_connection(self, callback):
         """Hand each connection that arrives to ``callback(sock)`` instead of
@@ -41,7 +59,7 @@ class Listener:
 
     def deliver(self, fd):
         """A connection the primary passed for this address (the runtime calls this)."""
-        sock = socket.socket(fileno=fd)
+        sock = socket.socket(self._family, _STREAM, self._proto, fd)
         if self._callback is not None:
             self._callback(sock)
         else:
