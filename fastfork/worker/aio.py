@@ -13,7 +13,7 @@ those connections closed (``_CloseReporter``), so that it can count them.
 import asyncio
 
 from ..addresses import DEFAULT_BACKLOG
-from . import proxy_protocol
+from . import loops, proxy_protocol
 from .runtime import runtime as _get_runtime
 
 _STREAM_LIMIT = 2 ** 16
@@ -473,13 +473,18 @@ async def serve_async(handler, *addresses, protocol=False, backlog=DEFAULT_BACKL
     await drain(servers)
 
 
-def serve(handler, *addresses, protocol=False, backlog=DEFAULT_BACKLOG, on_started=None):
+def serve(handler, *addresses, protocol=False, backlog=DEFAULT_BACKLOG, on_started=None,
+          loop="auto"):
     """Blocking: run an event loop serving ``addresses`` until told to stop.
 
     ``handler`` is a ``(reader, writer)`` callback (coroutine or plain), or a
-    protocol factory with ``protocol=True``.
+    protocol factory with ``protocol=True``.  ``loop``: ``"auto"`` (uvloop
+    when installed, else asyncio's), ``"uvloop"`` (required: a missing one
+    raises ``fastfork.web.MissingExtraError``, an ImportError naming
+    ``pip install 'fastfork[uvloop]'``, before serving) or ``"asyncio"``.
     """
     if not addresses:
         raise ValueError("serve() needs at least one address")
-    asyncio.run(serve_async(handler, *addresses, protocol=protocol, backlog=backlog,
-                            on_started=on_started))
+    loops.check(loop)
+    loops.run(serve_async(handler, *addresses, protocol=protocol, backlog=backlog,
+                          on_started=on_started), loop)
