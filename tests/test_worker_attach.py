@@ -12,11 +12,13 @@ import os
 import signal
 import socket
 import struct
+import threading
 
 import pytest
 
 from fastfork.channels.status_socket import request as control_request
 from fastfork.worker import aio, loops
+from fastfork.worker.listener import Listener
 from harness import fd_count, request, wait_until
 from runner_harness import APPS
 
@@ -268,3 +270,74 @@ def test_clients_that_reset_before_the_attach(cluster_factory, loop_name, ctl_pa
     assert request(address, "open") == "1"      # the worker counts only this one open
     wait_until(lambda: fd_count(pid) <= baseline, 10, f"the worker back to {baseline} fds")
     assert "Traceback" not in cluster.output(), cluster.output()
+
+
+# -- Listener.deliver: the socket it builds -------------------------------------------
+
+
+class FakeRuntime:
+    """What Listener.accept() reads off the runtime, for connections already queued."""
+
+    def __init__(self):
+        self.data_lock = threading.Lock()
+        self.receiver = type("Receiver", (), {"ended": False})()
+        self.accepted = 0
+        self.heartbeat_interval = 60.0
+        self.listeners = {}
+
+    def pump(self):
+        return False
+
+    def beat_if_due(self, served=None):
+        pass
+
+
+def accepted_pair(family):
+    """(client, server-side fd) of one real connection, the fd non-blocking as
+    the primary's accept4(SOCK_NONBLOCK) passes it."""
+    if family == socket.AF_UNIX:
+        client, server = socket.socketpair()
+    else:
+        host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+        with socket.socket(family) as listening:
+            listening.bind((host, 0))
+            listening.listen(1)
+            client = socket.create_connection(listening.getsockname()[:2])
+            server, _ = listening.accept()
+    os.set_blocking(server.fileno(), False)
+    return client, server.detach()
+
+
+ADDRESSES = {socket.AF_INET: "127.0.0.1:8000", socket.AF_INET6: "[::1]:8000",
+             socket.AF_UNIX: "unix:/run/app.sock"}
+
+
+@pytest.mark.parametrize("family", list(ADDRESSES), ids=lambda f: f.name)
+def test_deliver_builds_the_socket_the_kernel_has(family):
+    if family == socket.AF_INET6 and not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    client, fd = accepted_pair(family)
+    listener = Listener(FakeRuntime(), 1, ADDRESSES[family], None)
+    got = []
+    listener.on_connection(got.append)
+    listener.deliver(fd)
+    (sock,) = got
+    with client, sock:
+        # What CPython would have asked the kernel for (SO_TYPE, SO_PROTOCOL, getsockname).
+        asked = socket.socket(fileno=os.dup(fd))
+        with asked:
+            assert (sock.family, sock.type, sock.proto) == (asked.family, asked.type, asked.proto)
+        assert isinstance(sock.family, socket.AddressFamily)
+        assert sock.gettimeout() == 0.0 and not os.get_blocking(fd)
+
+
+def test_accept_still_returns_blocking_sockets():
+    client, fd = accepted_pair(socket.AF_INET)
+    listener = Listener(FakeRuntime(), 1, ADDRESSES[socket.AF_INET], None)
+    listener.deliver(fd)                      # no callback: queued for accept()
+    conn, peer = listener.accept(timeout=5)
+    with client, conn:
+        assert peer == client.getsockname()
+        assert conn.gettimeout() is None and os.get_blocking(conn.fileno())
+        client.sendall(b"x")
+        assert conn.recv(1) == b"x"

@@ -21,15 +21,35 @@ class WorkerStopping(OSError):
 
 
 def _kind(address):
-    """``(family, proto)`` of the connections on ``address`` (as the primary shows
-    it), or ``(-1, -1)``: CPython then asks the socket itself."""
+    """``(socket class, family, proto)`` for the connections on ``address`` (as the
+    primary shows it); ``(socket.socket, -1, -1)`` if it cannot tell: CPython then
+    asks the socket itself."""
     try:
         family, _ = parse_address(address)
     except ValueError:
-        return -1, -1
+        return socket.socket, -1, -1
     # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on a socket whose
     # proto says TCP, as it is on the connections it accepts itself.
-    return family, (0 if family == socket.AF_UNIX else socket.IPPROTO_TCP)
+    return _SOCKETS[family], family, (0 if family == socket.AF_UNIX else socket.IPPROTO_TCP)
+
+
+def _connection_socket(address_family):
+    class ConnectionSocket(socket.socket):
+        """A ``socket.socket`` whose ``family`` and ``type`` are known."""
+
+        __slots__ = ()
+        # socket.socket's properties build these enums from the C values on
+        # every read, a microsecond or more each, and the loops read them two
+        # or three times per connection (uvloop's connect_accepted_socket,
+        # asyncio's TCP_NODELAY check).  The same values, read for free.
+        family = socket.AddressFamily(address_family)
+        type = socket.SocketKind.SOCK_STREAM
+
+    return ConnectionSocket
+
+
+_SOCKETS = {family: _connection_socket(family)
+            for family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)}
 
 
 class Listener:
@@ -50,7 +70,7 @@ class Listener:
         self.proxy_allow = None if proxy is None else parse_networks(proxy)
         self._queue = collections.deque()
         self._callback = None                  # asyncio: called with each new socket
-        self._family, self._proto = _kind(address)
+        self._socket, self._family, self._proto = _kind(address)
 
     def on_connection(self, callback):
         """Hand each connection that arrives to ``callback(sock)`` instead of
@@ -59,7 +79,7 @@ class Listener:
 
     def deliver(self, fd):
         """A connection the primary passed for this address (the runtime calls this)."""
-        sock = socket.socket(self._family, _STREAM, self._proto, fd)
+        sock = self._socket(self._family, _STREAM, self._proto, fd)
         if self._callback is not None:
             self._callback(sock)
         else:
