@@ -9,8 +9,9 @@ from ..addresses import parse_address, parse_networks
 from . import proxy_protocol
 
 # The primary accepts with accept4(SOCK_NONBLOCK): saying so here, with the
-# family and protocol, spares CPython two getsockopt and a getsockname per
-# connection, and asyncio the ioctl of setblocking(False).
+# family and protocol, spares CPython its two getsockopt per connection (its
+# getsockname stays: it checks that the fd is a socket), and asyncio the
+# ioctl of setblocking(False).
 _STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 
 
