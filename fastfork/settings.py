@@ -22,13 +22,13 @@ from typing import Any, Optional
 from .addresses import parse_address, parse_networks
 from .channels.wire import DEFAULT_BATCH_MAX, DEFAULT_WINDOW, check_batch_max, check_window
 from .cpus import parse_workers
+from .worker.loops import LOOPS
 
 POLICIES = ("rr", "least", "none", "reuseport")
 # The policies under which the primary accepts and its dispatcher hands out
 # connections (the others let the workers accept by themselves).
 DISPATCHED = ("rr", "least")
 APP_TYPES = ("auto", "asgi", "wsgi", "stream", "protocol", "main")
-LOOPS = ("auto", "asyncio", "uvloop")
 LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
@@ -252,11 +252,12 @@ class Settings:
         "answers 503) before draining, so that a load balancer stops sending first; like "
         "a Kubernetes preStop sleep (default 0)", "operations", "SECONDS")
 
-    # -- HTTP apps (asgi, wsgi), served by uvicorn's protocols --------------------------
     loop: str = _setting(
-        "auto", _choice(LOOPS), "event loop of asgi/wsgi workers: uvloop, asyncio, or auto "
-        "(uvloop when installed: pip install 'fastfork[uvloop]') (default auto)", "http apps",
-        "|".join(LOOPS))
+        "auto", _choice(LOOPS), "event loop of the workers (every app type but main, which "
+        "runs its own): uvloop (required: pip install 'fastfork[uvloop]'), asyncio, or auto "
+        "(uvloop when installed) (default auto)", "serving", "|".join(LOOPS))
+
+    # -- HTTP apps (asgi, wsgi), served by uvicorn's protocols --------------------------
     http: str = _setting(
         "auto", _choice(("auto", "httptools", "h11")), "HTTP/1.1 parser: httptools, h11, or "
         "auto (httptools when installed) (default auto)", "http apps", "auto|httptools|h11")

@@ -96,7 +96,7 @@ def test_connections_never_attached_are_reported_too():
         # A socket that fails to attach: closed underneath.
         broken = socket.socket()
         broken.close()
-        await server._connect(broken, aio._Once(server._reporter))
+        server._attach(broken)
         server.close()
         ours, theirs = socket.socketpair()
         server._attach(theirs)            # the server is closed: never attached

@@ -19,6 +19,7 @@ import fastfork
 from .. import privileges
 from ..channels.status_socket import default_dir, default_path
 from ..primary import Cluster
+from ..worker import loops
 from . import options
 from .apps import AppError, check_app, resolve_app
 
@@ -77,7 +78,7 @@ def serve_worker(settings, binds, app, kind):
         from .. import web
         web.serve(app, *binds, kind=kind, **web_options(settings))
     else:
-        fastfork.serve(app, *binds, protocol=(kind == "protocol"))
+        fastfork.serve(app, *binds, protocol=(kind == "protocol"), loop=settings.loop)
 
 
 def web_options(settings):
@@ -129,10 +130,12 @@ def main(argv=None):
             app, kind = resolve_app(settings.app, settings.app_type)
         else:
             app, kind = None, check_app(settings.app, settings.app_type, credentials)
+        # What the workers import must be there before any worker is forked.
         if kind in ("asgi", "wsgi"):
-            # The web extra must be there before any worker is forked.
             from ..web import deps
             deps.check(kind, settings.http, settings.ws, settings.loop)
+        elif kind != "main":          # main runs a loop of its own choosing
+            loops.check(settings.loop)
         if settings.name is None:
             settings = settings.replace(name=default_name(settings.app))
         binds = []

@@ -1,16 +1,17 @@
-"""Import the web extra's packages up front, so a missing one is named before serving."""
+"""Import the optional packages up front, so a missing one is named before serving."""
 
 import importlib
 
+from ..worker import loops
 from .errors import MissingExtraError
 
 
-def require(module, purpose):
-    """Import ``module`` or raise ``MissingExtraError`` naming the ``web`` extra."""
+def require(module, purpose, extra="web"):
+    """Import ``module`` or raise ``MissingExtraError`` naming ``extra`` to install."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        raise MissingExtraError(module.partition(".")[0], purpose, exc) from exc
+        raise MissingExtraError(module.partition(".")[0], purpose, exc, extra) from exc
 
 
 def available(module):
@@ -36,5 +37,4 @@ def check(kind, http="auto", ws="auto", loop="auto"):
         require("websockets", f"serve WebSockets with ws={ws!r}")
     elif ws == "wsproto":
         require("wsproto", "serve WebSockets with ws='wsproto'")
-    if loop == "uvloop":
-        require("uvloop", "run the event loop with loop='uvloop'")
+    loops.check(loop)

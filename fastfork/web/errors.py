@@ -8,11 +8,14 @@ class NotAnAppError(ValueError):
 
 
 class MissingExtraError(ImportError):
-    """A package of the ``web`` extra is missing; the message names the extra to install."""
+    """A package of an optional extra (``web``, ``uvloop``) is missing; the message
+    names the extra to install."""
 
-    def __init__(self, package, purpose, cause=None):
+    def __init__(self, package, purpose, cause=None, extra="web"):
         self.package = package
-        message = (f"fastfork.web needs the {package!r} package to {purpose}, but it cannot "
-                   f"be imported ({cause or 'not installed'}); install the web extra: "
-                   f"{EXTRA_HINT}")
+        self.extra = extra
+        who = "fastfork.web" if extra == "web" else "fastfork"
+        message = (f"{who} needs the {package!r} package to {purpose}, but it cannot "
+                   f"be imported ({cause or 'not installed'}); install the {extra} extra: "
+                   f"pip install 'fastfork[{extra}]'")
         super().__init__(message, name=package)

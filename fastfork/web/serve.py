@@ -7,18 +7,18 @@ asks this worker to stop, drained, and its lifespan shut down.
 """
 
 import asyncio
-import sys
 
 import fastfork
 
 from . import deps
+from ..worker import loops
 from ..worker import runtime as _runtime
 from .asgi import AsgiServer, requests_served
 from .detect import classify
 from .wsgi import DEFAULT_THREADS, wrap
 
 KINDS = ("auto", "asgi", "wsgi")
-LOOPS = ("auto", "asyncio", "uvloop")
+LOOPS = loops.LOOPS
 
 
 def prepare(app, *addresses, kind="auto", threads=DEFAULT_THREADS, **options):
@@ -84,35 +84,17 @@ def serve(app, *addresses, kind="auto", loop="auto", threads=DEFAULT_THREADS, on
     ``graceful_timeout``, ``backlog``).
 
     Raises ``NotAnAppError`` (a ValueError) or ``MissingExtraError`` (an
-    ImportError naming ``pip install 'fastfork[web]'``) before serving; exits
+    ImportError naming ``pip install 'fastfork[web]'``, or ``'fastfork[uvloop]'``
+    for ``loop="uvloop"``) before serving; exits
     the worker with code 3 (``StartupFailed``) if the lifespan startup fails.
     """
     if not addresses:
         raise ValueError("fastfork.web.serve() needs at least one address")
-    if loop not in LOOPS:
-        raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {loop!r}")
-    deps.check(None, loop=loop)
-    factory = None
-    if loop == "uvloop" or (loop == "auto" and deps.available("uvloop")):
-        import uvloop
-        factory = uvloop.new_event_loop
+    loops.check(loop)
+    deps.check(None)
     # Checked here, not in the loop, so that a bad app fails before any loop runs.
     server = prepare(app, *addresses, kind=kind, threads=threads, **options)
 
-    _run(_serve_prepared(server, on_started), factory)
+    loops.run(_serve_prepared(server, on_started), loop)
     return server
 
-
-def _run(coroutine, loop_factory):
-    if loop_factory is None:
-        return asyncio.run(coroutine)
-    if sys.version_info >= (3, 11):
-        with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(coroutine)
-    loop = loop_factory()           # Python 3.9/3.10: no Runner
-    try:
-        asyncio.set_event_loop(loop)
-        return loop.run_until_complete(coroutine)
-    finally:
-        asyncio.set_event_loop(None)
-        loop.close()

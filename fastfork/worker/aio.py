@@ -3,129 +3,23 @@
 ``start_server`` has the shape of ``asyncio.start_server`` (a client callback
 with a reader and a writer); ``create_server`` takes a protocol factory like
 ``loop.create_server``.  Under the ``rr`` and ``least`` policies connections
-come from the primary and are attached with ``loop.connect_accepted_socket``;
-under ``none``/``reuseport`` the worker's own listening socket is served by
-asyncio.  Under ``least`` the loop also tells the primary, batched, which of
-those connections closed (``_CloseReporter``), so that it can count them.
+come from the primary and are attached to the loop as they arrive, without a
+Task per connection (``Server._attach``: asyncio's transport made directly,
+uvloop's ``connect_accepted_socket`` driven by hand); under
+``none``/``reuseport`` the worker's own listening socket is served by the
+loop.  How connections are counted, and under ``least`` reported closed to
+the primary, is in ``tracking``.
 """
 
 import asyncio
 
 from ..addresses import DEFAULT_BACKLOG
-from . import proxy_protocol
+from . import loops, proxy_protocol
 from .runtime import runtime as _get_runtime
+from .tracking import _CloseReporter, _Connection, _Tracker
 
 _STREAM_LIMIT = 2 ** 16
 ACCEPT_BATCH = 64          # accepts per readiness, so one busy listener cannot starve the loop
-# A close report the data channel's buffer refused is tried again this much later.
-_REPORT_RETRY = 0.01
-
-
-class _Tracker:
-    """Counts open connections so a graceful stop can wait for them."""
-
-    def __init__(self):
-        self.active = 0
-        self.total = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def wrap(self, protocol_factory, on_lost=None):
-        """``protocol_factory`` whose protocols are counted; ``on_lost()`` is
-        called once each closes (at once for one that cannot be instrumented)."""
-        def factory():
-            protocol = protocol_factory()
-            made, lost = protocol.connection_made, protocol.connection_lost
-
-            def connection_made(transport):
-                self.active += 1
-                self.total += 1
-                self._idle.clear()
-                made(transport)
-
-            def connection_lost(exc):
-                try:
-                    lost(exc)
-                finally:
-                    self.active -= 1
-                    if self.active == 0:
-                        self._idle.set()
-                    if on_lost is not None:
-                        on_lost()
-
-            try:
-                protocol.connection_made = connection_made
-                protocol.connection_lost = connection_lost
-            except AttributeError:
-                # A protocol with __slots__ cannot be instrumented: it is
-                # served all the same, but a graceful stop cannot wait for it,
-                # and under least it counts as closed from the start (better
-                # than counting it open for ever).
-                if on_lost is not None:
-                    on_lost()
-            return protocol
-        return factory
-
-    def hold(self):
-        """Count a connection before its transport exists (see Server._attach)."""
-        self.active += 1
-        self._idle.clear()
-
-    def release(self):
-        self.active -= 1
-        if self.active == 0:
-            self._idle.set()
-
-    async def wait_idle(self):
-        await self._idle.wait()
-
-
-class _CloseReporter:
-    """Reports closed dispatched connections to the primary (policy least):
-    one MSG_CLOSED per event-loop iteration, however many closed in it."""
-
-    def __init__(self, loop, receiver):
-        self._loop = loop
-        self._receiver = receiver
-        self._count = 0
-        self._scheduled = False
-
-    def closed(self):
-        self._count += 1
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def _flush(self):
-        self._scheduled = False
-        count, self._count = self._count, 0
-        try:
-            left = self._receiver.report_closed(count)
-        except (OSError, ValueError):
-            return        # the channel is closed: nobody counts any more
-        if left:
-            # The primary is behind reading its end; a report must not be lost.
-            self._count += left
-            self._scheduled = True
-            self._loop.call_later(_REPORT_RETRY, self._flush)
-
-
-class _Once:
-    """One dispatched connection's close, reported once whichever path sees it."""
-
-    __slots__ = ("_reporter",)
-
-    def __init__(self, reporter):
-        self._reporter = reporter
-
-    def __call__(self):
-        reporter, self._reporter = self._reporter, None
-        if reporter is not None:
-            reporter.closed()
-
-
-def _not_counted():
-    """What a connection's close reports when nobody counts closes (not least)."""
 
 
 class Server:
@@ -139,8 +33,20 @@ class Server:
         self._factory = tracker.wrap(protocol_factory)
         self._tracker = tracker
         self._reporter = reporter     # a _CloseReporter under least, else None
+        self._report = None if reporter is None else reporter.closed
         self._asyncio_server = None
         self._closed = False
+        self._attach_now = self._pick_attach(loop)
+
+    def _pick_attach(self, loop):
+        if self.listener.proxy_allow is not None:
+            return self._attach_task     # the PROXY header is awaited first
+        if (isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+                and hasattr(loop, "_make_socket_transport")):
+            return self._attach_selector
+        if type(loop).__module__.partition(".")[0] == "uvloop":
+            return self._attach_driven
+        return self._attach_task
 
     async def _start(self, backlog):
         sock = self.listener.sock
@@ -167,34 +73,53 @@ class Server:
             self._attach(conn)
 
     def _attach(self, sock):
-        # Nothing allocated per connection unless least counts them.
-        closed = _not_counted if self._reporter is None else _Once(self._reporter)
         if self._closed:
             sock.close()
-            closed()          # never attached: still one less open for least
+            if self._report is not None:
+                self._report()    # never attached: still one less open for least
             return
-        # Counted from here, not from connection_made: the END that makes a
-        # stopping worker drain can arrive in the same read as this connection,
-        # and the drain must not find the worker idle before its transport exists.
-        self._tracker.hold()
-        self._loop.create_task(self._connect(sock, closed))
-
-    async def _connect(self, sock, closed):
-        factory = self._factory
-        if self._reporter is not None:
-            factory = self._tracker.wrap(self._protocol_factory, on_lost=closed)
+        conn = _Connection(self, sock, self._report)
         try:
+            self._attach_now(sock, conn)
+        except Exception as exc:
+            conn.fail(exc)
+
+    # Three ways to attach, the first two without a Task or a coroutine frame
+    # of ours per connection; each ends in conn.attached() or conn.fail().
+    def _attach_selector(self, sock, conn):
+        # What asyncio's connect_accepted_socket does, less its Task and
+        # waiter: _make_socket_transport is private, but stable since 3.4.
+        if sock.gettimeout() != 0.0:
+            sock.setblocking(False)       # not one of ours (deliver makes them non-blocking)
+        self._loop._make_socket_transport(sock, conn.protocol())
+        conn.attached()
+
+    def _attach_driven(self, sock, conn):
+        # uvloop has no synchronous way in; its coroutine creates the transport
+        # before its first await, and must be run to its end (see drive).
+        conn.drive(self._loop.connect_accepted_socket(conn.protocol, sock))
+
+    def _attach_task(self, sock, conn):
+        self._loop.create_task(self._connect(sock, conn))
+
+    async def _connect(self, sock, conn):
+        try:
+            factory = conn.protocol
             if self.listener.proxy_allow is not None:
                 factory = await self._proxied_factory(sock, factory)
                 if factory is None:
-                    closed()          # refused: under least, the primary counts it closed
+                    conn.finish()     # refused: under least, the primary counts it closed
                     return
             await self._loop.connect_accepted_socket(factory, sock)
-        except OSError:
-            sock.close()      # the client went away before we attached it
-            closed()
-        finally:
-            self._tracker.release()
+        except Exception as exc:
+            conn.fail(exc)
+        else:
+            conn.attached()
+
+    def _failed(self, exc):
+        self._loop.call_exception_handler({
+            "message": f"attaching a connection on {self.address} failed",
+            "exception": exc})
 
     async def _proxied_factory(self, sock, base):
         """Read the PROXY header; the factory whose protocols see its client, or None."""
@@ -381,13 +306,18 @@ async def serve_async(handler, *addresses, protocol=False, backlog=DEFAULT_BACKL
     await drain(servers)
 
 
-def serve(handler, *addresses, protocol=False, backlog=DEFAULT_BACKLOG, on_started=None):
+def serve(handler, *addresses, protocol=False, backlog=DEFAULT_BACKLOG, on_started=None,
+          loop="auto"):
     """Blocking: run an event loop serving ``addresses`` until told to stop.
 
     ``handler`` is a ``(reader, writer)`` callback (coroutine or plain), or a
-    protocol factory with ``protocol=True``.
+    protocol factory with ``protocol=True``.  ``loop``: ``"auto"`` (uvloop
+    when installed, else asyncio's), ``"uvloop"`` (required: a missing one
+    raises ``fastfork.web.MissingExtraError``, an ImportError naming
+    ``pip install 'fastfork[uvloop]'``, before serving) or ``"asyncio"``.
     """
     if not addresses:
         raise ValueError("serve() needs at least one address")
-    asyncio.run(serve_async(handler, *addresses, protocol=protocol, backlog=backlog,
-                            on_started=on_started))
+    loops.check(loop)
+    loops.run(serve_async(handler, *addresses, protocol=protocol, backlog=backlog,
+                          on_started=on_started), loop)

@@ -5,14 +5,52 @@ import select
 import socket
 import time
 
-from ..addresses import parse_networks
+from ..addresses import parse_address, parse_networks
 from . import proxy_protocol
+
+# The primary accepts with accept4(SOCK_NONBLOCK): saying so here, with the
+# family and protocol, spares CPython its two getsockopt per connection (its
+# getsockname stays: it checks that the fd is a socket), and asyncio the
+# ioctl of setblocking(False).
+_STREAM = socket.SOCK_STREAM | socket.SOCK_NONBLOCK
 
 
 class WorkerStopping(OSError):
     """Raised by ``Listener.accept()`` once the primary asked this worker to stop
     and every connection already sent to it has been handed out."""
 
+
+
+def _kind(address):
+    """``(socket class, family, proto)`` for the connections on ``address`` (as the
+    primary shows it); ``(socket.socket, -1, -1)`` if it cannot tell: CPython then
+    asks the socket itself."""
+    try:
+        family, _ = parse_address(address)
+    except ValueError:
+        return socket.socket, -1, -1
+    # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on a socket whose
+    # proto says TCP, as it is on the connections it accepts itself.
+    return _SOCKETS[family], family, (0 if family == socket.AF_UNIX else socket.IPPROTO_TCP)
+
+
+def _connection_socket(address_family):
+    class ConnectionSocket(socket.socket):
+        """A ``socket.socket`` whose ``family`` and ``type`` are known."""
+
+        __slots__ = ()
+        # socket.socket's properties build these enums from the C values on
+        # every read, a microsecond or more each, and the loops read them two
+        # or three times per connection (uvloop's connect_accepted_socket,
+        # asyncio's TCP_NODELAY check).  The same values, read for free.
+        family = socket.AddressFamily(address_family)
+        type = socket.SocketKind.SOCK_STREAM
+
+    return ConnectionSocket
+
+
+_SOCKETS = {family: _connection_socket(family)
+            for family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)}
 
 
 class Listener:
@@ -33,6 +71,7 @@ class Listener:
         self.proxy_allow = None if proxy is None else parse_networks(proxy)
         self._queue = collections.deque()
         self._callback = None                  # asyncio: called with each new socket
+        self._socket, self._family, self._proto = _kind(address)
 
     def on_connection(self, callback):
         """Hand each connection that arrives to ``callback(sock)`` instead of
@@ -41,7 +80,7 @@ class Listener:
 
     def deliver(self, fd):
         """A connection the primary passed for this address (the runtime calls this)."""
-        sock = socket.socket(fileno=fd)
+        sock = self._socket(self._family, _STREAM, self._proto, fd)
         if self._callback is not None:
             self._callback(sock)
         else:

@@ -1,0 +1,178 @@
+"""Counting a worker's open connections: for the drain, and under ``least`` for the primary.
+
+``_Tracker`` counts one event loop's open connections, so that a graceful
+stop can wait for them; ``_Connection`` is one connection the primary passed,
+counted from its attach to its close; ``_CloseReporter`` tells the primary,
+batched, which of them closed (policy least), so that it can count them.
+"""
+
+import asyncio
+
+# A close report the data channel's buffer refused is tried again this much later.
+_REPORT_RETRY = 0.01
+
+
+class _Tracker:
+    """Counts open connections so a graceful stop can wait for them."""
+
+    def __init__(self):
+        self.active = 0
+        self.total = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def wrap(self, protocol_factory):
+        """``protocol_factory`` whose protocols are counted from connection_made
+        (for asyncio's own server, under none/reuseport)."""
+        def factory():
+            protocol = protocol_factory()
+            made, lost = protocol.connection_made, protocol.connection_lost
+
+            def connection_made(transport):
+                self.opened()
+                made(transport)
+
+            def connection_lost(exc):
+                try:
+                    lost(exc)
+                finally:
+                    self.release()
+
+            try:
+                protocol.connection_made = connection_made
+                protocol.connection_lost = connection_lost
+            except AttributeError:
+                # A protocol with __slots__ cannot be instrumented: it is
+                # served all the same, but a graceful stop cannot wait for it.
+                pass
+            return protocol
+        return factory
+
+    def opened(self):
+        if not self.active:
+            self._idle.clear()
+        self.active += 1
+        self.total += 1
+
+    def release(self):
+        self.active -= 1
+        if not self.active:
+            self._idle.set()
+
+    async def wait_idle(self):
+        await self._idle.wait()
+
+
+class _CloseReporter:
+    """Reports closed dispatched connections to the primary (policy least):
+    one MSG_CLOSED per event-loop iteration, however many closed in it."""
+
+    def __init__(self, loop, receiver):
+        self._loop = loop
+        self._receiver = receiver
+        self._count = 0
+        self._scheduled = False
+
+    def closed(self):
+        self._count += 1
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def _flush(self):
+        self._scheduled = False
+        count, self._count = self._count, 0
+        try:
+            left = self._receiver.report_closed(count)
+        except (OSError, ValueError):
+            return        # the channel is closed: nobody counts any more
+        if left:
+            # The primary is behind reading its end; a report must not be lost.
+            self._count += left
+            self._scheduled = True
+            self._loop.call_later(_REPORT_RETRY, self._flush)
+
+
+class _Connection:
+    """One dispatched connection, counted open from the moment it is attached
+    until its protocol's connection_lost (or the attach fails), its close
+    reported once under least whichever of those paths sees it.
+
+    Counted from the attach, not from connection_made: the END that makes a
+    stopping worker drain can arrive in the same read as this connection, and
+    the drain must not find the worker idle before its transport exists.
+    """
+
+    __slots__ = ("_server", "_tracker", "_closed", "_lost", "_open", "_coro", "_sock")
+
+    def __init__(self, server, sock, closed):
+        self._server = server
+        self._tracker = server._tracker
+        self._closed = closed         # the _CloseReporter's closed() under least, else None
+        self._sock = sock
+        self._lost = None
+        self._coro = None
+        self._open = True
+        server._tracker.opened()
+
+    def protocol(self):
+        """The app's protocol, its connection_lost hooked to ``finish``."""
+        protocol = self._server._protocol_factory()
+        try:
+            self._lost = protocol.connection_lost
+            protocol.connection_lost = self._connection_lost
+        except AttributeError:
+            # __slots__: served all the same, but a graceful stop cannot wait
+            # for it, and least counts it closed once attached (better than
+            # counting it open for ever).
+            self._lost = None
+        return protocol
+
+    def _connection_lost(self, exc):
+        lost, self._lost = self._lost, None     # and the protocol <-> hook cycle is broken
+        try:
+            lost(exc)
+        finally:
+            self.finish()
+
+    def attached(self):
+        self._sock = None
+        if self._lost is None:
+            self.finish()     # nothing will tell us it closed
+
+    def finish(self):
+        if self._open:
+            self._open = False
+            self._tracker.release()
+            if self._closed is not None:
+                self._closed()
+
+    def fail(self, exc):
+        """The attach failed: the socket is closed and the connection counted closed."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        self.finish()
+        if not isinstance(exc, OSError):          # OSError: the client went away first
+            self._server._failed(exc)
+
+    def drive(self, coro):
+        """Run ``coro`` (uvloop's connect_accepted_socket) without a Task: up to
+        its ``await waiter``, then on from the waiter's done-callback."""
+        self._coro = coro
+        self._step()
+
+    def _step(self, _waiter=None):
+        coro = self._coro
+        try:
+            waiter = coro.send(None)
+            waiter.add_done_callback(self._step)
+        except StopIteration:
+            self._coro = None
+            self.attached()
+        except Exception as exc:
+            self._coro = None
+            # Dropping a suspended coroutine would close the transport from its
+            # GeneratorExit handler at some later collection: close it now.
+            coro.close()
+            self.fail(exc)
