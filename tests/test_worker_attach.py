@@ -18,7 +18,7 @@ import pytest
 
 from fastfork.channels.status_socket import request as control_request
 from fastfork.worker import aio, loops
-from fastfork.worker.listener import Listener
+from fastfork.worker.listener import AcceptedFd, Listener
 from harness import fd_count, request, wait_until
 from runner_harness import APPS
 
@@ -177,6 +177,68 @@ def test_a_connection_after_close_is_closed_and_reported(loop_name):
     assert run_on(loop_name, main()) == (0, [1])
 
 
+def fd_is_open(fd):
+    try:
+        os.fstat(fd)
+    except OSError:
+        return False
+    return True
+
+
+def test_uvloop_takes_a_bare_fd_and_leaves_a_reused_number_alone():
+    # uvloop closes its file object after libuv closed the fd: by then the
+    # number may be another file's, which AcceptedFd must not close.
+    async def main():
+        loop = asyncio.get_running_loop()
+        tracker, receiver = aio._Tracker(), FakeReceiver()
+        server = server_on(loop, Echo, tracker, receiver)
+        assert server._attach_now == server._attach_driven
+        ours, theirs = socket.socketpair()
+        os.set_blocking(theirs.fileno(), False)
+        bare = AcceptedFd(theirs.detach(), socket.AF_UNIX)
+        number = bare.fileno()
+        server._attach(bare)
+        assert bare.fileno() == -1, "still owned after the transport took it"
+        ours.sendall(b"x")
+        ours.settimeout(5)
+        assert await loop.run_in_executor(None, ours.recv, 1) == b"x"
+        # Echo closed it: libuv closes the fd, then uvloop calls bare.close().
+        await settle(lambda: tracker.active == 0, "the close counted")
+        assert not fd_is_open(number)
+        reused = os.open(os.devnull, os.O_RDONLY)
+        try:
+            bare.close()
+            assert fd_is_open(reused)
+        finally:
+            os.close(reused)
+        assert await loop.run_in_executor(None, ours.recv, 1) == b""
+        ours.close()
+        return receiver.reports
+
+    assert run_on("uvloop", main()) == [1]
+
+
+def test_uvloop_attach_that_fails_closes_the_bare_fd():
+    async def main():
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _, context: None)
+        tracker, receiver = aio._Tracker(), FakeReceiver()
+        server = server_on(loop, Broken, tracker, receiver)
+        ours, theirs = socket.socketpair()
+        os.set_blocking(theirs.fileno(), False)
+        bare = AcceptedFd(theirs.detach(), socket.AF_UNIX)
+        number = bare.fileno()
+        server._attach(bare)
+        await settle(lambda: receiver.reports, "the close reported")
+        assert bare.fileno() == -1 and not fd_is_open(number)
+        ours.settimeout(5)
+        assert ours.recv(1) == b""
+        ours.close()
+        return tracker.active
+
+    assert run_on("uvloop", main()) == 0
+
+
 # -- real clusters -------------------------------------------------------------------
 
 
@@ -329,6 +391,23 @@ def test_deliver_builds_the_socket_the_kernel_has(family):
             assert (sock.family, sock.type, sock.proto) == (asked.family, asked.type, asked.proto)
         assert isinstance(sock.family, socket.AddressFamily)
         assert sock.gettimeout() == 0.0 and not os.get_blocking(fd)
+
+
+@pytest.mark.parametrize("address, bare", [("127.0.0.1:8000", AcceptedFd),
+                                           ("unix:/run/app.sock", AcceptedFd),
+                                           ("fd://3", socket.socket)])
+def test_bare_delivery_where_the_family_is_known(address, bare):
+    client, fd = accepted_pair(socket.AF_INET if "." in address else socket.AF_UNIX)
+    listener = Listener(FakeRuntime(), 1, address, None)
+    got = []
+    listener.on_connection(got.append, bare=True)
+    listener.deliver(fd)
+    (sock,) = got
+    with client:
+        assert type(sock) is bare or isinstance(sock, bare)
+        assert sock.fileno() == fd and sock.type == socket.SOCK_STREAM
+        sock.close()
+        assert not fd_is_open(fd)
 
 
 def test_accept_still_returns_blocking_sockets():

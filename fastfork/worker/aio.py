@@ -51,7 +51,8 @@ class Server:
     async def _start(self, backlog):
         sock = self.listener.sock
         if sock is None:
-            self.listener.on_connection(self._attach)
+            self.listener.on_connection(self._attach,
+                                        bare=self._attach_now == self._attach_driven)
             _ensure_data_reader(self._loop)
         elif self.listener.proxy_allow is None:
             self._asyncio_server = await self._loop.create_server(

@@ -1,6 +1,7 @@
 """A listening address in a worker, and blocking ``accept()`` on it."""
 
 import collections
+import os
 import select
 import socket
 import time
@@ -53,6 +54,38 @@ _SOCKETS = {family: _connection_socket(family)
             for family in (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX)}
 
 
+class AcceptedFd:
+    """A passed connection as uvloop's ``connect_accepted_socket`` reads it:
+    ``family``, ``type``, ``fileno()``, ``close()``, and nothing else.
+
+    Building a ``socket.socket`` costs CPython's ``__init__`` and a
+    ``getsockname`` (its check that the fd is a socket) per connection, and
+    uvloop only reads these four.  Once the transport owns the fd, ``detach()``
+    makes this object forget it: uvloop calls ``close()`` on its file object
+    after libuv has closed the fd, and by then the number may belong to
+    another thread's new file.
+    """
+
+    __slots__ = ("_fd", "family")
+    type = socket.SOCK_STREAM
+
+    def __init__(self, fd, family):
+        self._fd = fd
+        self.family = family
+
+    def fileno(self):
+        return self._fd
+
+    def detach(self):
+        fd, self._fd = self._fd, -1
+        return fd
+
+    def close(self):
+        fd = self.detach()
+        if fd >= 0:
+            os.close(fd)
+
+
 class Listener:
     """A listening address in a worker.
 
@@ -72,15 +105,24 @@ class Listener:
         self._queue = collections.deque()
         self._callback = None                  # asyncio: called with each new socket
         self._socket, self._family, self._proto = _kind(address)
+        self._bare = False                     # deliver AcceptedFd, not a socket
 
-    def on_connection(self, callback):
+    def on_connection(self, callback, bare=False):
         """Hand each connection that arrives to ``callback(sock)`` instead of
-        queueing it for ``accept()`` (how an event loop serves round-robin)."""
+        queueing it for ``accept()`` (how an event loop serves round-robin).
+
+        ``bare``: ``sock`` may be an ``AcceptedFd`` rather than a
+        ``socket.socket`` (for uvloop; a real socket where the family is unknown).
+        """
         self._callback = callback
+        self._bare = bare and self._family > 0
 
     def deliver(self, fd):
         """A connection the primary passed for this address (the runtime calls this)."""
-        sock = self._socket(self._family, _STREAM, self._proto, fd)
+        if self._bare:
+            sock = AcceptedFd(fd, self._family)
+        else:
+            sock = self._socket(self._family, _STREAM, self._proto, fd)
         if self._callback is not None:
             self._callback(sock)
         else:

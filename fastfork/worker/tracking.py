@@ -8,6 +8,8 @@ batched, which of them closed (policy least), so that it can count them.
 
 import asyncio
 
+from .listener import AcceptedFd
+
 # A close report the data channel's buffer refused is tried again this much later.
 _REPORT_RETRY = 0.01
 
@@ -166,6 +168,8 @@ class _Connection:
         coro = self._coro
         try:
             waiter = coro.send(None)
+            if _waiter is None and type(self._sock) is AcceptedFd:
+                self._sock.detach()       # the transport owns the fd now (see AcceptedFd)
             waiter.add_done_callback(self._step)
         except StopIteration:
             self._coro = None
