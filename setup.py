@@ -18,7 +18,8 @@ extensions = [
               define_macros=macros, extra_compile_args=cflags),
     # One module from _cdispatch.pyx and the .pxi files it includes.
     Extension("fastfork._core._cdispatch", ["fastfork/_core/_cdispatch.pyx", "csrc/fdpass.c"],
-              include_dirs=["csrc"], define_macros=macros, extra_compile_args=cflags),
+              include_dirs=["csrc"], depends=["csrc/fdpass.h", "csrc/credit.h"],
+              define_macros=macros, extra_compile_args=cflags),
 ]
 
 setup(

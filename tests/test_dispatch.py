@@ -18,6 +18,7 @@ import time
 
 import pytest
 
+from fastfork.channels import credit as credit_page
 from fastfork.channels.wire import (BATCH_BUCKETS, DEFAULT_WINDOW, HEADER, LID, MSG_ACK, MSG_END,
                                     MSG_FDS, ProtocolError)
 from tests.implementations import Impl
@@ -102,14 +103,18 @@ class Worker:
         if rig.peers:
             self.peer = os.dup(worker_end.fileno())
             rig.stack.callback(os.close, self.peer)
+        self.credit_fd = -1
+        if rig.credit:
+            self.credit_fd = credit_page.create(rig.mod.CREDIT_SIZE)
+            rig.stack.callback(os.close, self.credit_fd)
         try:
-            self.receiver = receiver_mod.Receiver(worker_end.fileno())
+            self.receiver = receiver_mod.Receiver(worker_end.fileno(), self.credit_fd)
         except BaseException:
             worker_end.close()
             raise
         worker_end.detach()               # the Receiver owns it now
         rig.stack.callback(self.receiver.close)
-        self.slot = rig.d.add_worker(self.primary_end.fileno(), self.peer)
+        self.slot = rig.d.add_worker(self.primary_end.fileno(), self.peer, self.credit_fd)
         if subscribe:
             rig.d.subscribe(self.slot, rig.lid)
         self.conns = []                   # (lid, socket) received
@@ -132,10 +137,11 @@ class Worker:
 
 
 class Rig:
-    def __init__(self, stack, mod, receiver_mod=None, peers=False, **options):
+    def __init__(self, stack, mod, receiver_mod=None, peers=False, credit=False, **options):
         self.stack = stack
         self.mod = mod
         self.peers = peers
+        self.credit = credit        # each worker gets a shared credit page (Cython build)
         self.receiver_mod = receiver_mod or mod
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
         stack.callback(self.listener.close)

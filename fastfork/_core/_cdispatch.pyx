@@ -38,6 +38,11 @@ Design notes (they apply to the twin too)
   at its fd limit can still receive them.  Without
   a peer the primary instead keeps each copy until the worker acknowledges
   it (per-worker FIFO of capacity ``window``).
+* Credit comes back through a page of counters shared with each worker
+  (``csrc/credit.h``): the worker adds what it received (and, under least,
+  what closed), the primary reads the counters when it schedules; an ACK
+  message is sent only to wake a primary about to sleep for want of credit.
+  Without a page (``add_worker(credit_fd=-1)``, the twin) ACKs carry the counts.
 * Acks are read with one ``recvmmsg`` per readiness (fewer messages than asked
   for means drained: no call wasted on EAGAIN); the worker reads fd batches
   the same way.
@@ -56,6 +61,8 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memcpy, memset, strerror
 from posix.fcntl cimport fcntl, F_DUPFD_CLOEXEC, F_GETFL, F_SETFL, O_NONBLOCK
+from posix.mman cimport mmap, munmap, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE
+from posix.stat cimport fstat, struct_stat
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.types cimport pid_t
 from posix.unistd cimport close, getpid
@@ -65,7 +72,8 @@ from .includes.system cimport (
     EPOLL_CTL_DEL, EPOLLET, EPOLLIN, MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL,
     MSG_TRUNC, SO_TYPE, SOCK_CLOEXEC, SOCK_NONBLOCK, SOL_SOCKET, accept4, epoll_create1,
     epoll_ctl, epoll_event, epoll_wait, ff_recv_fds_batch, ff_recv_many, ff_send_fds,
-    getsockopt, send, socklen_t, would_block)
+    getsockopt, send, socklen_t, would_block, ff_credit_t, FF_CREDIT_SIZE, ff_credit_load,
+    ff_credit_add, ff_credit_want, ff_credit_take_want)
 from ._cscheduler cimport RoundRobinScheduler, LeastConnectionsScheduler, FF_MAX_LISTENERS
 from ._cscheduler import scheduler_for
 
@@ -73,6 +81,9 @@ from fastfork.channels.wire import (BATCH_BUCKETS, DEFAULT_BATCH_MAX, DEFAULT_WI
                                     ProtocolError, check_batch_max, check_window)
 
 IMPLEMENTATION = "cython"
+# Bytes of the page a worker and the primary share for credit (csrc/credit.h);
+# the pure-Python twin has none (0) and counts with ACK messages.
+CREDIT_SIZE = FF_CREDIT_SIZE
 DEBUG = bool(FASTFORK_DEBUG)
 
 include "common.pxi"

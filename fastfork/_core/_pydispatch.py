@@ -3,7 +3,10 @@
 Same classes, same methods, same behaviour; ``socket.sendmsg``/``recvmsg``
 and ``select.epoll`` instead of raw syscalls.  See ``_cdispatch.pyx`` for the
 design notes, which apply to both, except one: Python has no ``recvmmsg``,
-so acks are read one ``recv`` at a time, until EAGAIN.  The Receiver lives in ``_pyreceiver``.
+so acks are read one ``recv`` at a time, until EAGAIN.  And one more: no
+shared credit page (``CREDIT_SIZE`` is 0), because Python has no atomics and
+no memory barrier to make the page's wake-up handshake safe; credit comes back
+in ACK messages.  The Receiver lives in ``_pyreceiver``.
 EINTR needs no code here: Python's socket and epoll calls retry it after
 running the signal handlers (PEP 475).
 
@@ -24,10 +27,10 @@ from ..channels.fdpass import cmsg_space, rights, unpack_fds
 from ..channels.wire import (BATCH_BUCKETS, HEADER, LID, MSG_ACK, MSG_CLOSED, MSG_END,
                              MSG_FDS, SCM_MAX_FD, ProtocolError, check_batch_max,
                              check_window, DEFAULT_BATCH_MAX, DEFAULT_WINDOW)
-from ._pyreceiver import Receiver, borrow
+from ._pyreceiver import Receiver, _no_credit, borrow
 from ._pyscheduler import LeastConnectionsScheduler, scheduler_for
 
-__all__ = ["Dispatcher", "Receiver", "IMPLEMENTATION"]
+__all__ = ["Dispatcher", "Receiver", "IMPLEMENTATION", "CREDIT_SIZE"]
 
 _KIND_LISTENER = 0
 _KIND_WORKER = 1
@@ -42,6 +45,7 @@ _ACCEPT_SKIP = frozenset((errno.ECONNABORTED, errno.EPROTO, errno.EPERM,
 _ACCEPT_PAUSE = frozenset((errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM))
 
 IMPLEMENTATION = "python"
+CREDIT_SIZE = 0          # no shared credit page: see the module's docstring
 
 _MAX_SPARES = 256
 _RECV_BUF = HEADER.size + LID.size * SCM_MAX_FD
@@ -123,7 +127,7 @@ class Dispatcher:
         self._flush_pending()               # drops what waited for this listener
         self._epoll.unregister(fd)
 
-    def add_worker(self, fd, peer=-1):
+    def add_worker(self, fd, peer=-1, credit_fd=-1):
         """Register the primary's end of a worker's data channel; returns its slot.
 
         ``peer`` is the worker's end of the same channel, which the caller keeps
@@ -134,9 +138,13 @@ class Dispatcher:
         every connection the worker never received.  Without it (-1), the
         primary keeps each copy until the worker acknowledges it.
 
+        ``credit_fd``: the Cython build's shared credit page; this twin has
+        none and refuses one (``CREDIT_SIZE`` is 0).
+
         ``fd`` and ``peer`` stay the caller's: close them only after ``remove_worker``.
         """
         self._check()
+        _no_credit(credit_fd)
         slot = 0
         while slot in self._workers:
             slot += 1

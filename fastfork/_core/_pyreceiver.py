@@ -23,13 +23,24 @@ def borrow(fd):
     return sock
 
 
+def _no_credit(credit_fd):
+    if credit_fd != -1:
+        raise ValueError("the pure-Python implementation has no shared credit page "
+                         "(CREDIT_SIZE is 0): pass credit_fd=-1")
+
+
 class Receiver:
     """The worker's end of the data channel: receive fd batches, acknowledge them.
 
-    Owns ``fd``: ``close()`` closes it.
+    Owns ``fd``: ``close()`` closes it.  No shared credit page here (see
+    ``_pydispatch``): ``credit_fd`` must be -1, and ACKs carry the counts.
     """
 
-    def __init__(self, fd):
+    shared_credit = False
+    wakeups = 0
+
+    def __init__(self, fd, credit_fd=-1):
+        _no_credit(credit_fd)
         self._pid = os.getpid()
         self._sock = borrow(fd)
         self.received = 0

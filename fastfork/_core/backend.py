@@ -11,7 +11,7 @@ import collections
 import os
 import warnings
 
-DISPATCH_API = ("Dispatcher", "Receiver", "IMPLEMENTATION")
+DISPATCH_API = ("Dispatcher", "Receiver", "IMPLEMENTATION", "CREDIT_SIZE")
 SCHEDULER_API = ("RoundRobinScheduler", "LeastConnectionsScheduler", "scheduler_for")
 
 Backend = collections.namedtuple("Backend", "dispatch scheduler name")

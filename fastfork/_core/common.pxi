@@ -103,3 +103,24 @@ cdef inline uint64_t _tag(int kind, int ident) noexcept nogil:
     return ((<uint64_t>kind) << 32) | <uint32_t>ident
 
 
+
+
+cdef ff_credit_t *_map_credit(int fd) except NULL:
+    # The shared page (credit.h), mapped here rather than by Python's mmap,
+    # which would keep a dup of the fd open for as long as the mapping lives.
+    cdef struct_stat st
+    cdef void *p
+    if fstat(fd, &st) < 0:
+        _raise_errno(errno)
+    if st.st_size < FF_CREDIT_SIZE:
+        raise ValueError(f"fd {fd} is not a credit page: {st.st_size} bytes, "
+                         f"{FF_CREDIT_SIZE} needed")
+    p = mmap(NULL, FF_CREDIT_SIZE, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)
+    if p == MAP_FAILED:
+        _raise_errno(errno)
+    return <ff_credit_t *>p
+
+
+cdef inline void _unmap_credit(ff_credit_t *page) noexcept nogil:
+    if page != NULL:
+        munmap(page, FF_CREDIT_SIZE)

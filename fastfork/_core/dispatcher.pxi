@@ -14,6 +14,9 @@ ctypedef struct worker_t:
     int head            # in-flight FIFO: ring[head .. head+count) of capacity window
     int count
     int nout            # connections staged for the next send (outbox)
+    ff_credit_t *credit # the counters shared with the worker (credit.h), or NULL
+    uint64_t taken_seen     # credit.taken as last applied
+    uint64_t closed_seen    # credit.closed as last applied
 
 
 cdef class Dispatcher:
@@ -59,6 +62,7 @@ cdef class Dispatcher:
     cdef int *_spares
     cdef int _nspare
     cdef int _spare_cap
+    cdef int _nshared                    # workers with a credit page
 
     def __cinit__(self, *args, **kwargs):
         cdef int i
@@ -94,6 +98,7 @@ cdef class Dispatcher:
         self.policy = policy
         self._closed_slots = []
         self._watched = set()
+        self._nshared = 0
         self._events = <epoll_event *>realloc(NULL, MAX_EVENTS * sizeof(epoll_event))
         if self._events == NULL:
             raise MemoryError()
@@ -110,11 +115,14 @@ cdef class Dispatcher:
     def __dealloc__(self):
         # Also reached for a half-built object (a failed __init__): every
         # field starts empty in __cinit__.  No Python calls here.
+        cdef int i
         if not self._closed:
             self._close_connections()
             self._release_spares()
             if self._epfd >= 0:
                 close(self._epfd)
+        for i in range(self._nslots):
+            _unmap_credit(self._workers[i].credit)
         free(self._spares)
         free(self._workers)
         free(self._rings)
@@ -161,7 +169,7 @@ cdef class Dispatcher:
         if epoll_ctl(self._epfd, EPOLL_CTL_DEL, fd, NULL) < 0:
             _raise_errno(errno)
 
-    def add_worker(self, int fd, int peer=-1):
+    def add_worker(self, int fd, int peer=-1, int credit_fd=-1):
         """Register the primary's end of a worker's data channel; returns its slot.
 
         ``peer`` is the worker's end of the same channel, which the caller keeps
@@ -172,11 +180,18 @@ cdef class Dispatcher:
         every connection the worker never received.  Without it (-1), the
         primary keeps each copy until the worker acknowledges it.
 
+        ``credit_fd`` is a file of ``CREDIT_SIZE`` bytes (a memfd) whose page is
+        shared with the worker (its ``Receiver`` maps the same one): the worker
+        counts there what it received and closed, and sends an ACK only to wake
+        a primary that waits for credit (``csrc/credit.h``).  It is mapped here
+        and may be closed at once.  Without it (-1), ACK messages carry the counts.
+
         ``fd`` and ``peer`` stay the caller's: close them only after ``remove_worker``.
         """
         cdef int slot = 0
         cdef epoll_event ev
         cdef worker_t *w
+        cdef ff_credit_t *page = NULL
         self._check()
         while slot < self._nslots and self._workers[slot].present:
             slot += 1
@@ -186,10 +201,13 @@ cdef class Dispatcher:
         _set_nonblocking(fd)
         if slot >= self._wcap:
             self._grow_workers(slot + 1)
+        if credit_fd >= 0:
+            page = _map_credit(credit_fd)
         memset(&ev, 0, sizeof(ev))
         ev.events = EPOLLIN
         ev.data.u64 = _tag(KIND_WORKER, slot)
         if epoll_ctl(self._epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            _unmap_credit(page)
             _raise_errno(errno)
         self._sched.c_add(slot)             # cannot fail: the slot is free
         w = &self._workers[slot]
@@ -198,6 +216,12 @@ cdef class Dispatcher:
         w.peer = peer
         w.present = True
         w.open = True
+        if page != NULL:
+            w.credit = page
+            # Counted from what the page says now: a page may be reused.
+            w.taken_seen = ff_credit_load(&page.taken)
+            w.closed_seen = ff_credit_load(&page.closed)
+            self._nshared += 1
         if slot >= self._nslots:
             self._nslots = slot + 1
         return slot
@@ -241,6 +265,7 @@ cdef class Dispatcher:
         self._closed_slots = [s for s in self._closed_slots if s != slot]
         self._workers[slot].present = False
         self._workers[slot].fd = self._workers[slot].peer = -1
+        self._forget_credit(slot)
         self._flush_pending()
 
     def watch(self, int fd):
@@ -279,11 +304,15 @@ cdef class Dispatcher:
         if timeout_ms >= 0:
             deadline = _monotonic() + timeout_ms / 1000.0
         while True:
+            if self._nshared:
+                self._sync_all()
             self._flush_pending()
             if self._nspare < self._spare_cap and self._pending.length == 0:
                 # Taken again only once what they made room for has gone on.
                 self._refill_spares()
             self._accept_backlogged()
+            if self._nshared and self._want_credit():
+                continue                    # credit came back while asking for it
             now = _monotonic()
             if deadline < 0:
                 timeout = -1
@@ -319,6 +348,8 @@ cdef class Dispatcher:
                     ready.append(ident)
                 elif self._lfd[ident] >= 0:
                     self._backlog[ident] = True
+            if self._nshared:
+                self._sync_all()
             self._flush_pending()
             self._accept_backlogged()
             if ready or (deadline >= 0 and _monotonic() >= deadline):
@@ -339,11 +370,13 @@ cdef class Dispatcher:
         self._check()
         if not self._is_present(slot):
             raise KeyError(f"no worker in slot {slot}")
+        self._sync(slot)
         return self._workers[slot].dispatched, self._workers[slot].count
 
     def worker_open(self, int slot):
         """Connections sent to ``slot`` and not reported closed (policy least), else None."""
         self._check()
+        self._sync(slot)
         if not self._is_open(slot):
             return None
         if isinstance(self._sched, LeastConnectionsScheduler):
@@ -388,6 +421,7 @@ cdef class Dispatcher:
         for i in range(self._nslots):
             self._workers[i].present = self._workers[i].open = False
             self._workers[i].fd = self._workers[i].peer = -1
+            self._forget_credit(i)
         self._watched.clear()
         if self._epfd >= 0:
             close(self._epfd)
@@ -636,16 +670,15 @@ cdef class Dispatcher:
         # channel is empty, so no call is spent on learning it from EAGAIN.
         cdef uint8_t bufs[FF_BATCH_MAX_MSGS * ACK_BUF]
         cdef int lens[FF_BATCH_MAX_MSGS]
-        cdef int n, k, count, i, err
+        cdef int n, k, count, err
         cdef uint8_t *buf
         cdef worker_t *w = &self._workers[slot]
-        cdef conn_t *ring = &self._rings[slot * self.window]
         while w.open:
             n = ff_recv_many(w.fd, bufs, ACK_BUF, FF_BATCH_MAX_MSGS, lens, MSG_DONTWAIT)
             if n < 0:
                 err = errno
                 if would_block(err):
-                    return 0
+                    break
                 if _interrupted(err):
                     continue
                 self._close_worker(slot)    # a broken channel is a closed one
@@ -663,20 +696,110 @@ cdef class Dispatcher:
                         self._close_worker(slot)
                         return 0
                     continue
-                if self._sched.c_try_ack(slot, count) < 0:
+                if self._acked(slot, count) < 0:
                     self._close_worker(slot)    # acknowledged more than it was sent
                     return 0
-                if w.peer >= 0:
-                    w.count -= count        # their fds were closed when sent
-                    continue
-                for i in range(count):
-                    close(ring[w.head].fd)
-                    self._held -= 1
-                    w.head = (w.head + 1) % self.window
-                    w.count -= 1
             if n < FF_BATCH_MAX_MSGS:
-                return 0
+                break
+        # With shared credit an ACK (of 0) only wakes us: the counts are on the page.
+        self._sync(slot)
         return 0
+
+    cdef int _acked(self, int slot, int count) noexcept:
+        # The worker took ``count`` more: its credit back, our copies closed
+        # (without a peer).  -1: it never had that many.
+        cdef worker_t *w = &self._workers[slot]
+        cdef conn_t *ring = &self._rings[slot * self.window]
+        cdef int i
+        if self._sched.c_try_ack(slot, count) < 0:
+            return -1
+        if w.peer >= 0:
+            w.count -= count                # their fds were closed when sent
+            return 0
+        for i in range(count):
+            close(ring[w.head].fd)
+            self._held -= 1
+            w.head = (w.head + 1) % self.window
+            w.count -= 1
+        return 0
+
+    # -- shared credit (csrc/credit.h) ----------------------------------------------
+    cdef int _sync(self, int slot) except -1:
+        """Apply what the worker counted on its page since the last look."""
+        cdef worker_t *w
+        cdef uint64_t taken, closed_, dt, dc
+        if not self._is_open(slot) or self._workers[slot].credit == NULL:
+            return 0
+        w = &self._workers[slot]
+        # closed first: a close is counted after its take, so the taken read
+        # next covers every close seen here.
+        closed_ = ff_credit_load(&w.credit.closed)
+        taken = ff_credit_load(&w.credit.taken)
+        dt = taken - w.taken_seen
+        dc = closed_ - w.closed_seen
+        if dt == 0 and dc == 0:
+            return 0
+        if dt > <uint64_t>w.count or dc > <uint64_t>INT_MAX:
+            self._close_worker(slot)        # counted more than it was sent
+            return 0
+        if dt:
+            if self._acked(slot, <int>dt) < 0:
+                self._close_worker(slot)
+                return 0
+            w.taken_seen = taken
+        if dc:
+            if self._sched.c_try_closed(slot, <int>dc) < 0:
+                self._close_worker(slot)
+                return 0
+            w.closed_seen = closed_
+        return 0
+
+    cdef int _sync_all(self) except -1:
+        cdef int slot
+        for slot in range(self._nslots):
+            if self._workers[slot].credit != NULL:
+                self._sync(slot)
+        return 0
+
+    cdef bint _starved(self) noexcept:
+        # Something waits for credit: connections pending, or a listener with
+        # a backlog that no worker has room for.
+        cdef int lid
+        if self._pending.length:
+            return True
+        for lid in range(self._lid_end):
+            if (self._backlog[lid] and self._lfd[lid] >= 0
+                    and self._sched.c_available(lid) <= 0):
+                return True
+        return False
+
+    cdef int _want_credit(self) except -1:
+        """Before sleeping for want of credit: ask the workers to wake us, then
+        look at their pages once more.  1 if credit came back meanwhile."""
+        cdef int slot
+        cdef bint moved = False
+        cdef worker_t *w
+        if not self._starved():
+            return 0
+        if self._paused_until > 0.0 and self._paused_until > _monotonic():
+            return 0                        # not credit we wait for
+        for slot in range(self._nslots):
+            w = &self._workers[slot]
+            if w.open and w.credit != NULL:
+                ff_credit_want(&w.credit.want)
+        for slot in range(self._nslots):
+            w = &self._workers[slot]
+            if w.open and w.credit != NULL:
+                if (ff_credit_load(&w.credit.taken) != w.taken_seen
+                        or ff_credit_load(&w.credit.closed) != w.closed_seen):
+                    moved = True
+        return 1 if moved else 0
+
+    cdef void _forget_credit(self, int slot) noexcept:
+        if slot < self._nslots and self._workers[slot].credit != NULL:
+            _unmap_credit(self._workers[slot].credit)
+            self._workers[slot].credit = NULL
+            self._nshared -= 1
 
     cdef int _close_worker(self, int slot) except -1:
         """The channel is unusable: stop using it and re-queue what it had not acknowledged."""

@@ -3,28 +3,42 @@
 cdef class Receiver:
     """The worker's end of the data channel: receive fd batches, acknowledge them.
 
-    Owns ``fd``: ``close()`` closes it.
+    Owns ``fd``: ``close()`` closes it.  ``credit_fd``: the page shared with
+    the primary (see ``Dispatcher.add_worker``), mapped here (the fd stays the
+    caller's): what is received and closed is counted there, and an ACK is
+    sent only when the primary asks to be woken.
     """
 
     cdef int _fd
     cdef pid_t _pid
     cdef readonly long long received
+    cdef readonly long long wakeups      # ACKs sent only to wake the primary (shared credit)
     cdef readonly bint ended
+    cdef ff_credit_t *_credit
 
     def __cinit__(self, *args, **kwargs):
         self._fd = -1
+        self._credit = NULL
 
-    def __init__(self, int fd):
+    def __init__(self, int fd, int credit_fd=-1):
         self._pid = getpid()
         _check_socket(fd)
         _set_nonblocking(fd)
+        if credit_fd >= 0:
+            self._credit = _map_credit(credit_fd)
         self._fd = fd
         self.received = 0
+        self.wakeups = 0
         self.ended = False
+
+    @property
+    def shared_credit(self):
+        return self._credit != NULL
 
     def __dealloc__(self):
         if self._fd >= 0 and getpid() == self._pid:
             close(self._fd)
+        _unmap_credit(self._credit)
 
     def fileno(self):
         return self._fd
@@ -94,7 +108,11 @@ cdef class Receiver:
                 if n < FF_BATCH_MAX_MSGS:
                     break
             if pairs:
-                self._ack(len(pairs))
+                if self._credit != NULL:
+                    ff_credit_add(&self._credit.taken, len(pairs))
+                    self._wake_if_wanted()
+                else:
+                    self._ack(len(pairs))
         except BaseException:
             for _, fd in pairs:
                 close(fd)
@@ -121,10 +139,18 @@ cdef class Receiver:
                 f"FDS message announces {count} fds, carries {nfds} in {n} bytes")
         return 0
 
+    cdef int _wake_if_wanted(self) except -1:
+        # After the counter moved (a full barrier): the primary set want
+        # before its last look at the counters, so it may be asleep.
+        if ff_credit_take_want(&self._credit.want):
+            self.wakeups += 1
+            self._ack(0)
+        return 0
+
     cdef int _ack(self, Py_ssize_t count) except -1:
         cdef uint8_t buf[HEADER_SIZE]
         cdef int m, err
-        while count:
+        while True:
             m = <int>min(count, 0xFFFF)
             _put_header(buf, MSG_ACK, m)
             if send(self._fd, buf, HEADER_SIZE, MSG_NOSIGNAL | MSG_DONTWAIT) < 0:
@@ -135,11 +161,13 @@ cdef class Receiver:
                         or would_block(err)):
                     # Primary gone, or (full buffer) it stopped reading: it will
                     # see EOF or the worker's exit and re-dispatch.  Acks are 4
-                    # bytes against a window of connections.
+                    # bytes against a window of connections.  (A wake-up: the
+                    # primary has data to read, so it is awake.)
                     return 0
                 _raise_errno(err)
             count -= m
-        return 0
+            if count <= 0:
+                return 0
 
     def report_closed(self, long long count):
         """Tell the primary ``count`` received connections are closed (policy least).
@@ -157,6 +185,11 @@ cdef class Receiver:
             raise ValueError("I/O operation on a closed Receiver")
         if count < 0:
             raise ValueError(f"cannot report {count} connections closed")
+        if self._credit != NULL:
+            if count:
+                ff_credit_add(&self._credit.closed, count)
+                self._wake_if_wanted()
+            return 0
         while count:
             m = <int>min(count, 0xFFFF)
             _put_header(buf, MSG_CLOSED, m)
@@ -177,4 +210,6 @@ cdef class Receiver:
             if getpid() == self._pid:
                 close(self._fd)
             self._fd = -1
+        _unmap_credit(self._credit)
+        self._credit = NULL
 

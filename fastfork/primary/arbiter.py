@@ -27,6 +27,7 @@ import time
 
 from .._core import backend
 from ..addresses import DEFAULT_BACKLOG, parse_address
+from ..channels import credit as credit_page
 from ..channels.control import ControlChannel
 from ..cpus import parse_workers
 from ..privileges import resolve_credentials
@@ -425,12 +426,21 @@ class Cluster:
             worker.request_limit = s.max_requests + random.randint(0, s.max_requests_jitter)
         data_primary, data_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ctl_primary, ctl_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        credit_fd = -1
+        if self.backend.dispatch.CREDIT_SIZE:
+            # Credit comes back through this page, not in ACK messages.
+            credit_fd = credit_page.create(self.backend.dispatch.CREDIT_SIZE)
         spec = boot.WorkerSpec(worker.id, index, self.policy, self.backend.dispatch,
                                self.target, self.args, self.kwargs, s.argv, s.env,
-                               self._credentials)
+                               self._credentials, credit_fd)
         sys.stdout.flush()
         sys.stderr.flush()
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except BaseException:
+            if credit_fd >= 0:
+                os.close(credit_fd)
+            raise
         if pid == 0:
             boot.run_forked(self.pid, spec, data_worker, ctl_worker,
                             lambda: self._shed_in_child((data_primary, ctl_primary)))
@@ -443,7 +453,12 @@ class Cluster:
         worker.pid = pid
         worker.data_sock = data_primary
         worker.data_peer = data_worker
-        worker.slot = self.dispatcher.add_worker(data_primary.fileno(), data_worker.fileno())
+        try:
+            worker.slot = self.dispatcher.add_worker(data_primary.fileno(),
+                                                     data_worker.fileno(), credit_fd)
+        finally:
+            if credit_fd >= 0:
+                os.close(credit_fd)         # mapped by the dispatcher, and in the child
         ctl_primary.setblocking(False)
         worker.control = ControlChannel(ctl_primary)
         try:
@@ -465,11 +480,12 @@ class Cluster:
         # the primary closed its own copy.
         for sock in primary_ends:
             sock.close()
-        self.dispatcher.close()
+        self.dispatcher.close()             # and with it the other workers' credit pages
         for other in self.workers.values():
             for sock in (other.data_sock, other.data_peer, other.control and other.control.sock):
                 if sock is not None:
                     sock.close()
+
         self.listeners.close_in_child()
         if self._control_server is not None:
             self._control_server.close(unlink=False)   # the path is the primary's

@@ -38,12 +38,13 @@ EXIT_EXEC_FAILED = 127
 EXIT_PRIMARY_GONE = runtime.EXIT_PRIMARY_GONE
 
 WorkerSpec = collections.namedtuple(
-    "WorkerSpec", "id index policy dispatch target args kwargs argv env credentials")
+    "WorkerSpec", "id index policy dispatch target args kwargs argv env credentials credit_fd")
 WorkerSpec.__doc__ = """What a forked child needs to become worker ``id``.
 
 ``dispatch`` is the backend's dispatch module (its Receiver reads the data
 channel); ``target`` None means the Node form: exec ``argv`` (default: this
-program again) with ``env`` added; ``credentials`` is ``(uid, gid, username)``.
+program again) with ``env`` added; ``credentials`` is ``(uid, gid, username)``;
+``credit_fd`` is the shared credit page (``channels.credit``), or -1.
 """
 
 
@@ -72,7 +73,7 @@ def run_forked(primary_pid, spec, data_sock, ctl_sock, shed):
         if spec.target is None:
             _exec(spec, data_sock, ctl_sock)
         runtime.start(data_sock.detach(), ctl_sock.detach(), spec.id, spec.index,
-                      spec.policy, spec.dispatch)
+                      spec.policy, spec.dispatch, spec.credit_fd)
         spec.target(*spec.args, **spec.kwargs)
         code = 0
     except SystemExit as exc:
@@ -92,6 +93,9 @@ def _exec(spec, data_sock, ctl_sock):
     env = dict(os.environ)
     env.update(spec.env)
     env[ENV_CHANNELS] = f"{data_sock.fileno()},{ctl_sock.fileno()}"
+    if spec.credit_fd >= 0:
+        env[ENV_CHANNELS] += f",{spec.credit_fd}"
+        os.set_inheritable(spec.credit_fd, True)
     env[ENV_WORKER_ID] = str(spec.id)
     env[ENV_WORKER_INDEX] = str(spec.index)
     env[ENV_POLICY] = spec.policy
@@ -112,10 +116,10 @@ def from_environment(environ=None):
     itself for one too.
     """
     environ = os.environ if environ is None else environ
-    data_fd, control_fd = (int(x) for x in environ.pop(ENV_CHANNELS).split(","))
+    data_fd, control_fd, *credit = (int(x) for x in environ.pop(ENV_CHANNELS).split(","))
     # Set before exec, and exec keeps it; set again in case this program was
     # started some other way with the variables copied.
     set_parent_death_signal(signal.SIGKILL)
     return runtime.start(data_fd, control_fd, int(environ[ENV_WORKER_ID]),
                          int(environ[ENV_WORKER_INDEX]), environ.get(ENV_POLICY, "rr"),
-                         backend.default().dispatch)
+                         backend.default().dispatch, credit[0] if credit else -1)

@@ -31,11 +31,18 @@ EXIT_PRIMARY_GONE = 70
 class WorkerRuntime:
     """This process's link to its primary."""
 
-    def __init__(self, data_fd, control_fd, worker_id, index, policy, dispatch_mod):
+    def __init__(self, data_fd, control_fd, worker_id, index, policy, dispatch_mod,
+                 credit_fd=-1):
         self.id = worker_id
         self.index = index
         self.policy = policy
-        self.receiver = dispatch_mod.Receiver(data_fd)
+        # credit_fd: the page where credit goes back to the primary (the
+        # Cython build), or -1; mapped by the Receiver, then not needed.
+        try:
+            self.receiver = dispatch_mod.Receiver(data_fd, credit_fd)
+        finally:
+            if credit_fd >= 0:
+                os.close(credit_fd)
         self.control = ControlChannel(socket.socket(fileno=control_fd))
         self.control.sock.setblocking(True)
         self.listeners = {}               # lid -> Listener (round-robin policy)
@@ -245,11 +252,12 @@ def _call(loop, callback, *args):
 _runtime = None
 
 
-def start(data_fd, control_fd, worker_id, index, policy, dispatch_mod):
+def start(data_fd, control_fd, worker_id, index, policy, dispatch_mod, credit_fd=-1):
     """Become a worker: connect to the primary over the inherited channels."""
     global _runtime
     random.seed()    # forked workers must not share the primary's random sequence
-    _runtime = WorkerRuntime(data_fd, control_fd, worker_id, index, policy, dispatch_mod)
+    _runtime = WorkerRuntime(data_fd, control_fd, worker_id, index, policy, dispatch_mod,
+                             credit_fd)
     return _runtime
 
 

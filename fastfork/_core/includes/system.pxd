@@ -74,3 +74,15 @@ cdef extern from "fdpass.h" nogil:
     int ff_recv_fds_batch(int sock, void *bufs, size_t len, int vlen, int *lens,
                           int *mflags, int *fds, int *nfds, int flags)
     int ff_recv_many(int sock, void *bufs, size_t len, int vlen, int *lens, int flags)
+
+cdef extern from "credit.h" nogil:
+    ctypedef struct ff_credit_t:
+        uint64_t taken
+        uint64_t closed
+        uint32_t want
+    enum:
+        FF_CREDIT_SIZE
+    uint64_t ff_credit_load(const uint64_t *p) noexcept
+    void ff_credit_add(uint64_t *p, uint64_t n) noexcept
+    void ff_credit_want(uint32_t *p) noexcept
+    int ff_credit_take_want(uint32_t *p) noexcept

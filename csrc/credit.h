@@ -1,0 +1,50 @@
+/* credit: the counters a worker and the primary share instead of ACK messages.
+ *
+ * One page of shared memory per worker (a memfd, mapped by both).  The worker
+ * adds what it received to `taken` and, under policy least, what closed to
+ * `closed`; the primary reads both when it schedules, so credit comes back
+ * with no syscall on either side.  The primary needs a syscall's wake-up only
+ * when it is about to sleep for want of credit: it sets `want` first, then
+ * reads the counters once more; the worker, after adding, takes `want` and,
+ * if it was set, sends one ACK message of count 0 over the data channel.
+ * Both sides store, then load, with sequentially consistent atomics (each a
+ * full barrier on x86: lock xadd, xchg), so of the two at least one sees the
+ * other's store: the primary sees the credit and stays awake, or the worker
+ * sees `want` and wakes it (Dekker's handshake).
+ *
+ * Only the worker writes `taken` and `closed` and only the primary reads them;
+ * the primary checks each increase against what it sent, as it checks ACKs.
+ * `want` sits on its own cache line: the counters move per connection.
+ */
+#ifndef FASTFORK_CREDIT_H
+#define FASTFORK_CREDIT_H
+
+#include <stdint.h>
+
+typedef struct {
+    uint64_t taken;           /* fds the worker received, ever */
+    uint64_t closed;          /* of those, connections closed (policy least) */
+    char _line0[48];
+    uint32_t want;            /* 1: the primary sleeps until a counter moves */
+    char _line1[60];
+} ff_credit_t;
+
+#define FF_CREDIT_SIZE ((int)sizeof(ff_credit_t))
+
+static inline uint64_t ff_credit_load(const uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_SEQ_CST);
+}
+
+static inline void ff_credit_add(uint64_t *p, uint64_t n) {
+    __atomic_add_fetch(p, n, __ATOMIC_SEQ_CST);
+}
+
+static inline void ff_credit_want(uint32_t *p) {
+    __atomic_store_n(p, 1, __ATOMIC_SEQ_CST);
+}
+
+static inline int ff_credit_take_want(uint32_t *p) {
+    return (int)__atomic_exchange_n(p, 0, __ATOMIC_SEQ_CST);
+}
+
+#endif

@@ -1,0 +1,170 @@
+"""Credit through a shared page (``csrc/credit.h``): the Cython build's way.
+
+The worker counts what it received, and under least what closed, on a page
+it shares with the primary; no ACK message goes back unless the primary,
+about to sleep for want of credit, asked to be woken.  The twin has no page
+(``CREDIT_SIZE`` 0) and says so when given one.  The rig is ``test_dispatch``'s.
+"""
+
+import mmap
+import os
+import select
+import socket
+import struct
+import threading
+
+import pytest
+
+from fastfork.channels import credit as credit_page
+from tests.test_dispatch import DEADLINE, Rig, recv_exactly, stack, wait_for  # noqa: F401
+
+
+@pytest.fixture
+def shared(stack, impl):  # noqa: F811 (the fixture imported above)
+    if not impl.dispatch.CREDIT_SIZE:
+        pytest.skip("the pure-Python twin has no shared credit page (CREDIT_SIZE 0)")
+
+    def make(**options):
+        return Rig(stack, impl.dispatch, peers=True, credit=True, **options)
+    return make
+
+
+def readable(sock):
+    return bool(select.select([sock], [], [], 0)[0])
+
+
+def page_of(worker):
+    """The test's own mapping of ``worker``'s page: (taken, closed) and a writer."""
+    view = mmap.mmap(worker.credit_fd, worker.rig.mod.CREDIT_SIZE)
+    worker.rig.stack.callback(view.close)
+    return view
+
+
+def test_credit_comes_back_with_no_ack_message(shared):
+    rig = shared(window=4)
+    worker = rig.add_worker()
+    rig.connect(3)
+    rig.poll_until(lambda: rig.d.dispatched == 3, "3 dispatched")
+    assert rig.d.worker_stats(worker.slot) == (3, 3)
+    got, _ = worker.receive()
+    assert len(got) == 3
+    # Counted on the page: nothing was sent back, and the primary sees it.
+    assert not readable(worker.primary_end)
+    assert worker.receiver.wakeups == 0
+    assert struct.unpack_from("QQ", page_of(worker)) == (3, 0)
+    assert rig.d.worker_stats(worker.slot) == (3, 0)
+    # And the window is whole again: three more go out with no wait.  (Four
+    # would use up the credit with the listener's backlog unknown: the
+    # primary would ask to be woken, as it should under load.)
+    rig.connect(3)
+    worker.receive_until(6)
+    assert worker.receiver.wakeups == 0
+
+
+def test_a_primary_asleep_for_credit_is_woken(shared):
+    rig = shared(window=2)
+    worker = rig.add_worker()
+    stop_r, stop_w = os.pipe()
+    rig.stack.callback(os.close, stop_r)
+    rig.stack.callback(os.close, stop_w)
+    rig.d.watch(stop_r)
+    clients = rig.connect(5)
+    rig.poll_until(lambda: rig.d.dispatched == 2, "a window dispatched")
+    # Three wait in the kernel's backlog; the primary now sleeps in poll with
+    # no timeout to wake it (the test ends it through the watched pipe).
+    sleeping = threading.Thread(target=rig.d.poll, args=(-1,), daemon=True)
+    sleeping.start()
+    try:
+        # Only the worker's wake-ups can get the other three sent.
+        wait_for(lambda: len(worker.conns) >= 5, "all 5 received with the primary asleep",
+                 step=worker.receive)
+    finally:
+        os.write(stop_w, b"x")
+        sleeping.join(DEADLINE)
+    assert not sleeping.is_alive()
+    assert 1 <= worker.receiver.wakeups <= 3
+    assert sorted(recv_exactly(sock, 1)[0] for _, sock in worker.conns) == [0, 1, 2, 3, 4]
+    for (_, sock), client in zip(worker.conns, clients):
+        sock.sendall(b"k")
+    assert [recv_exactly(c, 1) for c in clients] == [b"k"] * 5
+
+
+def test_least_counts_closes_on_the_page(shared):
+    rig = shared(window=8, policy="least")
+    worker = rig.add_worker()
+    rig.connect(3)
+    worker.receive_until(3)
+    rig.d.poll(0)
+    assert rig.d.worker_open(worker.slot) == 3
+    assert worker.receiver.report_closed(2) == 0
+    assert not readable(worker.primary_end)
+    assert rig.d.worker_open(worker.slot) == 1
+    assert struct.unpack_from("QQ", page_of(worker)) == (3, 2)
+
+
+def test_least_at_its_cap_is_woken_by_a_close(shared):
+    rig = shared(window=8, policy="least", worker_connections=2)
+    worker = rig.add_worker()
+    stop_r, stop_w = os.pipe()
+    rig.stack.callback(os.close, stop_r)
+    rig.stack.callback(os.close, stop_w)
+    rig.d.watch(stop_r)
+    rig.connect(3)
+    worker.receive_until(2)
+    rig.d.poll(0)
+    assert rig.d.worker_open(worker.slot) == 2      # at its cap: the third waits
+    sleeping = threading.Thread(target=rig.d.poll, args=(-1,), daemon=True)
+    sleeping.start()
+    try:
+        worker.conns[0][1].close()
+        worker.receiver.report_closed(1)
+        wait_for(lambda: len(worker.conns) >= 3, "the third sent after a close",
+                 step=worker.receive)
+    finally:
+        os.write(stop_w, b"x")
+        sleeping.join(DEADLINE)
+    assert not sleeping.is_alive()
+    assert worker.receiver.wakeups >= 1
+
+
+def test_a_page_that_counts_more_than_was_sent_closes_the_worker(shared):
+    rig = shared(window=4)
+    liar = rig.add_worker()
+    honest = rig.add_worker()
+    rig.connect(2)
+    rig.poll_until(lambda: rig.d.dispatched == 2, "2 dispatched")
+    page = page_of(liar)
+    struct.pack_into("Q", page, 0, 100)
+    rig.poll_until(lambda: liar.slot in rig.d.pop_closed(), "the liar's channel closed")
+    rig.d.remove_worker(liar.slot)
+    # What it never read went to the other worker, as for any broken channel.
+    honest.receive_until(2)
+
+
+def test_a_file_too_small_for_a_page_is_refused(shared, stack):  # noqa: F811
+    rig = shared()
+    fd = os.memfd_create("small")
+    stack.callback(os.close, fd)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stack.callback(a.close)
+    stack.callback(b.close)
+    with pytest.raises(ValueError, match="not a credit page"):
+        rig.d.add_worker(a.fileno(), -1, fd)
+    with pytest.raises(ValueError, match="not a credit page"):
+        rig.mod.Receiver(b.fileno(), fd)
+
+
+def test_the_twin_refuses_a_page(impl, stack):  # noqa: F811
+    if impl.dispatch.CREDIT_SIZE:
+        pytest.skip("the Cython build takes a page (tested above)")
+    fd = credit_page.create(128)
+    stack.callback(os.close, fd)
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    stack.callback(a.close)
+    stack.callback(b.close)
+    d = impl.dispatch.Dispatcher()
+    stack.callback(d.close)
+    with pytest.raises(ValueError, match="no shared credit page"):
+        d.add_worker(a.fileno(), -1, fd)
+    with pytest.raises(ValueError, match="no shared credit page"):
+        impl.dispatch.Receiver(b.fileno(), fd)
