@@ -52,7 +52,8 @@ def configurations(args):
         for policy in ("rr", "none"):
             rows.append((app, f"fastfork {policy}",
                          [py, me, "--serve", policy, "--app", app, "--port", "{port}",
-                          "--workers", w, "--threads", t]))
+                          "--workers", w, "--threads", t]
+                         + ([] if args.window is None else ["--window", str(args.window)])))
         if kind == "asgi":
             rows.append((app, f"uvicorn --workers {w}",
                          [py, "-m", "uvicorn", target, "--port", "{port}", "--workers", w,
@@ -132,9 +133,17 @@ def measure(command, args):
             pass
 
 
+def _median(measured):
+    """The run with the median req/s, per mode, of repeated ``measure`` results."""
+    return {mode: sorted((run[mode] for run in measured), key=lambda d: d["rps"])[
+                len(measured) // 2]
+            for mode in ("close", "keepalive")}
+
+
 def render(results, args):
     lines = [f"Served by {args.workers} workers on loopback; wrk -t1 -c{args.connections} "
-             f"-d{args.duration}s; ratios to fastfork rr for the same app.", "",
+             f"-d{args.duration}s; medians of {args.repeat} alternating run(s); "
+             "ratios to fastfork rr for the same app.", "",
              "| app | server | new connection per request, req/s | keep-alive, req/s | errors |",
              "|---|---|---|---|---|"]
     for app in ("starlette", "flask"):
@@ -168,7 +177,8 @@ def serve_fastfork(args):
         fastfork.web.serve(app, f"127.0.0.1:{args.port}", access_log=False,
                            log_level="warning", threads=args.threads)
 
-    return fastfork.Cluster(worker, args.workers, policy=args.serve).run()
+    options = {} if args.window is None else {"window": args.window}
+    return fastfork.Cluster(worker, args.workers, policy=args.serve, **options).run()
 
 
 def main():
@@ -177,6 +187,12 @@ def main():
     parser.add_argument("--threads", type=int, default=10, help="WSGI threads per worker")
     parser.add_argument("--duration", type=int, default=5)
     parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run the rows alternately this many times; medians (default 1)")
+    parser.add_argument("--only", action="append", default=[], metavar="TEXT",
+                        help="only rows whose 'app server' contains TEXT (repeatable)")
+    parser.add_argument("--window", type=int, default=None,
+                        help="fastfork's credit window (default: fastfork's own)")
     parser.add_argument("--serve", choices=("rr", "none", "reuseport"), help=argparse.SUPPRESS)
     parser.add_argument("--app", default="starlette", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -185,13 +201,19 @@ def main():
         return serve_fastfork(args)
     if not shutil.which("wrk"):
         sys.exit("web_compare: wrk is not installed (apt-get install wrk)")
-    results = {}
-    for app, label, command in configurations(args):
-        print(f"{app:9} {label} ...", file=sys.stderr, flush=True)
-        try:
-            results[(app, label)] = measure(command, args)
-        except (RuntimeError, OSError, subprocess.SubprocessError, StopIteration) as exc:
-            results[(app, label)] = f"failed: {exc}"
+    rows = [row for row in configurations(args)
+            if not args.only or any(text in f"{row[0]} {row[1]}" for text in args.only)]
+    runs = {}
+    for rep in range(args.repeat):
+        for app, label, command in rows:
+            print(f"{app:9} {label} (run {rep + 1}/{args.repeat}) ...", file=sys.stderr,
+                  flush=True)
+            try:
+                runs.setdefault((app, label), []).append(measure(command, args))
+            except (RuntimeError, OSError, subprocess.SubprocessError, StopIteration) as exc:
+                runs[(app, label)] = f"failed: {exc}"
+    results = {key: data if isinstance(data, str) else _median(data)
+               for key, data in runs.items()}
     table = render(results, args)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "web_compare.md"), "w") as f:
