@@ -24,6 +24,7 @@ import copy
 import logging
 import os
 import time
+import weakref
 from email.utils import formatdate
 
 import fastfork
@@ -190,10 +191,16 @@ class AsgiServer:
         wait for a WebSocket connection that is long gone.
         """
         ws_class = self.config.ws_protocol_class
+        # A weak reference: this factory is stored on the HTTP protocol, and a
+        # strong one would make every connection a reference cycle, left for
+        # the garbage collector with its transport and request cycle (uvicorn
+        # alone leaves none).
+        http_ref = weakref.ref(http_protocol)
 
         def make(**kwargs):
             ws_protocol = ws_class(**kwargs)
             lost = ws_protocol.connection_lost
+            http = http_ref()       # alive: it is upgrading right now
 
             def connection_lost(exc):
                 try:
@@ -202,7 +209,7 @@ class AsgiServer:
                     # The HTTP protocol's own connection_lost only forgets a
                     # connection it already forgot at the upgrade; fastfork's
                     # wrapper around it is what must run.
-                    http_protocol.connection_lost(exc)
+                    http.connection_lost(exc)
 
             ws_protocol.connection_lost = connection_lost
             return ws_protocol

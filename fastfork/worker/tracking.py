@@ -28,21 +28,10 @@ class _Tracker:
         (for asyncio's own server, under none/reuseport)."""
         def factory():
             protocol = protocol_factory()
-            made, lost = protocol.connection_made, protocol.connection_lost
-
-            def connection_made(transport):
-                self.opened()
-                made(transport)
-
-            def connection_lost(exc):
-                try:
-                    lost(exc)
-                finally:
-                    self.release()
-
+            counted = _Counted(self, protocol)
             try:
-                protocol.connection_made = connection_made
-                protocol.connection_lost = connection_lost
+                protocol.connection_made = counted.connection_made
+                protocol.connection_lost = counted.connection_lost
             except AttributeError:
                 # A protocol with __slots__ cannot be instrumented: it is
                 # served all the same, but a graceful stop cannot wait for it.
@@ -63,6 +52,35 @@ class _Tracker:
 
     async def wait_idle(self):
         await self._idle.wait()
+
+
+class _Counted:
+    """The hooks ``_Tracker.wrap`` puts on one protocol.
+
+    They hold the protocol's own methods, and the protocol holds them: each
+    reference is dropped once used, so a closed connection is no reference
+    cycle (closures would leave one per connection, the protocol and its
+    transport with it, for the garbage collector).
+    """
+
+    __slots__ = ("_tracker", "_made", "_lost")
+
+    def __init__(self, tracker, protocol):
+        self._tracker = tracker
+        self._made = protocol.connection_made
+        self._lost = protocol.connection_lost
+
+    def connection_made(self, transport):
+        made, self._made = self._made, None
+        self._tracker.opened()
+        made(transport)
+
+    def connection_lost(self, exc):
+        lost, self._lost = self._lost, None
+        try:
+            lost(exc)
+        finally:
+            self._tracker.release()
 
 
 class _CloseReporter:
