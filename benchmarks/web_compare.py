@@ -9,7 +9,10 @@ one at a time, loaded by ``wrk -t1 -c32 -dNs`` twice: a new connection per
 request (``-H 'Connection: close'``) and keep-alive.  Each server gets a 1 s
 wrk warm-up after it answers its first request, so every worker is up.  Writes
 ``benchmarks/results/web_compare.md`` and prints the table: req/s and the
-ratio to fastfork rr for the same app.
+ratio to fastfork rr for the same app, and the CPU the server's processes
+(utime + stime from ``/proc``) spent per request on new connections, the
+primary's or master's share in brackets.  ``--repeat N`` runs the rows
+alternately N times and reports medians.
 
     fastfork rr / none      fastfork.web.serve (uvicorn's protocols; loop and
                             parser "auto": uvloop and httptools when installed)
@@ -99,7 +102,45 @@ def wait_ready(proc, port):
     raise RuntimeError(f"no answer on port {port} within {READY_TIMEOUT}s")
 
 
-def wrk(port, duration, connections, close):
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def process_tree(pid):
+    """``pid`` and its descendants (a primary or master and its workers)."""
+    children = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    tree, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        tree.append(current)
+        todo.extend(children.get(current, ()))
+    return tree
+
+
+def cpu_ticks(pids):
+    """utime + stime of each pid, in clock ticks (pids gone are left out)."""
+    ticks = {}
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            ticks[pid] = int(fields[11]) + int(fields[12])
+        except (OSError, IndexError, ValueError):
+            pass
+    return ticks
+
+
+def wrk(port, duration, connections, close, pids=()):
+    """wrk's figures; with ``pids``, also the CPU they spent per request
+    (``cpu_us``: all of them; ``top_cpu_us``: the first, the primary or master)."""
+    before = cpu_ticks(pids)
     command = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "-s", WRK_SCRIPT]
     if close:
         command += ["-H", "Connection: close"]
@@ -109,6 +150,12 @@ def wrk(port, duration, connections, close):
     data = json.loads(line[9:])
     data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
     data["error_count"] = sum(data["errors"].values())
+    if pids and data["requests"]:
+        after = cpu_ticks(pids)
+        spent = {pid: after[pid] - before[pid] for pid in after if pid in before}
+        per = 1e6 / CLK_TCK / data["requests"]
+        data["cpu_us"] = sum(spent.values()) * per
+        data["top_cpu_us"] = spent.get(pids[0], 0) * per
     return data
 
 
@@ -120,7 +167,9 @@ def measure(command, args):
     try:
         wait_ready(proc, port)
         wrk(port, 1, args.connections, close=False)        # warm-up: every worker up
-        return {mode: wrk(port, args.duration, args.connections, close=(mode == "close"))
+        pids = process_tree(proc.pid)
+        return {mode: wrk(port, args.duration, args.connections, close=(mode == "close"),
+                          pids=pids)
                 for mode in ("close", "keepalive")}
     finally:
         try:
@@ -144,8 +193,9 @@ def render(results, args):
     lines = [f"Served by {args.workers} workers on loopback; wrk -t1 -c{args.connections} "
              f"-d{args.duration}s; medians of {args.repeat} alternating run(s); "
              "ratios to fastfork rr for the same app.", "",
-             "| app | server | new connection per request, req/s | keep-alive, req/s | errors |",
-             "|---|---|---|---|---|"]
+             "| app | server | new connection per request, req/s | keep-alive, req/s "
+             "| CPU µs/request, new connection (primary or master) | errors |",
+             "|---|---|---|---|---|---|"]
     for app in ("starlette", "flask"):
         reference = results.get((app, "fastfork rr"))
         for (row_app, label), data in results.items():
@@ -161,7 +211,9 @@ def render(results, args):
                 cells.append(f"{rps:,.0f} ({rps / ref:.2f}x)" if ref else f"{rps:,.0f}")
             errors = data if isinstance(data, str) else \
                 sum(data[m]["error_count"] for m in ("close", "keepalive"))
-            lines.append(f"| {app} | {label} | {cells[0]} | {cells[1]} | {errors} |")
+            cpu = "" if isinstance(data, str) or "cpu_us" not in data["close"] else \
+                f"{data['close']['cpu_us']:.0f} ({data['close']['top_cpu_us']:.0f})"
+            lines.append(f"| {app} | {label} | {cells[0]} | {cells[1]} | {cpu} | {errors} |")
     return "\n".join(lines) + "\n"
 
 

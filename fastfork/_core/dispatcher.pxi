@@ -1,9 +1,9 @@
 # The primary's hot path; included by _cdispatch.pyx.
 #
 # Over 400 lines because Dispatcher is one state machine (listeners, worker
-# FIFOs, the pending queue, batching, taking connections back from a dead
-# worker's channel) whose parts share its C state; splitting it would turn
-# those C field accesses into calls.  _pydispatch.py mirrors it method for method.
+# FIFOs, the pending queue, batching, credit from ACKs or the shared pages,
+# taking connections back from a dead worker's channel) whose parts share
+# its C state; splitting it would turn those C field accesses into calls.  _pydispatch.py mirrors it method for method.
 
 ctypedef struct worker_t:
     int fd              # the primary's end of the data channel (not ours to close)
