@@ -54,7 +54,10 @@ served = 0
 
 def emit(event, **fields):
     fields["event"] = event
-    print("EVENT " + json.dumps(fields), flush=True)
+    # One write for the whole line: with PYTHONUNBUFFERED print() writes the
+    # text and its newline apart, and a worker's log line can land between.
+    sys.stdout.write("EVENT " + json.dumps(fields) + "\n")
+    sys.stdout.flush()
 
 
 async def handle(reader, writer):

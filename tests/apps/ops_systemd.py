@@ -22,5 +22,7 @@ else:
     sock.close()
 os.environ["LISTEN_FDS"] = "1"
 os.environ["LISTEN_PID"] = str(os.getpid())
-print("EVENT " + json.dumps({"event": "activated", "address": f"{host}:{port}"}), flush=True)
+# One write for the whole line (see cluster_app.py's emit()).
+sys.stdout.write("EVENT " + json.dumps({"event": "activated", "address": f"{host}:{port}"}) + "\n")
+sys.stdout.flush()
 os.execv(sys.argv[1], sys.argv[1:])
