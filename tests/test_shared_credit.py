@@ -6,6 +6,7 @@ about to sleep for want of credit, asked to be woken.  The twin has no page
 (``CREDIT_SIZE`` 0) and says so when given one.  The rig is ``test_dispatch``'s.
 """
 
+import contextlib
 import mmap
 import os
 import select
@@ -40,6 +41,24 @@ def page_of(worker):
     return view
 
 
+@contextlib.contextmanager
+def asleep_in_poll(rig):
+    """The primary in ``poll(-1)`` on a thread: nothing but a worker's wake-up
+    can make it dispatch.  Ended on leaving, through a watched pipe."""
+    stop_r, stop_w = os.pipe()
+    rig.stack.callback(os.close, stop_r)
+    rig.stack.callback(os.close, stop_w)
+    rig.d.watch(stop_r)
+    sleeping = threading.Thread(target=rig.d.poll, args=(-1,), daemon=True)
+    sleeping.start()
+    try:
+        yield
+    finally:
+        os.write(stop_w, b"x")
+        sleeping.join(DEADLINE)
+    assert not sleeping.is_alive()
+
+
 def test_credit_comes_back_with_no_ack_message(shared):
     rig = shared(window=4)
     worker = rig.add_worker()
@@ -64,24 +83,13 @@ def test_credit_comes_back_with_no_ack_message(shared):
 def test_a_primary_asleep_for_credit_is_woken(shared):
     rig = shared(window=2)
     worker = rig.add_worker()
-    stop_r, stop_w = os.pipe()
-    rig.stack.callback(os.close, stop_r)
-    rig.stack.callback(os.close, stop_w)
-    rig.d.watch(stop_r)
     clients = rig.connect(5)
     rig.poll_until(lambda: rig.d.dispatched == 2, "a window dispatched")
-    # Three wait in the kernel's backlog; the primary now sleeps in poll with
-    # no timeout to wake it (the test ends it through the watched pipe).
-    sleeping = threading.Thread(target=rig.d.poll, args=(-1,), daemon=True)
-    sleeping.start()
-    try:
+    # Three wait in the kernel's backlog while the primary sleeps.
+    with asleep_in_poll(rig):
         # Only the worker's wake-ups can get the other three sent.
         wait_for(lambda: len(worker.conns) >= 5, "all 5 received with the primary asleep",
                  step=worker.receive)
-    finally:
-        os.write(stop_w, b"x")
-        sleeping.join(DEADLINE)
-    assert not sleeping.is_alive()
     assert 1 <= worker.receiver.wakeups <= 3
     assert sorted(recv_exactly(sock, 1)[0] for _, sock in worker.conns) == [0, 1, 2, 3, 4]
     for (_, sock), client in zip(worker.conns, clients):
@@ -105,25 +113,15 @@ def test_least_counts_closes_on_the_page(shared):
 def test_least_at_its_cap_is_woken_by_a_close(shared):
     rig = shared(window=8, policy="least", worker_connections=2)
     worker = rig.add_worker()
-    stop_r, stop_w = os.pipe()
-    rig.stack.callback(os.close, stop_r)
-    rig.stack.callback(os.close, stop_w)
-    rig.d.watch(stop_r)
     rig.connect(3)
     worker.receive_until(2)
     rig.d.poll(0)
     assert rig.d.worker_open(worker.slot) == 2      # at its cap: the third waits
-    sleeping = threading.Thread(target=rig.d.poll, args=(-1,), daemon=True)
-    sleeping.start()
-    try:
+    with asleep_in_poll(rig):
         worker.conns[0][1].close()
         worker.receiver.report_closed(1)
         wait_for(lambda: len(worker.conns) >= 3, "the third sent after a close",
                  step=worker.receive)
-    finally:
-        os.write(stop_w, b"x")
-        sleeping.join(DEADLINE)
-    assert not sleeping.is_alive()
     assert worker.receiver.wakeups >= 1
 
 

@@ -36,8 +36,7 @@ class Receiver:
     ``_pydispatch``): ``credit_fd`` must be -1, and ACKs carry the counts.
     """
 
-    shared_credit = False
-    wakeups = 0
+    wakeups = 0          # as the Cython Receiver's: no wake-up ACKs without a page
 
     def __init__(self, fd, credit_fd=-1):
         _no_credit(credit_fd)

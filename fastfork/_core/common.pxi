@@ -103,8 +103,6 @@ cdef inline uint64_t _tag(int kind, int ident) noexcept nogil:
     return ((<uint64_t>kind) << 32) | <uint32_t>ident
 
 
-
-
 cdef ff_credit_t *_map_credit(int fd) except NULL:
     # The shared page (credit.h), mapped here rather than by Python's mmap,
     # which would keep a dup of the fd open for as long as the mapping lives.

@@ -3,7 +3,8 @@
 # Over 400 lines because Dispatcher is one state machine (listeners, worker
 # FIFOs, the pending queue, batching, credit from ACKs or the shared pages,
 # taking connections back from a dead worker's channel) whose parts share
-# its C state; splitting it would turn those C field accesses into calls.  _pydispatch.py mirrors it method for method.
+# its C state; splitting it would turn those C field accesses into calls.
+# _pydispatch.py mirrors it method for method.
 
 ctypedef struct worker_t:
     int fd              # the primary's end of the data channel (not ours to close)
@@ -725,7 +726,8 @@ cdef class Dispatcher:
 
     # -- shared credit (csrc/credit.h) ----------------------------------------------
     cdef int _sync(self, int slot) except -1:
-        """Apply what the worker counted on its page since the last look."""
+        """Apply what the worker counted on its page since the last look;
+        1 if anything had moved."""
         cdef worker_t *w
         cdef uint64_t taken, closed_, dt, dc
         if not self._is_open(slot) or self._workers[slot].credit == NULL:
@@ -741,25 +743,27 @@ cdef class Dispatcher:
             return 0
         if dt > <uint64_t>w.count or dc > <uint64_t>INT_MAX:
             self._close_worker(slot)        # counted more than it was sent
-            return 0
+            return 1
         if dt:
             if self._acked(slot, <int>dt) < 0:
                 self._close_worker(slot)
-                return 0
+                return 1
             w.taken_seen = taken
         if dc:
             if self._sched.c_try_closed(slot, <int>dc) < 0:
                 self._close_worker(slot)
-                return 0
+                return 1
             w.closed_seen = closed_
-        return 0
+        return 1
 
     cdef int _sync_all(self) except -1:
+        """``_sync`` every worker with a page; 1 if anything had moved."""
         cdef int slot
+        cdef int moved = 0
         for slot in range(self._nslots):
-            if self._workers[slot].credit != NULL:
-                self._sync(slot)
-        return 0
+            if self._workers[slot].credit != NULL and self._sync(slot):
+                moved = 1
+        return moved
 
     cdef bint _starved(self) noexcept:
         # Something waits for credit: connections pending, or a listener with
@@ -777,7 +781,6 @@ cdef class Dispatcher:
         """Before sleeping for want of credit: ask the workers to wake us, then
         look at their pages once more.  1 if credit came back meanwhile."""
         cdef int slot
-        cdef bint moved = False
         cdef worker_t *w
         if not self._starved():
             return 0
@@ -787,13 +790,7 @@ cdef class Dispatcher:
             w = &self._workers[slot]
             if w.open and w.credit != NULL:
                 ff_credit_want(&w.credit.want)
-        for slot in range(self._nslots):
-            w = &self._workers[slot]
-            if w.open and w.credit != NULL:
-                if (ff_credit_load(&w.credit.taken) != w.taken_seen
-                        or ff_credit_load(&w.credit.closed) != w.closed_seen):
-                    moved = True
-        return 1 if moved else 0
+        return self._sync_all()
 
     cdef void _forget_credit(self, int slot) noexcept:
         if slot < self._nslots and self._workers[slot].credit != NULL:

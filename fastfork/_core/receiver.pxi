@@ -31,10 +31,6 @@ cdef class Receiver:
         self.wakeups = 0
         self.ended = False
 
-    @property
-    def shared_credit(self):
-        return self._credit != NULL
-
     def __dealloc__(self):
         if self._fd >= 0 and getpid() == self._pid:
             close(self._fd)

@@ -485,7 +485,6 @@ class Cluster:
             for sock in (other.data_sock, other.data_peer, other.control and other.control.sock):
                 if sock is not None:
                     sock.close()
-
         self.listeners.close_in_child()
         if self._control_server is not None:
             self._control_server.close(unlink=False)   # the path is the primary's
