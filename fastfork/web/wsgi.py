@@ -1,14 +1,31 @@
-"""A WSGI app as an ASGI one: a2wsgi's WSGIMiddleware, run in a sized thread pool.
+"""A WSGI app as an ASGI one: a2wsgi's environ and input, run in a sized thread pool.
 
 Each request runs the WSGI callable on one of ``threads`` threads of this
-worker (a2wsgi's ``workers``), streaming its body back to uvicorn's protocol
-on the event loop; the pool is made in the worker, after the fork, and shut
-down when the server stops.
+worker; the pool is a2wsgi's (made in the worker, after the fork, and shut
+down when the server stops), and so are the two parts of the adapter that
+PEP 3333 is about: ``build_environ`` and the ``wsgi.input`` stream.
+
+The response side is ours.  a2wsgi's responder hands each response message
+(the start, every body part, the final empty part) to the loop with
+``run_coroutine_threadsafe`` and waits for it: three loop round trips and a
+Task per request even for a one-part body, which cost a Flask worker more
+than the request itself.  Here the thread queues messages and wakes the loop
+without waiting (coalesced: one wake-up however many messages are queued
+before the loop gets there), and waits only when a streamed body gets ahead
+of the client by more than ``HIGH_WATER`` bytes.  A one-part response is one
+wake-up each way, like gunicorn's gthread worker.  Headers go out with the
+first non-empty body part, as PEP 3333 asks, so ``start_response`` can still
+be called again with ``exc_info`` until then.
 """
+
+import collections
+import contextvars
+import threading
 
 from .deps import require
 
 DEFAULT_THREADS = 10      # a2wsgi's own default
+HIGH_WATER = 1 << 16      # bytes queued for the loop before a streaming thread waits
 
 
 def wrap(app, threads=DEFAULT_THREADS):
@@ -16,9 +33,24 @@ def wrap(app, threads=DEFAULT_THREADS):
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be a positive integer (WSGI calls run on that many "
                          f"threads per worker), got {threads!r}")
-    a2wsgi = require("a2wsgi", "run a WSGI app (its WSGIMiddleware adapts it to ASGI)")
+    require("a2wsgi", "run a WSGI app (its WSGIMiddleware adapts it to ASGI)")
+    import a2wsgi.wsgi
+
+    class Middleware(a2wsgi.WSGIMiddleware):
+        """a2wsgi's middleware (pool, lifespan, WebSocket refusal) with our responder."""
+
+        async def __call__(self, scope, receive, send):
+            if scope["type"] != "http":
+                return await super().__call__(scope, receive, send)
+            exchange = _Exchange()
+            environ = a2wsgi.wsgi.build_environ(scope, a2wsgi.wsgi.Body(exchange.loop, receive))
+            environ.setdefault("wsgi.input_terminated", True)
+            context = contextvars.copy_context()
+            self.executor.submit(context.run, exchange.call, self.app, environ)
+            await exchange.pump(send)
+
     # Only `workers`: a2wsgi's other knobs (send_queue_size) came after 1.10.0.
-    middleware = a2wsgi.WSGIMiddleware(_terminated(app), workers=threads)
+    middleware = Middleware(app, workers=threads)
 
     def close():
         # wait=False: a WSGI call stuck past the graceful timeout must not
@@ -28,16 +60,157 @@ def wrap(app, threads=DEFAULT_THREADS):
     return middleware, close
 
 
-def _terminated(app):
-    """``app`` with ``wsgi.input_terminated`` set in every environ.
+_END = object()
 
-    a2wsgi's ``wsgi.input`` ends where the request body ends, chunked or not,
-    but does not say so; without the flag Werkzeug (Flask) reads a chunked
-    body, which has no CONTENT_LENGTH, as empty.
+
+class _Exchange:
+    """One request: the WSGI call on a pool thread, its response messages to the loop.
+
+    ``call`` runs on the thread, ``pump`` on the loop.  ``wsgi.input_terminated``
+    is set because a2wsgi's input ends where the request body ends, chunked or
+    not; without it Werkzeug (Flask) reads a chunked body, which has no
+    CONTENT_LENGTH, as empty.
     """
-    def with_terminated_input(environ, start_response):
-        environ.setdefault("wsgi.input_terminated", True)
-        return app(environ, start_response)
 
-    with_terminated_input.__wrapped__ = app
-    return with_terminated_input
+    __slots__ = ("loop", "_messages", "_woken", "_wakeup", "_lock", "_queued", "_room",
+                 "_failed", "_error", "_start", "_started")
+
+    def __init__(self):
+        import asyncio
+        self.loop = asyncio.get_running_loop()
+        self._messages = collections.deque()
+        self._woken = False             # a wake-up is on its way to the loop
+        self._wakeup = self.loop.create_future()
+        self._lock = threading.Lock()
+        self._queued = 0                # body bytes queued and not yet sent
+        self._room = threading.Event()  # set by the loop when _queued falls under HIGH_WATER
+        self._failed = None             # the loop's send raised this: the thread stops
+        self._error = None              # the WSGI call raised this
+        self._start = None              # the response start, until headers go out
+        self._started = False
+
+    # -- the pool thread ---------------------------------------------------------------
+
+    def call(self, app, environ):
+        try:
+            iterable = app(environ, self._start_response)
+            try:
+                for chunk in iterable:
+                    if chunk:
+                        self._body(chunk)
+                if self._start is None and not self._started:
+                    raise RuntimeError("the WSGI app returned without calling start_response")
+                self._flush_start()
+            finally:
+                close = getattr(iterable, "close", None)
+                if close is not None:
+                    close()
+        except BaseException as exc:  # noqa: B902 - every failure goes back to the loop
+            self._error = exc
+        self._queue(_END)
+
+    def _start_response(self, status, headers, exc_info=None):
+        if exc_info is not None:
+            try:
+                if self._started:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self._start is not None:
+            raise RuntimeError("start_response was called twice without exc_info")
+        code = int(status.split(" ", 1)[0])
+        self._start = {"type": "http.response.start", "status": code,
+                       "headers": [(name.strip().encode("latin1").lower(),
+                                    value.strip().encode("latin1")) for name, value in headers]}
+        return self._write
+
+    def _write(self, chunk):
+        """PEP 3333's ``write()``: the data goes out before the call returns to the app."""
+        if self._start is None and not self._started:
+            raise RuntimeError("write() was called before start_response")
+        if chunk:
+            self._body(chunk)
+
+    def _flush_start(self):
+        if not self._started:
+            self._started = True
+            self._push(self._start, 0)
+            self._start = None
+
+    def _body(self, chunk):
+        self._flush_start()
+        self._push({"type": "http.response.body", "body": bytes(chunk), "more_body": True},
+                   len(chunk))
+        if self._queued > HIGH_WATER:
+            self._wait_for_room()
+
+    def _push(self, message, size):
+        if self._failed is not None:
+            raise ConnectionError("the response could not be sent") from self._failed
+        if size:
+            with self._lock:
+                self._queued += size
+        self._queue(message)
+
+    def _queue(self, message):
+        self._messages.append(message)
+        if not self._woken:
+            self._woken = True
+            self.loop.call_soon_threadsafe(self._wake)
+
+    def _wait_for_room(self):
+        with self._lock:
+            if self._queued <= HIGH_WATER:
+                return
+            self._room.clear()
+        self._room.wait()
+        if self._failed is not None:
+            raise ConnectionError("the response could not be sent") from self._failed
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def _wake(self):
+        if not self._wakeup.done():
+            self._wakeup.set_result(None)
+
+    async def pump(self, send):
+        """Send what the thread queues until it ends; re-raise what the call raised."""
+        messages = self._messages
+        while True:
+            await self._wakeup
+            self._wakeup = self.loop.create_future()
+            self._woken = False     # before looking: a message queued after this wakes us again
+            while messages:
+                message = messages.popleft()
+                if message is _END:
+                    return await self._end(send)
+                if (messages and messages[0] is _END and self._error is None
+                        and message["type"] == "http.response.body"):
+                    # The last part: say so on it instead of sending an empty one after
+                    # (not when the call failed: then the response must not look complete).
+                    message["more_body"] = False
+                    messages.popleft()
+                    await self._send(send, message)
+                    return await self._end(send, sent_last=True)
+                await self._send(send, message)
+
+    async def _send(self, send, message):
+        try:
+            await send(message)
+        except BaseException as exc:
+            self._failed = exc
+            self._room.set()
+            raise
+        size = len(message.get("body", b""))
+        if size:
+            with self._lock:
+                self._queued -= size
+                if self._queued <= HIGH_WATER:
+                    self._room.set()
+
+    async def _end(self, send, sent_last=False):
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        if not sent_last:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -7,6 +7,7 @@ exactly what it needs.  ``--app``:
 
     starlette, fastapi      ASGI apps (fastapi has a WebSocket route /ws)
     flask, django           WSGI apps (run through a2wsgi's thread pool)
+    pep3333                 a bare WSGI app: start_response and write() corner cases
     broken-lifespan         a Starlette app whose lifespan startup raises
     neither                 an object that is no app: fastfork.web must refuse it
 """
@@ -22,7 +23,7 @@ sys.path.insert(0, HERE)
 import fastfork  # noqa: E402
 import fastfork.web  # noqa: E402
 
-APPS = ("starlette", "fastapi", "flask", "django", "broken-lifespan", "neither")
+APPS = ("starlette", "fastapi", "flask", "django", "pep3333", "broken-lifespan", "neither")
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--app", choices=APPS, default="starlette")
@@ -66,6 +67,9 @@ def load_app(name):
     if name == "django":
         import django_app
         return django_app.application
+    if name == "pep3333":
+        import pep3333_app
+        return pep3333_app.app
     return {"not": "an app"}
 
 

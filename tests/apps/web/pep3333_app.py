@@ -1,0 +1,92 @@
+"""A bare WSGI app (no framework) that uses the corners of PEP 3333 a server must get right.
+
+    GET /replace-start      start_response 200, then again with exc_info (500) before any
+                            body: the client must see the 500 and its body
+    GET /error-after-body   a first body part, then an exception: the headers are out, so
+                            the server must drop the connection, not start again
+    GET /write              the legacy write() callable, then a returned part
+    GET /no-start           returns a body without calling start_response
+    GET /hold               "first\\n", then waits (up to 10 s) for GET /release before
+                            "second\\n": the first part must reach the client meanwhile
+    GET /release            lets /hold go on
+    GET /closed             how many response iterables the server has closed
+    GET /whoami             {"id", "index", "pid", "kind"}
+"""
+
+import json
+import sys
+import threading
+
+import common
+
+_released = threading.Event()
+_closed = []
+
+
+class _Closing:
+    """A response iterable with close(), which PEP 3333 says the server must call."""
+
+    def __init__(self, parts):
+        self.parts = parts
+
+    def __iter__(self):
+        return iter(self.parts)
+
+    def close(self):
+        _closed.append(1)
+
+
+def _json(start_response, data):
+    body = json.dumps(data).encode()
+    start_response("200 OK", [("Content-Type", "application/json"),
+                              ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    if path == "/whoami":
+        return _json(start_response, common.whoami("pep3333"))
+    if path == "/closed":
+        return _json(start_response, {"closed": len(_closed)})
+    if path == "/replace-start":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        try:
+            raise ValueError("found a problem after start_response")
+        except ValueError:
+            start_response("500 Internal Server Error", [("Content-Type", "text/plain")],
+                           sys.exc_info())
+        return [b"replaced"]
+    if path == "/error-after-body":
+        return _error_after_body(start_response)
+    if path == "/write":
+        write = start_response("200 OK", [("Content-Type", "text/plain")])
+        write(b"one,")
+        write(b"two,")
+        return _Closing([b"three"])
+    if path == "/no-start":
+        return [b"nobody called start_response"]
+    if path == "/hold":
+        _released.clear()
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _held()
+    if path == "/release":
+        _released.set()
+        return _json(start_response, {"released": True})
+    start_response("404 Not Found", [("Content-Type", "text/plain")])
+    return [b"not found"]
+
+
+def _error_after_body(start_response):
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    yield b"partial"
+    try:
+        raise ValueError("failed after the headers went out")
+    except ValueError:
+        start_response("500 Internal Server Error", [], sys.exc_info())
+
+
+def _held():
+    yield b"first\n"
+    _released.wait(10)
+    yield b"second\n" if _released.is_set() else b"never released\n"

@@ -1,0 +1,176 @@
+"""fastfork.web's WSGI response path: PEP 3333's corners through real sockets, and
+the flow control between a pool thread and the loop.
+
+The bare app (tests/apps/web/pep3333_app.py) runs in a real cluster of one
+worker, so /release reaches the worker that holds /hold.  The flow-control
+tests drive ``_Exchange`` on a real loop and a real thread pool, with a
+``send`` the test holds back the way a slow client holds back uvicorn's.
+"""
+
+import asyncio
+import socket
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from web_harness import call, connect, get_json, need_web_extra, web_cluster  # noqa: F401
+
+need_web_extra()
+
+
+@pytest.fixture
+def bare(web_cluster):
+    cluster = web_cluster("--app", "pep3333", "--workers", "1")
+    address, listening = cluster.wait_listening(1)
+    return cluster, address, listening[0]["pid"]
+
+
+def read_until_closed(sock):
+    data = b""
+    while True:
+        piece = sock.recv(65536)
+        if not piece:
+            return data
+        data += piece
+
+
+def test_start_response_again_with_exc_info_replaces_the_unsent_start(bare):
+    cluster, address, _ = bare
+    conn = connect(address)
+    try:
+        response, body = call(conn, "GET", "/replace-start")
+    finally:
+        conn.close()
+    assert (response.status, body) == (500, b"replaced")
+
+
+def test_an_error_after_the_headers_drops_the_connection_and_the_worker_lives(bare):
+    cluster, address, pid = bare
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET /error-after-body HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = read_until_closed(sock)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ")
+    assert b"partial" in body
+    assert not body.endswith(b"0\r\n\r\n"), "a failed response must not look complete"
+    assert get_json(address, "/whoami")["pid"] == pid
+
+
+def test_write_callable_and_close(bare):
+    cluster, address, _ = bare
+    before = get_json(address, "/closed")["closed"]
+    conn = connect(address)
+    try:
+        response, body = call(conn, "GET", "/write")
+    finally:
+        conn.close()
+    assert (response.status, body) == (200, b"one,two,three")
+    assert get_json(address, "/closed")["closed"] == before + 1
+
+
+def test_no_start_response_is_a_500(bare):
+    cluster, address, pid = bare
+    conn = connect(address)
+    try:
+        response, _ = call(conn, "GET", "/no-start")
+    finally:
+        conn.close()
+    assert response.status == 500
+    assert get_json(address, "/whoami")["pid"] == pid
+
+
+def test_each_part_reaches_the_client_before_the_next_is_made(bare):
+    cluster, address, _ = bare
+    with socket.create_connection(address, timeout=5) as sock:
+        sock.sendall(b"GET /hold HTTP/1.1\r\nHost: t\r\n\r\n")
+        data = b""
+        while b"first\n" not in data:     # times out (fails) if the part is held back
+            piece = sock.recv(65536)
+            assert piece, "the server closed before the first part"
+            data += piece
+        assert b"second" not in data
+        assert get_json(address, "/release") == {"released": True}
+        while not data.endswith(b"0\r\n\r\n"):
+            piece = sock.recv(65536)
+            assert piece, "the server closed before the end"
+            data += piece
+    assert b"second\n" in data
+
+
+def run_exchange(app, send):
+    """Run ``app`` through an ``_Exchange`` on a fresh loop and a one-thread pool."""
+    from fastfork.web import wsgi
+
+    pool = ThreadPoolExecutor(1)
+
+    async def main():
+        exchange = wsgi._Exchange()
+        pool.submit(exchange.call, app, {})
+        await asyncio.wait_for(exchange.pump(send), 10)
+
+    try:
+        asyncio.run(main())
+    finally:
+        pool.shutdown(wait=True)
+
+
+def test_a_streaming_thread_waits_while_the_client_does_not_read():
+    from fastfork.web.wsgi import HIGH_WATER
+
+    part = 16384
+    made, sent = [], []
+    loop_holds = {}
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        for i in range(100):
+            made.append(i)
+            yield bytes([i]) * part
+
+    async def send(message):
+        if message["type"] == "http.response.body" and "gate" not in loop_holds:
+            # The client reads nothing until the thread had every chance to run ahead.
+            loop_holds["gate"] = True
+            for _ in range(500):
+                if len(made) > HIGH_WATER // part:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.2)
+            loop_holds["made while held"] = len(made)
+        sent.append(message)
+
+    run_exchange(app, send)
+    # Past HIGH_WATER queued, the thread waits: one part over the line, no more.
+    assert loop_holds["made while held"] == HIGH_WATER // part + 1
+    bodies = [m for m in sent if m["type"] == "http.response.body"]
+    assert b"".join(m["body"] for m in bodies) == b"".join(bytes([i]) * part for i in range(100))
+    # The last part says it is the last, or (when the thread's end came after the
+    # loop had sent it) an empty part after it does.
+    assert [m["more_body"] for m in bodies] == [True] * (len(bodies) - 1) + [False]
+    assert len(bodies) == 100 or (len(bodies) == 101 and bodies[-1]["body"] == b"")
+    assert sent[0] == {"type": "http.response.start", "status": 200, "headers": []}
+
+
+def test_a_failed_send_stops_the_thread_and_closes_the_iterable():
+    closed = threading.Event()
+
+    class Endless:
+        def __iter__(self):
+            while True:
+                yield b"x" * 65536
+
+        def close(self):
+            closed.set()
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return Endless()
+
+    async def send(message):
+        if message["type"] == "http.response.body":
+            raise OSError("the client went away")
+
+    with pytest.raises(OSError, match="went away"):
+        run_exchange(app, send)
+    assert closed.wait(10), "the WSGI iterable was not closed"
