@@ -10,8 +10,8 @@ request (``-H 'Connection: close'``) and keep-alive.  Each server gets a 1 s
 wrk warm-up after it answers its first request, so every worker is up.  Writes
 ``benchmarks/results/web_compare.md`` and prints the table: req/s and the
 ratio to fastfork rr for the same app, and the CPU the server's processes
-(utime + stime from ``/proc``) spent per request on new connections, the
-primary's or master's share in brackets.  ``--repeat N`` runs the rows
+(utime + stime from ``/proc``) spent per request, on new connections (the
+primary's or master's share in brackets) and on keep-alive.  ``--repeat N`` runs the rows
 alternately N times and reports medians.
 
     fastfork rr / none      fastfork.web.serve (uvicorn's protocols; loop and
@@ -194,8 +194,9 @@ def render(results, args):
              f"-d{args.duration}s; medians of {args.repeat} alternating run(s); "
              "ratios to fastfork rr for the same app.", "",
              "| app | server | new connection per request, req/s | keep-alive, req/s "
-             "| CPU µs/request, new connection (primary or master) | errors |",
-             "|---|---|---|---|---|---|"]
+             "| CPU µs/request, new connection (primary or master) "
+             "| CPU µs/request, keep-alive | errors |",
+             "|---|---|---|---|---|---|---|"]
     for app in ("starlette", "flask"):
         reference = results.get((app, "fastfork rr"))
         for (row_app, label), data in results.items():
@@ -213,7 +214,10 @@ def render(results, args):
                 sum(data[m]["error_count"] for m in ("close", "keepalive"))
             cpu = "" if isinstance(data, str) or "cpu_us" not in data["close"] else \
                 f"{data['close']['cpu_us']:.0f} ({data['close']['top_cpu_us']:.0f})"
-            lines.append(f"| {app} | {label} | {cells[0]} | {cells[1]} | {cpu} | {errors} |")
+            cpu_kept = "" if isinstance(data, str) or "cpu_us" not in data["keepalive"] else \
+                f"{data['keepalive']['cpu_us']:.0f}"
+            lines.append(f"| {app} | {label} | {cells[0]} | {cells[1]} | {cpu} | {cpu_kept} "
+                         f"| {errors} |")
     return "\n".join(lines) + "\n"
 
 

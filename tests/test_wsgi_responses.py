@@ -174,3 +174,46 @@ def test_a_failed_send_stops_the_thread_and_closes_the_iterable():
     with pytest.raises(OSError, match="went away"):
         run_exchange(app, send)
     assert closed.wait(10), "the WSGI iterable was not closed"
+
+
+def test_the_part_that_completes_the_content_length_is_the_last():
+    # The client has every promised byte once that part is out, and may close:
+    # the part itself must complete the response (uvicorn counts it then), not
+    # an empty one sent after the iterable ends, which may find the client gone.
+    last_sent = threading.Event()
+    sent = []
+
+    def app(environ, start_response):
+        start_response("200 OK", [("Content-Length", "10")])
+        yield b"0123456789"
+        last_sent.wait(5)       # the iterable ends only after the loop sent the part
+
+    async def send(message):
+        sent.append(message)
+        if message["type"] == "http.response.body" and not message.get("more_body"):
+            last_sent.set()
+
+    run_exchange(app, send)
+    assert [m.get("more_body") for m in sent[1:]] == [False]
+    assert sent[1]["body"] == b"0123456789"
+
+
+@pytest.mark.parametrize("app", ["flask", "pep3333"])
+def test_every_answer_is_counted_when_clients_close_at_once(web_cluster, app):
+    # Each client closes as soon as it has the bytes the Content-Length promised.
+    cluster = web_cluster("--app", app, "--workers", "1")
+    address, _ = cluster.wait_listening(1)
+    path = "/whoami"
+    for _ in range(200):
+        with socket.create_connection(address, timeout=10) as sock:
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += sock.recv(65536)
+            head, _, body = data.partition(b"\r\n\r\n")
+            length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                              if line.lower().startswith(b"content-length:")))
+            while len(body) < length:
+                body += sock.recv(65536)
+    counted = get_json(address, "/requests" if app == "flask" else "/requests-served")
+    assert counted == {"requests": 200}

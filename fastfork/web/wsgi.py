@@ -73,7 +73,7 @@ class _Exchange:
     """
 
     __slots__ = ("loop", "_messages", "_woken", "_wakeup", "_lock", "_queued", "_room",
-                 "_failed", "_error", "_start", "_started")
+                 "_failed", "_error", "_start", "_started", "_unsent", "_complete")
 
     def __init__(self):
         import asyncio
@@ -88,6 +88,8 @@ class _Exchange:
         self._error = None              # the WSGI call raised this
         self._start = None              # the response start, until headers go out
         self._started = False
+        self._unsent = None             # body bytes the Content-Length still promises
+        self._complete = False          # the loop sent the last part
 
     # -- the pool thread ---------------------------------------------------------------
 
@@ -119,9 +121,13 @@ class _Exchange:
         elif self._start is not None:
             raise RuntimeError("start_response was called twice without exc_info")
         code = int(status.split(" ", 1)[0])
-        self._start = {"type": "http.response.start", "status": code,
-                       "headers": [(name.strip().encode("latin1").lower(),
-                                    value.strip().encode("latin1")) for name, value in headers]}
+        encoded = [(name.strip().encode("latin1").lower(), value.strip().encode("latin1"))
+                   for name, value in headers]
+        self._unsent = None
+        for name, value in encoded:
+            if name == b"content-length" and value.isdigit():
+                self._unsent = int(value)
+        self._start = {"type": "http.response.start", "status": code, "headers": encoded}
         return self._write
 
     def _write(self, chunk):
@@ -191,26 +197,36 @@ class _Exchange:
                     message["more_body"] = False
                     messages.popleft()
                     await self._send(send, message)
-                    return await self._end(send, sent_last=True)
+                    return await self._end(send)
                 await self._send(send, message)
 
     async def _send(self, send, message):
+        size = len(message.get("body", b""))
+        if size and self._unsent is not None:
+            # The part that completes the Content-Length is the last: say so on
+            # it.  Else the empty part after it may find the client gone (it has
+            # every byte it was promised), and uvicorn would not count the
+            # response as answered.
+            self._unsent -= size
+            if self._unsent <= 0:
+                message["more_body"] = False
+        if not message.get("more_body", True) and message["type"] == "http.response.body":
+            self._complete = True
         try:
             await send(message)
         except BaseException as exc:
             self._failed = exc
             self._room.set()
             raise
-        size = len(message.get("body", b""))
         if size:
             with self._lock:
                 self._queued -= size
                 if self._queued <= HIGH_WATER:
                     self._room.set()
 
-    async def _end(self, send, sent_last=False):
+    async def _end(self, send):
         if self._error is not None:
             error, self._error = self._error, None
             raise error
-        if not sent_last:
+        if not self._complete:
             await send({"type": "http.response.body", "body": b"", "more_body": False})

@@ -11,6 +11,7 @@
     GET /release            lets /hold go on
     GET /closed             how many response iterables the server has closed
     GET /whoami             {"id", "index", "pid", "kind"}
+    GET /requests-served    {"requests": fastfork.web.requests_served()} of this worker
 """
 
 import json
@@ -47,6 +48,8 @@ def app(environ, start_response):
     path = environ["PATH_INFO"]
     if path == "/whoami":
         return _json(start_response, common.whoami("pep3333"))
+    if path == "/requests-served":
+        return _json(start_response, common.requests_served())
     if path == "/closed":
         return _json(start_response, {"closed": len(_closed)})
     if path == "/replace-start":
