@@ -8,7 +8,8 @@ In each worker (the function form's target, or the Node form's worker branch)::
 The app may be ASGI (FastAPI, Starlette, ``async def app(scope, receive,
 send)``) or WSGI (Flask, Django); ``detect(app)`` says which.  Requests are
 parsed and answered by uvicorn's own protocols (httptools or h11; WebSockets
-with websockets or wsproto), WSGI apps through a2wsgi in a thread pool.  This
+with websockets or wsproto); WSGI apps run in a thread pool, their environ and
+input built by a2wsgi, their responses handed to the loop by ``wsgi``.  This
 package imports none of them until asked: ``pip install 'fastfork[web]'``.
 """
 
