@@ -35,6 +35,11 @@ import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+if __package__ in (None, ""):
+    sys.path.insert(0, ROOT)
+
+from benchmarks.cpu_per_conn import CLK_TCK, proc_stat  # noqa: E402
+
 WRK_SCRIPT = os.path.join(HERE, "wrk_report.lua")
 READY_TIMEOUT = 30.0
 
@@ -102,20 +107,14 @@ def wait_ready(proc, port):
     raise RuntimeError(f"no answer on port {port} within {READY_TIMEOUT}s")
 
 
-CLK_TCK = os.sysconf("SC_CLK_TCK")
-
-
 def process_tree(pid):
     """``pid`` and its descendants (a primary or master and its workers)."""
     children = {}
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
+            stat = proc_stat(entry)
+            if stat is not None:
+                children.setdefault(stat[1], []).append(int(entry))
     tree, todo = [], [pid]
     while todo:
         current = todo.pop()
@@ -128,12 +127,9 @@ def cpu_ticks(pids):
     """utime + stime of each pid, in clock ticks (pids gone are left out)."""
     ticks = {}
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            ticks[pid] = int(fields[11]) + int(fields[12])
-        except (OSError, IndexError, ValueError):
-            pass
+        stat = proc_stat(pid)
+        if stat is not None:
+            ticks[pid] = stat[2] + stat[3]
     return ticks
 
 
@@ -223,7 +219,6 @@ def render(results, args):
 
 def serve_fastfork(args):
     """``--serve POLICY``: the fastfork row itself (a primary and its workers)."""
-    sys.path.insert(0, ROOT)
     import fastfork
     import fastfork.web
     from benchmarks import web_apps

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from web_harness import call, connect, get_json, need_web_extra, web_cluster  # noqa: F401
+from web_harness import fetch, get_json, need_web_extra, web_cluster  # noqa: F401
 
 need_web_extra()
 
@@ -37,11 +37,7 @@ def read_until_closed(sock):
 
 def test_start_response_again_with_exc_info_replaces_the_unsent_start(bare):
     cluster, address, _ = bare
-    conn = connect(address)
-    try:
-        response, body = call(conn, "GET", "/replace-start")
-    finally:
-        conn.close()
+    response, body = fetch(address, "/replace-start")
     assert (response.status, body) == (500, b"replaced")
 
 
@@ -60,22 +56,14 @@ def test_an_error_after_the_headers_drops_the_connection_and_the_worker_lives(ba
 def test_write_callable_and_close(bare):
     cluster, address, _ = bare
     before = get_json(address, "/closed")["closed"]
-    conn = connect(address)
-    try:
-        response, body = call(conn, "GET", "/write")
-    finally:
-        conn.close()
+    response, body = fetch(address, "/write")
     assert (response.status, body) == (200, b"one,two,three")
     assert get_json(address, "/closed")["closed"] == before + 1
 
 
 def test_no_start_response_is_a_500(bare):
     cluster, address, pid = bare
-    conn = connect(address)
-    try:
-        response, _ = call(conn, "GET", "/no-start")
-    finally:
-        conn.close()
+    response, _ = fetch(address, "/no-start")
     assert response.status == 500
     assert get_json(address, "/whoami")["pid"] == pid
 

@@ -72,13 +72,18 @@ def call(conn, method, path, body=None, headers=None, encode_chunked=False):
     return response, response.read()
 
 
-def get_json(address, path):
-    """A request on a fresh connection (closed after it); the decoded JSON answer."""
+def fetch(address, path):
+    """``GET path`` on a fresh connection (closed after it): ``(response, body bytes)``."""
     conn = connect(address)
     try:
-        response, body = call(conn, "GET", path, headers={"Connection": "close"})
+        return call(conn, "GET", path, headers={"Connection": "close"})
     finally:
         conn.close()
+
+
+def get_json(address, path):
+    """A request on a fresh connection (closed after it); the decoded JSON answer."""
+    response, body = fetch(address, path)
     assert response.status == 200, (response.status, body)
     return json.loads(body)
 

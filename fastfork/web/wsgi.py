@@ -18,6 +18,7 @@ first non-empty body part, as PEP 3333 asks, so ``start_response`` can still
 be called again with ``exc_info`` until then.
 """
 
+import asyncio
 import collections
 import contextvars
 import threading
@@ -76,7 +77,6 @@ class _Exchange:
                  "_failed", "_error", "_start", "_started", "_unsent", "_complete")
 
     def __init__(self):
-        import asyncio
         self.loop = asyncio.get_running_loop()
         self._messages = collections.deque()
         self._woken = False             # a wake-up is on its way to the loop
@@ -151,8 +151,7 @@ class _Exchange:
             self._wait_for_room()
 
     def _push(self, message, size):
-        if self._failed is not None:
-            raise ConnectionError("the response could not be sent") from self._failed
+        self._raise_if_failed()
         if size:
             with self._lock:
                 self._queued += size
@@ -170,6 +169,9 @@ class _Exchange:
                 return
             self._room.clear()
         self._room.wait()
+        self._raise_if_failed()
+
+    def _raise_if_failed(self):
         if self._failed is not None:
             raise ConnectionError("the response could not be sent") from self._failed
 
@@ -195,9 +197,6 @@ class _Exchange:
                     # The last part: say so on it instead of sending an empty one after
                     # (not when the call failed: then the response must not look complete).
                     message["more_body"] = False
-                    messages.popleft()
-                    await self._send(send, message)
-                    return await self._end(send)
                 await self._send(send, message)
 
     async def _send(self, send, message):
