@@ -301,17 +301,14 @@ cdef class Dispatcher:
         cdef int timeout, n, i, err = 0, kind, ident, pause_left
         cdef double now, deadline = -1
         cdef list ready = []
+        cdef bint settled = False
         self._check()
         if timeout_ms >= 0:
             deadline = _monotonic() + timeout_ms / 1000.0
         while True:
-            if self._nshared:
-                self._sync_all()
-            self._flush_pending()
-            if self._nspare < self._spare_cap and self._pending.length == 0:
-                # Taken again only once what they made room for has gone on.
-                self._refill_spares()
-            self._accept_backlogged()
+            if not settled:                 # else the last round's tail just did it
+                self._settle()
+            settled = False
             if self._nshared and self._want_credit():
                 continue                    # credit came back while asking for it
             now = _monotonic()
@@ -349,10 +346,8 @@ cdef class Dispatcher:
                     ready.append(ident)
                 elif self._lfd[ident] >= 0:
                     self._backlog[ident] = True
-            if self._nshared:
-                self._sync_all()
-            self._flush_pending()
-            self._accept_backlogged()
+            self._settle()
+            settled = True
             if ready or (deadline >= 0 and _monotonic() >= deadline):
                 break
         if FASTFORK_DEBUG:
@@ -496,6 +491,18 @@ cdef class Dispatcher:
             self._nspare -= 1
             close(self._spares[self._nspare])
 
+    cdef int _settle(self) except -1:
+        # Between waits: take in the credit the pages show, send what waits
+        # for it, then accept what the listeners hold.
+        if self._nshared:
+            self._sync_all()
+        self._flush_pending()
+        if self._nspare < self._spare_cap and self._pending.length == 0:
+            # Taken again only once what they made room for has gone on.
+            self._refill_spares()
+        self._accept_backlogged()
+        return 0
+
     cdef int _accept_backlogged(self) except -1:
         # Listeners are edge-triggered: one left with connections when credit
         # ran out gets no new event for them, so accept here once there is
@@ -536,7 +543,7 @@ cdef class Dispatcher:
         cdef int budget, fd, err = 0, slot
         cdef int lfd = self._lfd[lid]
         cdef conn_t c
-        if self._paused_until > _monotonic():
+        if self._paused_until > 0.0 and self._paused_until > _monotonic():
             return 0                        # another listener just ran out of fds
         budget = self._sched.c_available(lid)
         try:
