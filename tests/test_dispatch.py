@@ -13,6 +13,8 @@ import resource
 import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
 
@@ -752,3 +754,41 @@ def test_interop(stack, dispatcher, receiver):
     assert rig.d.stats() == {"accepted": 6, "dispatched": 6, "redispatched": 0,
                              "pending": 0, "pauses": 0, "last_pause_errno": 0,
                              "paused": False}
+
+
+# -- garbage collection ---------------------------------------------------------------------
+
+GC_CYCLE = """
+import gc, os, socket
+from fastfork._core import _cdispatch
+
+listener = socket.create_server(("127.0.0.1", 0))
+d = _cdispatch.Dispatcher()                 # tracked first: cleared first below
+d.add_listener(listener.fileno())
+primary_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+d.subscribe(d.add_worker(primary_end.fileno()), 0)
+client = socket.create_connection(listener.getsockname())
+while d.stats()["dispatched"] < 1:
+    d.poll(100)
+worker_end.close()                          # never read: the connection goes back
+while d.stats()["pending"] < 1:             # to the pending queue, held there
+    d.poll(100)
+garbage = [d]
+garbage.append(garbage)                     # d is now reachable only from a cycle
+del d, garbage
+gc.collect()                                # tp_clear on d, then its __dealloc__
+client.settimeout(5)
+print("closed" if client.recv(1) == b"" else "open", flush=True)
+"""
+
+
+def test_c_dispatcher_collected_from_a_cycle_closes_what_it_held():
+    # The collector used to clear the Dispatcher's Python fields (None) before
+    # its __dealloc__ ran, which then used None as the pending queue: a write
+    # past Py_None (a crash later, in whatever touched None) and a leaked fd.
+    impl = Impl("c")
+    impl.dispatch                           # fails (or skips) without the build
+    out = subprocess.run([sys.executable, "-X", "faulthandler", "-c", GC_CYCLE],
+                         env=impl.env(), capture_output=True, text=True, timeout=DEADLINE * 2)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout == "closed\n"

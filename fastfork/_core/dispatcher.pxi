@@ -20,6 +20,10 @@ ctypedef struct worker_t:
     uint64_t closed_seen    # credit.closed as last applied
 
 
+# no_gc_clear: __dealloc__ closes what _pending holds, so the garbage collector
+# must not set _pending to None first (tp_clear does, for an object it finds
+# in a cycle's garbage); a Dispatcher holds nothing that could close a cycle.
+@cython.no_gc_clear
 cdef class Dispatcher:
     """The primary's hot path: accept, pick a worker, pass the fd, track acks."""
 
