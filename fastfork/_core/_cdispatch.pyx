@@ -46,7 +46,8 @@ Design notes (they apply to the twin too)
 * Acks are read with one ``recvmmsg`` per readiness (fewer messages than asked
   for means drained: no call wasted on EAGAIN); the worker reads fd batches
   the same way.
-* The GIL is released in exactly one place, around ``epoll_wait``.
+* The GIL is released in exactly one place, around ``epoll_wait``, and only
+  when the process has another Python thread that could want it.
 * Every syscall that can fail with EINTR goes through ``_interrupted``, which
   runs Python's signal handlers before the retry.
 """
@@ -74,6 +75,8 @@ from .includes.system cimport (
     epoll_ctl, epoll_event, epoll_wait, ff_recv_fds_batch, ff_recv_many, ff_send_fds,
     getsockopt, send, socklen_t, would_block, ff_credit_t, FF_CREDIT_SIZE, ff_credit_load,
     ff_credit_add, ff_credit_want, ff_credit_take_want)
+from .includes.python cimport (PyInterpreterState_ThreadHead, PyThreadState, PyThreadState_Get,
+                               PyThreadState_GetInterpreter, PyThreadState_Next)
 from ._cscheduler cimport RoundRobinScheduler, LeastConnectionsScheduler, FF_MAX_LISTENERS
 from ._cscheduler import scheduler_for
 

@@ -62,6 +62,18 @@ cdef int _interrupted(int err) except -1:
     PyErr_CheckSignals()
     return 1
 
+cdef inline bint _sole_thread() noexcept:
+    # True when this thread is the interpreter's only one: no other thread could
+    # take the GIL while we wait, so releasing and retaking it around the wait
+    # would be pure cost (a mutex and a condition variable each way, per
+    # epoll_wait).  Every Python thread has its state in the list from before
+    # it starts; a C thread that creates its state while we read the list waits
+    # for the GIL until epoll_wait returns (the arbiter polls for at most a second).
+    cdef PyThreadState *me = PyThreadState_Get()
+    cdef PyThreadState *head = PyInterpreterState_ThreadHead(PyThreadState_GetInterpreter(me))
+    return head == me and PyThreadState_Next(head) == NULL
+
+
 cdef inline double _monotonic() noexcept nogil:
     # Same clock as time.monotonic(), which the twin uses.
     cdef timespec ts

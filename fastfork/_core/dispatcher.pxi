@@ -329,11 +329,18 @@ cdef class Dispatcher:
                 timeout = pause_left if timeout < 0 else min(timeout, pause_left)
             # Release the GIL only here: this is where the primary blocks, and
             # while it waits the rest of the process (threads, the caller's
-            # helpers) must be able to run.  All other work is short and non-blocking.
-            with nogil:
+            # helpers) must be able to run.  All other work is short and
+            # non-blocking.  A process with no other thread keeps it: a signal
+            # still interrupts the wait (EINTR), and nobody else could use it.
+            if _sole_thread():
                 n = epoll_wait(self._epfd, self._events, MAX_EVENTS, timeout)
                 if n < 0:
                     err = errno
+            else:
+                with nogil:
+                    n = epoll_wait(self._epfd, self._events, MAX_EVENTS, timeout)
+                    if n < 0:
+                        err = errno
             if n < 0:
                 # A signal: Python's handlers have run (an exception propagates);
                 # return so that the caller's loop acts on what they recorded.
