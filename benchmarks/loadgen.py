@@ -14,6 +14,11 @@ wrk's: from writing the request to reading the whole answer (for ``close``,
 after the connection is established, so time in the server's accept queue
 counts).  Requests still in flight at the deadline are not counted, as in wrk.
 
+``--slow-share S --slow-path P`` (closed and open loops): each request asks
+for ``P`` with probability ``S`` instead of ``/`` (``benchmarks/uneven.py``'s
+uneven work); ``slow_latencies_us`` then lists those requests' latencies
+apart, and ``latencies_us`` still lists every request's.
+
 ``open`` (open loop): a new connection and request every ``1/--rate``
 seconds, whatever happened to the earlier ones, and latency measured from
 the moment the request was due.  This is what the stall test needs: a closed
@@ -27,6 +32,7 @@ slow requests is a share of real ones.
 import argparse
 import asyncio
 import json
+import random
 import sys
 import time
 
@@ -37,8 +43,30 @@ REQUEST_CLOSE = b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n
 class Counters:
     def __init__(self):
         self.latencies = []
+        self.slow_latencies = []
         self.errors = 0
         self.bad_status = 0
+
+
+class Requests:
+    """Which request to send next: ``/``, or the slow path with probability ``share``."""
+
+    def __init__(self, share=0.0, slow_path="/burn?ms=20", seed=None):
+        self.share = share
+        self.slow = (f"GET {slow_path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                     "Connection: close\r\n\r\n").encode()
+        self._random = random.Random(seed)
+
+    def next(self):
+        """``(request bytes, is_slow)`` for one new-connection request."""
+        if self.share and self._random.random() < self.share:
+            return self.slow, True
+        return REQUEST_CLOSE, False
+
+    def record(self, counters, slow, latency_us):
+        counters.latencies.append(latency_us)
+        if slow:
+            counters.slow_latencies.append(latency_us)
 
 
 def _content_length(head):
@@ -49,9 +77,10 @@ def _content_length(head):
     return 0
 
 
-async def close_loop(host, port, counters):
+async def close_loop(host, port, counters, requests):
     """New connection per request (Connection: close), read to EOF."""
     while True:
+        request, slow = requests.next()
         try:
             reader, writer = await asyncio.open_connection(host, port)
         except OSError:
@@ -59,7 +88,7 @@ async def close_loop(host, port, counters):
             continue
         try:
             start = time.perf_counter()
-            writer.write(REQUEST_CLOSE)
+            writer.write(request)
             data = await reader.read()
             elapsed = time.perf_counter() - start
         except OSError:
@@ -68,12 +97,12 @@ async def close_loop(host, port, counters):
         finally:
             writer.close()
         if data.startswith(b"HTTP/1.1 200"):
-            counters.latencies.append(int(elapsed * 1e6))
+            requests.record(counters, slow, int(elapsed * 1e6))
         else:
             counters.bad_status += 1
 
 
-async def keepalive_loop(host, port, counters):
+async def keepalive_loop(host, port, counters, requests):
     """One connection, requests one after another."""
     while True:
         try:
@@ -98,19 +127,20 @@ async def keepalive_loop(host, port, counters):
             writer.close()
 
 
-async def open_loop(host, port, rate, duration, timeout):
+async def open_loop(host, port, rate, duration, timeout, requests):
     """Requests due at a fixed rate, each on its own connection."""
     loop = asyncio.get_running_loop()
     counters = Counters()
 
     async def one(due):
+        request, slow = requests.next()
         try:
             reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         except (OSError, asyncio.TimeoutError):
             counters.errors += 1
             return
         try:
-            writer.write(REQUEST_CLOSE)
+            writer.write(request)
             data = await asyncio.wait_for(reader.read(), max(0.001, due + timeout - loop.time()))
         except (OSError, asyncio.TimeoutError):
             counters.errors += 1
@@ -118,7 +148,7 @@ async def open_loop(host, port, rate, duration, timeout):
         finally:
             writer.close()
         if data.startswith(b"HTTP/1.1 200"):
-            counters.latencies.append(int((loop.time() - due) * 1e6))
+            requests.record(counters, slow, int((loop.time() - due) * 1e6))
         else:
             counters.bad_status += 1
 
@@ -134,13 +164,14 @@ async def open_loop(host, port, rate, duration, timeout):
     await asyncio.gather(*tasks)
     return {"requests": len(counters.latencies), "sent": total, "errors": counters.errors,
             "bad_status": counters.bad_status, "duration_s": total / rate,
-            "latencies_us": counters.latencies}
+            "latencies_us": counters.latencies, "slow_latencies_us": counters.slow_latencies}
 
 
-async def run(host, port, mode, duration, connections):
+async def run(host, port, mode, duration, connections, requests):
     counters = Counters()
     loop_fn = close_loop if mode == "close" else keepalive_loop
-    tasks = [asyncio.create_task(loop_fn(host, port, counters)) for _ in range(connections)]
+    tasks = [asyncio.create_task(loop_fn(host, port, counters, requests))
+             for _ in range(connections)]
     started = time.perf_counter()
     await asyncio.sleep(duration)       # the run's length, not a wait for readiness
     elapsed = time.perf_counter() - started
@@ -149,7 +180,7 @@ async def run(host, port, mode, duration, connections):
     await asyncio.gather(*tasks, return_exceptions=True)
     return {"requests": len(counters.latencies), "errors": counters.errors,
             "bad_status": counters.bad_status, "duration_s": elapsed,
-            "latencies_us": counters.latencies}
+            "latencies_us": counters.latencies, "slow_latencies_us": counters.slow_latencies}
 
 
 def main(argv=None):
@@ -162,15 +193,24 @@ def main(argv=None):
     parser.add_argument("--rate", type=float, default=1000.0, help="open loop: requests/s")
     parser.add_argument("--timeout", type=float, default=15.0,
                         help="open loop: seconds a request may take before it is an error")
+    parser.add_argument("--slow-share", type=float, default=0.0,
+                        help="share of requests that ask for --slow-path (close, open)")
+    parser.add_argument("--slow-path", default="/burn?ms=20")
+    parser.add_argument("--seed", type=int, default=None, help="for the slow requests' draw")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.connections < 1 or args.rate <= 0 or args.timeout <= 0:
         parser.error("--duration, --rate and --timeout must be > 0 and --connections >= 1")
+    if not 0.0 <= args.slow_share <= 1.0:
+        parser.error("--slow-share must be between 0 and 1")
+    if args.slow_share and args.mode == "keepalive":
+        parser.error("--slow-share needs --mode close or open (a new connection per request)")
+    requests = Requests(args.slow_share, args.slow_path, args.seed)
     if args.mode == "open":
         result = asyncio.run(open_loop(args.host, args.port, args.rate, args.duration,
-                                       args.timeout))
+                                       args.timeout, requests))
     else:
         result = asyncio.run(run(args.host, args.port, args.mode, args.duration,
-                                 args.connections))
+                                 args.connections, requests))
     json.dump(result, sys.stdout)
     sys.stdout.write("\n")
     return 0

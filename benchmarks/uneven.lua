@@ -1,18 +1,19 @@
 -- wrk script for benchmarks/uneven.py: one request per connection
 -- (Connection: close, so every request is a new connection the primary
 -- dispatches), and a share BURN_SHARE (environment, default 0.005) of them
--- ask for /burn?ms=BURN_MS, which keeps the server's event loop busy.
+-- ask for SLOW_PATH (default /burn?ms=20), which keeps the server's event
+-- loop busy: /burn burns CPU, /stall blocks the loop without using CPU.
 -- Prints one "WRK_JSON {...}" line, as benchmarks/wrk_report.lua does.
 
 local share = tonumber(os.getenv("BURN_SHARE") or "0.005")
-local burn_ms = os.getenv("BURN_MS") or "20"
+local slow_path = os.getenv("SLOW_PATH") or "/burn?ms=20"
 local plain, burn
 
 init = function(args)
   -- Formatted here, not when the file loads: only by now does wrk know the
   -- Host header (HTTP/1.1 servers such as uvicorn answer 400 without one).
   plain = wrk.format("GET", "/", {["Connection"] = "close", ["Host"] = wrk.host})
-  burn = wrk.format("GET", "/burn?ms=" .. burn_ms,
+  burn = wrk.format("GET", slow_path,
                     {["Connection"] = "close", ["Host"] = wrk.host})
   -- Each wrk thread has its own Lua state: seed each differently.
   math.randomseed(os.time() + math.floor((os.clock() * 1e6) % 1e6))

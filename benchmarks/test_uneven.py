@@ -1,0 +1,44 @@
+"""Smoke test of ``benchmarks/uneven.py``: CI runs this, the real run is a command.
+
+Runs the script briefly with a high share of stalling requests and checks its
+JSON: each row served requests without errors, the slow requests were sent
+and really took the stall, and the latencies are those of real requests.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.slow
+def test_uneven_smoke(tmp_path):
+    out = tmp_path / "uneven.json"
+    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.pop("FASTFORK_NO_EXTENSIONS", None)
+    proc = subprocess.Popen([sys.executable, "benchmarks/uneven.py", "--rows", "least,none",
+                             "--work", "stall", "--share", "0.05", "--burn-ms", "20",
+                             "--duration", "1", "--connections", "4", "--json", str(out)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        stdout, stderr = proc.communicate(timeout=50)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stderr
+    assert "| fastfork least |" in stdout and "| fastfork none |" in stdout
+    rows = json.loads(out.read_text())["rows"]
+    assert set(rows) == {"least", "none"}
+    for name, row in rows.items():
+        assert row["requests"] > 0 and row["errors_total"] == 0, (name, row)
+        assert row["slow_requests"] > 0, (name, row)
+        # A stalled request takes the stall (20 ms) at least: the path really blocks.
+        assert row["slow_min_us"] >= 20_000, (name, row)
+        assert row["p50_us"] <= row["max_us"], (name, row)
