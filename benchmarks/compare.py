@@ -44,6 +44,8 @@ import warnings
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks import loadgen  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 APP = os.path.join(HERE, "app.py")
@@ -236,31 +238,9 @@ class WrkClient:
                 "slow_share": data["slow_share"]}
 
 
-def _loadgen(port, mode, duration, **options):
-    """Start one ``loadgen.py`` process; returns the Popen."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    cmd = [sys.executable, os.path.join(HERE, "loadgen.py"), "--port", str(port),
-           "--mode", mode, "--duration", str(duration)]
-    for name, value in options.items():
-        cmd += ["--" + name, str(value)]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                            text=True)
-
-
 def _collect(procs, timeout, slow_s):
     """Wait for loadgen processes and merge their JSON into one result."""
-    results = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=timeout)
-            if proc.returncode != 0:
-                raise RuntimeError(f"loadgen failed (exit {proc.returncode}): {err.strip()}")
-            results.append(json.loads(out))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    results = loadgen.gather(procs, timeout)
     latencies = sorted(x for r in results for x in r["latencies_us"])
     requests = len(latencies)
     errors = sum(r["errors"] for r in results)
@@ -291,9 +271,8 @@ class BuiltinClient:
                 f"{self.connections} connections in all")
 
     def run(self, port, mode, duration, slow_s):
-        per_proc = [self.connections // self.procs + (i < self.connections % self.procs)
-                    for i in range(self.procs)]
-        procs = [_loadgen(port, mode, duration, connections=n) for n in per_proc if n]
+        procs = [loadgen.spawn(port, mode, duration, connections=n)
+                 for n in loadgen.split(self.connections, self.procs) if n]
         return _collect(procs, duration + 60, slow_s)
 
 
@@ -310,7 +289,7 @@ class OpenLoopClient:
                 f"{self.rate:g} new connections/s, latency from each request's due time")
 
     def run(self, port, mode, duration, slow_s):
-        proc = _loadgen(port, "open", duration, rate=self.rate, timeout=self.timeout)
+        proc = loadgen.spawn(port, "open", duration, rate=self.rate, timeout=self.timeout)
         return _collect([proc], duration + self.timeout + 60, slow_s)
 
 

@@ -32,7 +32,9 @@ slow requests is a share of real ones.
 import argparse
 import asyncio
 import json
+import os
 import random
+import subprocess
 import sys
 import time
 
@@ -181,6 +183,44 @@ async def run(host, port, mode, duration, connections, requests):
     return {"requests": len(counters.latencies), "errors": counters.errors,
             "bad_status": counters.bad_status, "duration_s": elapsed,
             "latencies_us": counters.latencies, "slow_latencies_us": counters.slow_latencies}
+
+
+# -- for the benchmark scripts that run this file as their client ----------------------------
+
+def split(total, parts):
+    """``total`` connections over ``parts`` processes, as evenly as they go."""
+    return [total // parts + (i < total % parts) for i in range(parts)]
+
+
+def spawn(port, mode, duration, **options):
+    """Start this file as a client process (``options`` are its flags, ``slow_share=0.1``
+    for ``--slow-share 0.1``); returns the Popen, whose stdout is the JSON line."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd = [sys.executable, os.path.abspath(__file__), "--port", str(port),
+           "--mode", mode, "--duration", str(duration)]
+    for name, value in options.items():
+        cmd += ["--" + name.replace("_", "-"), str(value)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                            text=True)
+
+
+def gather(procs, timeout):
+    """Wait for ``spawn``ed processes; their results in order.  Any still running
+    when one fails (or the wait runs out) is killed."""
+    results = []
+    try:
+        for proc in procs:
+            out, err = proc.communicate(timeout=timeout)
+            if proc.returncode != 0:
+                raise RuntimeError(f"loadgen failed (exit {proc.returncode}): {err.strip()}")
+            results.append(json.loads(out))
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    return results
 
 
 def main(argv=None):

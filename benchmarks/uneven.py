@@ -44,6 +44,11 @@ import sys
 import tempfile
 import time
 
+if __package__ in (None, ""):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import loadgen  # noqa: E402
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 APP = os.path.join(HERE, "app.py")
@@ -144,7 +149,7 @@ def slow_path(args):
     return f"/burn?ms={args.burn_ms:g}"
 
 
-def wrk(port, seconds, args, share):
+def measure_wrk(port, seconds, args, share):
     env = dict(os.environ, BURN_SHARE=str(share), SLOW_PATH=slow_path(args))
     out = subprocess.run(["wrk", "-t", str(args.threads), "-c", str(args.connections),
                           "-d", f"{seconds}s", "--timeout", "10s", "-s", LUA,
@@ -160,30 +165,13 @@ def _pct(sorted_us, p):
     return sorted_us[min(len(sorted_us) - 1, int(p / 100 * len(sorted_us)))] if sorted_us else 0
 
 
-def loadgen(port, seconds, args, share):
+def measure_loadgen(port, seconds, args, share):
     """The closed loop through ``--procs`` loadgen processes, merged: every
     latency is a request that was sent and answered."""
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    per_proc = [args.connections // args.procs + (i < args.connections % args.procs)
-                for i in range(args.procs)]
-    procs = [subprocess.Popen([sys.executable, os.path.join(HERE, "loadgen.py"),
-                               "--port", str(port), "--mode", "close",
-                               "--duration", str(seconds), "--connections", str(n),
-                               "--slow-share", str(share), "--slow-path", slow_path(args)],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                              env=env) for n in per_proc if n]
-    results = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=seconds + 60)
-            if proc.returncode != 0:
-                raise RuntimeError(f"loadgen failed (exit {proc.returncode}): {err.strip()}")
-            results.append(json.loads(out))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+    procs = [loadgen.spawn(port, "close", seconds, connections=n, slow_share=share,
+                                  slow_path=slow_path(args))
+             for n in loadgen.split(args.connections, args.procs) if n]
+    results = loadgen.gather(procs, seconds + 60)
     every = sorted(x for r in results for x in r["latencies_us"])
     slow = collections.Counter(x for r in results for x in r["slow_latencies_us"])
     fast = sorted((collections.Counter(every) - slow).elements())
@@ -200,7 +188,7 @@ def run_row(row, args):
     port = free_port()
     stats_dir = tempfile.mkdtemp(prefix="uneven")
     proc, name = start_server(row, port, args.workers, stats_dir, args.cap)
-    measure = wrk if args.client == "wrk" else loadgen
+    measure = measure_wrk if args.client == "wrk" else measure_loadgen
     try:
         wait_ready(port, proc)
         measure(port, 1, args, share)                # warm-up, not counted
