@@ -88,6 +88,41 @@ def test_a_worker_busy_on_a_slow_request_gets_nothing_while_others_idle(
     wait_counts(ctl_path, {i: (0, 0) for i in pids}, "every connection counted closed")
 
 
+def test_a_blocked_worker_gets_one_connection_not_its_share(cluster_factory, impl, ctl_path):
+    # By open counts alone a worker whose loop is blocked looks least loaded
+    # (it closes nothing, but it also got nothing): it would be sent
+    # connections until its count matched the others'.  Rule 7 puts a worker
+    # with a connection in flight after those that took theirs, so it gets
+    # only the one that finds it blocked.
+    cluster, address, pids = start_least(cluster_factory, ctl_path, 2)
+    held = collections.defaultdict(list)
+    for _ in range(4):
+        sock, worker = hold(cluster, address)
+        held[worker].append(sock)
+    assert sorted(len(socks) for socks in held.values()) == [2, 2], held
+    blocked, busy = sorted(held)
+    for sock in held.pop(blocked):
+        release(sock)
+    wait_counts(ctl_path, {blocked: (0, 0), busy: (2, 0)}, "the blocked-to-be worker idle")
+    os.kill(pids[blocked], signal.SIGSTOP)
+    try:
+        wait_until(lambda: proc_state(pids[blocked]) in ("T", "t"), 5, "the worker to stop")
+        stuck = socket.create_connection(address, timeout=10)
+        stuck.sendall(b"whoami\n")
+        wait_counts(ctl_path, {blocked: (1, 1), busy: (2, 0)},
+                    "the first to the stopped worker (fewest open), not taken")
+        for _ in range(3):
+            assert whoami(address) == busy
+            wait_counts(ctl_path, {blocked: (1, 1), busy: (2, 0)}, "the close counted")
+    finally:
+        os.kill(pids[blocked], signal.SIGCONT)
+    with stuck:
+        assert int(stuck.makefile().readline().split()[0]) == blocked
+    for sock in held[busy]:
+        release(sock)
+    wait_counts(ctl_path, {i: (0, 0) for i in pids}, "every connection counted closed")
+
+
 def test_even_work_spreads_within_one_like_rr(cluster_factory, impl, ctl_path):
     cluster, address, pids = start_least(cluster_factory, ctl_path, 3)
     order = []

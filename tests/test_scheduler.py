@@ -116,6 +116,16 @@ LEAST_CASES = {
         "pick 0 -> 1", "ack 1 1", "closed 1 1",
         "pick 0 -> 1", "ack 1 1", "closed 1 1", "open 0 -> 1", "open 1 -> 0",
     ]),
+    "a worker with connections in flight comes after those that took theirs": (8, 0, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0",
+        "pick 0 -> 0",                      # 0 has not taken it (its loop is blocked)
+        "pick 0 -> 1", "ack 1 1",           # 1 took its one
+        "pick 0 -> 1", "ack 1 1",           # 1 again, though it has more open (2 to 1)
+        "pick 0 -> 1", "open 0 -> 1", "open 1 -> 3",
+        "pick 0 -> 0",                      # both have one in flight: fewer open wins
+        "ack 0 2", "ack 1 1", "closed 1 3",
+        "pick 0 -> 1",                      # nothing in flight anywhere: 1 has 0 open
+    ]),
     "closes count only what was acknowledged": (4, 0, [
         "add 0", "sub 0 0", "pick 0 -> 0", "pick 0 -> 0",
         "closed 0 1 -> ValueError", "ack 0 1", "closed 0 2 -> ValueError",

@@ -36,3 +36,4 @@ cdef class RoundRobinScheduler:
 cdef class LeastConnectionsScheduler(RoundRobinScheduler):
     cdef readonly int worker_connections   # 0: no cap
     cdef int *open_          # slot -> sent and not reported closed
+    cdef bint _before(self, int a, int b) noexcept   # rule 7's order of two slots

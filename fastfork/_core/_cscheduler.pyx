@@ -252,13 +252,21 @@ cdef class LeastConnectionsScheduler(RoundRobinScheduler):
             if (self.active[slot] and (self.subs[slot] & bit)
                     and self.inflight_[slot] < self.window
                     and (cap == 0 or self.open_[slot] < cap)
-                    and (best < 0 or self.open_[slot] < self.open_[best])):
-                best = slot          # strictly fewer: the first of equals keeps it
+                    and (best < 0 or self._before(slot, best))):
+                best = slot          # strictly before: the first of equals keeps it
         if best >= 0:
             self.inflight_[best] += 1
             self.open_[best] += 1
             self.cursor[lid] = best
         return best
+
+    cdef bint _before(self, int a, int b) noexcept:
+        # Rule 7's order (_pyscheduler says why): nothing in flight first, then fewer open.
+        cdef bint a_waits = self.inflight_[a] > 0
+        cdef bint b_waits = self.inflight_[b] > 0
+        if a_waits != b_waits:
+            return b_waits
+        return self.open_[a] < self.open_[b]
 
     cdef int c_available(self, int lid) noexcept:
         cdef int slot, room

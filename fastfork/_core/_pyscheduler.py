@@ -28,8 +28,17 @@ Rules 1-5 hold, and:
    worker can only close what it has acknowledged, so ``closed(n)`` raises if
    ``n`` is more than open minus in flight (and changes nothing).
 7. Among the eligible workers the one with the fewest open connections is
-   picked; ties go round-robin (rule 4: the first such worker after the one
-   picked last on that listener).  With equal counts this is rule 4 exactly.
+   picked, but a worker that has taken everything it was sent (nothing in
+   flight) comes before one that has not; ties go round-robin (rule 4: the
+   first such worker after the one picked last on that listener).  With
+   equal counts this is rule 4 exactly.  Why the first key: a worker whose
+   loop is blocked (a slow request, a synchronous call) takes nothing, so
+   what it was sent stays in flight, while a healthy worker takes its
+   connections within one loop iteration.  By open counts alone it would
+   look least loaded (it closes nothing, but it also gets its share until
+   its count matches the others') and keep getting connections it cannot
+   serve; this way it gets at most the one that finds it blocked, until the
+   others have connections in flight too.
 8. ``worker_connections`` > 0 caps the open count: a worker at its cap is not
    eligible, and ``available`` counts for each worker the smaller of its
    credit and its room under the cap.  All workers at their cap: ``pick`` is
@@ -193,13 +202,20 @@ class LeastConnectionsScheduler(RoundRobinScheduler):
             if (self._active[slot] and self._subs[slot] & bit
                     and self._inflight[slot] < self.window
                     and (cap == 0 or self._open[slot] < cap)
-                    and (best < 0 or self._open[slot] < self._open[best])):
-                best = slot       # strictly fewer: the first of equals keeps it
+                    and (best < 0 or self._before(slot, best))):
+                best = slot       # strictly before: the first of equals keeps it
         if best >= 0:
             self._inflight[best] += 1
             self._open[best] += 1
             self._cursor[lid] = best
         return best
+
+    def _before(self, a, b):
+        # Rule 7's order: nothing in flight first, then fewer open.
+        a_waits, b_waits = self._inflight[a] > 0, self._inflight[b] > 0
+        if a_waits != b_waits:
+            return b_waits
+        return self._open[a] < self._open[b]
 
     def closed(self, slot, count):
         """``count`` connections of ``slot`` closed; raises if it never acknowledged them."""
