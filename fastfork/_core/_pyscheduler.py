@@ -38,7 +38,12 @@ Rules 1-5 hold, and:
    look least loaded (it closes nothing, but it also gets its share until
    its count matches the others') and keep getting connections it cannot
    serve; this way it gets at most the one that finds it blocked, until the
-   others have connections in flight too.
+   others have connections in flight too.  The cost: within one accept
+   batch (no new counts from the workers in between) each other worker with
+   nothing in flight gets one before the emptiest worker gets its second,
+   so a burst sends at most workers - 1 connections past the emptiest
+   worker per batch (a worker that just replaced another fills a little
+   more slowly).
 8. ``worker_connections`` > 0 caps the open count: a worker at its cap is not
    eligible, and ``available`` counts for each worker the smaller of its
    credit and its room under the cap.  All workers at their cap: ``pick`` is
