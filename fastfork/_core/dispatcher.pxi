@@ -502,6 +502,10 @@ cdef class Dispatcher:
             self._nspare -= 1
             close(self._spares[self._nspare])
 
+    cdef inline bint _paused(self) noexcept:
+        # Accepting is paused (out of fds or memory); no clock read when it is not.
+        return self._paused_until > 0.0 and self._paused_until > _monotonic()
+
     cdef int _settle(self) except -1:
         # Between waits: take in the credit the pages show, send what waits
         # for it, then accept what the listeners hold.
@@ -519,7 +523,7 @@ cdef class Dispatcher:
         # ran out gets no new event for them, so accept here once there is
         # credit again (and not while paused).
         cdef int lid
-        if self._paused_until > 0.0 and self._paused_until > _monotonic():
+        if self._paused():
             return 0
         for lid in range(self._lid_end):
             if (self._backlog[lid] and self._lfd[lid] >= 0
@@ -554,7 +558,7 @@ cdef class Dispatcher:
         cdef int budget, fd, err = 0, slot
         cdef int lfd = self._lfd[lid]
         cdef conn_t c
-        if self._paused_until > 0.0 and self._paused_until > _monotonic():
+        if self._paused():
             return 0                        # another listener just ran out of fds
         budget = self._sched.c_available(lid)
         try:
@@ -802,7 +806,7 @@ cdef class Dispatcher:
         cdef worker_t *w
         if not self._starved():
             return 0
-        if self._paused_until > 0.0 and self._paused_until > _monotonic():
+        if self._paused():
             return 0                        # not credit we wait for
         for slot in range(self._nslots):
             w = &self._workers[slot]
