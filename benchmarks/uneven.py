@@ -9,11 +9,11 @@ Most requests are answered at once; a share (``--share``, default 0.5%) burn
 loop for as long without using CPU instead (``GET /stall``: a blocking call
 in an async handler, such as a synchronous database driver), so that on a
 machine with few cores the stalled worker leaves its core to the others and
-only the dispatch decides how long the connections behind it wait.  Each request is a new connection
-(``Connection: close``), so each is a dispatch decision.  Under ``rr`` a
-connection may be dealt to the worker that is burning while the other
-idles; ``least`` sends it to the worker with fewer open connections; under
-``none``/``reuseport`` the kernel decides.
+only the dispatch decides how long the connections behind it wait.  Each
+request is a new connection (``Connection: close``), so each is a dispatch
+decision.  Under ``rr`` a connection may be dealt to the worker that is
+burning while the other idles; ``least`` sends it to the worker with fewer
+open connections; under ``none``/``reuseport`` the kernel decides.
 
 Each row starts the server, warms it up for 1 s, runs the client (closed
 loop: ``--connections`` clients, a new connection per request) for
@@ -21,12 +21,14 @@ loop: ``--connections`` clients, a new connection per request) for
 ``benchmarks/loadgen.py`` (``--procs`` processes), which reports the latency
 of every request it sent and nothing else.  ``--client wrk`` uses wrk with
 ``benchmarks/uneven.lua`` instead, but wrk corrects for coordinated omission
-by adding synthetic samples for every response slower than its mean interval:
-each 20 ms request adds a dozen samples between 2 and 20 ms that no request
-had, several percent of the total at 0.5% slow requests, so its p99 is near
-20 ms whatever the server does (seen here: 19-21 ms for every policy, while
-loadgen measured the same servers' fast requests' p99 at 1-2 ms).  Rows: fastfork ``least``,
-``rr``, ``none``, ``reuseport`` with ``--workers`` workers, ``uvicorn --workers``
+by adding synthetic samples for every response slower than its mean interval
+between requests: a 20 ms response adds about 20 ms / that interval samples
+(a dozen here) that no request had, several percent of the total at 0.5%
+slow requests, so its p99 is near 20 ms whatever the server does (seen here,
+with 50 ms stalls on 8 workers: wrk put the p90 of ``least`` with a cap of 1
+at 11 ms, while a client timing real requests found none of 21,090 fast
+requests over 10 ms).  Rows: fastfork ``least``, ``rr``, ``none``,
+``reuseport`` with ``--workers`` workers, ``uvicorn --workers``
 when uvicorn is installed, and ``least``/``rr`` again with even work
 (``--share 0``) for the cost of counting closes.  Prints a markdown table and
 the ratios the issue sets as targets.
@@ -169,7 +171,7 @@ def measure_loadgen(port, seconds, args, share):
     """The closed loop through ``--procs`` loadgen processes, merged: every
     latency is a request that was sent and answered."""
     procs = [loadgen.spawn(port, "close", seconds, connections=n, slow_share=share,
-                                  slow_path=slow_path(args))
+                           slow_path=slow_path(args))
              for n in loadgen.split(args.connections, args.procs) if n]
     results = loadgen.gather(procs, seconds + 60)
     every = sorted(x for r in results for x in r["latencies_us"])
@@ -178,7 +180,8 @@ def measure_loadgen(port, seconds, args, share):
     return {"requests": len(every), "duration_us": max(r["duration_s"] for r in results) * 1e6,
             "errors": {"socket": sum(r["errors"] for r in results),
                        "status": sum(r["bad_status"] for r in results)},
-            "p50_us": _pct(every, 50), "p99_us": _pct(every, 99), "max_us": every[-1] if every else 0,
+            "p50_us": _pct(every, 50), "p99_us": _pct(every, 99),
+            "max_us": every[-1] if every else 0,
             "fast_p99_us": _pct(fast, 99), "slow_requests": sum(slow.values()),
             "slow_min_us": min(slow) if slow else None}
 
