@@ -49,6 +49,11 @@ class Counters:
         self.errors = 0
         self.bad_status = 0
 
+    def record(self, latency_us, slow):
+        self.latencies.append(latency_us)
+        if slow:
+            self.slow_latencies.append(latency_us)
+
 
 class Requests:
     """Which request to send next: ``/``, or the slow path with probability ``share``."""
@@ -64,11 +69,6 @@ class Requests:
         if self.share and self._random.random() < self.share:
             return self.slow, True
         return REQUEST_CLOSE, False
-
-    def record(self, counters, slow, latency_us):
-        counters.latencies.append(latency_us)
-        if slow:
-            counters.slow_latencies.append(latency_us)
 
 
 def _content_length(head):
@@ -99,7 +99,7 @@ async def close_loop(host, port, counters, requests):
         finally:
             writer.close()
         if data.startswith(b"HTTP/1.1 200"):
-            requests.record(counters, slow, int(elapsed * 1e6))
+            counters.record(int(elapsed * 1e6), slow)
         else:
             counters.bad_status += 1
 
@@ -150,7 +150,7 @@ async def open_loop(host, port, rate, duration, timeout, requests):
         finally:
             writer.close()
         if data.startswith(b"HTTP/1.1 200"):
-            requests.record(counters, slow, int((loop.time() - due) * 1e6))
+            counters.record(int((loop.time() - due) * 1e6), slow)
         else:
             counters.bad_status += 1
 

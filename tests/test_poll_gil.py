@@ -17,6 +17,8 @@ import time
 
 import pytest
 
+from tests.implementations import Impl
+
 DEADLINE = 5.0
 
 
@@ -99,7 +101,6 @@ except Boom:
 def test_c_poll_with_the_only_thread_is_ended_by_a_signal():
     # The one thread keeps the GIL in epoll_wait; SIGALRM must still end the
     # wait (EINTR) and the handler's exception come out of poll(-1).
-    from tests.implementations import Impl
     impl = Impl("c")
     impl.dispatch                               # fails (or skips) without the build
     out = subprocess.run([sys.executable, "-c", SOLE_THREAD], env=impl.env(),
