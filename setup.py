@@ -13,13 +13,17 @@ DEBUG = os.environ.get("FASTFORK_DEBUG") == "1"
 macros = [("FASTFORK_DEBUG", "1"), ("CYTHON_TRACE", "1")] if DEBUG else []
 cflags = ["-O0", "-g", "-UNDEBUG"] if DEBUG else ["-O2"]
 
+C = "fastfork/handoff/_c/"
+csrc = dict(include_dirs=["csrc"], depends=["csrc/fdpass.h", "csrc/credit.h"],
+            define_macros=macros, extra_compile_args=cflags)
+
+# Each module is one .pyx with the .pxi files it includes (as uvloop does);
+# the two ends of the data channel share common.pxi and csrc/fdpass.c.
 extensions = [
-    Extension("fastfork._core._cscheduler", ["fastfork/_core/_cscheduler.pyx"],
+    Extension("fastfork.handoff._c.scheduler", [C + "scheduler.pyx"],
               define_macros=macros, extra_compile_args=cflags),
-    # One module from _cdispatch.pyx and the .pxi files it includes.
-    Extension("fastfork._core._cdispatch", ["fastfork/_core/_cdispatch.pyx", "csrc/fdpass.c"],
-              include_dirs=["csrc"], depends=["csrc/fdpass.h", "csrc/credit.h"],
-              define_macros=macros, extra_compile_args=cflags),
+    Extension("fastfork.handoff._c.dispatcher", [C + "dispatcher.pyx", "csrc/fdpass.c"], **csrc),
+    Extension("fastfork.handoff._c.receiver", [C + "receiver.pyx", "csrc/fdpass.c"], **csrc),
 ]
 
 setup(

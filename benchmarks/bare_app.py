@@ -8,7 +8,7 @@ whose workers serve ``Bare`` with ``fastfork.serve_async(..., protocol=True)``
 on the event loop named by ``--loop``.  Every request head (up to
 ``\\r\\n\\r\\n``) gets ``HTTP/1.1 200 OK``, ``Content-Length: 2``, ``ok``; a
 request carrying ``Connection: close`` gets ``Connection: close`` in the
-answer too and the connection is closed after writing.  ``csrc/floor.c``
+answer too and the connection is closed after writing.  ``benchmarks/floor.c``
 writes the same bytes under the same rule, so the two are compared like for
 like.
 
@@ -54,7 +54,7 @@ class Bare(asyncio.Protocol):
                 break
             head = buf[:end]
             buf = buf[end + 4:]
-            # The same test as csrc/floor.c (wrk sends "Connection: close").
+            # The same test as benchmarks/floor.c (wrk sends "Connection: close").
             if b"onnection: close" in head or b"onnection: Close" in head:
                 self.transport.write(RESPONSE_CLOSE)
                 self.transport.close()

@@ -368,7 +368,7 @@ def run_workload(server, client, workload, args):
 # -- the whole comparison ---------------------------------------------------------------------
 
 def cython_available():
-    from fastfork._core import backend
+    from fastfork.handoff import backend
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
         try:

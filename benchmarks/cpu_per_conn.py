@@ -7,7 +7,7 @@
 One run, one row after another, every row serving the same bare protocol
 app on 127.0.0.1 with ``--workers`` workers:
 
-* ``floor``: ``csrc/floor.c``, compiled here with ``gcc -O2`` into a temporary
+* ``floor``: ``benchmarks/floor.c``, compiled here with ``gcc -O2`` into a temporary
   directory: a C primary making only the syscalls fastfork's primary must
   make (epoll_wait, accept4 until EAGAIN, one sendmsg with SCM_RIGHTS per
   worker per batch, close) and C workers answering the same bytes;
@@ -50,7 +50,7 @@ if __package__ in (None, ""):
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 BARE_APP = os.path.join(HERE, "bare_app.py")
-FLOOR_SRC = os.path.join(ROOT, "csrc", "floor.c")
+FLOOR_SRC = os.path.join(ROOT, "benchmarks", "floor.c")
 WRK_SCRIPT = os.path.join(HERE, "wrk_report.lua")
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 READY_TIMEOUT = 30.0
@@ -117,14 +117,14 @@ def alive(pid, starttime):
 
 
 def compile_floor(workdir):
-    """Build csrc/floor.c; returns ``(path, None)`` or ``(None, why not)``."""
+    """Build benchmarks/floor.c; returns ``(path, None)`` or ``(None, why not)``."""
     gcc = shutil.which("gcc")
     if gcc is None:
         return None, "gcc is not on the PATH"
     path = os.path.join(workdir, "floor")
     out = subprocess.run([gcc, "-O2", "-o", path, FLOOR_SRC], capture_output=True, text=True)
     if out.returncode != 0:
-        return None, f"gcc -O2 csrc/floor.c failed: {out.stderr.strip()[-500:]}"
+        return None, f"gcc -O2 benchmarks/floor.c failed: {out.stderr.strip()[-500:]}"
     return path, None
 
 

@@ -50,7 +50,7 @@ def _sink(dispatch, fd):
     (on the ack) a reference drop, not the TCP teardown it would be if the
     sink had closed first.
     """
-    receiver = dispatch.Receiver(fd)
+    receiver = dispatch.receiver.Receiver(fd)
     held = collections.deque()
     while True:
         select.select([receiver], [], [])
@@ -92,8 +92,8 @@ def _fork(body):
 
 
 def measure(impl, window, workers, clients, duration):
-    from fastfork._core import backend
-    dispatch = backend.load(pure=(impl == "py")).dispatch
+    from fastfork.handoff import backend
+    dispatch = backend.load(pure=(impl == "py"))
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(4096)
@@ -120,7 +120,7 @@ def measure(impl, window, workers, clients, duration):
         for _, worker_end in channels:
             worker_end.close()
 
-        dispatcher = dispatch.Dispatcher(window=window)
+        dispatcher = dispatch.dispatcher.Dispatcher(window=window)
         try:
             lid = dispatcher.add_listener(listener.fileno())
             for primary_end, _ in channels:
@@ -155,7 +155,7 @@ def measure(impl, window, workers, clients, duration):
         os.close(go_w)
     user = usage1.ru_utime - usage0.ru_utime
     system = usage1.ru_stime - usage0.ru_stime
-    result = {"impl": impl, "implementation": dispatch.IMPLEMENTATION, "window": window,
+    result = {"impl": impl, "implementation": dispatch.name, "window": window,
               "workers": workers, "clients": clients, "wall_s": wall,
               "connections": count, "conns_per_s": count / wall,
               "primary_cpu_pct": 100.0 * (user + system) / wall}

@@ -13,7 +13,7 @@ import socket
 
 import pytest
 
-from fastfork.channels.wire import HEADER, LID, MSG_ACK, MSG_FDS
+from fastfork.handoff.wire import HEADER, LID, MSG_ACK, MSG_FDS
 
 FDS_PER_ROUND = 64
 BATCHES = (1, 16, 64)
@@ -54,15 +54,15 @@ class _Rounds:
 @pytest.mark.parametrize("batch", BATCHES)
 def test_fdpass_dispatcher(benchmark, impl, listener, channel, batch):
     """64 connections through Dispatcher.poll and Receiver.receive, in batches of `batch` (per round)."""
-    dispatch = impl.dispatch
+    build = impl.backend
     primary_end, worker_end = channel
     # window = batch_max = batch: the dispatcher sends exactly `batch` fds per
     # message and waits for their ack before accepting more.
-    dispatcher = dispatch.Dispatcher(window=batch, batch_max=batch)
+    dispatcher = build.dispatcher.Dispatcher(window=batch, batch_max=batch)
     lid = dispatcher.add_listener(listener.fileno())
     slot = dispatcher.add_worker(primary_end.fileno())
     dispatcher.subscribe(slot, lid)
-    receiver = dispatch.Receiver(os.dup(worker_end.fileno()))
+    receiver = build.receiver.Receiver(os.dup(worker_end.fileno()))
     rounds = _Rounds(listener.getsockname())
 
     def one_round(clients, received):

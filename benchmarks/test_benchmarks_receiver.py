@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from fastfork.channels.wire import HEADER, LID, MSG_ACK, MSG_FDS
+from fastfork.handoff.wire import HEADER, LID, MSG_ACK, MSG_FDS
 
 BATCHES = (1, 16, 64)
 ROUNDS = 200
@@ -27,9 +27,9 @@ def _message(batch):
 @pytest.mark.parametrize("batch", BATCHES)
 def test_receive_ack(benchmark, impl, channel, fd_pool, batch):
     """Receiver.receive() of one message carrying `batch` fds, including its ack."""
-    dispatch = impl.dispatch
+    build = impl.backend
     primary_end, worker_end = channel
-    receiver = dispatch.Receiver(os.dup(worker_end.fileno()))
+    receiver = build.receiver.Receiver(os.dup(worker_end.fileno()))
     message = _message(batch)
     acks = []
 

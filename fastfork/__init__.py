@@ -17,15 +17,15 @@ In the primary ``is_primary`` is True; in a worker ``is_worker`` is True and
 ``worker_id`` / ``worker_index`` say which one this is.
 
 This module is only the face: the primary lives in ``fastfork.primary``, the
-worker side in ``fastfork.worker``, the channels between them in
-``fastfork.channels``, the hot path in ``fastfork._core``.
+worker side in ``fastfork.worker``, the hand-off between them (both
+channels and the hot path) in ``fastfork.handoff``.
 """
 
 import os as _os
 
 from .addresses import parse_address
-from .channels.control import MessageError
-from .channels.wire import DEFAULT_WINDOW, ProtocolError
+from .handoff.control import MessageError
+from .handoff.wire import DEFAULT_WINDOW, ProtocolError
 from .cpus import parse_workers, usable_cpus
 from .primary import (EVENTS, EXIT_CRASH_LOOP, EXIT_FORCED, EXIT_OK, POLICIES, Cluster,
                       Worker)

@@ -20,7 +20,7 @@ import types
 from typing import Any, Optional
 
 from .addresses import parse_address, parse_networks
-from .channels.wire import DEFAULT_BATCH_MAX, DEFAULT_WINDOW, check_batch_max, check_window
+from .handoff.wire import DEFAULT_BATCH_MAX, DEFAULT_WINDOW, check_batch_max, check_window
 from .cpus import parse_workers
 from .worker.loops import LOOPS
 

@@ -30,11 +30,12 @@ class Impl:
 
     @property
     def backend(self):
-        """The loaded ``fastfork._core.backend.Backend`` (dispatch, scheduler, name)."""
+        """The loaded ``fastfork.handoff.backend.Backend`` (dispatcher, receiver,
+        scheduler, name)."""
         if self._backend is None:
             import pytest
 
-            from fastfork._core import backend
+            from fastfork.handoff import backend
             if self.pure:
                 self._backend = backend.load(pure=True)
             else:
@@ -47,10 +48,6 @@ class Impl:
                             pytest.skip("FASTFORK_NO_EXTENSIONS is set: Cython build not required")
                         pytest.fail(f"the Cython extension is not built: {exc}")
         return self._backend
-
-    @property
-    def dispatch(self):
-        return self.backend.dispatch
 
     @property
     def scheduler(self):
@@ -80,5 +77,5 @@ class Impl:
 
 # Tests that are not about the hot path run once, on the build a user gets:
 # the Cython one when it is built, else the twin.
-DEFAULT = Impl("c" if importlib.util.find_spec("fastfork._core._cdispatch") else "py")
+DEFAULT = Impl("c" if importlib.util.find_spec("fastfork.handoff._c.dispatcher") else "py")
 BOTH = (Impl("c"), Impl("py"))

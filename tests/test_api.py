@@ -79,7 +79,7 @@ def _package_files(*folders):
 
 
 def test_the_worker_side_and_the_core_never_import_the_package_face():
-    for path in _package_files("worker", "channels", "_core", "primary"):
+    for path in _package_files("worker", "channels", "handoff", "primary"):
         for module in _imports(path):
             assert module != "fastfork" and not module.startswith("..:"), \
                 f"{os.path.relpath(path, ROOT)} imports the package face ({module})"
@@ -88,7 +88,7 @@ def test_the_worker_side_and_the_core_never_import_the_package_face():
 def test_the_channels_and_the_core_know_nothing_above_them():
     # channels and _core are the bottom layers: the primary and the worker
     # use them, never the other way round.
-    for path in _package_files("channels", "_core"):
+    for path in _package_files("handoff",):
         for module in _imports(path):
             assert not any(module.startswith(p) for p in
                            ("..primary", "..worker", "..cli", "..demo", "fastfork.primary",

@@ -20,8 +20,8 @@ import time
 
 import pytest
 
-from fastfork.channels import credit as credit_page
-from fastfork.channels.wire import (BATCH_BUCKETS, DEFAULT_WINDOW, HEADER, LID, MSG_ACK, MSG_END,
+from fastfork.handoff import credit as credit_page
+from fastfork.handoff.wire import (BATCH_BUCKETS, DEFAULT_WINDOW, HEADER, LID, MSG_ACK, MSG_END,
                                     MSG_FDS, ProtocolError)
 from tests.implementations import Impl
 
@@ -29,9 +29,9 @@ DEADLINE = 5.0
 
 
 @pytest.fixture
-def mod(impl):
-    """The dispatch module (Dispatcher, Receiver) of the implementation under test."""
-    return impl.dispatch
+def build(impl):
+    """The build under test: its dispatcher, receiver and scheduler modules."""
+    return impl.backend
 
 
 # -- helpers ----------------------------------------------------------------------------
@@ -97,7 +97,7 @@ class Worker:
     calls ``remove_worker`` as the arbiter does once it reaps the worker.
     """
 
-    def __init__(self, rig, receiver_mod, subscribe=True):
+    def __init__(self, rig, receiver_build, subscribe=True):
         self.rig = rig
         self.primary_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         rig.stack.callback(self.primary_end.close)
@@ -107,10 +107,10 @@ class Worker:
             rig.stack.callback(os.close, self.peer)
         self.credit_fd = -1
         if rig.credit:
-            self.credit_fd = credit_page.create(rig.mod.CREDIT_SIZE)
+            self.credit_fd = credit_page.create(rig.build.dispatcher.CREDIT_SIZE)
             rig.stack.callback(os.close, self.credit_fd)
         try:
-            self.receiver = receiver_mod.Receiver(worker_end.fileno(), self.credit_fd)
+            self.receiver = receiver_build.receiver.Receiver(worker_end.fileno(), self.credit_fd)
         except BaseException:
             worker_end.close()
             raise
@@ -139,23 +139,23 @@ class Worker:
 
 
 class Rig:
-    def __init__(self, stack, mod, receiver_mod=None, peers=False, credit=False, **options):
+    def __init__(self, stack, build, receiver_build=None, peers=False, credit=False, **options):
         self.stack = stack
-        self.mod = mod
+        self.build = build
         self.peers = peers
         self.credit = credit        # each worker gets a shared credit page (Cython build)
-        self.receiver_mod = receiver_mod or mod
+        self.receiver_build = receiver_build or build
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
         stack.callback(self.listener.close)
         self.address = self.listener.getsockname()
-        self.d = mod.Dispatcher(**options)
+        self.d = build.dispatcher.Dispatcher(**options)
         stack.callback(self.d.close)
         self.lid = self.d.add_listener(self.listener.fileno())
         self.workers = []
         self.clients = []
 
     def add_worker(self, subscribe=True):
-        worker = Worker(self, self.receiver_mod, subscribe)
+        worker = Worker(self, self.receiver_build, subscribe)
         self.workers.append(worker)
         return worker
 
@@ -195,9 +195,9 @@ def stack():
 
 
 @pytest.fixture
-def rig_factory(stack, mod):
+def rig_factory(stack, build):
     def make(**options):
-        return Rig(stack, mod, **options)
+        return Rig(stack, build, **options)
     return make
 
 
@@ -239,9 +239,9 @@ def read_batches(sock):
     (64, [5], (0, 0, 0, 1, 0, 0, 0, 0, 0)),       # one message of 5: the 5..8 bucket
     (2, [2, 2, 1], (1, 2, 0, 0, 0, 0, 0, 0, 0)),
 ])
-def test_pending_connections_to_one_worker_go_in_one_message(stack, mod, batch_max, expected,
+def test_pending_connections_to_one_worker_go_in_one_message(stack, build, batch_max, expected,
                                                              counts):
-    rig = Rig(stack, mod, window=8, batch_max=batch_max)
+    rig = Rig(stack, build, window=8, batch_max=batch_max)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stack.callback(a.close)
     stack.callback(b.close)
@@ -409,11 +409,11 @@ def test_remove_listener_drops_what_waits_for_it(rig_factory):
 # -- the receiver ---------------------------------------------------------------------------
 
 @pytest.fixture
-def channel(stack, mod):
+def channel(stack, build):
     """(raw primary end, Receiver on the worker end)."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stack.callback(a.close)
-    receiver = mod.Receiver(b.detach())
+    receiver = build.receiver.Receiver(b.detach())
     stack.callback(receiver.close)
     return a, receiver
 
@@ -477,11 +477,11 @@ def test_receiver_acks_once_for_everything_drained(channel):
     assert receiver.ended
 
 
-def test_receiver_fileno_and_close(mod):
+def test_receiver_fileno_and_close(build):
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with a:
         fd = b.detach()
-        receiver = mod.Receiver(fd)
+        receiver = build.receiver.Receiver(fd)
         assert receiver.fileno() == fd
         receiver.close()
         receiver.close()
@@ -493,7 +493,7 @@ def test_receiver_fileno_and_close(mod):
     r, w = os.pipe()
     try:
         with pytest.raises(OSError):
-            mod.Receiver(r)                 # not a socket
+            build.receiver.Receiver(r)                 # not a socket
     finally:
         os.close(r)
         os.close(w)
@@ -501,7 +501,7 @@ def test_receiver_fileno_and_close(mod):
 
 # -- lifetime -------------------------------------------------------------------------------
 
-def test_close_leaves_no_fd_behind(stack, mod):
+def test_close_leaves_no_fd_behind(stack, build):
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
     stack.callback(listener.close)
     ends = []
@@ -515,7 +515,7 @@ def test_close_leaves_no_fd_behind(stack, mod):
     for client in clients:
         stack.callback(client.close)
     baseline = open_fds()
-    d = mod.Dispatcher(window=2)
+    d = build.dispatcher.Dispatcher(window=2)
     stack.callback(d.close)
     lid = d.add_listener(listener.fileno())
     slots = [d.add_worker(a.fileno()) for a, _ in ends]
@@ -536,16 +536,16 @@ def test_close_leaves_no_fd_behind(stack, mod):
         d.poll(0)
 
 
-def test_close_without_registrations(mod):
+def test_close_without_registrations(build):
     baseline = open_fds()
-    d = mod.Dispatcher()
+    d = build.dispatcher.Dispatcher()
     # The epoll fd, and one window of spares kept for taking connections back.
     assert len(open_fds() - baseline) == 1 + DEFAULT_WINDOW
     d.close()
     assert open_fds() == baseline
 
 
-def test_dropping_an_unclosed_dispatcher_keeps_the_callers_fds(stack, mod):
+def test_dropping_an_unclosed_dispatcher_keeps_the_callers_fds(stack, build):
     listener = socket.create_server(("127.0.0.1", 0), backlog=64)
     stack.callback(listener.close)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -554,7 +554,7 @@ def test_dropping_an_unclosed_dispatcher_keeps_the_callers_fds(stack, mod):
     client = socket.create_connection(listener.getsockname(), timeout=DEADLINE)
     stack.callback(client.close)
     baseline = open_fds()
-    d = mod.Dispatcher(window=4)
+    d = build.dispatcher.Dispatcher(window=4)
     d.subscribe(d.add_worker(a.fileno()), d.add_listener(listener.fileno()))
     wait_for(lambda: d.dispatched == 1, "1 dispatched", step=lambda: d.poll(5))
     assert d.held_fds() == 1
@@ -565,14 +565,14 @@ def test_dropping_an_unclosed_dispatcher_keeps_the_callers_fds(stack, mod):
     assert open_fds() == baseline
 
 
-def test_bad_arguments(stack, mod):
+def test_bad_arguments(stack, build):
     with pytest.raises(ValueError):
-        mod.Dispatcher(window=0)
+        build.dispatcher.Dispatcher(window=0)
     with pytest.raises(ValueError):
-        mod.Dispatcher(batch_max=254)
+        build.dispatcher.Dispatcher(batch_max=254)
     with pytest.raises(ValueError):
-        mod.Dispatcher(pause_ms=-1)
-    rig = Rig(stack, mod)
+        build.dispatcher.Dispatcher(pause_ms=-1)
+    rig = Rig(stack, build)
     worker = rig.add_worker()
     with pytest.raises(FileExistsError):
         rig.d.add_listener(rig.listener.fileno())      # already registered
@@ -726,7 +726,7 @@ def test_c_poll_returns_early_on_a_signal(stack):
     # The Cython build returns from poll() after EINTR so the caller's loop can
     # act on what its handlers recorded; the twin retries (PEP 475) and relies
     # on a watched wakeup fd instead.
-    rig = Rig(stack, Impl("c").dispatch)
+    rig = Rig(stack, Impl("c").backend)
     seen = []
     start = time.monotonic()
     with signalling(lambda signum, frame: seen.append(signum)):
@@ -739,7 +739,7 @@ def test_c_poll_returns_early_on_a_signal(stack):
 @pytest.mark.parametrize("dispatcher, receiver", [("c", "py"), ("py", "c")],
                          ids=["c-dispatch-py-receiver", "py-dispatch-c-receiver"])
 def test_interop(stack, dispatcher, receiver):
-    rig = Rig(stack, Impl(dispatcher).dispatch, Impl(receiver).dispatch, window=2)
+    rig = Rig(stack, Impl(dispatcher).backend, Impl(receiver).backend, window=2)
     workers = [rig.add_worker(), rig.add_worker()]
     clients = rig.connect(6)
     rig.receive_all(6)
@@ -760,7 +760,7 @@ def test_interop(stack, dispatcher, receiver):
 
 GC_CYCLE = """
 import gc, os, socket
-from fastfork._core import _cdispatch
+from fastfork.handoff._c import dispatcher as _cdispatch
 
 listener = socket.create_server(("127.0.0.1", 0))
 d = _cdispatch.Dispatcher()                 # tracked first: cleared first below
@@ -787,7 +787,7 @@ def test_c_dispatcher_collected_from_a_cycle_closes_what_it_held():
     # its __dealloc__ ran, which then used None as the pending queue: a write
     # past Py_None (a crash later, in whatever touched None) and a leaked fd.
     impl = Impl("c")
-    impl.dispatch                           # fails (or skips) without the build
+    impl.backend                           # fails (or skips) without the build
     out = subprocess.run([sys.executable, "-X", "faulthandler", "-c", GC_CYCLE],
                          env=impl.env(), capture_output=True, text=True, timeout=DEADLINE * 2)
     assert out.returncode == 0, out.stderr

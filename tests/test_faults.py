@@ -20,7 +20,7 @@ from unittest import mock
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from fastfork.channels import control, wire
+from fastfork.handoff import control, wire
 from fastfork.primary import arbiter, messages
 from harness import ROOT, ClusterProcess, fd_count, request, session_pids, wait_until
 from tests.implementations import DEFAULT

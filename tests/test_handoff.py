@@ -14,8 +14,8 @@ import socket
 
 import pytest
 
-from fastfork.channels.fdpass import cmsg_space, unpack_fds
-from fastfork.channels.wire import HEADER, LID, MSG_ACK, MSG_FDS, SCM_MAX_FD
+from fastfork.handoff.fdpass import cmsg_space, unpack_fds
+from fastfork.handoff.wire import HEADER, LID, MSG_ACK, MSG_FDS, SCM_MAX_FD
 from tests.test_dispatch import (Rig, backlog_len, open_fds, recv_exactly, stack,  # noqa: F401
                                  wait_for)
 
@@ -23,7 +23,7 @@ from tests.test_dispatch import (Rig, backlog_len, open_fds, recv_exactly, stack
 @pytest.fixture
 def handoff(stack, impl):  # noqa: F811 (the fixture imported above)
     def make(**options):
-        return Rig(stack, impl.dispatch, peers=True, **options)
+        return Rig(stack, impl.backend, peers=True, **options)
     return make
 
 
@@ -148,7 +148,7 @@ def test_the_backlog_left_when_credit_ran_out_is_accepted_when_it_returns(handof
 @pytest.mark.parametrize("peers", [False, True])
 def test_many_acks_read_in_one_readiness(stack, impl, peers):  # noqa: F811
     # More separate ACKs than one recvmmsg takes (16): all must count.
-    rig = Rig(stack, impl.dispatch, peers=peers, window=40)
+    rig = Rig(stack, impl.backend, peers=peers, window=40)
     primary_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stack.callback(primary_end.close)
     stack.callback(worker_end.close)

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from fastfork.channels.wire import HEADER, MSG_ACK, MSG_CLOSED
+from fastfork.handoff.wire import HEADER, MSG_ACK, MSG_CLOSED
 from tests.implementations import Impl
 from tests.test_dispatch import Rig, backlog_len, recv_exactly, stack, wait_for  # noqa: F401
 
@@ -16,7 +16,7 @@ from tests.test_dispatch import Rig, backlog_len, recv_exactly, stack, wait_for 
 @pytest.fixture
 def least(stack, impl):  # noqa: F811 (the fixture imported above)
     def make(**options):
-        return Rig(stack, impl.dispatch, policy="least", **options)
+        return Rig(stack, impl.backend, policy="least", **options)
     return make
 
 
@@ -97,7 +97,7 @@ def test_a_frozen_worker_gets_at_most_its_window(least):
     pytest.param("rr", HEADER.pack(MSG_CLOSED, 0), id="rr-counts-no-closes"),
 ])
 def test_a_close_it_cannot_have_closes_the_slot(stack, impl, policy, message):
-    rig = Rig(stack, impl.dispatch, policy=policy, window=8)
+    rig = Rig(stack, impl.backend, policy=policy, window=8)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     rig.stack.callback(a.close)
     rig.stack.callback(b.close)
@@ -129,21 +129,21 @@ def test_acks_and_closes_in_one_drain(least):
 
 
 def test_worker_open_is_none_under_rr_and_for_unknown_slots(stack, impl):
-    rig = Rig(stack, impl.dispatch, window=8)
+    rig = Rig(stack, impl.backend, window=8)
     worker = rig.add_worker()
     assert rig.d.policy == "rr"
     assert rig.d.worker_open(worker.slot) is None
     assert rig.d.worker_open(99) is None
     with pytest.raises(ValueError, match="worker_connections needs policy least"):
-        impl.dispatch.Dispatcher(8, policy="rr", worker_connections=2)
+        impl.backend.dispatcher.Dispatcher(8, policy="rr", worker_connections=2)
     with pytest.raises(ValueError, match="has no scheduler"):
-        impl.dispatch.Dispatcher(8, policy="none")
+        impl.backend.dispatcher.Dispatcher(8, policy="none")
 
 
 def test_report_closed_splits_counts_and_keeps_what_does_not_fit(stack, impl):
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stack.callback(a.close)
-    receiver = impl.dispatch.Receiver(b.detach())
+    receiver = impl.backend.receiver.Receiver(b.detach())
     stack.callback(receiver.close)
     assert receiver.report_closed(0) == 0
     assert receiver.report_closed(70000) == 0
@@ -165,7 +165,7 @@ def test_report_closed_splits_counts_and_keeps_what_does_not_fit(stack, impl):
 @pytest.mark.parametrize("dispatcher, receiver", [("c", "py"), ("py", "c")],
                          ids=["c-dispatch-py-receiver", "py-dispatch-c-receiver"])
 def test_interop(stack, dispatcher, receiver):  # noqa: F811
-    rig = Rig(stack, Impl(dispatcher).dispatch, Impl(receiver).dispatch, window=4,
+    rig = Rig(stack, Impl(dispatcher).backend, Impl(receiver).backend, window=4,
               policy="least", worker_connections=2)
     workers = [rig.add_worker(), rig.add_worker()]
     rig.connect(6)

@@ -46,7 +46,7 @@ def wchan_readable():
 def test_other_threads_run_while_poll_waits(impl):
     if not wchan_readable():
         pytest.skip("/proc/<tid>/wchan is hidden here: cannot see where a thread waits")
-    d = impl.dispatch.Dispatcher()
+    d = impl.backend.dispatcher.Dispatcher()
     r, w = os.pipe()
     wchan = f"/proc/self/task/{threading.get_native_id()}/wchan"
     seen = []
@@ -79,7 +79,7 @@ def test_other_threads_run_while_poll_waits(impl):
 
 SOLE_THREAD = """
 import signal, threading
-from fastfork._core import _cdispatch
+from fastfork.handoff._c import dispatcher as _cdispatch
 
 class Boom(Exception):
     pass
@@ -102,7 +102,7 @@ def test_c_poll_with_the_only_thread_is_ended_by_a_signal():
     # The one thread keeps the GIL in epoll_wait; SIGALRM must still end the
     # wait (EINTR) and the handler's exception come out of poll(-1).
     impl = Impl("c")
-    impl.dispatch                               # fails (or skips) without the build
+    impl.backend                               # fails (or skips) without the build
     out = subprocess.run([sys.executable, "-c", SOLE_THREAD], env=impl.env(),
                          capture_output=True, text=True, timeout=DEADLINE * 2)
     assert out.returncode == 0, out.stderr

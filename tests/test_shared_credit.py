@@ -16,17 +16,17 @@ import threading
 
 import pytest
 
-from fastfork.channels import credit as credit_page
+from fastfork.handoff import credit as credit_page
 from tests.test_dispatch import DEADLINE, Rig, recv_exactly, stack, wait_for  # noqa: F401
 
 
 @pytest.fixture
 def shared(stack, impl):  # noqa: F811 (the fixture imported above)
-    if not impl.dispatch.CREDIT_SIZE:
+    if not impl.backend.dispatcher.CREDIT_SIZE:
         pytest.skip("the pure-Python twin has no shared credit page (CREDIT_SIZE 0)")
 
     def make(**options):
-        return Rig(stack, impl.dispatch, peers=True, credit=True, **options)
+        return Rig(stack, impl.backend, peers=True, credit=True, **options)
     return make
 
 
@@ -36,7 +36,7 @@ def readable(sock):
 
 def page_of(worker):
     """The test's own mapping of ``worker``'s page: (taken, closed) and a writer."""
-    view = mmap.mmap(worker.credit_fd, worker.rig.mod.CREDIT_SIZE)
+    view = mmap.mmap(worker.credit_fd, worker.rig.build.dispatcher.CREDIT_SIZE)
     worker.rig.stack.callback(view.close)
     return view
 
@@ -149,20 +149,20 @@ def test_a_file_too_small_for_a_page_is_refused(shared, stack):  # noqa: F811
     with pytest.raises(ValueError, match="not a credit page"):
         rig.d.add_worker(a.fileno(), -1, fd)
     with pytest.raises(ValueError, match="not a credit page"):
-        rig.mod.Receiver(b.fileno(), fd)
+        rig.build.receiver.Receiver(b.fileno(), fd)
 
 
 def test_the_twin_refuses_a_page(impl, stack):  # noqa: F811
-    if impl.dispatch.CREDIT_SIZE:
+    if impl.backend.dispatcher.CREDIT_SIZE:
         pytest.skip("the Cython build takes a page (tested above)")
     fd = credit_page.create(128)
     stack.callback(os.close, fd)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stack.callback(a.close)
     stack.callback(b.close)
-    d = impl.dispatch.Dispatcher()
+    d = impl.backend.dispatcher.Dispatcher()
     stack.callback(d.close)
     with pytest.raises(ValueError, match="no shared credit page"):
         d.add_worker(a.fileno(), -1, fd)
     with pytest.raises(ValueError, match="no shared credit page"):
-        impl.dispatch.Receiver(b.fileno(), fd)
+        impl.backend.receiver.Receiver(b.fileno(), fd)

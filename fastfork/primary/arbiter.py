@@ -25,10 +25,10 @@ import sys
 import threading
 import time
 
-from .._core import backend
+from ..handoff import backend
 from ..addresses import DEFAULT_BACKLOG, parse_address
-from ..channels import credit as credit_page
-from ..channels.control import ControlChannel
+from ..handoff import credit as credit_page
+from ..handoff.control import ControlChannel
 from ..cpus import parse_workers
 from ..privileges import resolve_credentials
 from ..settings import DISPATCHED, POLICIES, Settings
@@ -314,7 +314,7 @@ class Cluster:
             raise RuntimeError("a Cluster cannot be used in a process forked from its primary")
         s = self.settings
         # Under none/reuseport the dispatcher only watches fds: any scheduler does.
-        self.dispatcher = self.backend.dispatch.Dispatcher(
+        self.dispatcher = self.backend.dispatcher.Dispatcher(
             s.window, s.batch_max, policy=s.policy if s.policy in DISPATCHED else "rr",
             worker_connections=s.worker_connections)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
@@ -427,10 +427,10 @@ class Cluster:
         data_primary, data_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ctl_primary, ctl_worker = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         credit_fd = -1
-        if self.backend.dispatch.CREDIT_SIZE:
+        if self.backend.dispatcher.CREDIT_SIZE:
             # Credit comes back through this page, not in ACK messages.
-            credit_fd = credit_page.create(self.backend.dispatch.CREDIT_SIZE)
-        spec = boot.WorkerSpec(worker.id, index, self.policy, self.backend.dispatch,
+            credit_fd = credit_page.create(self.backend.dispatcher.CREDIT_SIZE)
+        spec = boot.WorkerSpec(worker.id, index, self.policy, self.backend.receiver,
                                self.target, self.args, self.kwargs, s.argv, s.env,
                                self._credentials, credit_fd)
         sys.stdout.flush()

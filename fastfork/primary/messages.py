@@ -13,7 +13,7 @@ import signal
 import time
 
 from ..addresses import DEFAULT_BACKLOG, parse_address
-from ..channels.control import MessageError
+from ..handoff.control import MessageError
 
 log = logging.getLogger("fastfork")
 

@@ -13,7 +13,7 @@ replaced worker starts again from 0, which Prometheus reads as a reset.
 import math
 import time
 
-from ..channels.wire import BATCH_BUCKETS
+from ..handoff.wire import BATCH_BUCKETS
 
 EXTRA_HINT = "pip install 'fastfork[metrics]'"
 

@@ -21,8 +21,8 @@ import signal
 import sys
 import traceback
 
-from .._core import backend
-from .._core.linux import set_parent_death_signal
+from ..handoff import backend
+from .linux import set_parent_death_signal
 from ..privileges import drop_privileges
 from . import runtime
 
@@ -38,13 +38,13 @@ EXIT_EXEC_FAILED = 127
 EXIT_PRIMARY_GONE = runtime.EXIT_PRIMARY_GONE
 
 WorkerSpec = collections.namedtuple(
-    "WorkerSpec", "id index policy dispatch target args kwargs argv env credentials credit_fd")
+    "WorkerSpec", "id index policy receiver target args kwargs argv env credentials credit_fd")
 WorkerSpec.__doc__ = """What a forked child needs to become worker ``id``.
 
-``dispatch`` is the backend's dispatch module (its Receiver reads the data
+``receiver`` is the backend's receiver module (its Receiver reads the data
 channel); ``target`` None means the Node form: exec ``argv`` (default: this
 program again) with ``env`` added; ``credentials`` is ``(uid, gid, username)``;
-``credit_fd`` is the shared credit page (``channels.credit``), or -1.
+``credit_fd`` is the shared credit page (``handoff.credit``), or -1.
 """
 
 
@@ -73,7 +73,7 @@ def run_forked(primary_pid, spec, data_sock, ctl_sock, shed):
         if spec.target is None:
             _exec(spec, data_sock, ctl_sock)
         runtime.start(data_sock.detach(), ctl_sock.detach(), spec.id, spec.index,
-                      spec.policy, spec.dispatch, spec.credit_fd)
+                      spec.policy, spec.receiver, spec.credit_fd)
         spec.target(*spec.args, **spec.kwargs)
         code = 0
     except SystemExit as exc:
@@ -122,4 +122,4 @@ def from_environment(environ=None):
     set_parent_death_signal(signal.SIGKILL)
     return runtime.start(data_fd, control_fd, int(environ[ENV_WORKER_ID]),
                          int(environ[ENV_WORKER_INDEX]), environ.get(ENV_POLICY, "rr"),
-                         backend.default().dispatch, credit[0] if credit else -1)
+                         backend.default().receiver, credit[0] if credit else -1)

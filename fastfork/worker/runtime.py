@@ -19,7 +19,7 @@ import threading
 import time
 
 from ..addresses import DEFAULT_BACKLOG, parse_address
-from ..channels.control import ControlChannel, MessageError
+from ..handoff.control import ControlChannel, MessageError
 from .listener import Listener
 
 log = logging.getLogger("fastfork.worker")
@@ -31,7 +31,7 @@ EXIT_PRIMARY_GONE = 70
 class WorkerRuntime:
     """This process's link to its primary."""
 
-    def __init__(self, data_fd, control_fd, worker_id, index, policy, dispatch_mod,
+    def __init__(self, data_fd, control_fd, worker_id, index, policy, receiver_mod,
                  credit_fd=-1):
         self.id = worker_id
         self.index = index
@@ -39,7 +39,7 @@ class WorkerRuntime:
         # credit_fd: the page where credit goes back to the primary (the
         # Cython build), or -1; mapped by the Receiver, then not needed.
         try:
-            self.receiver = dispatch_mod.Receiver(data_fd, credit_fd)
+            self.receiver = receiver_mod.Receiver(data_fd, credit_fd)
         finally:
             if credit_fd >= 0:
                 os.close(credit_fd)
@@ -252,11 +252,11 @@ def _call(loop, callback, *args):
 _runtime = None
 
 
-def start(data_fd, control_fd, worker_id, index, policy, dispatch_mod, credit_fd=-1):
+def start(data_fd, control_fd, worker_id, index, policy, receiver_mod, credit_fd=-1):
     """Become a worker: connect to the primary over the inherited channels."""
     global _runtime
     random.seed()    # forked workers must not share the primary's random sequence
-    _runtime = WorkerRuntime(data_fd, control_fd, worker_id, index, policy, dispatch_mod,
+    _runtime = WorkerRuntime(data_fd, control_fd, worker_id, index, policy, receiver_mod,
                              credit_fd)
     return _runtime
 

@@ -32,7 +32,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 import fastfork  # noqa: E402
-from fastfork.channels import control, wire  # noqa: E402
+from fastfork.handoff import control, wire  # noqa: E402
 from fastfork.worker.runtime import runtime  # noqa: E402
 
 parser = argparse.ArgumentParser()

@@ -1,4 +1,4 @@
-# The C-level interface of fastfork._core._cscheduler, cimported by _cdispatch so
+# The C-level interface of scheduler.pyx, cimported by dispatcher.pyx so
 # that the hot path picks workers without going through Python calls.
 from libc.stdint cimport uint64_t
 

@@ -1,16 +1,17 @@
 # cython: language_level=3
-"""The data channel's hot path in C: ``Dispatcher`` (primary) and ``Receiver`` (worker).
+"""The primary's ``Dispatcher`` in C: accept, pick a worker, pass the fd.
 
-``fastfork._core._pydispatch`` is the pure-Python twin: same classes, methods,
-attributes and behaviour; the same tests run against both.
+``_py/dispatcher.py`` is the pure-Python twin: same class, methods,
+attributes and behaviour; the same tests run against both.  The worker's end
+of the channel is ``receiver.pyx``.
 
 One extension built from this file and the ``.pxi`` files it includes (as
-uvloop does), so that the classes call each other's C functions directly:
+uvloop does), so that the parts call each other's C functions directly:
 
-* ``common.pxi``: the wire constants in C, errno and EINTR handling, small helpers;
+* ``common.pxi``: the wire constants in C, errno and EINTR handling, small
+  helpers (``receiver.pyx`` includes it too);
 * ``connqueue.pxi``: the FIFO of connections waiting for a worker with credit;
-* ``dispatcher.pxi``: the primary's accept-and-hand-out loop;
-* ``receiver.pxi``: the worker's end of the data channel.
+* ``dispatcher.pxi``: the primary's accept-and-hand-out loop.
 
 POSIX declarations live in ``includes/system.pxd``.
 
@@ -52,36 +53,15 @@ Design notes (they apply to the twin too)
   runs Python's signal handlers before the retry.
 """
 
-cimport cython
-from cpython.exc cimport PyErr_CheckSignals
-from libc.errno cimport (errno, EINTR, ECONNABORTED, EPROTO, EPERM, ENETDOWN,
-                         ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP,
-                         ENETUNREACH, EMFILE, ENFILE, ENOBUFS, ENOMEM, EPIPE,
-                         ECONNRESET, ESHUTDOWN)
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport free, realloc
-from libc.string cimport memcpy, memset, strerror
-from posix.fcntl cimport fcntl, F_DUPFD_CLOEXEC, F_GETFL, F_SETFL, O_NONBLOCK
-from posix.mman cimport mmap, munmap, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE
-from posix.stat cimport fstat, struct_stat
-from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
-from posix.types cimport pid_t
-from posix.unistd cimport close, getpid
+from .scheduler cimport RoundRobinScheduler, LeastConnectionsScheduler, FF_MAX_LISTENERS
+from .scheduler import scheduler_for
 
-from .includes.system cimport (
-    FASTFORK_DEBUG, FF_BATCH_MAX_MSGS, FF_SCM_MAX_FD, INT_MAX, EPOLL_CLOEXEC, EPOLL_CTL_ADD,
-    EPOLL_CTL_DEL, EPOLLET, EPOLLIN, MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL,
-    MSG_TRUNC, SO_TYPE, SOCK_CLOEXEC, SOCK_NONBLOCK, SOL_SOCKET, accept4, epoll_create1,
-    epoll_ctl, epoll_event, epoll_wait, ff_recv_fds_batch, ff_recv_many, ff_send_fds,
-    getsockopt, send, socklen_t, would_block, ff_credit_t, FF_CREDIT_SIZE, ff_credit_load,
-    ff_credit_add, ff_credit_want, ff_credit_take_want)
-from .includes.python cimport (PyInterpreterState_ThreadHead, PyThreadState, PyThreadState_Get,
-                               PyThreadState_GetInterpreter, PyThreadState_Next)
-from ._cscheduler cimport RoundRobinScheduler, LeastConnectionsScheduler, FF_MAX_LISTENERS
-from ._cscheduler import scheduler_for
+from fastfork.handoff.wire import (BATCH_BUCKETS, DEFAULT_BATCH_MAX, DEFAULT_WINDOW,
+                                   check_batch_max, check_window)
 
-from fastfork.channels.wire import (BATCH_BUCKETS, DEFAULT_BATCH_MAX, DEFAULT_WINDOW,
-                                    ProtocolError, check_batch_max, check_window)
+include "common.pxi"
+include "connqueue.pxi"
+include "dispatcher.pxi"
 
 IMPLEMENTATION = "cython"
 # Bytes of the page a worker and the primary share for credit (csrc/credit.h);
@@ -89,10 +69,4 @@ IMPLEMENTATION = "cython"
 CREDIT_SIZE = FF_CREDIT_SIZE
 DEBUG = bool(FASTFORK_DEBUG)
 
-include "common.pxi"
-include "connqueue.pxi"
-include "dispatcher.pxi"
-include "receiver.pxi"
-
-if [BATCH_BOUNDS[i] for i in range(NBATCH_BUCKETS)] != list(BATCH_BUCKETS):
-    raise ImportError("the C batch buckets disagree with fastfork.channels.wire.BATCH_BUCKETS")
+_check_wire(__name__)

@@ -1,5 +1,5 @@
 # The connections the primary holds with no worker to take them yet; included
-# by _cdispatch.pyx.
+# by dispatcher.pyx.
 
 @cython.final
 cdef class ConnQueue:

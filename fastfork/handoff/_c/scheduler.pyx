@@ -1,8 +1,8 @@
 # cython: language_level=3
-"""Which worker gets the next connection: the C twin of ``fastfork._core._pyscheduler``.
+"""Which worker gets the next connection: the C twin of ``_py/scheduler.py``.
 
 Same rules (see that module's docstring), same Python methods and exceptions;
-``_cdispatch`` calls the ``c_*`` methods declared in ``_cscheduler.pxd``.
+``dispatcher.pyx`` calls the ``c_*`` methods declared in ``scheduler.pxd``.
 """
 
 from libc.limits cimport INT_MAX
@@ -10,8 +10,9 @@ from libc.stdint cimport uint64_t
 from libc.stdlib cimport free, realloc
 from libc.string cimport memset
 
-from fastfork.channels.wire import check_window, check_worker_connections
+from fastfork.handoff.wire import check_build, check_window, check_worker_connections
 
+check_build(__name__, {"MAX_LISTENERS": FF_MAX_LISTENERS})
 MAX_LISTENERS = FF_MAX_LISTENERS
 
 
@@ -29,7 +30,7 @@ def scheduler_for(policy, window, worker_connections=0):
 
 
 cdef class RoundRobinScheduler:
-    """Round-robin over workers that have credit (see ``fastfork._core._pyscheduler``)."""
+    """Round-robin over workers that have credit (see ``_py/scheduler.py``)."""
 
     def __cinit__(self, *args, **kwargs):
         cdef int i
@@ -163,7 +164,7 @@ cdef class RoundRobinScheduler:
     cdef int c_try_closed(self, int slot, int count) noexcept:
         return -1                    # rule 10: round-robin counts no closes
 
-    # -- Python interface (same as fastfork._core._pyscheduler) ------------------
+    # -- Python interface (same as _py/scheduler.py) ------------------
     def add(self, int slot):
         self.c_add(slot)
 
@@ -208,7 +209,7 @@ cdef class RoundRobinScheduler:
 
 
 cdef class LeastConnectionsScheduler(RoundRobinScheduler):
-    """Fewest open connections first, ties round-robin (see ``fastfork._core._pyscheduler``)."""
+    """Fewest open connections first, ties round-robin (see ``_py/scheduler.py``)."""
 
     def __cinit__(self, *args, **kwargs):
         self.open_ = NULL            # the base's __cinit__ has run first
@@ -261,7 +262,7 @@ cdef class LeastConnectionsScheduler(RoundRobinScheduler):
         return best
 
     cdef bint _before(self, int a, int b) noexcept:
-        # Rule 7's order (_pyscheduler says why): nothing in flight first, then fewer open.
+        # Rule 7's order (_py/scheduler.py says why): nothing in flight first, then fewer open.
         cdef bint a_waits = self.inflight_[a] > 0
         cdef bint b_waits = self.inflight_[b] > 0
         if a_waits != b_waits:

@@ -1,10 +1,10 @@
-# The primary's hot path; included by _cdispatch.pyx.
+# The primary's hot path; included by dispatcher.pyx.
 #
 # Over 400 lines because Dispatcher is one state machine (listeners, worker
 # FIFOs, the pending queue, batching, credit from ACKs or the shared pages,
 # taking connections back from a dead worker's channel) whose parts share
 # its C state; splitting it would turn those C field accesses into calls.
-# _pydispatch.py mirrors it method for method.
+# _py/dispatcher.py mirrors it method for method.
 
 ctypedef struct worker_t:
     int fd              # the primary's end of the data channel (not ours to close)
@@ -874,9 +874,8 @@ cdef class Dispatcher:
                 for k in range(n):
                     buf = bufs + k * RECV_BUF
                     got = fds + k * FF_SCM_MAX_FD
-                    count = _get_u16(buf + 2) if lens[k] >= HEADER_SIZE else -1
-                    if (buf[0] != MSG_FDS or mflags[k] & (MSG_CTRUNC | MSG_TRUNC)
-                            or count != nfds[k] or lens[k] != HEADER_SIZE + count * LID_SIZE):
+                    count = nfds[k]
+                    if _check_to_worker(buf, lens[k], mflags[k], count) != TO_WORKER_FDS:
                         # END, or not what this primary wrote: nothing to route.
                         for i in range(nfds[k]):
                             close(got[i])

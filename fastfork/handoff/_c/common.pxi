@@ -1,5 +1,34 @@
-# The wire format in C (fastfork/channels/wire.py says it in Python), errno
-# handling and small helpers; included by _cdispatch.pyx.
+# What both C modules share (dispatcher.pyx and receiver.pyx include it): the
+# C declarations they use, the wire format in C and its check against
+# wire.py, errno handling and small helpers.
+
+cimport cython
+from cpython.exc cimport PyErr_CheckSignals
+from libc.errno cimport (errno, EINTR, ECONNABORTED, EPROTO, EPERM, ENETDOWN,
+                         ENOPROTOOPT, EHOSTDOWN, ENONET, EHOSTUNREACH, EOPNOTSUPP,
+                         ENETUNREACH, EMFILE, ENFILE, ENOBUFS, ENOMEM, EPIPE,
+                         ECONNRESET, ESHUTDOWN)
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport free, realloc
+from libc.string cimport memcpy, memset, strerror
+from posix.fcntl cimport fcntl, F_DUPFD_CLOEXEC, F_GETFL, F_SETFL, O_NONBLOCK
+from posix.mman cimport mmap, munmap, MAP_FAILED, MAP_SHARED, PROT_READ, PROT_WRITE
+from posix.stat cimport fstat, struct_stat
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+from posix.types cimport pid_t
+from posix.unistd cimport close, getpid
+
+from .includes.system cimport (
+    FASTFORK_DEBUG, FF_BATCH_MAX_MSGS, FF_SCM_MAX_FD, INT_MAX, EPOLL_CLOEXEC, EPOLL_CTL_ADD,
+    EPOLL_CTL_DEL, EPOLLET, EPOLLIN, MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL,
+    MSG_TRUNC, SO_TYPE, SOCK_CLOEXEC, SOCK_NONBLOCK, SOL_SOCKET, accept4, epoll_create1,
+    epoll_ctl, epoll_event, epoll_wait, ff_recv_fds_batch, ff_recv_many, ff_send_fds,
+    getsockopt, send, socklen_t, would_block, ff_credit_t, FF_CREDIT_SIZE, ff_credit_load,
+    ff_credit_add, ff_credit_want, ff_credit_take_want)
+from .includes.python cimport (PyInterpreterState_ThreadHead, PyThreadState, PyThreadState_Get,
+                               PyThreadState_GetInterpreter, PyThreadState_Next)
+from fastfork.handoff import wire
+from fastfork.handoff.wire import ProtocolError
 
 cdef enum:
     MSG_FDS = 1
@@ -44,6 +73,60 @@ cdef inline int _get_u16(const uint8_t *buf) noexcept nogil:
     cdef uint16_t c
     memcpy(&c, buf, 2)
     return c
+
+
+# The data channel's one check of a message the primary sent, in C (the
+# Python build's is wire.parse_to_worker, and these codes are its errors).
+cdef enum:
+    TO_WORKER_FDS = 0
+    TO_WORKER_END = 1
+    TO_WORKER_TRUNCATED = 2
+    TO_WORKER_SHORT = 3
+    TO_WORKER_END_PAYLOAD = 4
+    TO_WORKER_UNKNOWN = 5
+    TO_WORKER_MISCOUNT = 6
+
+
+cdef inline int _check_to_worker(const uint8_t *buf, ssize_t n, int mflags,
+                                 int nfds) noexcept nogil:
+    cdef int count
+    if mflags & (MSG_CTRUNC | MSG_TRUNC):
+        return TO_WORKER_TRUNCATED
+    if n < HEADER_SIZE:
+        return TO_WORKER_SHORT
+    count = _get_u16(buf + 2)
+    if buf[0] == MSG_END:
+        return TO_WORKER_END_PAYLOAD if nfds or count else TO_WORKER_END
+    if buf[0] != MSG_FDS:
+        return TO_WORKER_UNKNOWN
+    if n != HEADER_SIZE + LID_SIZE * count or nfds != count:
+        return TO_WORKER_MISCOUNT
+    return TO_WORKER_FDS
+
+
+cdef int _raise_to_worker(int code, const uint8_t *buf, ssize_t n, int nfds) except -1:
+    # The same words as wire.parse_to_worker.
+    if code == TO_WORKER_TRUNCATED:
+        raise ProtocolError("truncated message on the data channel")
+    if code == TO_WORKER_SHORT:
+        raise ProtocolError(f"short message ({n} bytes) on the data channel")
+    if code == TO_WORKER_END_PAYLOAD:
+        raise ProtocolError("END message with a payload")
+    if code == TO_WORKER_UNKNOWN:
+        raise ProtocolError(f"unknown message type {buf[0]} on the data channel")
+    raise ProtocolError(f"FDS message announces {_get_u16(buf + 2)} fds, carries {nfds} "
+                        f"in {n} bytes")
+
+
+cdef int _check_wire(module) except -1:
+    # Both modules check, when they load, that what was compiled in is what
+    # wire.py says.
+    wire.check_build(module, {
+        "MSG_FDS": MSG_FDS, "MSG_END": MSG_END, "MSG_ACK": MSG_ACK, "MSG_CLOSED": MSG_CLOSED,
+        "HEADER_SIZE": HEADER_SIZE, "LID_SIZE": LID_SIZE, "SCM_MAX_FD": FF_SCM_MAX_FD,
+        "RECV_BUF": RECV_BUF, "MAX_COUNT": 0xFFFF,
+        "BATCH_BUCKETS": tuple([BATCH_BOUNDS[i] for i in range(NBATCH_BUCKETS)])})
+    return 0
 
 
 # -- helpers -------------------------------------------------------------------------

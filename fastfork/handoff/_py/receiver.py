@@ -1,14 +1,14 @@
-"""Pure-Python twin of the Cython ``Receiver``: the worker's end of the data channel."""
+"""The worker's end of the data channel, in Python: the twin of ``_c/receiver.pyx``."""
 
 import os
 import socket
 
-from ..channels.fdpass import cmsg_space, unpack_fds
-from ..channels.wire import (HEADER, LID, MSG_ACK, MSG_CLOSED, MSG_END, MSG_FDS, SCM_MAX_FD,
-                             ProtocolError)
+from ..fdpass import cmsg_space, unpack_fds
+from ..wire import (MAX_COUNT, MSG_ACK, MSG_CLOSED, RECV_BUF, SCM_MAX_FD, ProtocolError, encode_counts,
+                    parse_to_worker)
 
-_RECV_BUF = HEADER.size + LID.size * SCM_MAX_FD
 _CMSG_SPACE = cmsg_space(SCM_MAX_FD)
+_TRUNCATED = socket.MSG_CTRUNC | socket.MSG_TRUNC
 
 
 def borrow(fd):
@@ -33,7 +33,7 @@ class Receiver:
     """The worker's end of the data channel: receive fd batches, acknowledge them.
 
     Owns ``fd``: ``close()`` closes it.  No shared credit page here (see
-    ``_pydispatch``): ``credit_fd`` must be -1, and ACKs carry the counts.
+    ``dispatcher``): ``credit_fd`` must be -1, and ACKs carry the counts.
     """
 
     wakeups = 0          # as the Cython Receiver's: no wake-up ACKs without a page
@@ -64,7 +64,7 @@ class Receiver:
             while not self.ended:
                 try:
                     data, ancdata, flags, _ = self._sock.recvmsg(
-                        _RECV_BUF, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
+                        RECV_BUF, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
                 except BlockingIOError:
                     break
                 except InterruptedError:
@@ -88,38 +88,23 @@ class Receiver:
         return pairs, self.ended
 
     def _parse(self, data, flags, fds, pairs):
-        if flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC):
-            raise ProtocolError("truncated message on the data channel")
-        if len(data) < HEADER.size:
-            raise ProtocolError(f"short message ({len(data)} bytes) on the data channel")
-        kind, count = HEADER.unpack_from(data)
-        if kind == MSG_END:
-            if fds or count:
-                raise ProtocolError("END message with a payload")
+        lids = parse_to_worker(data, flags & _TRUNCATED, len(fds))
+        if lids is None:
             self.ended = True
             return
-        if kind != MSG_FDS:
-            raise ProtocolError(f"unknown message type {kind} on the data channel")
-        if len(data) != HEADER.size + LID.size * count or len(fds) != count:
-            raise ProtocolError(
-                f"FDS message announces {count} fds, carries {len(fds)} "
-                f"in {len(data)} bytes")
-        for i, fd in enumerate(fds):
-            pairs.append((LID.unpack_from(data, HEADER.size + i * LID.size)[0], fd))
-        self.received += count
+        pairs.extend(zip(lids, fds))
+        self.received += len(fds)
 
     def _ack(self, count):
-        while count:
-            n = min(count, 0xFFFF)
+        for message in encode_counts(MSG_ACK, count):
             try:
-                self._sock.send(HEADER.pack(MSG_ACK, n))
+                self._sock.send(message)
             except (BrokenPipeError, ConnectionResetError):
                 return          # primary gone: nothing to acknowledge to
             except BlockingIOError:
                 # Acks are 4 bytes against a window of connections: a full
                 # buffer means the primary stopped reading; it will see EOF.
                 return
-            count -= n
 
     def report_closed(self, count):
         """Tell the primary ``count`` received connections are closed (policy least).
@@ -135,15 +120,15 @@ class Receiver:
             raise ValueError("I/O operation on a closed Receiver")
         if count < 0:
             raise ValueError(f"cannot report {count} connections closed")
-        while count:
-            n = min(count, 0xFFFF)
+        left = count
+        for message in encode_counts(MSG_CLOSED, count) if count else ():
             try:
-                self._sock.send(HEADER.pack(MSG_CLOSED, n))
+                self._sock.send(message)
             except (BrokenPipeError, ConnectionResetError):
                 return 0
             except BlockingIOError:
-                return count
-            count -= n
+                return left
+            left -= min(left, MAX_COUNT)
         return 0
 
     def close(self):

@@ -1,6 +1,6 @@
 """Which worker gets the next connection: pure logic, no I/O.
 
-This module is the pure-Python twin of ``fastfork._core._cscheduler``; both obey
+This module is the pure-Python twin of ``_c/scheduler.pyx``; both obey
 the same rules and run the same table tests (``tests/test_scheduler.py``).
 
 Rules
@@ -53,9 +53,8 @@ Rules 1-5 hold, and:
 10. ``RoundRobinScheduler`` counts no closes: ``closed`` raises ValueError
     there (a worker reports closes only under ``least``).
 """
-from ..channels.wire import check_window, check_worker_connections
+from ..wire import MAX_LISTENERS, check_window, check_worker_connections
 
-MAX_LISTENERS = 64
 
 
 def scheduler_for(policy, window, worker_connections=0):

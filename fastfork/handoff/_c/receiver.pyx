@@ -1,4 +1,15 @@
-# The worker's end of the data channel; included by _cdispatch.pyx.
+# cython: language_level=3
+"""The worker's ``Receiver`` in C: take the connections the primary passed.
+
+``_py/receiver.py`` is the pure-Python twin: same class, methods, attributes
+and behaviour; the same tests run against both.  The primary's end is
+``dispatcher.pyx``; the format is ``wire.py``'s, checked when this loads.
+"""
+
+include "common.pxi"
+
+_check_wire(__name__)
+
 
 cdef class Receiver:
     """The worker's end of the data channel: receive fd batches, acknowledge them.
@@ -116,23 +127,11 @@ cdef class Receiver:
         return pairs, self.ended
 
     cdef int _parse(self, const uint8_t *buf, ssize_t n, int mflags, int nfds) except -1:
-        cdef int kind, count
-        if mflags & (MSG_CTRUNC | MSG_TRUNC):
-            raise ProtocolError("truncated message on the data channel")
-        if n < HEADER_SIZE:
-            raise ProtocolError(f"short message ({n} bytes) on the data channel")
-        kind = buf[0]
-        count = _get_u16(buf + 2)
-        if kind == MSG_END:
-            if nfds or count:
-                raise ProtocolError("END message with a payload")
+        cdef int code = _check_to_worker(buf, n, mflags, nfds)
+        if code == TO_WORKER_END:
             self.ended = True
-            return 0
-        if kind != MSG_FDS:
-            raise ProtocolError(f"unknown message type {kind} on the data channel")
-        if n != HEADER_SIZE + LID_SIZE * count or nfds != count:
-            raise ProtocolError(
-                f"FDS message announces {count} fds, carries {nfds} in {n} bytes")
+        elif code != TO_WORKER_FDS:
+            _raise_to_worker(code, buf, n, nfds)
         return 0
 
     cdef int _wake_if_wanted(self) except -1:

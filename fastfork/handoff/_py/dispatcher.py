@@ -1,18 +1,19 @@
-"""Pure-Python twin of ``fastfork._core._cdispatch`` (FASTFORK_NO_EXTENSIONS=1).
+"""The primary's ``Dispatcher`` in Python: the twin of ``_c/dispatcher.pyx``
+(FASTFORK_NO_EXTENSIONS=1).
 
-Same classes, same methods, same behaviour; ``socket.sendmsg``/``recvmsg``
-and ``select.epoll`` instead of raw syscalls.  See ``_cdispatch.pyx`` for the
+Same class, same methods, same behaviour; ``socket.sendmsg``/``recvmsg``
+and ``select.epoll`` instead of raw syscalls.  See ``_c/dispatcher.pyx`` for the
 design notes, which apply to both, except one: Python has no ``recvmmsg``,
 so acks are read one ``recv`` at a time, until EAGAIN.  And one more: no
 shared credit page (``CREDIT_SIZE`` is 0), because Python has no atomics and
 no memory barrier to make the page's wake-up handshake safe; credit comes back
-in ACK messages.  The Receiver lives in ``_pyreceiver``.
+in ACK messages.
 EINTR needs no code here: Python's socket and epoll calls retry it after
 running the signal handlers (PEP 475).
 
 Over 400 lines because ``Dispatcher`` is one state machine (listeners, worker
 FIFOs, the pending queue, batching) whose parts share its state; it mirrors
-``dispatcher.pxi`` method for method so the two can be read side by side.
+``_c/dispatcher.pxi`` method for method so the two can be read side by side.
 """
 
 import bisect
@@ -23,14 +24,14 @@ import select
 import socket
 import time
 
-from ..channels.fdpass import cmsg_space, rights, unpack_fds
-from ..channels.wire import (BATCH_BUCKETS, HEADER, LID, MSG_ACK, MSG_CLOSED, MSG_END,
-                             MSG_FDS, SCM_MAX_FD, ProtocolError, check_batch_max,
-                             check_window, DEFAULT_BATCH_MAX, DEFAULT_WINDOW)
-from ._pyreceiver import Receiver, _no_credit, borrow
-from ._pyscheduler import LeastConnectionsScheduler, scheduler_for
+from ..fdpass import cmsg_space, rights, unpack_fds
+from ..wire import (BATCH_BUCKETS, MAX_LISTENERS, MSG_CLOSED, RECV_BUF, SCM_MAX_FD,
+                    ProtocolError, check_batch_max, check_window, encode_end, encode_fds,
+                    parse_to_primary, parse_to_worker, DEFAULT_BATCH_MAX, DEFAULT_WINDOW)
+from .receiver import _no_credit, borrow
+from .scheduler import LeastConnectionsScheduler, scheduler_for
 
-__all__ = ["Dispatcher", "Receiver", "IMPLEMENTATION", "CREDIT_SIZE"]
+__all__ = ["Dispatcher", "IMPLEMENTATION", "CREDIT_SIZE"]
 
 _KIND_LISTENER = 0
 _KIND_WORKER = 1
@@ -48,7 +49,6 @@ IMPLEMENTATION = "python"
 CREDIT_SIZE = 0          # no shared credit page: see the module's docstring
 
 _MAX_SPARES = 256
-_RECV_BUF = HEADER.size + LID.size * SCM_MAX_FD
 _CMSG_SPACE = cmsg_space(SCM_MAX_FD)
 
 
@@ -101,9 +101,9 @@ class Dispatcher:
         ``fd`` stays the caller's: call ``remove_listener`` before closing it.
         """
         self._check()
-        lid = next(i for i in range(64 + 1) if i not in self._listeners)
-        if lid >= 64:
-            raise ValueError("at most 64 listening sockets per primary")
+        lid = next(i for i in range(MAX_LISTENERS + 1) if i not in self._listeners)
+        if lid >= MAX_LISTENERS:
+            raise ValueError(f"at most {MAX_LISTENERS} listening sockets per primary")
         sock = borrow(fd)
         try:
             self._epoll.register(fd, select.EPOLLIN | select.EPOLLET)
@@ -193,7 +193,7 @@ class Dispatcher:
             return
         self._sched.retire(slot)
         try:
-            self._workers[slot].send(HEADER.pack(MSG_END, 0))
+            self._workers[slot].send(encode_end())
         except OSError:
             self._close_worker(slot)
 
@@ -443,7 +443,7 @@ class Dispatcher:
         for start in range(0, len(batch), self.batch_max):
             part = batch[start:start + self.batch_max]
             fds = [fd for fd, _ in part]
-            payload = HEADER.pack(MSG_FDS, len(part)) + b"".join(LID.pack(l) for _, l in part)
+            payload = encode_fds([lid for _, lid in part])
             try:
                 sock.sendmsg([payload], rights(fds))
             except OSError:
@@ -482,15 +482,11 @@ class Dispatcher:
                 self._close_worker(slot)
                 return
             try:
-                if len(data) != HEADER.size:
-                    raise ProtocolError(f"ack of {len(data)} bytes")
-                kind, count = HEADER.unpack(data)
+                kind, count = parse_to_primary(data)
                 if kind == MSG_CLOSED:
                     # Policy least's count of open connections; rr refuses it.
                     self._sched.closed(slot, count)
                     continue
-                if kind != MSG_ACK:
-                    raise ProtocolError(f"message type {kind} from a worker")
                 self._sched.ack(slot, count)
             except (ProtocolError, ValueError):
                 self._close_worker(slot)
@@ -540,23 +536,25 @@ class Dispatcher:
             while True:
                 try:
                     data, ancdata, flags, _ = peer.recvmsg(
-                        _RECV_BUF, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
+                        RECV_BUF, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC | socket.MSG_DONTWAIT)
                 except InterruptedError:
                     continue
                 except OSError:
                     break                   # EAGAIN: all read back
                 fds = unpack_fds(ancdata)
-                count = HEADER.unpack_from(data)[1] if len(data) >= HEADER.size else -1
-                if (not data or data[0] != MSG_FDS or flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC)
-                        or count != len(fds) or len(data) != HEADER.size + count * LID.size):
+                if not data and not fds:
+                    break
+                try:
+                    lids = parse_to_worker(data, flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC),
+                                           len(fds))
+                except ProtocolError:
+                    lids = None
+                if lids is None:
                     # END, or not what this primary wrote: nothing to route.
                     for fd in fds:
                         os.close(fd)
-                    if not data and not fds:
-                        break
                     continue
-                found.extend((fd, LID.unpack_from(data, HEADER.size + i * LID.size)[0])
-                             for i, fd in enumerate(fds))
+                found.extend(zip(fds, lids))
         finally:
             # First in the pending queue, in the order they were accepted.
             self._pending.extendleft(reversed(found))

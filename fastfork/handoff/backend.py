@@ -11,10 +11,15 @@ import collections
 import os
 import warnings
 
-DISPATCH_API = ("Dispatcher", "Receiver", "IMPLEMENTATION", "CREDIT_SIZE")
-SCHEDULER_API = ("RoundRobinScheduler", "LeastConnectionsScheduler", "scheduler_for")
+# The contract between the two builds: what each module must provide.  That
+# the classes' methods and signatures agree too is tests/handoff/test_parity.py's.
+API = {
+    "dispatcher": ("Dispatcher", "IMPLEMENTATION", "CREDIT_SIZE"),
+    "receiver": ("Receiver",),
+    "scheduler": ("RoundRobinScheduler", "LeastConnectionsScheduler", "scheduler_for"),
+}
 
-Backend = collections.namedtuple("Backend", "dispatch scheduler name")
+Backend = collections.namedtuple("Backend", "dispatcher receiver scheduler name")
 Backend.__doc__ = """The modules of one implementation; ``name`` is "cython" or "python"."""
 
 
@@ -25,9 +30,9 @@ def _check(module, names):
     return module
 
 
-def _make(dispatch, scheduler):
-    return Backend(_check(dispatch, DISPATCH_API), _check(scheduler, SCHEDULER_API),
-                   dispatch.IMPLEMENTATION)
+def _make(dispatcher, receiver, scheduler):
+    return Backend(_check(dispatcher, API["dispatcher"]), _check(receiver, API["receiver"]),
+                   _check(scheduler, API["scheduler"]), dispatcher.IMPLEMENTATION)
 
 
 def forced_pure(environ=None):
@@ -41,18 +46,19 @@ def load(pure=None):
         pure = forced_pure()
     if not pure:
         try:
-            from . import _cdispatch, _cscheduler
-            return _make(_cdispatch, _cscheduler)
+            from ._c import dispatcher, receiver, scheduler
+            return _make(dispatcher, receiver, scheduler)
         except ImportError as exc:
             warnings.warn(_fallback_message(exc), RuntimeWarning, stacklevel=3)
-    from . import _pydispatch, _pyscheduler
-    return _make(_pydispatch, _pyscheduler)
+    from ._py import dispatcher, receiver, scheduler
+    return _make(dispatcher, receiver, scheduler)
 
 
 def _fallback_message(exc):
     here = os.path.dirname(os.path.abspath(__file__))
-    if os.path.exists(os.path.join(here, "_cdispatch.pyx")):
-        fix = (f"fastfork is imported from a source checkout ({os.path.dirname(here)}) whose "
+    checkout = os.path.dirname(os.path.dirname(here))
+    if os.path.exists(os.path.join(here, "_c", "dispatcher.pyx")):
+        fix = (f"fastfork is imported from a source checkout ({checkout}) whose "
                "extension was not built in place: run `pip install -e .` there, "
                "or run Python from another directory to use an installed fastfork")
     else:

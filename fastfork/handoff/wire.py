@@ -1,0 +1,163 @@
+"""The data channel's wire format: written once, here, for both builds.
+
+The data channel is one ``AF_UNIX``/``SOCK_SEQPACKET`` socketpair per worker:
+the primary sends batches of accepted connections down it, the worker sends
+counts back.  Every message is one datagram (SEQPACKET keeps message
+boundaries and order).
+
+    primary -> worker   FDS: u8 type=1, u8 0, u16 count, then count x u16
+                             listener id; SCM_RIGHTS carries exactly count fds
+    primary -> worker   END: u8 type=2, u8 0, u16 0: nothing more will come
+    worker  -> primary  ACK: u8 type=3, u8 0, u16 count received
+    worker  -> primary  CLOSED: u8 type=4, u8 0, u16 count: that many of the
+                             connections it received are closed now
+
+What releases a connection is the send itself: the primary closes its copy of
+each fd right after ``sendmsg`` (the message in flight holds the connection),
+and reads back from the worker's end, which it keeps open, whatever a dead
+worker never received.  ACK and CLOSED carry *credit*: how many of the
+window's connections the worker took (ACK) and, for policy ``least``, how
+many of those are closed (CLOSED; under ``rr`` it is a protocol error).  In
+the Cython build the counts travel on a shared page instead (``credit``,
+``csrc/credit.h``) and an ACK of 0 only wakes a primary that waits for credit.
+A count over 65535 goes as several datagrams.
+
+This module is the one statement of the format: the pure-Python build
+encodes and parses with the functions below, and the Cython build checks its
+C constants against these when it loads (``check_build``).
+
+Native byte order: both ends are always on the same machine.
+"""
+
+import struct
+
+MSG_FDS = 1
+MSG_END = 2
+MSG_ACK = 3
+MSG_CLOSED = 4
+
+HEADER = struct.Struct("=BxH")
+LID = struct.Struct("=H")
+HEADER_SIZE = HEADER.size
+LID_SIZE = LID.size
+
+# Linux refuses more than SCM_MAX_FD (253) descriptors in one message.
+SCM_MAX_FD = 253
+# A count field is a u16: a larger count goes as several messages.
+MAX_COUNT = 0xFFFF
+# The largest message either end can receive: a full FDS message.
+RECV_BUF = HEADER_SIZE + LID_SIZE * SCM_MAX_FD
+# Listener ids are bits of a u64 subscription mask in the C scheduler.
+MAX_LISTENERS = 64
+DEFAULT_BATCH_MAX = 64
+
+# Upper bounds of the batch-size buckets the dispatchers count (fds per
+# sendmsg): what the metrics show as a histogram.
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, SCM_MAX_FD)
+
+# Credit window: how many connections a worker may hold unacknowledged.
+# 8 bounds what a frozen worker can strand (at most 8 connections, and those
+# go to another worker as soon as the frozen one is killed) while a busy
+# primary still sends up to 8 fds per sendmsg, which is where the per-message
+# cost stops mattering (see benchmarks/test_benchmarks_fdpass.py).
+DEFAULT_WINDOW = 8
+
+
+class ProtocolError(Exception):
+    """A peer sent something the data-channel protocol does not allow."""
+
+
+# -- encoding ---------------------------------------------------------------------------
+
+def encode_fds(lids):
+    """The FDS message for connections from listeners ``lids`` (their fds go
+    as SCM_RIGHTS beside it, in the same order)."""
+    return HEADER.pack(MSG_FDS, len(lids)) + b"".join(LID.pack(lid) for lid in lids)
+
+
+def encode_end():
+    """The END message: the primary will send nothing more."""
+    return HEADER.pack(MSG_END, 0)
+
+
+def encode_counts(kind, count):
+    """The ACK or CLOSED messages that carry ``count`` (several past MAX_COUNT;
+    one ACK of 0 for a count of 0, which only wakes the primary)."""
+    if kind not in (MSG_ACK, MSG_CLOSED):
+        raise ValueError(f"message type {kind} carries no count")
+    messages = []
+    while True:
+        n = min(count, MAX_COUNT)
+        messages.append(HEADER.pack(kind, n))
+        count -= n
+        if count <= 0:
+            return messages
+
+
+# -- parsing ----------------------------------------------------------------------------
+
+def parse_to_worker(data, truncated, nfds):
+    """Check a message the primary sent (as the worker, or the primary reading
+    back): the listener ids of an FDS message, in order, or None for END.
+
+    ``truncated``: the kernel cut the message or its descriptors off
+    (MSG_TRUNC or MSG_CTRUNC); ``nfds``: how many descriptors came with it.
+    Raises ProtocolError for anything the primary does not send.
+    """
+    if truncated:
+        raise ProtocolError("truncated message on the data channel")
+    if len(data) < HEADER.size:
+        raise ProtocolError(f"short message ({len(data)} bytes) on the data channel")
+    kind, count = HEADER.unpack_from(data)
+    if kind == MSG_END:
+        if nfds or count:
+            raise ProtocolError("END message with a payload")
+        return None
+    if kind != MSG_FDS:
+        raise ProtocolError(f"unknown message type {kind} on the data channel")
+    if len(data) != HEADER.size + LID.size * count or nfds != count:
+        raise ProtocolError(
+            f"FDS message announces {count} fds, carries {nfds} in {len(data)} bytes")
+    return [LID.unpack_from(data, HEADER.size + i * LID.size)[0] for i in range(count)]
+
+
+def parse_to_primary(data):
+    """Check a message a worker sent: ``(kind, count)`` of an ACK or CLOSED.
+    Raises ProtocolError for anything else."""
+    if len(data) != HEADER.size:
+        raise ProtocolError(f"message of {len(data)} bytes from a worker")
+    kind, count = HEADER.unpack(data)
+    if kind not in (MSG_ACK, MSG_CLOSED):
+        raise ProtocolError(f"message type {kind} from a worker")
+    return kind, count
+
+
+def check_build(module, constants):
+    """Raise ImportError unless an accelerated build's ``constants`` (name ->
+    value, as compiled in) agree with this module's: called when it loads."""
+    wrong = [f"{name}={value!r} (wire.py: {globals()[name]!r})"
+             for name, value in constants.items() if globals()[name] != value]
+    if wrong:
+        raise ImportError(f"{module} was built for another wire format: {', '.join(wrong)}")
+
+
+def check_batch_max(batch_max):
+    batch_max = int(batch_max)
+    if not 1 <= batch_max <= SCM_MAX_FD:
+        raise ValueError(f"batch_max must be in 1..{SCM_MAX_FD}, got {batch_max}")
+    return batch_max
+
+
+def check_window(window):
+    window = int(window)
+    if window < 1:
+        raise ValueError(f"credit window must be >= 1, got {window}")
+    return window
+
+
+def check_worker_connections(worker_connections):
+    """A per-worker cap on open connections (policy least); 0: no cap."""
+    worker_connections = int(worker_connections)
+    if worker_connections < 0:
+        raise ValueError(f"worker_connections must be >= 0, got {worker_connections}")
+    return worker_connections
