@@ -22,7 +22,7 @@ from typing import Any, Optional
 from .addresses import parse_address, parse_networks
 from .handoff.wire import DEFAULT_BATCH_MAX, DEFAULT_WINDOW, check_batch_max, check_window
 from .cpus import parse_workers
-from .worker.loops import LOOPS
+from .loops import LOOPS
 
 POLICIES = ("rr", "least", "none", "reuseport")
 # The policies under which the primary accepts and its dispatcher hands out

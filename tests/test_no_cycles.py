@@ -14,7 +14,8 @@ import weakref
 
 import pytest
 
-from fastfork.worker import aio, loops
+from fastfork import loops
+from fastfork.worker import aio
 from tests.test_worker_attach import FakeReceiver, nonblocking_pair, server_on
 
 LOOPS = ["asyncio", "uvloop"]

@@ -17,7 +17,8 @@ import threading
 import pytest
 
 from fastfork.channels.status_socket import request as control_request
-from fastfork.worker import aio, loops
+from fastfork import loops
+from fastfork.worker import aio
 from fastfork.worker.listener import AcceptedFd, Listener
 from harness import fd_count, request, wait_until
 from runner_harness import APPS

@@ -19,7 +19,7 @@ import fastfork
 from .. import privileges
 from ..channels.status_socket import default_dir, default_path
 from ..primary import Cluster
-from ..worker import loops
+from .. import loops
 from . import options
 from .apps import AppError, check_app, resolve_app
 

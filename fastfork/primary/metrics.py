@@ -13,26 +13,18 @@ replaced worker starts again from 0, which Prometheus reads as a reset.
 import math
 import time
 
+from ..extras import require
 from ..handoff.wire import BATCH_BUCKETS
 
-EXTRA_HINT = "pip install 'fastfork[metrics]'"
-
-
-class MissingExtra(ImportError):
-    """An optional part was asked for and its package is not installed."""
-
-
 def _client():
-    try:
-        from prometheus_client import core, exposition, registry
-    except ImportError as exc:
-        raise MissingExtra(f"--metrics needs the prometheus_client package ({exc}); "
-                           f"install it with: {EXTRA_HINT}") from None
-    return core, exposition, registry
+    purpose = "serve --metrics"
+    return (require("prometheus_client.core", purpose),
+            require("prometheus_client.exposition", purpose),
+            require("prometheus_client.registry", purpose))
 
 
 def check_available():
-    """Raise MissingExtra now (before any fork) if metrics cannot be served."""
+    """Raise ``MissingExtraError`` now (before any fork) if metrics cannot be served."""
     _client()
 
 

@@ -1,25 +1,8 @@
-"""Import the optional packages up front, so a missing one is named before serving."""
+"""What the web layer will import, asked for up front, so a missing package is
+named before serving (``fastfork.extras`` says which extra brings it)."""
 
-import importlib
-
-from ..worker import loops
-from .errors import MissingExtraError
-
-
-def require(module, purpose, extra="web"):
-    """Import ``module`` or raise ``MissingExtraError`` naming ``extra`` to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingExtraError(module.partition(".")[0], purpose, exc, extra) from exc
-
-
-def available(module):
-    try:
-        importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
+from ..extras import available, require
+from .. import loops
 
 
 def check(kind, http="auto", ws="auto", loop="auto"):

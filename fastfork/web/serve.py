@@ -11,7 +11,7 @@ import asyncio
 import fastfork
 
 from . import deps
-from ..worker import loops
+from .. import loops
 from ..worker import runtime as _runtime
 from .asgi import AsgiServer, requests_served
 from .detect import classify

@@ -14,7 +14,8 @@ the primary, is in ``tracking``.
 import asyncio
 
 from ..addresses import DEFAULT_BACKLOG
-from . import loops, proxy_protocol
+from .. import loops
+from . import proxy_protocol
 from .runtime import runtime as _get_runtime
 from .tracking import _CloseReporter, _Connection, _Tracker
 

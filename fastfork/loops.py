@@ -9,6 +9,8 @@ import asyncio
 import importlib
 import sys
 
+from .extras import require
+
 LOOPS = ("auto", "asyncio", "uvloop")
 
 
@@ -19,10 +21,7 @@ def check(name):
     if name not in LOOPS:
         raise ValueError(f"loop must be one of {', '.join(LOOPS)}, got {name!r}")
     if name == "uvloop":
-        # Imported here only: fastfork.web sits above the worker side, and its
-        # one copy of "import it or name the extra" is what this needs.
-        from ..web import deps
-        deps.require("uvloop", "run the event loop with loop='uvloop'", extra="uvloop")
+        require("uvloop", "run the event loop with loop='uvloop'")
 
 
 def factory(name):
