@@ -10,8 +10,11 @@ that sends nothing is dropped when newer ones arrive, and there are at most
 every worker mid-whatever-it-was-doing.
 """
 
+import logging
 import socket
 import time
+
+log = logging.getLogger("fastfork")
 
 MAX_CLIENTS = 16
 MAX_REQUEST = 4096
@@ -51,7 +54,16 @@ class OneShotServer:
         raise NotImplementedError
 
     def respond(self, request):
-        """The answer (bytes) to ``request`` (bytes; may be cut at MAX_REQUEST)."""
+        """The answer (bytes) to ``request`` (bytes: complete, or all the client
+        sent before it closed its side)."""
+        raise NotImplementedError
+
+    def too_large(self):
+        """The answer (bytes) to a request longer than MAX_REQUEST."""
+        raise NotImplementedError
+
+    def failure(self, exc):
+        """The answer (bytes) when ``respond`` raised ``exc`` (a bug, logged)."""
         raise NotImplementedError
 
     # -- the loop's side --------------------------------------------------------------
@@ -99,14 +111,30 @@ class OneShotServer:
         client.buffer += data
         if data and len(client.buffer) <= MAX_REQUEST and not self.complete(client.buffer):
             return
-        self._answer(client.sock, self.respond(client.buffer[:MAX_REQUEST]))
+        self._answer(client.sock, self._answer_for(client.buffer))
         self._drop(client)
+
+    def _answer_for(self, request):
+        if len(request) > MAX_REQUEST and not self.complete(request[:MAX_REQUEST]):
+            return self.too_large()
+        try:
+            return self.respond(request[:MAX_REQUEST])
+        except Exception as exc:
+            # A bug must cost one answer, not the primary (and every worker with it).
+            log.exception("%s failed to answer %r", type(self).__name__, request[:200])
+            return self.failure(exc)
 
     def _answer(self, sock, answer):
         try:
             sock.settimeout(ANSWER_TIMEOUT)
             sock.sendall(answer)
             sock.shutdown(socket.SHUT_WR)
+            # Closing with unread bytes (the rest of a request too large to
+            # read) resets the connection, and a reset can discard the answer
+            # before the client reads it: read what already came, unused.
+            for _ in range(16):          # bounded: a client may send without end
+                if not sock.recv(65536, socket.MSG_DONTWAIT):
+                    break
         except OSError:
             pass
 
