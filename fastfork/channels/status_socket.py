@@ -16,7 +16,7 @@ import socket
 import stat
 import struct
 
-from .oneshot import MAX_CLIENTS, MAX_REQUEST, OneShotServer
+from .oneshot import BACKLOG, MAX_REQUEST, OneShotServer
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -101,7 +101,7 @@ class ControlServer(OneShotServer):
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
-        sock.listen(MAX_CLIENTS)
+        sock.listen(BACKLOG)
         sock.setblocking(False)
         super().__init__(sock, watch, unwatch)
 

@@ -12,7 +12,7 @@ request per connection, answered with ``Connection: close``.
 """
 
 from ..addresses import bind_listener, describe, parse_address
-from ..channels.oneshot import MAX_CLIENTS, MAX_REQUEST, OneShotServer
+from ..channels.oneshot import BACKLOG, MAX_REQUEST, OneShotServer
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             431: "Request Header Fields Too Large", 500: "Internal Server Error",
@@ -36,7 +36,7 @@ class Endpoint(OneShotServer):
 
     def __init__(self, address, readiness, registry, watch, unwatch):
         family, sockaddr = parse_address(address)
-        sock = bind_listener(family, sockaddr, MAX_CLIENTS)
+        sock = bind_listener(family, sockaddr, BACKLOG)
         bound = sock.getsockname()
         self.address = describe(family, bound if isinstance(bound, str) else bound[:2])
         self._readiness = readiness
