@@ -3,8 +3,9 @@
 A load balancer in front (HAProxy ``send-proxy``/``send-proxy-v2``, nginx
 ``proxy_protocol on``, AWS NLB) writes one header on each connection that
 says who the client is; the app then sees that address instead of the
-balancer's: as the asyncio transport's ``peername``, so also as the ASGI
-scope's ``client`` and WSGI's ``REMOTE_ADDR``.
+balancer's: as the asyncio transport's ``peername`` and its socket's
+``getpeername()``, so also as the ASGI scope's ``client``, WSGI's
+``REMOTE_ADDR`` and uvicorn's access log.
 
 Rules
 -----
@@ -220,8 +221,36 @@ def _show(peer):
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unknown peer")
 
 
+class ProxiedSocket:
+    """The transport's socket as the app sees it: ``getpeername()`` is the client
+    the header named, everything else is the real socket's (asyncio's
+    ``TransportSocket`` or uvloop's pseudo-socket).
+
+    uvicorn asks ``get_extra_info("socket").getpeername()`` before
+    ``peername`` (``uvicorn.protocols.utils.get_remote_addr``), and from
+    that builds ASGI's ``client``, WSGI's ``REMOTE_ADDR`` and its access log;
+    overriding ``peername`` alone left all of them naming the balancer.
+    """
+
+    __slots__ = ("_sock", "_peername")
+
+    def __init__(self, sock, peername):
+        self._sock = sock
+        self._peername = peername
+
+    def getpeername(self):
+        return self._peername
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def __repr__(self):
+        return f"<ProxiedSocket peer={self._peername!r} of {self._sock!r}>"
+
+
 class ProxiedTransport(asyncio.Transport):
-    """The app's view of a transport: ``peername`` is the client the header named."""
+    """The app's view of a transport: the client the header named is its
+    ``peername`` and its socket's ``getpeername()``."""
 
     def __init__(self, transport, peername):
         super().__init__()
@@ -231,6 +260,9 @@ class ProxiedTransport(asyncio.Transport):
     def get_extra_info(self, name, default=None):
         if name == "peername":
             return self._peername
+        if name == "socket":
+            sock = self._transport.get_extra_info("socket")
+            return default if sock is None else ProxiedSocket(sock, self._peername)
         return self._transport.get_extra_info(name, default)
 
     # Everything else is the real transport's.
