@@ -142,7 +142,8 @@ def test_bad_lines_and_requests_leave_the_primary_serving(runner_factory):
         answer = json.loads(raw) if raw else None
         assert isinstance(answer, dict) and isinstance(answer.get("error"), str), \
             (line[:40], raw[:200], runner.output()[-2000:])
-    assert "longer than" in json.loads(control_exchange(runner.socket_path, BAD_LINES[13]))["error"]
+    too_long = control_exchange(runner.socket_path, BAD_LINES[13])
+    assert "longer than" in json.loads(too_long)["error"]
     bad_requests = {
         b"nonsense\r\n\r\n": "HTTP/1.1 400 ",
         b"GET /\xff\xfe\x80 HTTP/1.1\r\n\r\n": "HTTP/1.1 404 ",
