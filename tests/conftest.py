@@ -35,10 +35,11 @@ def rundir():
 def runner_factory(rundir):
     started = []
 
-    def start(*args, impl=PY, env=None, launcher=None):
+    def start(*args, impl=PY, env=None, launcher=None, script=None):
         # Each its own control socket: a test may run several primaries.
         name = "ctl" if not started else f"ctl{len(started)}"
-        runner = Runner(rundir, args, impl=impl, env=env, launcher=launcher, name=name)
+        runner = Runner(rundir, args, impl=impl, env=env, launcher=launcher, name=name,
+                        script=script)
         started.append(runner)
         return runner
 

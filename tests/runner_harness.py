@@ -14,10 +14,13 @@ OPS_APP = os.path.join(APPS, "ops_app.py")
 class Runner:
     """One `python -m fastfork run ...` process and its control socket."""
 
-    def __init__(self, rundir, args, impl=PY, env=None, launcher=None, name="ctl"):
+    def __init__(self, rundir, args, impl=PY, env=None, launcher=None, name="ctl", script=None):
         self.socket_path = os.path.join(rundir, f"{name}.sock")
         run = ["fastfork", "run", *args, "--control-socket", self.socket_path]
-        if launcher:
+        if script:
+            # A program that sets things up, then runs `fastfork run` in itself.
+            self.proc = ClusterProcess(run[2:], impl=impl, env=env, script=script)
+        elif launcher:
             # A program that sets things up, then execs python -m fastfork run.
             self.proc = ClusterProcess(launcher[1:] + [sys.executable, "-m"] + run, impl=impl,
                                        env=env, script=launcher[0])

@@ -16,7 +16,7 @@ import socket
 import stat
 import struct
 
-from .oneshot import MAX_CLIENTS, OneShotServer
+from .oneshot import BACKLOG, MAX_REQUEST, OneShotServer
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
@@ -101,7 +101,7 @@ class ControlServer(OneShotServer):
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
-        sock.listen(MAX_CLIENTS)
+        sock.listen(BACKLOG)
         sock.setblocking(False)
         super().__init__(sock, watch, unwatch)
 
@@ -132,18 +132,14 @@ class ControlServer(OneShotServer):
         return b"\n" in buffer
 
     def respond(self, request):
-        return _encode(self._run(request.split(b"\n", 1)[0]))
+        return _encode(answer_line(request.split(b"\n", 1)[0], self._commands))
 
-    def _run(self, line):
-        try:
-            message = json.loads(line.decode("utf-8"))
-            command = message["cmd"]
-        except (ValueError, KeyError, TypeError):
-            return {"error": 'a request is one JSON line like {"cmd": "status"}'}
-        handler = self._commands.get(command)
-        if handler is None:
-            return {"error": f"unknown command {command!r}; commands: {', '.join(self._commands)}"}
-        return handler()
+    def too_large(self):
+        return _encode({"error": f"a request line is longer than {MAX_REQUEST} bytes; "
+                                 f"{USAGE}"})
+
+    def failure(self, exc):
+        return _encode({"error": f"the primary failed to answer: {exc!r}"})
 
     def close(self, unlink=True):
         """Stop serving; ``unlink=False`` in a forked worker (the path is the primary's)."""
@@ -153,6 +149,31 @@ class ControlServer(OneShotServer):
                 os.unlink(self.path)
             except OSError:
                 pass
+
+
+USAGE = 'a request is one JSON line like {"cmd": "status"}'
+
+
+def answer_line(line, commands):
+    """The answer (a JSON-able dict) to one request ``line`` (bytes, no newline).
+
+    An operator's tool may send anything: bytes that are not UTF-8, JSON of
+    any shape (a list, a string, ``{"cmd": {}}``), nesting deeper than the
+    recursion limit.  Each gets ``{"error": ...}``; nothing here raises, since
+    an exception would end the primary's loop and with it every worker.
+    """
+    try:
+        message = json.loads(line.decode("utf-8"))
+    except (ValueError, RecursionError):    # UnicodeDecodeError is a ValueError
+        return {"error": f"not a JSON line; {USAGE}"}
+    command = message.get("cmd") if isinstance(message, dict) else None
+    if not isinstance(command, str):
+        return {"error": f"no command string in the line; {USAGE}"}
+    handler = commands.get(command)
+    if handler is None:
+        shown = command if len(command) <= 40 else command[:40] + "..."
+        return {"error": f"unknown command {shown!r}; commands: {', '.join(commands)}"}
+    return handler()
 
 
 def _encode(answer):

@@ -283,6 +283,8 @@ class Cluster:
                     worker = self._by_slot.get(slot)
                     if worker is not None and not worker.stop_requested:
                         self._lost_data_channel(worker)
+                for server in self._request_servers():
+                    server.expire()           # idle clients, unread answers
                 self.handle_signals()
                 self.report_pauses()
                 self.reap_workers()
@@ -302,9 +304,14 @@ class Cluster:
         log.info("primary %d exiting with code %d", self.pid, self.exit_code)
         return self.exit_code
 
+    def _request_servers(self):
+        """The status socket and the endpoints (``oneshot`` servers)."""
+        return ([self._control_server] if self._control_server is not None else []) \
+            + self._endpoints
+
     def _serve_request(self, fd):
-        for server in [self._control_server] + self._endpoints:
-            if server is not None and server.handle(fd):
+        for server in self._request_servers():
+            if server.handle(fd):
                 return
 
     def _ensure_started(self):
@@ -337,6 +344,9 @@ class Cluster:
             deadlines.append(self._stop_at)
         if self._checks_enabled():
             deadlines.append(self._next_check_at)
+        # A oneshot client's deadline: waking for it is what closes an idle one.
+        deadlines.extend(d for d in (s.next_deadline() for s in self._request_servers())
+                         if d is not None)
         if self.replacements.current is not None:
             deadlines.append(self.replacements.current.deadline)
         elif self.replacements.queue:

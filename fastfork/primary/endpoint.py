@@ -12,9 +12,10 @@ request per connection, answered with ``Connection: close``.
 """
 
 from ..addresses import bind_listener, describe, parse_address
-from ..channels.oneshot import MAX_CLIENTS, OneShotServer
+from ..channels.oneshot import BACKLOG, MAX_REQUEST, OneShotServer
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+            431: "Request Header Fields Too Large", 500: "Internal Server Error",
             503: "Service Unavailable"}
 
 
@@ -35,7 +36,7 @@ class Endpoint(OneShotServer):
 
     def __init__(self, address, readiness, registry, watch, unwatch):
         family, sockaddr = parse_address(address)
-        sock = bind_listener(family, sockaddr, MAX_CLIENTS)
+        sock = bind_listener(family, sockaddr, BACKLOG)
         bound = sock.getsockname()
         self.address = describe(family, bound if isinstance(bound, str) else bound[:2])
         self._readiness = readiness
@@ -46,7 +47,16 @@ class Endpoint(OneShotServer):
     def complete(self, buffer):
         return b"\r\n\r\n" in buffer or b"\n\n" in buffer
 
+    def too_large(self):
+        return _answer(431, f"a request's line and headers are at most {MAX_REQUEST} "
+                            f"bytes\n".encode())
+
+    def failure(self, exc):
+        return _answer(500, f"the primary failed to answer: {exc!r}\n".encode())
+
     def respond(self, request):
+        if not self.complete(request):
+            return _answer(400, b"the client closed before the end of its request\n")
         line = request.split(b"\n", 1)[0].strip()
         parts = line.split()
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/"):

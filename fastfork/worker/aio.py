@@ -130,12 +130,13 @@ class Server:
         except OSError:
             peer = None
         if not proxy_protocol.allowed(peer, self.listener.proxy_allow):
-            proxy_protocol.refuse(sock, peer, "not in --proxy-allow-from")
+            proxy_protocol.refuse(sock, peer, proxy_protocol.UNTRUSTED,
+                                  proxy_protocol.UNTRUSTED, self._loop)
             return None
         try:
             source = await proxy_protocol.read_header(self._loop, sock)
         except proxy_protocol.ProxyHeaderError as exc:
-            proxy_protocol.refuse(sock, peer, exc)
+            proxy_protocol.refuse(sock, peer, exc, proxy_protocol.BAD_HEADER, self._loop)
             return None
         if source is None:
             return base            # LOCAL / UNKNOWN: the real peer stands

@@ -152,6 +152,12 @@ class Listener:
             runtime.beat_if_due(served=runtime.accepted)
             wait = runtime.heartbeat_interval if remaining is None else min(
                 remaining, runtime.heartbeat_interval)
+            if self.proxy_allow is not None:
+                # No loop to time it: the refusals not logged are counted here.
+                proxy_protocol.flush_warnings()
+                flush_in = proxy_protocol.flush_delay()
+                if flush_in is not None:
+                    wait = min(wait, flush_in)
             watch = [wait_on]
             if self.sock is not None:
                 watch.append(runtime.stop_fd)
@@ -196,12 +202,12 @@ class Listener:
         # The header is read here, in the worker, so a slow one holds up this
         # worker's accept() only (HEADER_TIMEOUT at most), never the primary.
         if not proxy_protocol.allowed(peer, self.proxy_allow):
-            proxy_protocol.refuse(conn, peer, "not in --proxy-allow-from")
+            proxy_protocol.refuse(conn, peer, proxy_protocol.UNTRUSTED, proxy_protocol.UNTRUSTED)
             return None, None
         try:
             source = proxy_protocol.read_header_blocking(conn)
         except (proxy_protocol.ProxyHeaderError, OSError) as exc:
-            proxy_protocol.refuse(conn, peer, exc)
+            proxy_protocol.refuse(conn, peer, exc, proxy_protocol.BAD_HEADER)
             return None, None
         return conn, source or peer
 

@@ -3,8 +3,9 @@
 A load balancer in front (HAProxy ``send-proxy``/``send-proxy-v2``, nginx
 ``proxy_protocol on``, AWS NLB) writes one header on each connection that
 says who the client is; the app then sees that address instead of the
-balancer's: as the asyncio transport's ``peername``, so also as the ASGI
-scope's ``client`` and WSGI's ``REMOTE_ADDR``.
+balancer's: as the asyncio transport's ``peername`` and its socket's
+``getpeername()``, so also as the ASGI scope's ``client``, WSGI's
+``REMOTE_ADDR`` and uvicorn's access log.
 
 Rules
 -----
@@ -15,7 +16,8 @@ Rules
    sent after it is left in the socket for the app.
 3. A header that is malformed, or not complete within ``HEADER_TIMEOUT``,
    closes the connection with a log line.  Nothing else happens: the worker
-   serves on.
+   serves on.  The log lines are rate-limited (``WarningLimiter``): one per
+   kind per ``WARN_INTERVAL``, then how many more were refused.
 4. ``PROXY UNKNOWN`` (v1) and the ``LOCAL`` command (v2, a balancer's own
    health check) carry no client: the real peer is kept.
 
@@ -29,6 +31,7 @@ import logging
 import select
 import socket
 import struct
+import threading
 import time
 
 log = logging.getLogger("fastfork.worker")
@@ -210,18 +213,133 @@ def read_header_blocking(sock, timeout=HEADER_TIMEOUT):
     return parser.source
 
 
-def refuse(sock, peer, why):
-    """Close a connection whose header is missing, bad or from an untrusted peer."""
-    log.warning("PROXY protocol: closing the connection from %s: %s", _show(peer), why)
+class WarningLimiter:
+    """At most one line per ``interval`` seconds per kind of event; the events
+    in between are counted, and reported with the next line or, if none comes,
+    by ``due`` once the interval is over.  No I/O: ``now`` is given (a
+    monotonic time), so the rules are tested as a table.
+    """
+
+    def __init__(self, interval):
+        self.interval = interval
+        self._kinds = {}       # kind -> [quiet_until, suppressed, last_line_at, last detail]
+
+    def hit(self, kind, now, detail=None):
+        """One event: None to stay silent (counted), else how many were not
+        logged since the last line of ``kind`` (to be said with this one)."""
+        state = self._kinds.get(kind)
+        if state is not None and now < state[0]:
+            state[1] += 1
+            state[3] = detail
+            return None
+        suppressed = state[1] if state is not None else 0
+        self._kinds[kind] = [now + self.interval, 0, now, None]
+        return suppressed
+
+    def due(self, now):
+        """``[(kind, count, seconds since the last line, last detail)]`` of kinds
+        whose interval ended with events not logged; each counts as a line."""
+        found = []
+        for kind, state in self._kinds.items():
+            if state[1] and now >= state[0]:
+                found.append((kind, state[1], now - state[2], state[3]))
+                self._kinds[kind] = [now + self.interval, 0, now, None]
+        return found
+
+    def next_due(self):
+        """When ``due`` will have something to say (a monotonic time), or None."""
+        return min((state[0] for state in self._kinds.values() if state[1]), default=None)
+
+
+# A flood of refused connections (a scanner, a misconfigured balancer) must
+# not flood the log: one line per kind per WARN_INTERVAL, then a count.
+WARN_INTERVAL = 5.0
+UNTRUSTED = "not in --proxy-allow-from"
+BAD_HEADER = "bad or missing header"
+_warnings = WarningLimiter(WARN_INTERVAL)
+_warnings_lock = threading.Lock()        # blocking workers accept() from several threads
+_flush_timers = {}                       # id(loop) -> its pending flush (TimerHandle)
+
+
+def refuse(sock, peer, why, kind=BAD_HEADER, loop=None):
+    """Close a connection whose header is missing, bad or from an untrusted peer;
+    say so in the log (rate-limited).  ``loop``: the event loop that will say
+    how many were not logged, if no other refusal comes to say it."""
     sock.close()
+    with _warnings_lock:
+        suppressed = _warnings.hit(kind, time.monotonic(), f"{_show(peer)}: {why}")
+    if suppressed is not None:
+        more = (f" ({suppressed} more refused since the last line of this kind, not logged)"
+                if suppressed else "")
+        log.warning("PROXY protocol: closing the connection from %s: %s%s",
+                    _show(peer), why, more)
+    if loop is not None:
+        _flush_later(loop)
+
+
+def flush_warnings():
+    """Log the counts of refusals not logged whose interval is over."""
+    with _warnings_lock:
+        found = _warnings.due(time.monotonic())
+    for kind, count, age, last in found:
+        log.warning("PROXY protocol: %d more connections refused (%s) since the last line "
+                    "%.1fs ago; the last from %s", count, kind, age, last)
+
+
+def flush_delay():
+    """Seconds until ``flush_warnings`` has something to log, or None."""
+    with _warnings_lock:
+        at = _warnings.next_due()
+    return None if at is None else max(0.0, at - time.monotonic())
+
+
+def _flush_later(loop):
+    delay = flush_delay()
+    if delay is None or id(loop) in _flush_timers:
+        return
+
+    def fire():
+        _flush_timers.pop(id(loop), None)
+        flush_warnings()
+        _flush_later(loop)
+
+    _flush_timers[id(loop)] = loop.call_later(delay, fire)
 
 
 def _show(peer):
     return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer or "unknown peer")
 
 
+class ProxiedSocket:
+    """The transport's socket as the app sees it: ``getpeername()`` is the client
+    the header named, everything else is the real socket's (asyncio's
+    ``TransportSocket`` or uvloop's pseudo-socket).
+
+    uvicorn asks ``get_extra_info("socket").getpeername()`` before
+    ``peername`` (``uvicorn.protocols.utils.get_remote_addr``), and from
+    that builds ASGI's ``client``, WSGI's ``REMOTE_ADDR`` and its access log;
+    overriding ``peername`` alone left all of them naming the balancer.
+    """
+
+    __slots__ = ("_sock", "_peername")
+
+    def __init__(self, sock, peername):
+        self._sock = sock
+        self._peername = peername
+
+    def getpeername(self):
+        return self._peername
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+    def __repr__(self):
+        return f"<ProxiedSocket peer={self._peername!r} of {self._sock!r}>"
+
+
 class ProxiedTransport(asyncio.Transport):
-    """The app's view of a transport: ``peername`` is the client the header named."""
+    """The app's view of a transport: the client the header named is its
+    ``peername`` and its socket's ``getpeername()``."""
 
     def __init__(self, transport, peername):
         super().__init__()
@@ -231,6 +349,9 @@ class ProxiedTransport(asyncio.Transport):
     def get_extra_info(self, name, default=None):
         if name == "peername":
             return self._peername
+        if name == "socket":
+            sock = self._transport.get_extra_info("socket")
+            return default if sock is None else ProxiedSocket(sock, self._peername)
         return self._transport.get_extra_info(name, default)
 
     # Everything else is the real transport's.

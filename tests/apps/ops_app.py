@@ -4,6 +4,7 @@ A line protocol, one request per connection:
 
     whoami        -> "<worker id> <pid> <index> <VERSION>"
     peer          -> "<host> <port>" of the client, as the transport says
+    sockpeer      -> the same from the transport's socket (getpeername(), as uvicorn asks)
     slow S        -> answers after S seconds (awaits: the loop stays alive)
     block S       -> blocks the event loop for S seconds (a hung worker)
     grow MB       -> keeps MB more MiB of memory, answers the RSS in bytes
@@ -35,6 +36,9 @@ async def handle(reader, writer):
         reply = f"{fastfork.worker_id} {os.getpid()} {fastfork.worker_index} {VERSION}"
     elif cmd == "peer":
         host, port = writer.get_extra_info("peername")[:2]
+        reply = f"{host} {port}"
+    elif cmd == "sockpeer":
+        host, port = writer.get_extra_info("socket").getpeername()[:2]
         reply = f"{host} {port}"
     elif cmd == "slow":
         await asyncio.sleep(float(arg))

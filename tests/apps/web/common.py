@@ -11,6 +11,9 @@ Every app serves the same routes so one test can drive any of them:
     GET  /block?s=S     sends {"blocking": "loop", "id"} to the primary, blocks this
                         worker's event loop S seconds (it accepts nothing meanwhile),
                         then answers /whoami's JSON
+    GET  /client        {"host", "port"}: the client as the app sees it (ASGI's
+                        scope["client"], WSGI's REMOTE_ADDR and REMOTE_PORT); not
+                        in the Django app
 """
 
 import asyncio

@@ -25,6 +25,12 @@ async def whoami():
     return common.whoami("fastapi")
 
 
+@app.get("/client")
+async def client(request: Request):
+    host, port = request.scope["client"]
+    return {"host": host, "port": port}
+
+
 @app.post("/echo")
 async def echo(request: Request):
     digest = common.Digest()

@@ -47,3 +47,9 @@ def block():
 @app.get("/requests")
 def requests():
     return jsonify(common.requests_served())
+
+
+@app.get("/client")
+def client():
+    return jsonify({"host": request.environ["REMOTE_ADDR"],
+                    "port": int(request.environ["REMOTE_PORT"])})

@@ -44,6 +44,11 @@ async def block(request):
     return JSONResponse(common.whoami("starlette"))
 
 
+async def client(request):
+    host, port = request.scope["client"]
+    return JSONResponse({"host": host, "port": port})
+
+
 async def requests(request):
     return JSONResponse(common.requests_served())
 
@@ -58,6 +63,7 @@ async def lifespan(app):
 app = Starlette(routes=[
     Route("/whoami", whoami), Route("/echo", echo, methods=["POST"]), Route("/stream", stream),
     Route("/slow", slow), Route("/requests", requests), Route("/block", block),
+    Route("/client", client),
 ], lifespan=lifespan)
 
 
