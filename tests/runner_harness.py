@@ -4,8 +4,8 @@ import os
 import sys
 
 from harness import PY, ROOT, ClusterProcess, wait_until
-from fastfork.channels.status_socket import ControlError
-from fastfork.channels.status_socket import request as control_request
+from fastfork.operations.status_socket import StatusError
+from fastfork.operations.status_socket import request as control_request
 
 APPS = os.path.join(ROOT, "tests", "apps")
 OPS_APP = os.path.join(APPS, "ops_app.py")
@@ -34,7 +34,7 @@ class Runner:
     def try_status(self):
         try:
             return self.status()
-        except ControlError:
+        except StatusError:
             if self.proc.proc.poll() is not None:
                 raise AssertionError(f"the primary exited ({self.proc.proc.returncode}):\n"
                                      f"{self.output()}") from None

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from fastfork.channels.oneshot import CLIENT_TIMEOUT
+from fastfork.operations.oneshot import CLIENT_TIMEOUT
 from harness import wait_until
 from runner_harness import APPS, OPS_APP
 

@@ -30,12 +30,13 @@ ALLOWED = {
     # The one settings object, built once, read by both roles.
     "fastfork.settings": {"fastfork.addresses", "fastfork.cpus", "fastfork.handoff",
                           "fastfork.loops"},
-    # The operator's side of a running primary.
-    "fastfork.channels": set(),
+    # The operator's side of a running primary: status socket, health and
+    # metrics endpoints (it reads a Cluster it is given, never imports one).
+    "fastfork.operations": {"fastfork.addresses", "fastfork.extras", "fastfork.handoff"},
     "fastfork.worker": {"fastfork.addresses", "fastfork.extras", "fastfork.handoff",
                         "fastfork.loops", "fastfork.privileges"},
     # The primary forks workers, so it knows how one boots.
-    "fastfork.primary": {"fastfork.addresses", "fastfork.channels", "fastfork.cpus",
+    "fastfork.primary": {"fastfork.addresses", "fastfork.cpus", "fastfork.operations",
                          "fastfork.extras", "fastfork.handoff", "fastfork.privileges",
                          "fastfork.settings", "fastfork.worker"},
     "fastfork": {"fastfork.addresses", "fastfork.cpus", "fastfork.handoff", "fastfork.primary",
@@ -43,7 +44,7 @@ ALLOWED = {
     # Built on the public face, as a user's program is.
     "fastfork.web": {"fastfork", "fastfork.extras", "fastfork.loops", "fastfork.worker"},
     "fastfork.demo": {"fastfork", "fastfork.settings", "fastfork.worker"},
-    "fastfork.cli": {"fastfork", "fastfork.channels", "fastfork.extras", "fastfork.loops",
+    "fastfork.cli": {"fastfork", "fastfork.operations", "fastfork.extras", "fastfork.loops",
                      "fastfork.primary", "fastfork.privileges", "fastfork.settings",
                      "fastfork.web"},
     "fastfork.__main__": {"fastfork.cli"},

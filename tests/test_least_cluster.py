@@ -18,7 +18,7 @@ import time
 import pytest
 
 import fastfork
-from fastfork.channels.status_socket import request as control_request
+from fastfork.operations.status_socket import request as control_request
 from fastfork.settings import SettingError, Settings
 from harness import PY, request, wait_until
 from loadgen import Load

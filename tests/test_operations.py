@@ -20,7 +20,7 @@ import pytest
 
 from harness import PY, request, wait_until
 from runner_harness import APPS, OPS_APP, pids_of
-from fastfork.channels.status_socket import peer_allowed, peer_credentials
+from fastfork.operations.status_socket import peer_allowed, peer_credentials
 
 def alive_counts(output):
     """From the primary's log, in order: how many workers were alive after each fork/exit."""
@@ -326,10 +326,10 @@ def test_control_socket_is_private_and_checks_the_peer(runner_factory):
         "libc = ctypes.CDLL(None, use_errno=True)\n"
         "os.seteuid(65534)\n"
         "libc.setfsuid(0)\n"
-        "from fastfork.channels.status_socket import ControlError, request\n"
+        "from fastfork.operations.status_socket import StatusError, request\n"
         "try:\n"
         "    print('answered', request(sys.argv[1]))\n"
-        "except ControlError as exc:\n"
+        "except StatusError as exc:\n"
         "    print(exc)\n")
     out = subprocess.run([sys.executable, "-c", probe, runner.socket_path], env=PY.env(),
                          capture_output=True, text=True, timeout=20)

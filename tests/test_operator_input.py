@@ -14,7 +14,7 @@ import tempfile
 import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from fastfork.channels.status_socket import ControlServer
+from fastfork.operations.status_socket import StatusServer
 from harness import request
 from runner_harness import OPS_APP, pids_of
 
@@ -29,10 +29,10 @@ json_values = st.recursive(
 
 @pytest.fixture(scope="module")
 def control_server():
-    """A real ControlServer (bound, not served by any loop): its ``respond`` is the
+    """A real StatusServer (bound, not served by any loop): its ``respond`` is the
     line handling the primary runs for each request."""
     directory = tempfile.mkdtemp(prefix="ffin", dir="/tmp")
-    server = ControlServer(os.path.join(directory, "c.sock"),
+    server = StatusServer(os.path.join(directory, "c.sock"),
                            {"status": lambda: {"primary": {"pid": 1}}},
                            lambda fd: None, lambda fd: None)
     yield server

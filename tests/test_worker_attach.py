@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from fastfork.channels.status_socket import request as control_request
+from fastfork.operations.status_socket import request as control_request
 from fastfork import loops
 from fastfork.worker import aio
 from fastfork.worker.listener import AcceptedFd, Listener

@@ -17,7 +17,7 @@ import sys
 import fastfork
 
 from .. import privileges
-from ..channels.status_socket import default_dir, default_path
+from ..operations.status_socket import default_dir, default_path
 from ..primary import Cluster
 from .. import loops
 from . import options

@@ -1,6 +1,6 @@
 """``python -m fastfork status``: the workers of running primaries, like ``pm2 ls``.
 
-Asks each primary over its control socket (see ``fastfork.channels.status_socket``):
+Asks each primary over its status socket (see ``fastfork.operations.status_socket``):
 by default every ``*.sock`` in the control directory, or the one named, or
 the one at ``--socket PATH``.  ``--json`` prints the answers as they came.
 """
@@ -11,7 +11,7 @@ import json
 import os
 import sys
 
-from ..channels.status_socket import ControlError, default_dir, default_path, request
+from ..operations.status_socket import StatusError, default_dir, default_path, request
 
 COLUMNS = ("id", "index", "pid", "uptime", "restarts", "dispatched", "requests", "open",
            "queued", "rss",
@@ -113,7 +113,7 @@ def _main(argv):
     for path in paths:
         try:
             answers.append(request(path, "status"))
-        except ControlError as exc:
+        except StatusError as exc:
             print(f"fastfork status: {exc}", file=sys.stderr)
             failed = True
     if args.json:

@@ -33,8 +33,9 @@ from ..cpus import parse_workers
 from ..privileges import resolve_credentials
 from ..settings import DISPATCHED, POLICIES, Settings
 from ..worker import boot
-from . import backoff, health, messages, metrics, replacement, scaling
-from .endpoint import Endpoint
+from . import backoff, health, messages, replacement, scaling
+from ..operations import metrics
+from ..operations.endpoint import Endpoint
 from .handle import Worker
 from .listeners import Listeners
 from .signals import SignalQueue, reset_in_child
@@ -193,11 +194,11 @@ class Cluster:
 
         Raises OSError naming the path when it cannot (another primary owns it).
         """
-        from ..channels.status_socket import ControlServer
+        from ..operations.status_socket import StatusServer
         self._ensure_started()
         if self._control_server is not None:
             self._control_server.close()
-        self._control_server = ControlServer(path, {"status": self.status},
+        self._control_server = StatusServer(path, {"status": self.status},
                                              self.dispatcher.watch, self.dispatcher.unwatch)
         return self._control_server.path
 

@@ -11,7 +11,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from fastfork.cli import main  # noqa: E402
-from fastfork.primary import metrics  # noqa: E402
+from fastfork.operations import metrics  # noqa: E402
 
 PADDING_SAMPLES = 6000           # of about 1 KB each: a 6 MB answer
 

@@ -12,7 +12,7 @@ request per connection, answered with ``Connection: close``.
 """
 
 from ..addresses import bind_listener, describe, parse_address
-from ..channels.oneshot import BACKLOG, MAX_REQUEST, OneShotServer
+from .oneshot import BACKLOG, MAX_REQUEST, OneShotServer
 
 _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
             431: "Request Header Fields Too Large", 500: "Internal Server Error",

@@ -1,4 +1,4 @@
-"""The primary's control socket: how ``python -m fastfork status`` asks a running primary.
+"""The status socket (``--control-socket``): how ``fastfork status`` asks a running primary.
 
 A Unix stream socket created with mode 0600 (in a directory only its owner
 can enter, for the default location), and every peer checked with
@@ -21,7 +21,7 @@ from .oneshot import BACKLOG, MAX_REQUEST, OneShotServer
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
 
 
-class ControlError(Exception):
+class StatusError(Exception):
     """A control request failed: no primary there, refused, or a bad answer."""
 
 
@@ -74,7 +74,7 @@ def _ensure_private_dir(path):
                                    f"(mode {info.st_mode & 0o777:o})")
 
 
-class ControlServer(OneShotServer):
+class StatusServer(OneShotServer):
     """The listening control socket, served from the primary's loop.
 
     ``commands`` maps a command name to a function returning a JSON-able
@@ -110,7 +110,7 @@ class ControlServer(OneShotServer):
             return
         try:
             answer = request(self.path, "status", timeout=2.0)
-        except ControlError:
+        except StatusError:
             answer = None
         if answer is not None:
             pid = answer.get("primary", {}).get("pid")
@@ -182,18 +182,18 @@ def _encode(answer):
 
 
 def request(path, command="status", timeout=5.0):
-    """Ask the primary at ``path``; returns its answer (a dict) or raises ControlError."""
+    """Ask the primary at ``path``; returns its answer (a dict) or raises StatusError."""
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.settimeout(timeout)
     try:
         try:
             sock.connect(path)
         except FileNotFoundError:
-            raise ControlError(f"no control socket at {path}: is the primary running?") from None
+            raise StatusError(f"no control socket at {path}: is the primary running?") from None
         except ConnectionRefusedError:
-            raise ControlError(f"nothing answers at {path}: the primary is gone") from None
+            raise StatusError(f"nothing answers at {path}: the primary is gone") from None
         except PermissionError:
-            raise ControlError(f"permission denied on {path}: run as the primary's user "
+            raise StatusError(f"permission denied on {path}: run as the primary's user "
                                f"or root") from None
         try:
             sock.sendall(json.dumps({"cmd": command}).encode() + b"\n")
@@ -206,16 +206,16 @@ def request(path, command="status", timeout=5.0):
                 break
             data += chunk
     except socket.timeout:
-        raise ControlError(f"the primary at {path} did not answer within {timeout}s") from None
+        raise StatusError(f"the primary at {path} did not answer within {timeout}s") from None
     except OSError as exc:
-        raise ControlError(f"{path}: {exc.strerror or exc}") from None
+        raise StatusError(f"{path}: {exc.strerror or exc}") from None
     finally:
         sock.close()
     try:
         answer = json.loads(data.decode("utf-8"))
     except ValueError:
-        raise ControlError(f"the primary at {path} closed the connection without an answer"
+        raise StatusError(f"the primary at {path} closed the connection without an answer"
                            if not data else f"bad answer from {path}") from None
     if isinstance(answer, dict) and "error" in answer:
-        raise ControlError(answer["error"])
+        raise StatusError(answer["error"])
     return answer
