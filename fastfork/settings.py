@@ -313,13 +313,15 @@ class Settings:
         1.0, _seconds, "a worker dying sooner than this after starting counts toward the "
         "crash loop (default 1)", "crash loop", "SECONDS")
     max_restarts: int = _setting(
-        10, _positive, "stop (exit code 3) after this many quick deaths in a row (default 10)",
-        "crash loop", "N")
+        10, _positive, "this many quick deaths in a row at one worker slot are a crash loop: "
+        "while other workers serve, the slot keeps re-forking every --backoff-max seconds "
+        "(degraded); when none serves, stop (exit code 3) (default 10)", "crash loop", "N")
     backoff_base: float = _setting(
         0.1, _seconds, "first delay before re-forking after a quick death; doubles each "
         "time (default 0.1)", "crash loop", "SECONDS")
     backoff_max: float = _setting(
-        2.0, _seconds, "longest delay between re-forks (default 2)", "crash loop", "SECONDS")
+        2.0, _seconds, "longest delay between re-forks of a slot, and how often a slot in a "
+        "crash loop is retried (default 2)", "crash loop", "SECONDS")
 
     # -- privileges ------------------------------------------------------------------
     user: Optional[str] = _setting(

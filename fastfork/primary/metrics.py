@@ -14,6 +14,7 @@ import math
 import time
 
 from ..channels.wire import BATCH_BUCKETS
+from . import slots
 
 EXTRA_HINT = "pip install 'fastfork[metrics]'"
 
@@ -69,6 +70,14 @@ class ClusterCollector:
                     value=cluster.size)
         yield gauge("fastfork_ready", "1 while the primary would answer /readyz with 200.",
                     value=1 if cluster.readiness()[0] else 0)
+        yield gauge("fastfork_workers_degraded", "Wanted worker slots that no worker serves "
+                    "(starting, or re-forking after crashes).",
+                    value=len(slots.degraded(cluster)))
+        streaks = gauge("fastfork_worker_quick_deaths", "Quick deaths in a row at a slot that "
+                        "does not serve (a crash loop from --max-restarts).", labels=["index"])
+        for index, streak in slots.crash_loops(cluster).items():
+            streaks.add_metric([str(index)], streak)
+        yield streaks
         restarts = counter("fastfork_worker_restarts", "Workers forked again, by index and "
                            "cause (crash, hang, max-requests, max-memory, reload, sigterm).",
                            labels=["index", "cause"])
