@@ -282,6 +282,15 @@ class Settings:
     timeout_keep_alive: float = _setting(
         5.0, _seconds, "close a keep-alive connection idle this long (default 5)",
         "http apps", "SECONDS")
+    timeout_request_head: float = _setting(
+        60.0, _seconds, "close a connection whose request head (request line and headers) "
+        "has not all arrived this long after the connection opened, or after the first byte "
+        "of a request on a keep-alive connection; a 408 answers a partial head (0: no "
+        "deadline) (default 60, as nginx's client_header_timeout)", "http apps", "SECONDS")
+    wsgi_body_buffer: int = _setting(
+        1 << 20, parse_size, "a WSGI app's request body is read on the event loop, up to "
+        "this much, before a --threads thread runs the app, so that a slow upload does not "
+        "hold a thread (0: off) (default 1M)", "http apps", "SIZE")
     limit_concurrency: int = _setting(
         0, _count, "answer 503 beyond this many connections and tasks per worker "
         "(0: no limit)", "http apps", "N")

@@ -106,6 +106,10 @@ class ClusterCollector:
                                   labels=labels),
             "requests": counter("fastfork_worker_requests", "Requests a worker answered "
                                 "(HTTP apps).", labels=labels),
+            "head_timeouts": counter("fastfork_worker_request_head_timeouts", "Connections a "
+                                     "worker closed because a request head did not arrive "
+                                     "within --timeout-request-head (HTTP apps).",
+                                     labels=labels),
             "open": gauge("fastfork_worker_open_connections", "Connections open in a worker, "
                           "as its loop last reported.", labels=labels),
             "queued": gauge("fastfork_worker_queued_connections", "Connections sent to a "
@@ -125,6 +129,8 @@ class ClusterCollector:
             families["dispatched"].add_metric(index, worker.handled())
             if worker.requests is not None:
                 families["requests"].add_metric(index, worker.requests)
+            if worker.head_timeouts is not None:
+                families["head_timeouts"].add_metric(index, worker.head_timeouts)
             if worker.open_connections is not None:
                 families["open"].add_metric(index, worker.open_connections)
             families["queued"].add_metric(index, dispatcher.worker_stats(worker.slot)[1])

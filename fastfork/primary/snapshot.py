@@ -12,6 +12,7 @@ def status(cluster):
         workers.append({"id": w.id, "index": w.index, "pid": w.pid,
                         "uptime": round(w.uptime, 3), "restarts": w.restarts,
                         "dispatched": w.handled(), "requests": w.requests,
+                        "head_timeouts": w.head_timeouts,
                         "open": w.open(), "queued": w.queued(),
                         "rss": w.rss(), "state": w.state})
     replacing = None
