@@ -282,6 +282,15 @@ class Settings:
     timeout_keep_alive: float = _setting(
         5.0, _seconds, "close a keep-alive connection idle this long (default 5)",
         "http apps", "SECONDS")
+    timeout_request_head: float = _setting(
+        60.0, _seconds, "close a connection whose request head (request line and headers) "
+        "has not all arrived this long after the connection opened, or after the first byte "
+        "of a request on a keep-alive connection; a 408 answers a partial head (0: no "
+        "deadline) (default 60, as nginx's client_header_timeout)", "http apps", "SECONDS")
+    wsgi_body_buffer: int = _setting(
+        1 << 20, parse_size, "a WSGI app's request body is read on the event loop, up to "
+        "this much, before a --threads thread runs the app, so that a slow upload does not "
+        "hold a thread (0: off) (default 1M)", "http apps", "SIZE")
     limit_concurrency: int = _setting(
         0, _count, "answer 503 beyond this many connections and tasks per worker "
         "(0: no limit)", "http apps", "N")
@@ -313,13 +322,15 @@ class Settings:
         1.0, _seconds, "a worker dying sooner than this after starting counts toward the "
         "crash loop (default 1)", "crash loop", "SECONDS")
     max_restarts: int = _setting(
-        10, _positive, "stop (exit code 3) after this many quick deaths in a row (default 10)",
-        "crash loop", "N")
+        10, _positive, "this many quick deaths in a row at one worker slot are a crash loop: "
+        "while other workers serve, the slot keeps re-forking every --backoff-max seconds "
+        "(degraded); when none serves, stop (exit code 3) (default 10)", "crash loop", "N")
     backoff_base: float = _setting(
         0.1, _seconds, "first delay before re-forking after a quick death; doubles each "
         "time (default 0.1)", "crash loop", "SECONDS")
     backoff_max: float = _setting(
-        2.0, _seconds, "longest delay between re-forks (default 2)", "crash loop", "SECONDS")
+        2.0, _seconds, "longest delay between re-forks of a slot, and how often a slot in a "
+        "crash loop is retried (default 2)", "crash loop", "SECONDS")
 
     # -- privileges ------------------------------------------------------------------
     user: Optional[str] = _setting(

@@ -38,39 +38,73 @@ class W:
 
 
 # -- backoff: the crash loop -----------------------------------------------------------------
-# (uptime of each death, the verdicts and delays they get), min_uptime 1, 4 restarts, 0.1..0.5
+# Each death: (index, uptime, workers serving at that moment) -> (verdict, delay).
+# min_uptime 1, max_restarts 4, delays 0.1 doubling up to 0.5.
 CRASH_LOOP = {
     "doubling up to the cap": (
-        [0.1, 0.1, 0.1],
-        [(backoff.WAIT, 0.1), (backoff.WAIT, 0.2), (backoff.WAIT, 0.4)]),
-    "a survivor resets the streak": (
-        [0.1, 0.1, 5.0, 0.1],
-        [(backoff.WAIT, 0.1), (backoff.WAIT, 0.2), (backoff.RESET, 0.0), (backoff.WAIT, 0.1)]),
-    "max_restarts quick deaths stop": (
-        [0.1, 0.1, 0.1, 0.1],
+        [(0, 0.1, 0), (0, 0.1, 0), (0, 0.1, 0), (0, 0.1, 0)],
         [(backoff.WAIT, 0.1), (backoff.WAIT, 0.2), (backoff.WAIT, 0.4), (backoff.STOP, 0.0)]),
-    "exactly min_uptime is not quick": ([1.0], [(backoff.RESET, 0.0)]),
+    "a survivor resets the streak": (
+        [(0, 0.1, 0), (0, 0.1, 0), (0, 5.0, 0), (0, 0.1, 0)],
+        [(backoff.WAIT, 0.1), (backoff.WAIT, 0.2), (backoff.RESET, 0.0), (backoff.WAIT, 0.1)]),
+    "max_restarts quick deaths and nothing serves: stop": (
+        [(1, 0.1, 0)] * 4,
+        [(backoff.WAIT, 0.1), (backoff.WAIT, 0.2), (backoff.WAIT, 0.4), (backoff.STOP, 0.0)]),
+    "exactly min_uptime is not quick": ([(0, 1.0, 0)], [(backoff.RESET, 0.0)]),
+    "each index has its own streak": (
+        [(0, 0.1, 0), (1, 0.1, 0), (0, 0.1, 0), (1, 0.1, 0)],
+        [(backoff.WAIT, 0.1), (backoff.WAIT, 0.1), (backoff.WAIT, 0.2), (backoff.WAIT, 0.2)]),
+    "a crash loop while another serves: degraded, retried at the cap": (
+        [(1, 0.1, 1)] * 6,
+        [(backoff.WAIT, 0.1), (backoff.WAIT, 0.2), (backoff.WAIT, 0.4), (backoff.DEGRADED, 0.5),
+         (backoff.DEGRADED, 0.5), (backoff.DEGRADED, 0.5)]),
+    "degraded, then the last serving worker goes: stop": (
+        [(1, 0.1, 1)] * 5 + [(1, 0.1, 0)],
+        [(backoff.WAIT, 0.1), (backoff.WAIT, 0.2), (backoff.WAIT, 0.4), (backoff.DEGRADED, 0.5),
+         (backoff.DEGRADED, 0.5), (backoff.STOP, 0.0)]),
+    "another index's long life does not end a crash loop": (
+        [(1, 0.1, 1)] * 4 + [(0, 9.0, 0), (1, 0.1, 0)],
+        [(backoff.WAIT, 0.1), (backoff.WAIT, 0.2), (backoff.WAIT, 0.4), (backoff.DEGRADED, 0.5),
+         (backoff.RESET, 0.0), (backoff.STOP, 0.0)]),
+    "a fixed slot that lived starts afresh": (
+        [(1, 0.1, 1)] * 5 + [(1, 3.0, 1), (1, 0.1, 0)],
+        [(backoff.WAIT, 0.1), (backoff.WAIT, 0.2), (backoff.WAIT, 0.4), (backoff.DEGRADED, 0.5),
+         (backoff.DEGRADED, 0.5), (backoff.RESET, 0.0), (backoff.WAIT, 0.1)]),
 }
 
 
-@pytest.mark.parametrize("uptimes, expected", list(CRASH_LOOP.values()), ids=list(CRASH_LOOP))
-def test_crash_loop_rules(uptimes, expected):
+@pytest.mark.parametrize("deaths, expected", list(CRASH_LOOP.values()), ids=list(CRASH_LOOP))
+def test_crash_loop_rules(deaths, expected):
     policy = backoff.CrashLoop(min_uptime=1.0, max_restarts=4, base=0.1, cap=0.5)
     got = []
-    for now, uptime in enumerate(uptimes, start=100):
-        verdict, delay = policy.died(uptime, now)
+    for now, (index, uptime, serving) in enumerate(deaths, start=100):
+        verdict, delay = policy.died(index, uptime, now, serving)
         got.append((verdict, pytest.approx(delay)))
-        if verdict == backoff.WAIT:
-            assert not policy.may_spawn(now) and policy.may_spawn(now + delay)
+        if verdict in (backoff.WAIT, backoff.DEGRADED):
+            assert not policy.may_spawn(now, index) and policy.may_spawn(now + delay, index)
+        assert policy.looping(index) == (policy.streak(index) >= 4)
     assert got == expected
 
 
+def test_one_index_backing_off_does_not_hold_back_the_others():
+    policy = backoff.CrashLoop(min_uptime=1.0, max_restarts=4, base=0.1, cap=0.5)
+    policy.died(1, 0.0, 10.0, serving=1)
+    assert not policy.may_spawn(10.0, 1)
+    assert policy.may_spawn(10.0, 0) and policy.may_spawn(10.0)
+    assert (policy.streak(0), policy.streak(1)) == (0, 1)
+
+
 def test_crash_loop_cap_and_hold():
-    policy = backoff.CrashLoop(min_uptime=1.0, max_restarts=100, base=0.1, cap=0.5)
-    delays = [policy.died(0.0, 0.0)[1] for _ in range(6)]
+    policy = backoff.CrashLoop(min_uptime=1.0, max_restarts=10000, base=0.1, cap=0.5)
+    delays = [policy.died(0, 0.0, 0.0, 1)[1] for _ in range(6)]
     assert delays == pytest.approx([0.1, 0.2, 0.4, 0.5, 0.5, 0.5])
+    # A slot degraded for hours: thousands of deaths, still the cap (no overflow).
+    assert [policy.died(0, 0.0, 0.0, 1)[0] for _ in range(5000)][-1] == backoff.WAIT
+    assert policy.died(0, 0.0, 0.0, 1)[1] == 0.5
+    # Rule 5: a hold stops every index, and the next free one too.
     assert policy.hold(10.0) == 0.5
     assert not policy.may_spawn(10.4) and policy.may_spawn(10.5)
+    assert not policy.may_spawn(10.4, 3) and policy.may_spawn(10.5, 3)
 
 
 # -- scaling ------------------------------------------------------------------------------
@@ -93,6 +127,12 @@ def test_scaling_plan(indices, size, stopped, missing):
 @pytest.mark.parametrize("taken, index", [(set(), 0), ({0, 1, 3}, 2), ({1, 2}, 0)])
 def test_free_index_is_the_lowest_free(taken, index):
     assert scaling.free_index(taken) == index
+
+
+@pytest.mark.parametrize("taken, count, indices", [(set(), 2, [0, 1]), ({0, 2}, 2, [1, 3]),
+                                                   ({1}, 1, [0]), ({0, 1}, 0, [])])
+def test_free_indices_are_the_lowest_free(taken, count, indices):
+    assert scaling.free_indices(taken, count) == indices
 
 
 # -- health: hangs and recycling ------------------------------------------------------------

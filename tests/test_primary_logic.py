@@ -74,7 +74,7 @@ def test_quick_deaths_back_off_exponentially_up_to_the_cap(monkeypatch, clock, d
     for _ in range(deaths):
         worker = Worker(cluster, 99, 0)      # started "now": a quick death
         cluster.count_death(worker)
-    assert cluster.crash_loop.next_spawn_at - clock.now == pytest.approx(delay)
+    assert cluster.crash_loop.spawn_at(0) - clock.now == pytest.approx(delay)
 
 
 def test_backoff_delays_the_refork(monkeypatch, clock):
@@ -91,11 +91,11 @@ def test_a_worker_that_lived_resets_the_streak(monkeypatch, clock):
     cluster, _, _ = make_cluster(monkeypatch, 1, min_uptime=1.0)
     for _ in range(3):
         cluster.count_death(Worker(cluster, 99, 0))
-    assert cluster.crash_loop.quick_deaths == 3
+    assert cluster.crash_loop.streak(0) == 3
     survivor = Worker(cluster, 100, 0)
     clock.now += 5
     cluster.count_death(survivor)
-    assert cluster.crash_loop.quick_deaths == 0
+    assert cluster.crash_loop.streak(0) == 0
 
 
 def test_crash_loop_stops_after_max_restarts(monkeypatch, clock):
@@ -106,6 +106,28 @@ def test_crash_loop_stops_after_max_restarts(monkeypatch, clock):
         cluster.count_death(Worker(cluster, 99, 0))
     assert cluster.exit_code == EXIT_CRASH_LOOP
     assert shutdowns == ["crash loop"]
+
+
+def test_a_crash_loop_in_one_slot_keeps_the_serving_ones(monkeypatch, clock):
+    cluster, spawned, _ = make_cluster(monkeypatch, 2, max_restarts=3)
+    shutdowns = []
+    monkeypatch.setattr(cluster, "begin_shutdown", shutdowns.append)
+    cluster.manage_workers()
+    spawned[0].state = "listening"                 # index 0 serves
+    del cluster.workers[spawned[1].id]             # index 1 died, and keeps dying
+    for _ in range(6):
+        cluster.count_death(Worker(cluster, 99, 1))
+    assert shutdowns == [] and cluster.exit_code == 0
+    assert cluster.readiness() == (True, "ready, degraded: 1 of 2 workers serving "
+                                         "(index 1: crash loop, 6 quick deaths in a row)")
+    cluster.manage_workers()
+    assert len(spawned) == 2                       # index 1 waits for its backoff...
+    clock.now += 2.0
+    cluster.manage_workers()
+    assert [w.index for w in spawned[2:]] == [1]   # ...then is retried
+    del cluster.workers[spawned[0].id]             # the last serving worker goes too
+    cluster.count_death(Worker(cluster, 98, 1))
+    assert shutdowns == ["crash loop"] and cluster.exit_code == EXIT_CRASH_LOOP
 
 
 def test_no_respawn_shrinks_the_cluster(monkeypatch, clock):

@@ -88,6 +88,8 @@ def web_options(settings):
             "proxy_headers": settings.proxy_headers,
             "forwarded_allow_ips": settings.forwarded_allow_ips,
             "timeout_keep_alive": settings.timeout_keep_alive,
+            "timeout_request_head": settings.timeout_request_head,
+            "body_buffer": settings.wsgi_body_buffer,
             "limit_concurrency": settings.limit_concurrency or None,
             "access_log": not settings.no_access_log,
             "graceful_timeout": settings.graceful_timeout}

@@ -69,6 +69,10 @@ def table(answer):
         lines[0] += f"; replacing worker {r['old']} by {r['new']} ({r['reason']})"
     if p.get("stopping"):
         lines[0] += "; stopping"
+    if p.get("degraded"):         # .get: an older primary does not say
+        loops = "".join(f", index {c['index']} crashed {c['quick_deaths']} times in a row"
+                        for c in p.get("crash_loops", ()))
+        lines[0] += f"; degraded: {p['degraded']} not serving{loops}"
     # .get: a primary of an older fastfork sends no "queued".
     rows = [COLUMNS] + [tuple(cell(c, w.get(c)) for c in COLUMNS) for w in answer["workers"]]
     t = answer["totals"]

@@ -61,6 +61,14 @@ class ClusterCollector:
                     value=cluster.size)
         yield gauge("fastfork_ready", "1 while the primary would answer /readyz with 200.",
                     value=1 if cluster.readiness()[0] else 0)
+        yield gauge("fastfork_workers_degraded", "Wanted worker slots that no worker serves "
+                    "(starting, or re-forking after crashes).",
+                    value=len(cluster.degraded()))
+        streaks = gauge("fastfork_worker_quick_deaths", "Quick deaths in a row at a slot that "
+                        "does not serve (a crash loop from --max-restarts).", labels=["index"])
+        for index, streak in cluster.crash_loops().items():
+            streaks.add_metric([str(index)], streak)
+        yield streaks
         restarts = counter("fastfork_worker_restarts", "Workers forked again, by index and "
                            "cause (crash, hang, max-requests, max-memory, reload, sigterm).",
                            labels=["index", "cause"])
@@ -89,6 +97,10 @@ class ClusterCollector:
                                   labels=labels),
             "requests": counter("fastfork_worker_requests", "Requests a worker answered "
                                 "(HTTP apps).", labels=labels),
+            "head_timeouts": counter("fastfork_worker_request_head_timeouts", "Connections a "
+                                     "worker closed because a request head did not arrive "
+                                     "within --timeout-request-head (HTTP apps).",
+                                     labels=labels),
             "open": gauge("fastfork_worker_open_connections", "Connections open in a worker, "
                           "as its loop last reported.", labels=labels),
             "queued": gauge("fastfork_worker_queued_connections", "Connections sent to a "
@@ -108,6 +120,8 @@ class ClusterCollector:
             families["dispatched"].add_metric(index, worker.handled())
             if worker.requests is not None:
                 families["requests"].add_metric(index, worker.requests)
+            if worker.head_timeouts is not None:
+                families["head_timeouts"].add_metric(index, worker.head_timeouts)
             if worker.open_connections is not None:
                 families["open"].add_metric(index, worker.open_connections)
             families["queued"].add_metric(index, dispatcher.worker_stats(worker.slot)[1])

@@ -6,6 +6,7 @@
 * ``listeners``: the addresses the primary owns, and what each policy hands a worker.
 * ``signals``: which signals the primary handles; handlers only record them.
 * ``snapshot``: what ``fastfork status`` shows.
+* ``slots``: which slots serve: ``/readyz`` and the degraded count.
 * ``activation``: sockets passed by systemd.
 * Lifecycle policies, free of I/O and tested as tables: ``backoff`` (the
   crash loop), ``replacement`` (rolling reload, new before old), ``health``

@@ -33,7 +33,7 @@ from ..cpus import parse_workers
 from ..privileges import resolve_credentials
 from ..settings import DISPATCHED, POLICIES, Settings
 from ..worker import boot
-from . import backoff, health, messages, replacement, scaling
+from . import backoff, health, messages, replacement, scaling, slots
 from ..operations import metrics
 from ..operations.endpoint import Endpoint
 from .handle import Worker
@@ -231,16 +231,15 @@ class Cluster:
 
     def readiness(self):
         """``(ready, reason)``: what ``/readyz`` answers (200 or 503, and why)."""
-        if self.stopping:
-            return False, "stopping: draining the workers"
-        if self._stop_at is not None:
-            left = max(0.0, self._stop_at - time.monotonic())
-            return False, f"stopping: SIGTERM received, draining in {left:.1f}s"
-        serving = [w for w in self.workers.values()
-                   if w.state == "listening" and not w.stop_requested]
-        if not serving:
-            return False, "no worker is serving yet"
-        return True, f"ready: {len(serving)} of {self.size} workers serving"
+        return slots.readiness(self)
+
+    def degraded(self):
+        """The wanted slots no worker serves (``slots.degraded``: for the metrics)."""
+        return slots.degraded(self)
+
+    def crash_loops(self):
+        """index -> quick deaths in a row, for the slots in a crash loop."""
+        return slots.crash_loops(self)
 
     def note_restart(self, worker, cause):
         """Count that ``worker``'s index is forked again, and why (for the metrics)."""
@@ -337,9 +336,9 @@ class Cluster:
     def _poll_timeout_ms(self):
         now = time.monotonic()
         deadlines = [now + 1.0]
-        next_spawn = max(now, self.crash_loop.next_spawn_at)
-        if not self.stopping and len(self._live_indices()) < self.size:
-            deadlines.append(next_spawn)
+        next_spawn = max(now, self.crash_loop.spawn_at())
+        if not self.stopping:
+            deadlines.extend(self.crash_loop.spawn_at(index) for index in slots.missing(self))
         deadlines.extend(w.kill_at for w in self.workers.values() if w.kill_at is not None)
         if self._stop_at is not None:
             deadlines.append(self._stop_at)
@@ -561,16 +560,25 @@ class Cluster:
         if not self.settings.respawn:
             self.size = max(0, self.size - 1)
             return
-        verdict, delay = self.crash_loop.died(worker.uptime, time.monotonic())
+        serving = len(slots.serving_workers(self))
+        now = time.monotonic()
+        verdict, delay = self.crash_loop.died(worker.index, worker.uptime, now, serving)
+        streak = self.crash_loop.streak(worker.index)
         if verdict == backoff.STOP:
             log.error("workers died %d times in a row within %.1fs of starting; "
-                      "not re-forking (last: %s). Fix the app and restart.",
-                      self.crash_loop.quick_deaths, self.settings.min_uptime, worker.label)
+                      "not re-forking (last: %s, index %d; no worker serves). "
+                      "Fix the app and restart.", streak, self.settings.min_uptime,
+                      worker.label, worker.index)
             self.exit_code = EXIT_CRASH_LOOP
             self.begin_shutdown("crash loop")
+        elif verdict == backoff.DEGRADED:
+            # Once loud, then quiet: a slot may loop for hours until a fix is deployed.
+            logger = log.error if streak == self.settings.max_restarts else log.debug
+            logger("index %d is in a crash loop (%d quick deaths in a row); %d other "
+                   "workers keep serving; re-forking it every %.2fs until it starts",
+                   worker.index, streak, serving, delay)
         elif verdict == backoff.WAIT:
-            log.warning("re-forking in %.2fs (%d quick deaths in a row)",
-                        delay, self.crash_loop.quick_deaths)
+            log.warning("re-forking in %.2fs (%d quick deaths in a row)", delay, streak)
 
     def _live_indices(self):
         return {w.index for w in self.workers.values() if not w.stop_requested}
@@ -586,11 +594,16 @@ class Cluster:
         to_stop, missing = scaling.plan(counted, self.size)
         for worker in to_stop:
             self.stop_worker(worker)
-        if not missing or not self.crash_loop.may_spawn(time.monotonic()):
+        if not missing:
             return
-        for _ in range(missing):
+        now = time.monotonic()
+        # Each index backs off on its own (backoff rule 2): one in a crash loop
+        # does not hold back the others.
+        for index in scaling.free_indices(self._live_indices(), missing):
+            if not self.crash_loop.may_spawn(now, index):
+                continue
             try:
-                self.spawn_worker(self._free_index())
+                self.spawn_worker(index)
             except OSError as exc:
                 self._spawn_failed(exc)
                 return

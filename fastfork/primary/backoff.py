@@ -1,51 +1,82 @@
-"""When to fork again after workers die: the crash-loop policy.  No I/O.
+"""When to fork again after workers die: the crash-loop policy, per index.  No I/O.
+
+Each index (a worker's slot, which its replacement takes over) has its own
+streak of quick deaths, so that one slot failing does not hold back the others.
 
 Rules
 -----
 1. A worker that dies unexpectedly less than ``min_uptime`` seconds after it
-   started is a *quick death*; one that lived longer resets the count to 0.
-2. After the n-th quick death in a row the next fork waits
-   ``base * 2 ** (n - 1)`` seconds, at most ``cap`` (0.1, 0.2, 0.4 ... 2).
-3. At ``max_restarts`` quick deaths in a row the app is broken: stop
-   (the primary exits with EXIT_CRASH_LOOP) instead of forking forever.
-4. A fork that fails (out of fds or processes), or a replacement that never
+   started is a *quick death* at its index; one that lived longer ends its
+   index's streak (back to 0).
+2. After the n-th quick death in a row at an index, that index's next fork
+   waits ``base * 2 ** (n - 1)`` seconds, at most ``cap`` (0.1, 0.2, 0.4 ... 2).
+   Other indices fork as usual.
+3. From ``max_restarts`` quick deaths in a row an index is in a *crash loop*.
+   While another worker serves, the index is *degraded*: it keeps retrying
+   every ``cap`` seconds (a fix deployed on disk brings it back), and the
+   serving workers go on serving, as uvicorn's survivors do.
+4. A quick death that leaves its index in a crash loop while no worker serves
+   is a broken app: stop (the primary exits with EXIT_CRASH_LOOP).  At
+   start-up nothing serves yet, so broken code still stops after
+   ``max_restarts`` quick deaths at one index.
+5. A fork that fails (out of fds or processes), or a replacement that never
    became ready, holds every fork for ``cap`` seconds.
 """
 
-RESET = "reset"     # the worker had lived: the streak is over
-WAIT = "wait"       # a quick death: fork again after the delay
-STOP = "stop"       # a crash loop: give up
+RESET = "reset"         # the worker had lived: its index's streak is over
+WAIT = "wait"           # a quick death: fork this index again after the delay
+DEGRADED = "degraded"   # a crash loop while others serve: retry after the delay
+STOP = "stop"           # a crash loop and nothing serves: give up
 
 
 class CrashLoop:
     """The crash-loop state of one primary (see the module docstring)."""
 
-    __slots__ = ("min_uptime", "max_restarts", "base", "cap", "quick_deaths", "next_spawn_at")
+    __slots__ = ("min_uptime", "max_restarts", "base", "cap", "streaks", "_spawn_at",
+                 "_held_until")
 
     def __init__(self, min_uptime, max_restarts, base, cap):
         self.min_uptime = min_uptime
         self.max_restarts = max_restarts
         self.base = base
         self.cap = cap
-        self.quick_deaths = 0
-        self.next_spawn_at = 0.0
+        self.streaks = {}           # index -> quick deaths in a row there
+        self._spawn_at = {}         # index -> no fork there before this
+        self._held_until = 0.0      # rule 5: no fork anywhere before this
 
-    def died(self, uptime, now):
-        """A worker died unexpectedly after ``uptime`` seconds: ``(verdict, delay)``."""
+    def died(self, index, uptime, now, serving):
+        """A worker at ``index`` died unexpectedly after ``uptime`` seconds, and
+        ``serving`` workers serve now: ``(verdict, delay)``."""
         if uptime >= self.min_uptime:
-            self.quick_deaths = 0
+            self.streaks.pop(index, None)
+            self._spawn_at.pop(index, None)
             return RESET, 0.0
-        self.quick_deaths += 1
-        if self.quick_deaths >= self.max_restarts:
+        streak = self.streaks[index] = self.streaks.get(index, 0) + 1
+        if streak >= self.max_restarts and not serving:
             return STOP, 0.0
-        delay = min(self.cap, self.base * 2 ** (self.quick_deaths - 1))
-        self.next_spawn_at = now + delay
-        return WAIT, delay
+        # The exponent stops growing long after the cap is reached: a slot
+        # degraded for hours must not overflow the float.
+        delay = min(self.cap, self.base * 2 ** min(streak - 1, 64))
+        self._spawn_at[index] = now + delay
+        return (DEGRADED if streak >= self.max_restarts else WAIT), delay
+
+    def streak(self, index):
+        """Quick deaths in a row at ``index`` (0 when none)."""
+        return self.streaks.get(index, 0)
+
+    def looping(self, index):
+        """Rule 3: is ``index`` in a crash loop?"""
+        return self.streak(index) >= self.max_restarts
 
     def hold(self, now):
-        """Rule 4: no fork for ``cap`` seconds; returns the delay."""
-        self.next_spawn_at = now + self.cap
+        """Rule 5: no fork for ``cap`` seconds; returns the delay."""
+        self._held_until = now + self.cap
         return self.cap
 
-    def may_spawn(self, now):
-        return now >= self.next_spawn_at
+    def spawn_at(self, index=None):
+        """When ``index`` (or, with None, any index not backing off) may fork."""
+        own = 0.0 if index is None else self._spawn_at.get(index, 0.0)
+        return max(own, self._held_until)
+
+    def may_spawn(self, now, index=None):
+        return now >= self.spawn_at(index)

@@ -36,6 +36,7 @@ class Worker:
         self.open_connections = None # as last reported by the worker's loop
         self.served = None           # connections its loop has taken, as reported
         self.requests = None         # requests answered, as reported (HTTP apps)
+        self.head_timeouts = None    # closed at the request-head deadline, as reported
         self.replaces = None         # the worker this one replaces, until it is ready
         self.request_limit = 0       # max-requests plus this worker's jitter; 0: none
         self.restarts = 0            # workers forked at this index before this one

@@ -90,6 +90,8 @@ def on_heartbeat(cluster, worker, message):
     worker.open_connections = None if opened is None else int(opened)
     worker.served = None if served is None else int(served)
     worker.requests = None if requests is None else int(requests)
+    head_timeouts = message.get("head_timeouts")
+    worker.head_timeouts = None if head_timeouts is None else int(head_timeouts)
 
 
 def on_msg(cluster, worker, message):

@@ -5,7 +5,8 @@ Rules
 1. Workers that were asked to stop, and replacements still starting (their
    predecessor holds the index), do not count.
 2. Scaling down stops the workers with the highest indices.
-3. A new worker takes the lowest index no counted worker holds.
+3. A new worker takes the lowest index no counted worker holds; when several
+   are missing, the lowest ones.
 """
 
 
@@ -22,3 +23,13 @@ def free_index(taken):
     while index in taken:
         index += 1
     return index
+
+
+def free_indices(taken, count):
+    """The ``count`` lowest indices not in ``taken``."""
+    found, index = [], 0
+    while len(found) < count:
+        if index not in taken:
+            found.append(index)
+        index += 1
+    return found

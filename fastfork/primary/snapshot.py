@@ -2,6 +2,8 @@
 
 import time
 
+from . import slots
+
 
 def status(cluster):
     """The primary, each worker (by index, then id) and the totals."""
@@ -10,6 +12,7 @@ def status(cluster):
         workers.append({"id": w.id, "index": w.index, "pid": w.pid,
                         "uptime": round(w.uptime, 3), "restarts": w.restarts,
                         "dispatched": w.handled(), "requests": w.requests,
+                        "head_timeouts": w.head_timeouts,
                         "open": w.open(), "queued": w.queued(),
                         "rss": w.rss(), "state": w.state})
     replacing = None
@@ -24,6 +27,10 @@ def status(cluster):
                     "replacing": replacing, "queued": len(cluster.replacements.queue),
                     "stopping": cluster.stopping,
                     "ready": cluster.readiness()[0],
+                    # Wanted slots no worker serves, and which of them crash.
+                    "degraded": len(slots.degraded(cluster)),
+                    "crash_loops": [{"index": index, "quick_deaths": streak}
+                                    for index, streak in slots.crash_loops(cluster).items()],
                     "endpoints": cluster.endpoint_addresses()},
         "workers": workers,
         "totals": {"workers": len(workers),

@@ -13,14 +13,14 @@ input built by a2wsgi, their responses handed to the loop by ``wsgi``.  This
 package imports none of them until asked: ``pip install 'fastfork[web]'``.
 """
 
-from .asgi import (STARTUP_FAILURE, AsgiServer, StartupFailed, log_config, requests_served,
-                   servers)
+from .asgi import (STARTUP_FAILURE, AsgiServer, StartupFailed, head_timeouts, log_config,
+                   requests_served, servers)
 from .detect import ASGI, WSGI, classify, describe, detect
 from .errors import EXTRA_HINT, MissingExtraError, NotAnAppError
 from .serve import KINDS, LOOPS, prepare, serve, serve_async
 
 __all__ = [
     "serve", "serve_async", "prepare", "detect", "classify", "describe", "AsgiServer",
-    "requests_served", "servers", "log_config", "NotAnAppError", "MissingExtraError", "StartupFailed",
+    "requests_served", "head_timeouts", "servers", "log_config", "NotAnAppError", "MissingExtraError", "StartupFailed",
     "STARTUP_FAILURE", "EXTRA_HINT", "ASGI", "WSGI", "KINDS", "LOOPS",
 ]

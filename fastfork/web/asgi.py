@@ -17,6 +17,9 @@ Life of one worker's server::
 ``server.requests`` counts HTTP requests answered by this worker (uvicorn's
 ``ServerState.total_requests``, counted as each response completes);
 ``fastfork.web.requests_served()`` sums them over every server in the process.
+``server.head_timeouts`` counts connections closed because a request head
+did not arrive within ``timeout_request_head`` (see ``deadline``);
+``head_timeouts()`` sums those.
 """
 
 import asyncio
@@ -29,6 +32,7 @@ from email.utils import formatdate
 
 import fastfork
 
+from .deadline import with_head_deadline
 from .deps import require
 
 # A connection the primary handed over after the stop began (rr sends what it
@@ -36,6 +40,9 @@ from .deps import require
 # it is closed; one already sending is answered first, with Connection: close.
 IDLE_GRACE = 1.0
 STARTUP_FAILURE = 3     # uvicorn's exit code for the same failure
+# nginx's client_header_timeout: long enough for any real client on a slow
+# link, short enough that a connection sending nothing does not stay for ever.
+DEFAULT_HEAD_TIMEOUT = 60.0
 
 log = logging.getLogger("fastfork.web")
 _servers = []           # live AsgiServers of this process, for requests_served()
@@ -49,6 +56,11 @@ class StartupFailed(SystemExit):
 def requests_served():
     """HTTP requests answered so far by every AsgiServer in this process."""
     return sum(server.requests for server in _servers)
+
+
+def head_timeouts():
+    """Connections closed at the request-head deadline by every AsgiServer in this process."""
+    return sum(server.head_timeouts for server in _servers)
 
 
 def servers():
@@ -75,7 +87,8 @@ class AsgiServer:
     defaults; any other ``uvicorn.Config`` keyword (``ws_max_size``,
     ``headers``, ``server_header``...) passes through ``config_options``.
     ``graceful_timeout`` bounds ``stop()``; None: the primary's graceful
-    timeout (it kills the worker after it anyway).
+    timeout (it kills the worker after it anyway).  ``timeout_request_head``:
+    seconds a request head may take to arrive (0: no deadline; see ``deadline``).
     """
 
     def __init__(self, app, addresses, *, interface="auto", http="auto", ws="auto",
@@ -83,11 +96,16 @@ class AsgiServer:
                  forwarded_allow_ips=None, limit_concurrency=None,
                  h11_max_incomplete_event_size=None, access_log=True, log_level=None,
                  log_config=log_config, graceful_timeout=None, backlog=2048,
-                 on_close=None, **config_options):
+                 on_close=None, timeout_request_head=DEFAULT_HEAD_TIMEOUT, **config_options):
         uvicorn = require("uvicorn", "speak HTTP")
         server_module = require("uvicorn.server", "keep its per-server state")
         if not addresses:
             raise ValueError("fastfork.web needs at least one address to serve")
+        if (isinstance(timeout_request_head, bool)
+                or not isinstance(timeout_request_head, (int, float))
+                or not timeout_request_head >= 0):
+            raise ValueError(f"timeout_request_head must be zero (no deadline) or more seconds, "
+                             f"got {timeout_request_head!r}")
         self.addresses = list(addresses)
         self.backlog = backlog
         self.graceful_timeout = graceful_timeout
@@ -105,6 +123,11 @@ class AsgiServer:
             access_log=access_log, log_level=log_level, log_config=log_config,
             backlog=backlog, **config_options)
         self.config.load()
+        self.head_timeouts = 0
+        self._protocol_class = self.config.http_protocol_class
+        if timeout_request_head:
+            self._protocol_class = with_head_deadline(
+                self._protocol_class, timeout_request_head, self._head_timed_out)
         self.state = server_module.ServerState()
         self.lifespan = None
         self.servers = []
@@ -156,8 +179,11 @@ class AsgiServer:
             await asyncio.sleep(1.0 - time.time() % 1.0)
             self._refresh_headers()
 
+    def _head_timed_out(self):
+        self.head_timeouts += 1
+
     def _make_protocol(self):
-        protocol = self.config.http_protocol_class(
+        protocol = self._protocol_class(
             config=self.config, server_state=self.state,
             app_state=self.lifespan.state, _loop=self.loop)
         if self.config.ws_protocol_class is not None:

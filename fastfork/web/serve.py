@@ -13,15 +13,16 @@ import fastfork
 from . import deps
 from .. import loops
 from ..worker import runtime as _runtime
-from .asgi import AsgiServer, requests_served
+from .asgi import AsgiServer, head_timeouts, requests_served
 from .detect import classify
-from .wsgi import DEFAULT_THREADS, wrap
+from .wsgi import DEFAULT_BODY_BUFFER, DEFAULT_THREADS, wrap
 
 KINDS = ("auto", "asgi", "wsgi")
 LOOPS = loops.LOOPS
 
 
-def prepare(app, *addresses, kind="auto", threads=DEFAULT_THREADS, **options):
+def prepare(app, *addresses, kind="auto", threads=DEFAULT_THREADS,
+            body_buffer=DEFAULT_BODY_BUFFER, **options):
     """Check and build the worker's ``AsgiServer`` (not started); see ``serve``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -35,7 +36,7 @@ def prepare(app, *addresses, kind="auto", threads=DEFAULT_THREADS, **options):
         raise RuntimeError("fastfork.web serves from a fastfork worker: call it from the target "
                            "of fastfork.run()/Cluster(), or in the worker branch of the Node form")
     if kind == "wsgi":
-        app, close = wrap(app, threads)
+        app, close = wrap(app, threads, body_buffer)
         # WSGI has no lifespan and no WebSockets: do not offer either.
         options.setdefault("lifespan", "off")
         options["ws"] = "none"
@@ -46,11 +47,12 @@ def prepare(app, *addresses, kind="auto", threads=DEFAULT_THREADS, **options):
 
 
 async def serve_async(app, *addresses, kind="auto", threads=DEFAULT_THREADS, on_started=None,
-                      **options):
+                      body_buffer=DEFAULT_BODY_BUFFER, **options):
     """The async twin of ``serve``, for a worker that runs its own loop; returns the
     ``AsgiServer`` once it has stopped.  ``on_started(server)`` (plain or async) is
     called once every address is served."""
-    server = prepare(app, *addresses, kind=kind, threads=threads, **options)
+    server = prepare(app, *addresses, kind=kind, threads=threads, body_buffer=body_buffer,
+                     **options)
     await _serve_prepared(server, on_started)
     return server
 
@@ -58,6 +60,7 @@ async def serve_async(app, *addresses, kind="auto", threads=DEFAULT_THREADS, on_
 async def _serve_prepared(server, on_started):
     # Heartbeats report requests, so status and max-requests count them.
     _runtime.runtime().request_counter = requests_served
+    _runtime.runtime().head_timeout_counter = head_timeouts
     await server.start()
     try:
         if on_started is not None:
@@ -70,18 +73,20 @@ async def _serve_prepared(server, on_started):
 
 
 def serve(app, *addresses, kind="auto", loop="auto", threads=DEFAULT_THREADS, on_started=None,
-          **options):
+          body_buffer=DEFAULT_BODY_BUFFER, **options):
     """In a worker: serve ``app`` on ``addresses`` until the primary says stop (blocking).
 
     ``kind``: ``"auto"`` (detect), ``"asgi"`` or ``"wsgi"``.  ``loop``:
     ``"uvloop"`` (required), ``"auto"`` (uvloop when installed) or ``"asyncio"``.
-    ``threads``: WSGI calls run on that many threads per worker.  Other options
+    ``threads``: WSGI calls run on that many threads per worker; ``body_buffer``:
+    a WSGI request body is read on the loop up to that many bytes before a
+    thread is taken (0: off).  Other options
     go to ``AsgiServer`` (uvicorn's: ``http``, ``ws``, ``lifespan``,
     ``timeout_keep_alive``, ``root_path``, ``proxy_headers``,
     ``forwarded_allow_ips``, ``limit_concurrency``,
     ``h11_max_incomplete_event_size``, ``access_log``, ``log_level``,
     ``log_config``, any other ``uvicorn.Config`` keyword; and
-    ``graceful_timeout``, ``backlog``).
+    ``graceful_timeout``, ``backlog``, ``timeout_request_head``).
 
     Raises ``NotAnAppError`` (a ValueError) or ``MissingExtraError`` (an
     ImportError naming ``pip install 'fastfork[web]'``, or ``'fastfork[uvloop]'``
@@ -93,7 +98,8 @@ def serve(app, *addresses, kind="auto", loop="auto", threads=DEFAULT_THREADS, on
     loops.check(loop)
     deps.check(None)
     # Checked here, not in the loop, so that a bad app fails before any loop runs.
-    server = prepare(app, *addresses, kind=kind, threads=threads, **options)
+    server = prepare(app, *addresses, kind=kind, threads=threads, body_buffer=body_buffer,
+                     **options)
 
     loops.run(_serve_prepared(server, on_started), loop)
     return server

@@ -16,6 +16,12 @@ of the client by more than ``HIGH_WATER`` bytes.  A one-part response is one
 wake-up each way, like gunicorn's gthread worker.  Headers go out with the
 first non-empty body part, as PEP 3333 asks, so ``start_response`` can still
 be called again with ``exc_info`` until then.
+
+The request body is read on the loop first, up to ``body_buffer`` bytes,
+before the call takes a thread (nginx's request buffering, in small): a
+client uploading a byte a second then holds a coroutine, not one of the
+``threads``, so that a few slow uploaders cannot starve every other request.
+A body larger than that is read by the app as it arrives, as before.
 """
 
 import asyncio
@@ -26,14 +32,18 @@ import threading
 from .deps import require
 
 DEFAULT_THREADS = 10      # a2wsgi's own default
+DEFAULT_BODY_BUFFER = 1 << 20   # per request: most form posts and JSON bodies fit whole
 HIGH_WATER = 1 << 16      # bytes queued for the loop before a streaming thread waits
 
 
-def wrap(app, threads=DEFAULT_THREADS):
+def wrap(app, threads=DEFAULT_THREADS, body_buffer=DEFAULT_BODY_BUFFER):
     """``(asgi_app, close)``: the ASGI adapter and a callable that stops its pool."""
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be a positive integer (WSGI calls run on that many "
                          f"threads per worker), got {threads!r}")
+    if not isinstance(body_buffer, int) or isinstance(body_buffer, bool) or body_buffer < 0:
+        raise ValueError(f"body_buffer must be a number of bytes >= 0 (0: off), "
+                         f"got {body_buffer!r}")
     require("a2wsgi", "run a WSGI app (its WSGIMiddleware adapts it to ASGI)")
     import a2wsgi.wsgi
 
@@ -43,6 +53,10 @@ def wrap(app, threads=DEFAULT_THREADS):
         async def __call__(self, scope, receive, send):
             if scope["type"] != "http":
                 return await super().__call__(scope, receive, send)
+            if body_buffer and _has_body(scope["headers"]):
+                receive = await _read_ahead(receive, body_buffer)
+                if receive is None:
+                    return          # the client left before its body came: nobody to answer
             exchange = _Exchange()
             environ = a2wsgi.wsgi.build_environ(scope, a2wsgi.wsgi.Body(exchange.loop, receive))
             environ.setdefault("wsgi.input_terminated", True)
@@ -59,6 +73,40 @@ def wrap(app, threads=DEFAULT_THREADS):
         middleware.executor.shutdown(wait=False)
 
     return middleware, close
+
+
+def _has_body(headers):
+    for name, value in headers:
+        if name == b"content-length":
+            return value.strip() != b"0"
+        if name == b"transfer-encoding":
+            return True
+    return False
+
+
+async def _read_ahead(receive, limit):
+    """Read the body on the loop until it ends or ``limit`` bytes came; returns a
+    ``receive`` that gives what was read as one message, then the rest, or None
+    if the client disconnected.  One message: a2wsgi's input crosses to the
+    loop once per message it asks for."""
+    parts, size, more = [], 0, True
+    while more and size < limit:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        body = message.get("body", b"")
+        parts.append(body)
+        size += len(body)
+        more = message.get("more_body", False)
+    first = {"type": "http.request", "body": b"".join(parts), "more_body": more}
+
+    async def replay():
+        nonlocal first
+        if first is None:
+            return await receive()
+        message, first = first, None
+        return message
+    return replay
 
 
 _END = object()

@@ -56,6 +56,8 @@ class WorkerRuntime:
         # Set by a server that counts requests (fastfork.web): heartbeats report
         # them, and max-requests counts them instead of connections.
         self.request_counter = None
+        # Likewise: connections closed at the request-head deadline (fastfork.web).
+        self.head_timeout_counter = None
         # Readable once this worker is stopping (a blocking accept() waits on it too).
         self.stop_fd, self._stop_w = os.pipe2(os.O_CLOEXEC)
         # SIGTERM to a worker (kill, systemd's KillMode=control-group) means
@@ -160,8 +162,11 @@ class WorkerRuntime:
         """Prove this worker's loop runs; the counts show in ``fastfork status``."""
         self._last_beat = time.monotonic()
         requests = self.request_counter() if self.request_counter is not None else None
-        self.control.send({"t": "heartbeat", "open": open_connections, "served": served,
-                           "requests": requests})
+        message = {"t": "heartbeat", "open": open_connections, "served": served,
+                   "requests": requests}
+        if self.head_timeout_counter is not None:
+            message["head_timeouts"] = self.head_timeout_counter()
+        self.control.send(message)
 
     def beat_if_due(self, served=None):
         """A heartbeat, unless one went out less than an interval ago (for loops
