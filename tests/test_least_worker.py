@@ -62,14 +62,14 @@ def test_served_connections_are_reported_once_batched_per_iteration():
     async def main():
         loop = asyncio.get_running_loop()
         receiver = FakeReceiver()
-        tracker = aio._Tracker()
+        tracker = aio.Tracker()
         server = aio.Server(FakeListener(), loop, Echo, tracker,
-                            aio._CloseReporter(loop, receiver))
+                            aio.CloseReporter(loop, receiver))
         clients = []
         for _ in range(3):
             ours, theirs = socket.socketpair()
             theirs.setblocking(False)
-            server._attach(theirs)
+            server.attach(theirs)
             clients.append(ours)
         await settle(loop, lambda: tracker.active == 3 and tracker.total == 3, "3 attached")
         for client in clients:
@@ -91,15 +91,15 @@ def test_connections_never_attached_are_reported_too():
     async def main():
         loop = asyncio.get_running_loop()
         receiver = FakeReceiver()
-        server = aio.Server(FakeListener(), loop, Echo, aio._Tracker(),
-                            aio._CloseReporter(loop, receiver))
+        server = aio.Server(FakeListener(), loop, Echo, aio.Tracker(),
+                            aio.CloseReporter(loop, receiver))
         # A socket that fails to attach: closed underneath.
         broken = socket.socket()
         broken.close()
-        server._attach(broken)
+        server.attach(broken)
         server.close()
         ours, theirs = socket.socketpair()
-        server._attach(theirs)            # the server is closed: never attached
+        server.attach(theirs)            # the server is closed: never attached
         await settle(loop, lambda: sum(receiver.reports) == 2, "2 closes reported")
         assert theirs.fileno() == -1
         ours.close()
@@ -112,11 +112,11 @@ def test_a_protocol_that_cannot_be_instrumented_counts_closed_at_once():
     async def main():
         loop = asyncio.get_running_loop()
         receiver = FakeReceiver()
-        server = aio.Server(FakeListener(), loop, Slotted, aio._Tracker(),
-                            aio._CloseReporter(loop, receiver))
+        server = aio.Server(FakeListener(), loop, Slotted, aio.Tracker(),
+                            aio.CloseReporter(loop, receiver))
         ours, theirs = socket.socketpair()
         theirs.setblocking(False)
-        server._attach(theirs)
+        server.attach(theirs)
         await settle(loop, lambda: receiver.reports, "the close reported")
         ours.close()
         await asyncio.sleep(0.01)
@@ -129,7 +129,7 @@ def test_a_report_the_buffer_refused_is_sent_later():
     async def main():
         loop = asyncio.get_running_loop()
         receiver = FakeReceiver(refuse=2)
-        reporter = aio._CloseReporter(loop, receiver)
+        reporter = aio.CloseReporter(loop, receiver)
         reporter.closed()
         reporter.closed()
         await settle(loop, lambda: len(receiver.reports) == 3, "the retries")

@@ -72,10 +72,10 @@ async def settle(until):
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_a_passed_connection_leaves_no_cycle(loop_name, no_gc):
     async def main():
-        tracker = aio._Tracker()
+        tracker = aio.Tracker()
         server = server_on(asyncio.get_running_loop(), Echo, tracker, FakeReceiver())
         ours, theirs = nonblocking_pair()
-        server._attach(theirs)
+        server.attach(theirs)
         del theirs
         await echo_once(ours)
         return await settle(lambda: tracker.active == 0 and Echo.made[0]() is None)
@@ -86,10 +86,10 @@ def test_a_passed_connection_leaves_no_cycle(loop_name, no_gc):
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_a_connection_the_worker_accepts_leaves_no_cycle(loop_name, no_gc):
     # Under none/reuseport the loop's own server makes the protocols, through
-    # _Tracker.wrap.
+    # Tracker.wrap.
     async def main():
         loop = asyncio.get_running_loop()
-        tracker = aio._Tracker()
+        tracker = aio.Tracker()
         server = await loop.create_server(tracker.wrap(Echo), "127.0.0.1", 0)
         try:
             port = server.sockets[0].getsockname()[1]

@@ -1,7 +1,7 @@
 """How a worker attaches the connections the primary passes it: no Task per
 connection, on asyncio's loop and on uvloop, every guarantee kept.
 
-The first tests drive ``aio.Server._attach`` in one process with socketpairs
+The first tests drive ``aio.Server.attach`` in one process with socketpairs
 standing for connections; the others run real clusters (``attach_app.py``,
 a bare protocol app) under rr and least and check what a client and the
 primary see: replies, the drain at stop, least's open counts, resets.
@@ -84,20 +84,20 @@ def nonblocking_pair():
 
 
 def server_on(loop, protocol, tracker, receiver):
-    return aio.Server(FakeListener(), loop, protocol, tracker, aio._CloseReporter(loop, receiver))
+    return aio.Server(FakeListener(), loop, protocol, tracker, aio.CloseReporter(loop, receiver))
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_connections_attach_without_a_task_and_close_counted(loop_name):
     async def main():
         loop = asyncio.get_running_loop()
-        tracker, receiver = aio._Tracker(), FakeReceiver()
+        tracker, receiver = aio.Tracker(), FakeReceiver()
         server = server_on(loop, Echo, tracker, receiver)
         tasks = len(asyncio.all_tasks())
         clients = []
         for _ in range(10):
             ours, theirs = nonblocking_pair()
-            server._attach(theirs)
+            server.attach(theirs)
             clients.append(ours)
         # Counted from the attach, before any transport callback has run.
         assert (tracker.active, tracker.total) == (10, 10)
@@ -127,10 +127,10 @@ def test_a_factory_that_raises_closes_the_socket_and_is_reported(loop_name):
         loop = asyncio.get_running_loop()
         errors = []
         loop.set_exception_handler(lambda _, context: errors.append(context))
-        tracker, receiver = aio._Tracker(), FakeReceiver()
+        tracker, receiver = aio.Tracker(), FakeReceiver()
         server = server_on(loop, Broken, tracker, receiver)
         ours, theirs = nonblocking_pair()
-        server._attach(theirs)
+        server.attach(theirs)
         await settle(lambda: receiver.reports, "the close reported")
         assert theirs.fileno() == -1
         ours.settimeout(5)
@@ -149,10 +149,10 @@ def test_a_factory_that_raises_closes_the_socket_and_is_reported(loop_name):
 def test_a_protocol_with_slots_is_served_and_counted_closed_at_once(loop_name):
     async def main():
         loop = asyncio.get_running_loop()
-        tracker, receiver = aio._Tracker(), FakeReceiver()
+        tracker, receiver = aio.Tracker(), FakeReceiver()
         server = server_on(loop, Slotted, tracker, receiver)
         ours, theirs = nonblocking_pair()
-        server._attach(theirs)
+        server.attach(theirs)
         await settle(lambda: receiver.reports == [1] and tracker.active == 0,
                      "counted closed")
         ours.close()
@@ -165,11 +165,11 @@ def test_a_protocol_with_slots_is_served_and_counted_closed_at_once(loop_name):
 def test_a_connection_after_close_is_closed_and_reported(loop_name):
     async def main():
         loop = asyncio.get_running_loop()
-        tracker, receiver = aio._Tracker(), FakeReceiver()
+        tracker, receiver = aio.Tracker(), FakeReceiver()
         server = server_on(loop, Echo, tracker, receiver)
         server.close()
         ours, theirs = nonblocking_pair()
-        server._attach(theirs)
+        server.attach(theirs)
         assert theirs.fileno() == -1
         await settle(lambda: receiver.reports, "the close reported")
         ours.close()
@@ -191,14 +191,14 @@ def test_uvloop_takes_a_bare_fd_and_leaves_a_reused_number_alone():
     # number may be another file's, which AcceptedFd must not close.
     async def main():
         loop = asyncio.get_running_loop()
-        tracker, receiver = aio._Tracker(), FakeReceiver()
+        tracker, receiver = aio.Tracker(), FakeReceiver()
         server = server_on(loop, Echo, tracker, receiver)
         assert server._attach_now == server._attach_driven
         ours, theirs = socket.socketpair()
         os.set_blocking(theirs.fileno(), False)
         bare = AcceptedFd(theirs.detach(), socket.AF_UNIX)
         number = bare.fileno()
-        server._attach(bare)
+        server.attach(bare)
         assert bare.fileno() == -1, "still owned after the transport took it"
         ours.sendall(b"x")
         ours.settimeout(5)
@@ -223,13 +223,13 @@ def test_uvloop_attach_that_fails_closes_the_bare_fd():
     async def main():
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _, context: None)
-        tracker, receiver = aio._Tracker(), FakeReceiver()
+        tracker, receiver = aio.Tracker(), FakeReceiver()
         server = server_on(loop, Broken, tracker, receiver)
         ours, theirs = socket.socketpair()
         os.set_blocking(theirs.fileno(), False)
         bare = AcceptedFd(theirs.detach(), socket.AF_UNIX)
         number = bare.fileno()
-        server._attach(bare)
+        server.attach(bare)
         await settle(lambda: receiver.reports, "the close reported")
         assert bare.fileno() == -1 and not fd_is_open(number)
         ours.settimeout(5)
@@ -353,6 +353,9 @@ class FakeRuntime:
 
     def beat_if_due(self, served=None):
         pass
+
+    def count_accepted(self):
+        self.accepted += 1
 
 
 def accepted_pair(family):

@@ -4,8 +4,14 @@
 * ``runtime``: the link to the primary (control channel thread, messages, stop).
 * ``listener``: a shared address in a worker; blocking ``accept()``.
 * ``aio``: asyncio servers on the shared address, heartbeats, the drain.
-* ``tracking``: open connections counted for the drain, closes reported for least.
-* ``loops``: which event loop serves (``--loop``: asyncio or uvloop).
+* ``connection``: one passed connection up to the app's protocol; open
+  connections counted for the drain, closes reported for least.
+* ``proxy_protocol``: PROXY v1/v2 headers, read before the app sees a connection.
+
+A connection's path through a worker, each step a public method of the next:
+the data channel -> ``Receiver.receive`` (``fastfork.handoff``) ->
+``WorkerRuntime.pump`` -> ``Listener.deliver`` -> ``Server.attach`` (or the
+queue of a blocking ``Listener.accept``) -> ``Connection.protocol`` -> the app.
 
 Nothing here imports the package face (``fastfork/__init__.py``): the face
 asks ``runtime.current()`` who this process is.

@@ -4,11 +4,11 @@
 with a reader and a writer); ``create_server`` takes a protocol factory like
 ``loop.create_server``.  Under the ``rr`` and ``least`` policies connections
 come from the primary and are attached to the loop as they arrive, without a
-Task per connection (``Server._attach``: asyncio's transport made directly,
+Task per connection (``Server.attach``: asyncio's transport made directly,
 uvloop's ``connect_accepted_socket`` driven by hand); under
 ``none``/``reuseport`` the worker's own listening socket is served by the
 loop.  How connections are counted, and under ``least`` reported closed to
-the primary, is in ``tracking``.
+the primary, is in ``connection``.
 """
 
 import asyncio
@@ -17,7 +17,7 @@ from ..addresses import DEFAULT_BACKLOG
 from .. import loops
 from . import proxy_protocol
 from .runtime import runtime as _get_runtime
-from .tracking import _CloseReporter, _Connection, _Tracker
+from .connection import CloseReporter, Connection, Tracker
 
 _STREAM_LIMIT = 2 ** 16
 ACCEPT_BATCH = 64          # accepts per readiness, so one busy listener cannot starve the loop
@@ -33,7 +33,7 @@ class Server:
         self._protocol_factory = protocol_factory
         self._factory = tracker.wrap(protocol_factory)
         self._tracker = tracker
-        self._reporter = reporter     # a _CloseReporter under least, else None
+        self._reporter = reporter     # a CloseReporter under least, else None
         self._report = None if reporter is None else reporter.closed
         self._asyncio_server = None
         self._closed = False
@@ -52,7 +52,7 @@ class Server:
     async def _start(self, backlog):
         sock = self.listener.sock
         if sock is None:
-            self.listener.on_connection(self._attach,
+            self.listener.on_connection(self.attach,
                                         bare=self._attach_now == self._attach_driven)
             _ensure_data_reader(self._loop)
         elif self.listener.proxy_allow is None:
@@ -72,15 +72,18 @@ class Server:
                 return
             except OSError:
                 return        # out of fds, or the client left: the next readiness retries
-            self._attach(conn)
+            self.attach(conn)
 
-    def _attach(self, sock):
+    def attach(self, sock):
+        """Serve ``sock`` (a connection the listener took) with this server's
+        protocol: the step after ``Listener.deliver``."""
         if self._closed:
             sock.close()
             if self._report is not None:
                 self._report()    # never attached: still one less open for least
             return
-        conn = _Connection(self, sock, self._report)
+        conn = Connection(sock, self._protocol_factory, self._tracker, self._report,
+                          self._failed)
         try:
             self._attach_now(sock, conn)
         except Exception as exc:
@@ -178,10 +181,10 @@ class _LoopState:
     """What one event loop serving in this worker keeps."""
 
     def __init__(self):
-        self.tracker = _Tracker()       # its open connections, for the drain
+        self.tracker = Tracker()       # its open connections, for the drain
         self.heartbeat = None           # the task that proves it runs
         self.data_ended = None          # an Event, if this loop reads the data channel
-        self.reporter = None            # its _CloseReporter, under policy least
+        self.reporter = None            # its CloseReporter, under policy least
 
 
 _states = {}      # loop -> _LoopState
@@ -247,7 +250,7 @@ async def create_server(protocol_factory, address, *, backlog=DEFAULT_BACKLOG):
     listener = runtime.make_listener(address, reply, fds)
     state = _state(loop)
     if runtime.policy == "least" and state.reporter is None:
-        state.reporter = _CloseReporter(loop, runtime.receiver)
+        state.reporter = CloseReporter(loop, runtime.receiver)
     server = Server(listener, loop, protocol_factory, state.tracker, state.reporter)
     await server._start(backlog)
     _ensure_heartbeat(loop)

@@ -191,9 +191,7 @@ class Listener:
         return None
 
     def _took(self, conn, addr):
-        runtime = self._runtime
-        runtime.accepted += 1
-        runtime.beat_if_due(served=runtime.accepted)
+        self._runtime.count_accepted()
         if self.proxy_allow is not None:
             return self._proxied(conn, addr)
         return conn, addr

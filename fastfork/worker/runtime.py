@@ -168,6 +168,12 @@ class WorkerRuntime:
             message["head_timeouts"] = self.head_timeout_counter()
         self.control.send(message)
 
+    def count_accepted(self):
+        """One more connection returned by a blocking ``accept()`` (it beats
+        from there: its loop is the caller's)."""
+        self.accepted += 1
+        self.beat_if_due(served=self.accepted)
+
     def beat_if_due(self, served=None):
         """A heartbeat, unless one went out less than an interval ago (for loops
         that are not asyncio's: blocking ``accept()`` and ``fastfork.heartbeat()``)."""

@@ -1,9 +1,13 @@
-"""Counting a worker's open connections: for the drain, and under ``least`` for the primary.
+"""One connection in a worker, from the fd the primary passed to the app's
+protocol, and how a worker's open connections are counted.
 
-``_Tracker`` counts one event loop's open connections, so that a graceful
-stop can wait for them; ``_Connection`` is one connection the primary passed,
-counted from its attach to its close; ``_CloseReporter`` tells the primary,
-batched, which of them closed (policy least), so that it can count them.
+``Connection`` is one connection the primary passed, counted from its attach
+to its close: the last step of the worker's data path (channel ->
+``Receiver.receive`` -> ``WorkerRuntime.pump`` -> ``Listener.deliver`` ->
+``Server.attach`` -> ``Connection.protocol`` -> the app).  ``Tracker`` counts
+one event loop's open connections, so that a graceful stop can wait for
+them; ``CloseReporter`` tells the primary, batched, which of them closed
+(policy least), so that it can count them.
 """
 
 import asyncio
@@ -14,7 +18,7 @@ from .listener import AcceptedFd
 _REPORT_RETRY = 0.01
 
 
-class _Tracker:
+class Tracker:
     """Counts open connections so a graceful stop can wait for them."""
 
     def __init__(self):
@@ -55,7 +59,7 @@ class _Tracker:
 
 
 class _Counted:
-    """The hooks ``_Tracker.wrap`` puts on one protocol.
+    """The hooks ``Tracker.wrap`` puts on one protocol.
 
     They hold the protocol's own methods, and the protocol holds them: each
     reference is dropped once used, so a closed connection is no reference
@@ -83,7 +87,7 @@ class _Counted:
             self._tracker.release()
 
 
-class _CloseReporter:
+class CloseReporter:
     """Reports closed dispatched connections to the primary (policy least):
     one MSG_CLOSED per event-loop iteration, however many closed in it."""
 
@@ -113,7 +117,7 @@ class _CloseReporter:
             self._loop.call_later(_REPORT_RETRY, self._flush)
 
 
-class _Connection:
+class Connection:
     """One dispatched connection, counted open from the moment it is attached
     until its protocol's connection_lost (or the attach fails), its close
     reported once under least whichever of those paths sees it.
@@ -123,21 +127,27 @@ class _Connection:
     the drain must not find the worker idle before its transport exists.
     """
 
-    __slots__ = ("_server", "_tracker", "_closed", "_lost", "_open", "_coro", "_sock")
+    __slots__ = ("_factory", "_tracker", "_closed", "_on_error", "_lost", "_open", "_coro",
+                 "_sock")
 
-    def __init__(self, server, sock, closed):
-        self._server = server
-        self._tracker = server._tracker
-        self._closed = closed         # the _CloseReporter's closed() under least, else None
+    def __init__(self, sock, protocol_factory, tracker, closed=None, on_error=None):
+        """``sock`` (a socket or an ``AcceptedFd``) is served by a protocol of
+        ``protocol_factory``; ``tracker`` counts it open until it closes;
+        ``closed()`` (under least) reports its close; ``on_error(exc)`` is told
+        of an attach that failed for another reason than the client leaving."""
+        self._factory = protocol_factory
+        self._tracker = tracker
+        self._closed = closed
+        self._on_error = on_error
         self._sock = sock
         self._lost = None
         self._coro = None
         self._open = True
-        server._tracker.opened()
+        tracker.opened()
 
     def protocol(self):
         """The app's protocol, its connection_lost hooked to ``finish``."""
-        protocol = self._server._protocol_factory()
+        protocol = self._factory()
         try:
             self._lost = protocol.connection_lost
             protocol.connection_lost = self._connection_lost
@@ -173,8 +183,8 @@ class _Connection:
             self._sock.close()
             self._sock = None
         self.finish()
-        if not isinstance(exc, OSError):          # OSError: the client went away first
-            self._server._failed(exc)
+        if not isinstance(exc, OSError) and self._on_error is not None:
+            self._on_error(exc)                   # OSError: the client went away first
 
     def drive(self, coro):
         """Run ``coro`` (uvloop's connect_accepted_socket) without a Task: up to
