@@ -160,7 +160,11 @@ def test_slow_and_idle_heads_are_closed_at_the_deadline(runner_factory, open_soc
         trickle.stop.set()
     closed = time.monotonic()
     # Not early: each waited its deadline (the keep-alive one from its first byte).
-    assert closed - started >= DEADLINE and closed - half_sent_at >= DEADLINE
+    # The server's clock starts when the byte arrives, a little before this
+    # process notes ``half_sent_at`` after its send, and asyncio runs a timer
+    # up to its clock resolution early: a few milliseconds of slack, no more.
+    slack = 0.02
+    assert closed - started >= DEADLINE - slack and closed - half_sent_at >= DEADLINE - slack
     assert whoami(address)[0] == 200
     # Counted: the idle one, the slowloris and the half-sent one (not the idle keep-alive).
     wait_until(lambda: metric(metrics, "fastfork_worker_request_head_timeouts_total") == 3,
