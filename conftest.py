@@ -4,6 +4,10 @@ import pytest
 
 from tests.implementations import BOTH
 
+# Fixtures shared by folders of tests, defined beside the helpers they use,
+# so that no test module imports a fixture from another.
+pytest_plugins = ("tests.web_harness",)
+
 
 @pytest.fixture(params=BOTH, ids=[f"{impl.implementation}" for impl in BOTH])
 def impl(request):

@@ -3,8 +3,8 @@ import tempfile
 
 import pytest
 
-from harness import PY, ClusterProcess
-from runner_harness import Runner
+from tests.harness import PY, ClusterProcess
+from tests.runner_harness import Runner
 
 
 @pytest.fixture

@@ -3,7 +3,7 @@
 import os
 import sys
 
-from harness import PY, ROOT, ClusterProcess, wait_until
+from tests.harness import PY, ROOT, ClusterProcess, wait_until
 from fastfork.operations.status_socket import StatusError
 from fastfork.operations.status_socket import request as control_request
 

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import fastfork
-from harness import PY
+from tests.harness import PY
 
 PUBLIC = [
     "is_primary", "is_worker", "worker_id", "worker_index",

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from harness import ROOT, session_pids, wait_until
+from tests.harness import ROOT, session_pids, wait_until
 
 
 def readme_example(first_line):

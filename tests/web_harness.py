@@ -14,7 +14,7 @@ import tempfile
 
 import pytest
 
-from harness import ROOT, ClusterProcess
+from tests.harness import ROOT, ClusterProcess
 from tests.implementations import DEFAULT
 
 WEB_CLUSTER = os.path.join(ROOT, "tests", "apps", "web", "web_cluster.py")

@@ -11,8 +11,8 @@ import pytest
 from fastfork.addresses import parse_networks
 from fastfork.worker.proxy_protocol import (V2_SIGNATURE, HeaderParser, ProxyHeaderError,
                                             allowed)
-from harness import wait_until
-from runner_harness import OPS_APP
+from tests.harness import wait_until
+from tests.runner_harness import OPS_APP
 
 
 def v2(command=1, family=0x11, addresses=b"", tlvs=b""):
@@ -160,7 +160,7 @@ def test_a_blocking_worker_reads_the_header_in_accept(cluster_factory):
 def test_bad_allow_from_is_refused_before_forking(tmp_path):
     import subprocess
     import sys
-    from harness import PY
+    from tests.harness import PY
     out = subprocess.run([sys.executable, "-m", "fastfork", "run", f"{OPS_APP}:handle",
                           "--proxy-protocol", "--proxy-allow-from", "10.0.0.0/99",
                           "--control-socket", str(tmp_path / "c.sock")],

@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from fastfork.operations.status_socket import StatusServer
-from harness import request
-from runner_harness import OPS_APP, pids_of
+from tests.harness import request
+from tests.runner_harness import OPS_APP, pids_of
 
 # Every JSON value: scalars (NaN and infinities too: Python's json reads them),
 # nested in lists and objects.

@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from harness import PY, wait_until
+from tests.harness import PY, wait_until
 from fastfork.cli.status import table
 
 pytest.importorskip("uvicorn", reason="the web extra is not installed")

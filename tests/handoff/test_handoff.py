@@ -16,7 +16,7 @@ import pytest
 
 from fastfork.handoff.fdpass import cmsg_space, unpack_fds
 from fastfork.handoff.wire import HEADER, LID, MSG_ACK, MSG_FDS, SCM_MAX_FD
-from tests.test_dispatch import (Rig, backlog_len, open_fds, recv_exactly, stack,  # noqa: F401
+from tests.handoff.test_dispatch import (Rig, backlog_len, open_fds, recv_exactly, stack,  # noqa: F401
                                  wait_for)
 
 

@@ -13,8 +13,8 @@ import sys
 
 import pytest
 
-from harness import PY, request, session_pids, wait_until
-from runner_harness import APPS, OPS_APP
+from tests.harness import PY, request, session_pids, wait_until
+from tests.runner_harness import APPS, OPS_APP
 
 parser = pytest.importorskip("prometheus_client.parser",
                              reason="the metrics extra is not installed")

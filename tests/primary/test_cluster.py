@@ -12,7 +12,7 @@ import socket
 
 import pytest
 
-from harness import fd_count, request, session_pids, wait_until
+from tests.harness import fd_count, request, session_pids, wait_until
 
 
 def whoami(address):

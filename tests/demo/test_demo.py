@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from harness import PY, ROOT, session_pids
+from tests.harness import PY, ROOT, session_pids
 
 DEMO = [sys.executable, "-m", "fastfork", "demo"]
 WAIT = 15.0

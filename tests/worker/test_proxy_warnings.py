@@ -12,8 +12,8 @@ import pytest
 
 from fastfork.worker.proxy_protocol import (BAD_HEADER, UNTRUSTED, WARN_INTERVAL,
                                             WarningLimiter)
-from harness import wait_until
-from runner_harness import OPS_APP
+from tests.harness import wait_until
+from tests.runner_harness import OPS_APP
 
 # (step, now, kind, expected): "hit" -> what hit() returns (None: silent; n:
 # log, saying n were not logged); "due" -> [(kind, count)] due() reports;

@@ -17,9 +17,9 @@ import textwrap
 
 import pytest
 
-from harness import wait_until
-from loadgen import Load
-from runner_harness import OPS_APP, pids_of
+from tests.harness import wait_until
+from tests.loadgen import Load
+from tests.runner_harness import OPS_APP, pids_of
 
 HAPROXY = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy")
                                       else None)

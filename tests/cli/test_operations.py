@@ -18,8 +18,8 @@ import threading
 
 import pytest
 
-from harness import PY, request, wait_until
-from runner_harness import APPS, OPS_APP, pids_of
+from tests.harness import PY, request, wait_until
+from tests.runner_harness import APPS, OPS_APP, pids_of
 from fastfork.operations.status_socket import peer_allowed, peer_credentials
 
 def alive_counts(output):

@@ -20,9 +20,9 @@ import pytest
 import fastfork
 from fastfork.operations.status_socket import request as control_request
 from fastfork.settings import SettingError, Settings
-from harness import PY, request, wait_until
-from loadgen import Load
-from runner_harness import OPS_APP
+from tests.harness import PY, request, wait_until
+from tests.loadgen import Load
+from tests.runner_harness import OPS_APP
 from test_faults import held_client_ports, proc_state
 
 

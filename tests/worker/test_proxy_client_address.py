@@ -16,8 +16,8 @@ import struct
 import pytest
 
 from fastfork.worker.proxy_protocol import V2_SIGNATURE
-from harness import wait_until
-from runner_harness import APPS, OPS_APP
+from tests.harness import wait_until
+from tests.runner_harness import APPS, OPS_APP
 
 WEB = os.path.join(APPS, "web")
 

@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from harness import PY, ROOT, request, session_pids
-from runner_harness import APPS
+from tests.harness import PY, ROOT, request, session_pids
+from tests.runner_harness import APPS
 
 ATTACH_APP = os.path.join(APPS, "attach_app.py")
 STREAM_APP = os.path.join(APPS, "ops_app.py")

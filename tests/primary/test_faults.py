@@ -22,9 +22,9 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from fastfork.handoff import control, wire
 from fastfork.primary import arbiter, messages
-from harness import ROOT, ClusterProcess, fd_count, request, session_pids, wait_until
+from tests.harness import ROOT, ClusterProcess, fd_count, request, session_pids, wait_until
 from tests.implementations import DEFAULT
-from loadgen import Load
+from tests.loadgen import Load
 
 FAULT_APP = os.path.join(ROOT, "tests", "apps", "fault_app.py")
 WINDOW = wire.DEFAULT_WINDOW

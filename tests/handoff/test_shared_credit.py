@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from fastfork.handoff import credit as credit_page
-from tests.test_dispatch import DEADLINE, Rig, recv_exactly, stack, wait_for  # noqa: F401
+from tests.handoff.test_dispatch import DEADLINE, Rig, recv_exactly, stack, wait_for  # noqa: F401
 
 
 @pytest.fixture

@@ -20,8 +20,8 @@ from fastfork.operations.status_socket import request as control_request
 from fastfork import loops
 from fastfork.worker import aio
 from fastfork.worker.listener import AcceptedFd, Listener
-from harness import fd_count, request, wait_until
-from runner_harness import APPS
+from tests.harness import fd_count, request, wait_until
+from tests.runner_harness import APPS
 
 ATTACH_APP = os.path.join(APPS, "attach_app.py")
 

@@ -18,8 +18,8 @@ import time
 import pytest
 
 from fastfork.operations.oneshot import CLIENT_TIMEOUT
-from harness import wait_until
-from runner_harness import APPS, OPS_APP
+from tests.harness import wait_until
+from tests.runner_harness import APPS, OPS_APP
 
 pytest.importorskip("prometheus_client", reason="the metrics extra is not installed")
 

@@ -10,7 +10,7 @@ import pytest
 
 from fastfork.handoff.wire import HEADER, MSG_ACK, MSG_CLOSED
 from tests.implementations import Impl
-from tests.test_dispatch import Rig, backlog_len, recv_exactly, stack, wait_for  # noqa: F401
+from tests.handoff.test_dispatch import Rig, backlog_len, recv_exactly, stack, wait_for  # noqa: F401
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from web_harness import fetch, get_json, need_web_extra, web_cluster  # noqa: F401
+from tests.web_harness import fetch, get_json, need_web_extra
 
 need_web_extra()
 

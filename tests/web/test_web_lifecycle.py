@@ -13,10 +13,10 @@ import sys
 
 import pytest
 
-from harness import ROOT
+from tests.harness import ROOT
 from tests.implementations import DEFAULT
-from web_harness import (closed_by_peer, lifespan_dir, lifespan_records,  # noqa: F401
-                         need_web_extra, raw_request, read_response, web_cluster)
+from tests.web_harness import (closed_by_peer, lifespan_records, need_web_extra, raw_request,
+                               read_response)
 
 need_web_extra()
 

@@ -24,8 +24,8 @@ import time
 
 import pytest
 
-from harness import PY, wait_until
-from runner_harness import APPS
+from tests.harness import PY, wait_until
+from tests.runner_harness import APPS
 
 pytest.importorskip("uvicorn", reason="the web extra is not installed")
 pytest.importorskip("starlette", reason="the webtest extra is not installed")

@@ -13,8 +13,8 @@ import subprocess
 
 import pytest
 
-from harness import request, wait_until
-from runner_harness import APPS
+from tests.harness import request, wait_until
+from tests.runner_harness import APPS
 
 pytest.importorskip("redis", reason="the redis client is in the test extra")
 REDIS = shutil.which("redis-server")

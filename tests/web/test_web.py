@@ -15,9 +15,9 @@ import socket
 
 import pytest
 
-from harness import wait_until
-from web_harness import (ASGI_APPS, WSGI_APPS, call, connect, get_json, lifespan_dir,  # noqa: F401
-                         need_web_extra, raw_request, read_response, web_cluster)
+from tests.harness import wait_until
+from tests.web_harness import (ASGI_APPS, WSGI_APPS, call, connect, get_json, need_web_extra,
+                               raw_request, read_response)
 
 need_web_extra()
 
