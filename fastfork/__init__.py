@@ -23,6 +23,7 @@ channels and the hot path) in ``fastfork.handoff``.
 
 import os as _os
 
+from ._version import __version__
 from .addresses import parse_address
 from .handoff.control import MessageError
 from .handoff.wire import DEFAULT_WINDOW, ProtocolError
@@ -34,8 +35,6 @@ from .worker import boot as _boot
 from .worker import runtime as _runtime
 from .worker.aio import create_server, drain, serve, serve_async, start_server, wait_stopping
 from .worker.listener import WorkerStopping
-
-__version__ = "0.1.0"
 
 __all__ = [
     # roles and identity

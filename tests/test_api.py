@@ -1,5 +1,6 @@
 """The public API is pinned (the arrows between the packages are test_layers.py's)."""
 
+import os
 import subprocess
 import sys
 
@@ -50,3 +51,16 @@ def test_role_in_a_forked_worker_is_read_after_the_fork():
                          text=True, timeout=30)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[false, true, 1, 0]"
+
+
+def test_version_from_the_command_line():
+    # One version: fastfork/_version.py, read by pyproject.toml (the installed
+    # metadata), said by `fastfork --version` and `python -m fastfork --version`.
+    from importlib.metadata import version
+
+    assert fastfork.__version__ == version("fastfork")
+    script = os.path.join(os.path.dirname(sys.executable), "fastfork")
+    for command in ([script, "--version"], [sys.executable, "-m", "fastfork", "--version"]):
+        out = subprocess.run(command, env=PY.env(), capture_output=True, text=True, timeout=30)
+        assert (out.returncode, out.stdout, out.stderr) == (
+            0, f"fastfork {fastfork.__version__}\n", ""), command
