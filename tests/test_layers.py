@@ -42,7 +42,8 @@ ALLOWED = {
     "fastfork": {"fastfork._version", "fastfork.addresses", "fastfork.cpus", "fastfork.handoff",
                  "fastfork.primary", "fastfork.settings", "fastfork.worker"},
     # Built on the public face, as a user's program is.
-    "fastfork.web": {"fastfork", "fastfork.extras", "fastfork.loops", "fastfork.worker"},
+    "fastfork.web": {"fastfork", "fastfork.addresses", "fastfork.extras", "fastfork.loops",
+                     "fastfork.worker"},
     "fastfork.demo": {"fastfork", "fastfork.settings", "fastfork.worker"},
     "fastfork.cli": {"fastfork", "fastfork.channels", "fastfork.extras", "fastfork.loops",
                      "fastfork.primary", "fastfork.privileges", "fastfork.settings",
