@@ -24,7 +24,7 @@ channels and the hot path) in ``fastfork.handoff``.
 import os as _os
 from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from ._version import __version__
+from ._version import __version__ as __version__
 from .addresses import Address, parse_address
 from .handoff.control import MessageError
 from .handoff.wire import DEFAULT_WINDOW, ProtocolError

@@ -56,7 +56,8 @@ def parse_workers(value: Union[int, str]) -> int:
         try:
             value = int(text)
         except ValueError:
-            raise ValueError(f"worker count must be a positive integer or 'max', got {value!r}") from None
+            raise ValueError("worker count must be a positive integer or 'max', "
+                             f"got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"worker count must be a positive integer or 'max', got {value!r}")
     if value < 1:

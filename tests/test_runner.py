@@ -173,7 +173,7 @@ def test_config_file_protocol_app_from_a_path(runner_factory, tmp_path):
     assert [r.split(None, 1)[1] for r in replies] == [f"hello {i}" for i in range(4)]
 
 
-def test_preload_serves_the_code_loaded_at_start(runner_factory, rundir):  # noqa: F811
+def test_preload_serves_the_code_loaded_at_start(runner_factory, rundir):
     app = os.path.join(rundir, "app.py")
     shutil.copy(OPS_APP, app)
     run = runner_factory(f"{app}:handle", "--preload", "--workers", "1",
@@ -190,7 +190,7 @@ def test_preload_serves_the_code_loaded_at_start(runner_factory, rundir):  # noq
     assert int(whoami[1]) in pids_of(status) and whoami[3] == "1"   # forked from the primary
 
 
-def test_a_second_primary_on_the_same_control_socket_exits_2(runner_factory):  # noqa: F811
+def test_a_second_primary_on_the_same_control_socket_exits_2(runner_factory):
     first = runner_factory(f"{OPS_APP}:handle", "--workers", "1", "--bind", "127.0.0.1:0")
     first.wait_serving(1)
     out = run_cli([f"{OPS_APP}:handle", "--workers", "1", "--bind", "127.0.0.1:0",

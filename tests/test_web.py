@@ -64,7 +64,7 @@ def pids_seen(address, want, attempts=200):
 
 @pytest.mark.parametrize("policy", ["rr", "none", "reuseport"])
 @pytest.mark.parametrize("app", ASGI_APPS + WSGI_APPS)
-def test_app_serves_http_under_every_policy(web_cluster, app, policy):
+def test_app_serves_http_under_every_policy(web_cluster, app, policy):  # noqa: F811
     cluster = web_cluster("--app", app, "--policy", policy, "--workers", str(WORKERS))
     address, listening = cluster.wait_listening(WORKERS)
     pids = {event["pid"] for event in listening}
@@ -121,7 +121,7 @@ def test_app_serves_http_under_every_policy(web_cluster, app, policy):
     wait_until(lambda: line.search(cluster.output()), 10, f"an access log line for {who}")
 
 
-def test_request_counter_counts_requests_not_connections(web_cluster):
+def test_request_counter_counts_requests_not_connections(web_cluster):  # noqa: F811
     cluster = web_cluster("--app", "starlette", "--workers", "1")
     address, _ = cluster.wait_listening(1)
     conn = connect(address)
@@ -137,7 +137,7 @@ def test_request_counter_counts_requests_not_connections(web_cluster):
     assert get_json(address, "/requests") == {"requests": 6}
 
 
-def test_a_trickling_client_does_not_block_the_others(web_cluster):
+def test_a_trickling_client_does_not_block_the_others(web_cluster):  # noqa: F811
     # One worker, so the slow client and the others share its loop.
     cluster = web_cluster("--app", "starlette", "--workers", "1")
     address, _ = cluster.wait_listening(1)
@@ -157,7 +157,7 @@ def test_a_trickling_client_does_not_block_the_others(web_cluster):
 
 
 @pytest.mark.parametrize("policy", ["rr", "none"])
-def test_websocket_echo_through_fastapi(web_cluster, policy):
+def test_websocket_echo_through_fastapi(web_cluster, policy):  # noqa: F811
     client = pytest.importorskip("websockets.sync.client",
                                  reason="the websockets package is not installed")
     from websockets.exceptions import ConnectionClosed
@@ -184,7 +184,7 @@ def test_websocket_echo_through_fastapi(web_cluster, policy):
     assert cluster.wait_exit(8) == 0
 
 
-def test_h11_wsproto_and_uvloop(web_cluster):
+def test_h11_wsproto_and_uvloop(web_cluster):  # noqa: F811
     pytest.importorskip("uvloop", reason="uvloop is not installed")
     pytest.importorskip("wsproto", reason="wsproto is not installed")
     client = pytest.importorskip("websockets.sync.client",

@@ -22,7 +22,7 @@ need_web_extra()
 
 
 @pytest.mark.parametrize("app", ["fastapi", "flask"])
-def test_sigterm_finishes_the_slow_request_and_closes_keep_alive(web_cluster, lifespan_dir,
+def test_sigterm_finishes_the_slow_request_and_closes_keep_alive(web_cluster, lifespan_dir,  # noqa: F811
                                                                   app):
     cluster = web_cluster("--app", app, "--workers", "2", "--graceful-timeout", "20",
                           env={"WEB_LIFESPAN_DIR": lifespan_dir})
@@ -59,7 +59,7 @@ def test_sigterm_finishes_the_slow_request_and_closes_keep_alive(web_cluster, li
             event["pid"]: ["startup", "shutdown"] for event in listening}
 
 
-def test_lifespan_startup_failure_exits_the_worker_with_the_traceback(web_cluster):
+def test_lifespan_startup_failure_exits_the_worker_with_the_traceback(web_cluster):  # noqa: F811
     cluster = web_cluster("--app", "broken-lifespan", "--workers", "1", "--max-restarts", "1")
     died = cluster.wait_event("exit")
     assert died["code"] == 3 and died["signal"] is None
@@ -71,7 +71,7 @@ def test_lifespan_startup_failure_exits_the_worker_with_the_traceback(web_cluste
     assert not any(event["event"] == "listening" for event in cluster.events)
 
 
-def test_an_object_that_is_no_app_is_refused_before_forking(web_cluster):
+def test_an_object_that_is_no_app_is_refused_before_forking(web_cluster):  # noqa: F811
     cluster = web_cluster("--app", "neither")
     assert cluster.wait_exit(15) == 2
     assert "web_cluster: error: {'not': 'an app'} (an instance of builtins.dict) is not " \
@@ -79,7 +79,7 @@ def test_an_object_that_is_no_app_is_refused_before_forking(web_cluster):
     assert not any(event["event"] == "fork" for event in cluster.events)
 
 
-def test_an_object_that_is_no_app_is_refused_by_serve_in_the_worker(web_cluster):
+def test_an_object_that_is_no_app_is_refused_by_serve_in_the_worker(web_cluster):  # noqa: F811
     cluster = web_cluster("--app", "neither", "--check-in-worker", "--workers", "1",
                           "--max-restarts", "1")
     died = cluster.wait_event("exit")

@@ -20,7 +20,7 @@ need_web_extra()
 
 
 @pytest.fixture
-def bare(web_cluster):
+def bare(web_cluster):  # noqa: F811
     cluster = web_cluster("--app", "pep3333", "--workers", "1")
     address, listening = cluster.wait_listening(1)
     return cluster, address, listening[0]["pid"]
@@ -187,7 +187,7 @@ def test_the_part_that_completes_the_content_length_is_the_last():
 
 
 @pytest.mark.parametrize("app", ["flask", "pep3333"])
-def test_every_answer_is_counted_when_clients_close_at_once(web_cluster, app):
+def test_every_answer_is_counted_when_clients_close_at_once(web_cluster, app):  # noqa: F811
     # Each client closes as soon as it has the bytes the Content-Length promised.
     cluster = web_cluster("--app", app, "--workers", "1")
     address, _ = cluster.wait_listening(1)

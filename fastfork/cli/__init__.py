@@ -11,7 +11,8 @@ from .. import __version__
 
 COMMANDS = {
     "demo": ("fastfork.demo", "show the cluster model live: cores, workers, round-robin, re-fork"),
-    "run": ("fastfork.cli.run", "serve an app on all cores: python -m fastfork run MODULE:CALLABLE"),
+    "run": ("fastfork.cli.run",
+            "serve an app on all cores: python -m fastfork run MODULE:CALLABLE"),
     "status": ("fastfork.cli.status", "show the workers of a running primary, like pm2 ls"),
 }
 

@@ -194,7 +194,8 @@ class WorkerRuntime:
                       fds: List[int]) -> Listener:
         """Turn the primary's reply into a Listener, or raise its error."""
         if reply["t"] == "listen_error":
-            raise OSError(reply.get("errno") or 0, reply.get("error") or f"cannot listen on {address}")
+            raise OSError(reply.get("errno") or 0,
+                          reply.get("error") or f"cannot listen on {address}")
         sock = socket.socket(fileno=fds[0]) if fds else None
         listener = Listener(self, reply["lid"], reply["address"], sock, reply.get("proxy"))
         if sock is None:
