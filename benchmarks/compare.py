@@ -44,7 +44,7 @@ import warnings
 if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks import loadgen  # noqa: E402
+from benchmarks import loadgen
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -495,7 +495,8 @@ def main(argv=None):
     try:
         args.sweep_windows = [int(w) for w in args.sweep_windows.split(",") if w.strip()]
     except ValueError:
-        parser.error(f"--sweep-windows must be comma-separated integers, got {args.sweep_windows!r}")
+        parser.error("--sweep-windows must be comma-separated integers, "
+                     f"got {args.sweep_windows!r}")
     if not args.sweep_windows or min(args.sweep_windows) < 1:
         parser.error("--sweep-windows: give one or more windows, each >= 1")
     if args.stall_duration is None:

@@ -590,7 +590,8 @@ def render_markdown(results):
                 continue
             m = row["modes"][mode]["median"]
             if not m:
-                lines.append(f"| {row['label']} | failed: {'; '.join(row.get('errors', []))[:200]} |")
+                errors = "; ".join(row.get("errors", []))[:200]
+                lines.append(f"| {row['label']} | failed: {errors} |")
                 continue
             lines.append("| " + " | ".join([
                 row["label"], row["loop"], row["policy"], _f(m["rps"], 0), _f(m["errors"], 0),

@@ -53,7 +53,8 @@ class _Rounds:
 
 @pytest.mark.parametrize("batch", BATCHES)
 def test_fdpass_dispatcher(benchmark, impl, listener, channel, batch):
-    """64 connections through Dispatcher.poll and Receiver.receive, in batches of `batch` (per round)."""
+    """64 connections through Dispatcher.poll and Receiver.receive, in batches of
+    `batch` (per round)."""
     build = impl.backend
     primary_end, worker_end = channel
     # window = batch_max = batch: the dispatcher sends exactly `batch` fds per
@@ -90,7 +91,8 @@ def test_fdpass_dispatcher(benchmark, impl, listener, channel, batch):
 
 @pytest.mark.parametrize("batch", BATCHES)
 def test_fdpass_send_fds(benchmark, listener, channel, batch):
-    """The same 64 connections with socket.send_fds/recv_fds by hand, in batches of `batch` (per round)."""
+    """The same 64 connections with socket.send_fds/recv_fds by hand, in batches of
+    `batch` (per round)."""
     primary_end, worker_end = channel
     header = HEADER.pack(MSG_FDS, batch) + LID.pack(0) * batch
     ack = HEADER.pack(MSG_ACK, batch)

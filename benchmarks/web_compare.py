@@ -142,7 +142,7 @@ def wrk(port, duration, connections, close, pids=()):
         command += ["-H", "Connection: close"]
     out = subprocess.run(command + [f"http://127.0.0.1:{port}/"], capture_output=True,
                          text=True, timeout=duration + 30).stdout
-    line = next(l for l in out.splitlines() if l.startswith("WRK_JSON "))
+    line = next(x for x in out.splitlines() if x.startswith("WRK_JSON "))
     data = json.loads(line[9:])
     data["rps"] = data["requests"] / (data["duration_us"] / 1e6)
     data["error_count"] = sum(data["errors"].values())

@@ -22,8 +22,10 @@ channels and the hot path) in ``fastfork.handoff``.
 """
 
 import os as _os
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
-from .addresses import parse_address
+from ._version import __version__ as __version__
+from .addresses import Address, parse_address
 from .handoff.control import MessageError
 from .handoff.wire import DEFAULT_WINDOW, ProtocolError
 from .cpus import parse_workers, usable_cpus
@@ -33,9 +35,14 @@ from .settings import Settings
 from .worker import boot as _boot
 from .worker import runtime as _runtime
 from .worker.aio import create_server, drain, serve, serve_async, start_server, wait_stopping
-from .worker.listener import WorkerStopping
+from .worker.listener import Listener, WorkerStopping
 
-__version__ = "0.1.0"
+if TYPE_CHECKING:
+    # What __getattr__ answers (the role is read each time, see below).
+    is_primary: bool
+    is_worker: bool
+    worker_id: Optional[int]
+    worker_index: Optional[int]
 
 __all__ = [
     # roles and identity
@@ -52,7 +59,7 @@ __all__ = [
 ]
 
 
-def __getattr__(name):
+def __getattr__(name: str) -> Any:
     # The role is asked of the worker runtime each time, so the answer is
     # right in a process forked after this module was imported.
     current = _runtime.current()
@@ -67,7 +74,7 @@ def __getattr__(name):
     raise AttributeError(f"module 'fastfork' has no attribute {name!r}")
 
 
-def listen(address, backlog=2048):
+def listen(address: Address, backlog: int = 2048) -> Listener:
     """In a worker: get the shared listening address (blocking code); returns a Listener.
 
     Not under policy ``least`` (RuntimeError): blocking code does not report
@@ -76,28 +83,28 @@ def listen(address, backlog=2048):
     return _runtime.runtime().listen(address, backlog)
 
 
-def send(data):
+def send(data: Any) -> None:
     """In a worker: send a JSON-serializable message to the primary."""
     _runtime.runtime().send(data)
 
 
-def on_message(callback):
+def on_message(callback: Callable[[Any], object]) -> None:
     """In a worker: call ``callback(data)`` for each message from the primary
     (on the running event loop if there is one, else on a helper thread)."""
     _runtime.runtime().on_message(callback)
 
 
-def on_stop(callback):
+def on_stop(callback: Callable[[], object]) -> None:
     """In a worker: call ``callback()`` when the primary asks this worker to stop."""
     _runtime.runtime().on_stop(callback)
 
 
-def ready():
+def ready() -> None:
     """In a worker: tell the primary this worker is ready for traffic."""
     _runtime.runtime().ready()
 
 
-def heartbeat():
+def heartbeat() -> None:
     """In a worker: prove it is alive, from a loop fastfork does not run (a thread,
     a server of your own).  At most one beat an interval goes out; hang detection
     (``timeout``) starts with the first.  ``serve()`` and blocking ``accept()``
@@ -105,13 +112,14 @@ def heartbeat():
     _runtime.runtime().beat_if_due()
 
 
-def is_stopping():
+def is_stopping() -> bool:
     """In a worker: has the primary asked this worker to stop?"""
     current = _runtime.current()
     return current is not None and current.stopping.is_set()
 
 
-def run(target, workers="max", **options):
+def run(target: Callable[..., object], workers: Union[int, str] = "max",
+        **options: Any) -> int:
     """The function form: fork ``workers`` processes running ``target()``; returns
     the primary's exit code when it shuts down.  ``options`` go to ``Cluster``."""
     return Cluster(target, workers, **options).run()

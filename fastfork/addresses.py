@@ -3,17 +3,24 @@
 import ipaddress
 import os
 import socket
+from typing import Any, Iterable, List, Tuple, Union, cast
 
 DEFAULT_BACKLOG = 2048
 
+# What a user may write for an address (see parse_address), and what it parses to.
+Address = Union[int, str, Tuple[str, Union[int, str]]]
+SockAddr = Union[str, Tuple[Any, ...]]     # a path, or (host, port[, flowinfo, scope_id])
+Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-def parse_address(address):
+
+def parse_address(address: Address) -> Tuple[socket.AddressFamily, SockAddr]:
     """Normalize ``address`` to ``(family, sockaddr)``.
 
     Accepted forms: a port number (all IPv4 interfaces, as Node's
     ``listen(3000)``), ``"host:port"``, ``"[v6]:port"``, ``(host, port)``,
     and ``"unix:/path"``.
     """
+    port: Union[int, str]
     if isinstance(address, bool):
         raise ValueError(f"not an address: {address!r}")
     if isinstance(address, int):
@@ -42,9 +49,9 @@ def parse_address(address):
     return family, (host, port)
 
 
-def parse_networks(values):
+def parse_networks(values: Iterable[str]) -> List[Network]:
     """``ip_network`` objects from ``"127.0.0.1"``, ``"10.0.0.0/8"``, ``"::1"``, ``"*"``."""
-    networks = []
+    networks: List[Network] = []
     for value in values:
         if value == "*":
             networks += [ipaddress.ip_network("0.0.0.0/0"), ipaddress.ip_network("::/0")]
@@ -57,15 +64,16 @@ def parse_networks(values):
     return networks
 
 
-def describe(family, sockaddr):
+def describe(family: int, sockaddr: SockAddr) -> str:
     """How an address is shown to people: ``127.0.0.1:8000``, ``[::1]:80``, ``unix:/x``."""
     if family == socket.AF_UNIX:
         return f"unix:{sockaddr}"
-    host, port = sockaddr[:2]
+    host, port = cast(Tuple[Any, ...], sockaddr)[:2]
     return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
 
 
-def bind_listener(family, sockaddr, backlog=DEFAULT_BACKLOG, reuseport=False, listen=True):
+def bind_listener(family: int, sockaddr: SockAddr, backlog: int = DEFAULT_BACKLOG,
+                  reuseport: bool = False, listen: bool = True) -> socket.socket:
     """A bound, non-blocking, close-on-exec listening socket.
 
     Raises OSError with the address in its message (``EADDRINUSE``,
@@ -80,7 +88,7 @@ def bind_listener(family, sockaddr, backlog=DEFAULT_BACKLOG, reuseport=False, li
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         if family == socket.AF_UNIX:
-            _remove_stale_unix_socket(sockaddr)
+            _remove_stale_unix_socket(cast(str, sockaddr))
         sock.bind(sockaddr)
         if listen:
             sock.listen(backlog)
@@ -95,7 +103,7 @@ def bind_listener(family, sockaddr, backlog=DEFAULT_BACKLOG, reuseport=False, li
     return sock
 
 
-def _remove_stale_unix_socket(path):
+def _remove_stale_unix_socket(path: str) -> None:
     """Unlink ``path`` if it is a socket file nobody listens on any more.
 
     A primary killed with SIGKILL leaves its socket file behind, and bind()

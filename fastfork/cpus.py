@@ -1,9 +1,10 @@
 """How many workers "max" means: the cores this process may really use."""
 
 import os
+from typing import Optional, Union
 
 
-def _cgroup_quota():
+def _cgroup_quota() -> Optional[int]:
     """CPUs allowed by a cgroup v2 ``cpu.max`` (or v1 CFS quota), or None."""
     try:
         with open("/proc/self/cgroup") as f:
@@ -27,15 +28,15 @@ def _cgroup_quota():
             return max(1, int(int(quota) / int(period) + 0.5))
     try:
         with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as f:
-            quota = int(f.read())
+            quota_us = int(f.read())
         with open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as f:
-            period = int(f.read())
+            period_us = int(f.read())
     except (OSError, ValueError):
         return None
-    return max(1, int(quota / period + 0.5)) if quota > 0 else None
+    return max(1, int(quota_us / period_us + 0.5)) if quota_us > 0 else None
 
 
-def usable_cpus():
+def usable_cpus() -> int:
     """Cores this process can run on: CPU affinity, capped by a cgroup quota."""
     try:
         count = len(os.sched_getaffinity(0))
@@ -45,7 +46,7 @@ def usable_cpus():
     return max(1, min(count, quota) if quota else count)
 
 
-def parse_workers(value):
+def parse_workers(value: Union[int, str]) -> int:
     """A worker count from user input: a positive int, or "max" (usable cores)."""
     original = value
     if isinstance(value, str):
@@ -55,7 +56,8 @@ def parse_workers(value):
         try:
             value = int(text)
         except ValueError:
-            raise ValueError(f"worker count must be a positive integer or 'max', got {value!r}") from None
+            raise ValueError("worker count must be a positive integer or 'max', "
+                             f"got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"worker count must be a positive integer or 'max', got {value!r}")
     if value < 1:

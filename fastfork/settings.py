@@ -17,7 +17,7 @@ raise ValueError saying what is wrong; ``Settings`` reports it as
 import dataclasses
 import re
 import types
-from typing import Any, Optional
+from typing import Any, Mapping, Optional, Tuple, Union
 
 from .addresses import parse_address, parse_networks
 from .handoff.wire import DEFAULT_BATCH_MAX, DEFAULT_WINDOW, check_batch_max, check_window
@@ -35,7 +35,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 class SettingError(ValueError):
     """A setting has a value it cannot take; ``name`` is the field, ``reason`` why."""
 
-    def __init__(self, name, reason):
+    def __init__(self, name: str, reason: str) -> None:
         super().__init__(f"{name}: {reason}")
         self.name = name
         self.reason = reason
@@ -191,11 +191,11 @@ class Settings:
     app: Optional[str] = _setting(
         None, _app, "MODULE:CALLABLE or path/to/app.py:CALLABLE (fastfork run only)",
         cli=False)
-    bind: tuple = _setting(
+    bind: Tuple[str, ...] = _setting(
         (), _addresses, "address to serve: HOST:PORT, [V6]:PORT or unix:PATH; repeat for "
         "several (default 127.0.0.1:8000, or the sockets systemd passed)", metavar="ADDRESS",
         repeat=True)
-    workers: Any = _setting(
+    workers: Union[int, str] = _setting(
         "max", _workers, "number of workers, or 'max' for one per usable core (CPU affinity "
         "and cgroup quota) (default max)", metavar="N|max")
     policy: str = _setting(
@@ -302,7 +302,7 @@ class Settings:
     proxy_protocol: bool = _setting(
         False, _flag, "every connection starts with a PROXY protocol header (v1 or v2, as "
         "HAProxy's send-proxy writes): the app sees the client's address", "proxy", flag=True)
-    proxy_allow_from: tuple = _setting(
+    proxy_allow_from: Tuple[str, ...] = _setting(
         ("127.0.0.1", "::1"), _networks, "peers allowed to send PROXY headers: addresses or "
         "networks, comma-separated, or '*' (default 127.0.0.1,::1); others are closed",
         "proxy", "NETWORKS")
@@ -352,11 +352,11 @@ class Settings:
         "status", "LEVEL")
 
     # -- how workers start (Python API only) -------------------------------------------
-    argv: Optional[tuple] = _setting(None, _argv, cli=False)    # Node form: the exec'd argv
-    env: Any = _setting({}, _env, cli=False)                    # Node form: extra environment
+    argv: Optional[Tuple[str, ...]] = _setting(None, _argv, cli=False)  # Node form: the exec'd argv
+    env: Mapping[str, str] = _setting({}, _env, cli=False)      # Node form: extra environment
     pure: Optional[bool] = _setting(None, _tristate, cli=False)  # None: FASTFORK_NO_EXTENSIONS
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
             value = getattr(self, field.name)
             try:
@@ -370,7 +370,7 @@ class Settings:
             raise SettingError("worker_connections",
                                f"needs policy least (policy is {self.policy})")
 
-    def replace(self, **changes):
+    def replace(self, **changes: Any) -> "Settings":
         """A copy with ``changes`` applied (and checked)."""
         return dataclasses.replace(self, **changes)
 

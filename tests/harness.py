@@ -95,14 +95,16 @@ class ClusterProcess:
         while True:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise AssertionError(f"no {event} {match} within {timeout}s; output:\n{self.output()}")
+                raise AssertionError(f"no {event} {match} within {timeout}s; "
+                                     f"output:\n{self.output()}")
             try:
                 item = self._queue.get(timeout=remaining)
             except queue.Empty:
                 continue
             if item is None:
                 self._queue.put(None)
-                raise AssertionError(f"primary exited before {event} {match}; output:\n{self.output()}")
+                raise AssertionError(f"primary exited before {event} {match}; "
+                                     f"output:\n{self.output()}")
             if item["event"] == event and all(item.get(k) == v for k, v in match.items()):
                 return item
 

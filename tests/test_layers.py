@@ -21,6 +21,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 # fastfork; "fastfork" is the package face (fastfork/__init__.py).
 ALLOWED = {
     # Leaves: the standard library only.
+    "fastfork._version": set(),
     "fastfork.extras": set(),
     "fastfork.cpus": set(),
     "fastfork.addresses": set(),
@@ -39,10 +40,11 @@ ALLOWED = {
     "fastfork.primary": {"fastfork.addresses", "fastfork.cpus", "fastfork.operations",
                          "fastfork.extras", "fastfork.handoff", "fastfork.privileges",
                          "fastfork.settings", "fastfork.worker"},
-    "fastfork": {"fastfork.addresses", "fastfork.cpus", "fastfork.handoff", "fastfork.primary",
-                 "fastfork.settings", "fastfork.worker"},
+    "fastfork": {"fastfork._version", "fastfork.addresses", "fastfork.cpus", "fastfork.handoff",
+                 "fastfork.primary", "fastfork.settings", "fastfork.worker"},
     # Built on the public face, as a user's program is.
-    "fastfork.web": {"fastfork", "fastfork.extras", "fastfork.loops", "fastfork.worker"},
+    "fastfork.web": {"fastfork", "fastfork.addresses", "fastfork.extras", "fastfork.loops",
+                     "fastfork.worker"},
     "fastfork.demo": {"fastfork", "fastfork.settings", "fastfork.worker"},
     "fastfork.cli": {"fastfork", "fastfork.operations", "fastfork.extras", "fastfork.loops",
                      "fastfork.primary", "fastfork.privileges", "fastfork.settings",

@@ -171,7 +171,8 @@ def main(argv=None):
         "status: python -m fastfork status%s",
         cluster.pid, settings.app, kind, ", ".join(cluster.status()["primary"]["addresses"]),
         cluster.size, cluster.policy, cluster.implementation,
-        "" if os.path.dirname(control) == os.path.abspath(default_dir()) else f" --socket {control}")
+        "" if os.path.dirname(control) == os.path.abspath(default_dir())
+        else f" --socket {control}")
     return cluster.run()
 
 

@@ -118,7 +118,8 @@ class StatusServer(OneShotServer):
                                             f"primary (pid {pid}); give this one another --name "
                                             f"or --control-socket")
         if not stat.S_ISSOCK(os.lstat(self.path).st_mode):
-            raise OSError(errno.EEXIST, f"control socket path {self.path} exists and is not a socket")
+            raise OSError(errno.EEXIST,
+                          f"control socket path {self.path} exists and is not a socket")
         os.unlink(self.path)     # left by a primary that was killed
 
     def admit(self, conn):

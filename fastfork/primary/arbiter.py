@@ -24,9 +24,10 @@ import socket
 import sys
 import threading
 import time
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
 
 from ..handoff import backend
-from ..addresses import DEFAULT_BACKLOG, parse_address
+from ..addresses import DEFAULT_BACKLOG, Address, parse_address
 from ..handoff import credit as credit_page
 from ..handoff.control import ControlChannel
 from ..cpus import parse_workers
@@ -42,6 +43,7 @@ from .signals import SignalQueue, reset_in_child
 from .snapshot import status as _status
 
 log = logging.getLogger("fastfork")
+_Callback = TypeVar("_Callback", bound=Callable[..., object])
 
 # Exit codes of the primary that mean something.
 EXIT_OK = 0
@@ -82,8 +84,38 @@ class Cluster:
     called from the main thread; it returns the exit code.
     """
 
-    def __init__(self, target=None, workers=_FROM_SETTINGS, *, args=(), kwargs=None,
-                 settings=None, **options):
+    settings: Settings
+    size: int                           # workers wanted now
+    target: Optional[Callable[..., object]]
+    args: Tuple[Any, ...]
+    kwargs: Dict[str, Any]
+    policy: str
+    name: str
+    started_at: float                   # time.monotonic()
+    pid: int
+    exit_code: int
+    stopping: bool
+    workers: Dict[int, Worker]          # id -> Worker, alive or not yet reaped
+    backend: Any                        # fastfork.handoff.backend.Backend
+    implementation: str                 # "cython" or "python"
+    dispatcher: Any                     # the backend's Dispatcher, once started
+    listeners: Listeners
+    crash_loop: backoff.CrashLoop
+    replacements: replacement.Replacements
+    restarts_by_cause: "collections.Counter[Tuple[int, str]]"
+    # Private, declared for the checker (the public methods read them).
+    _control_server: Any                # channels.status_socket.ControlServer, or None
+    _endpoints: List[Endpoint]
+    _restarts: Dict[int, int]
+    _handlers: Dict[str, List[Callable[..., object]]]
+    _stop_at: Optional[float]
+    _by_control_fd: Dict[int, Worker]
+    _by_slot: Dict[int, Worker]
+
+    def __init__(self, target: Optional[Callable[..., object]] = None,
+                 workers: Union[int, str] = _FROM_SETTINGS,  # type: ignore[assignment]
+                 *, args: Iterable[Any] = (), kwargs: Optional[Mapping[str, Any]] = None,
+                 settings: Optional[Settings] = None, **options: Any) -> None:
         start_empty = workers == 0 and target is None and not isinstance(workers, bool)
         if workers is not _FROM_SETTINGS and not start_empty:
             options["workers"] = workers
@@ -130,7 +162,7 @@ class Cluster:
         self._pause_check_at = 0.0
 
     # -- events -----------------------------------------------------------------
-    def on(self, event, callback):
+    def on(self, event: str, callback: _Callback) -> _Callback:
         """Subscribe to a lifecycle event (Node's names); returns ``callback``.
 
         fork(worker), online(worker), listening(worker, address),
@@ -142,7 +174,7 @@ class Cluster:
         self._handlers[event].append(callback)
         return callback
 
-    def emit(self, event, *args):
+    def emit(self, event: str, *args: Any) -> None:
         for callback in self._handlers[event]:
             try:
                 callback(*args)
@@ -150,18 +182,18 @@ class Cluster:
                 log.exception("%s handler %r raised", event, callback)
 
     # -- public control -----------------------------------------------------------
-    def fork(self):
+    def fork(self) -> Worker:
         """Start one more worker now (Node's ``cluster.fork()``); returns it."""
         self._ensure_started()
         self.size += 1
         return self.spawn_worker(self._free_index())
 
-    def set_workers(self, count):
+    def set_workers(self, count: Union[int, str]) -> None:
         """Scale to ``count`` workers: new ones are forked, extra ones stopped gracefully."""
         self.size = parse_workers(count)
         self.manage_workers()
 
-    def stop(self):
+    def stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does).  Safe from any thread,
         also while or after ``run()`` returns."""
         self._signals.push(signal.SIGTERM)
@@ -174,10 +206,10 @@ class Cluster:
                 except BlockingIOError:
                     pass
 
-    def alive_workers(self):
+    def alive_workers(self) -> List[Worker]:
         return [w for w in self.workers.values() if not w.is_dead()]
 
-    def bind(self, address, backlog=DEFAULT_BACKLOG):
+    def bind(self, address: Address, backlog: int = DEFAULT_BACKLOG) -> str:
         """Bind ``address`` in the primary now, so a bad address or a port in use
         fails before any worker starts; workers that listen on it share it.
         Returns the address as bound (the real port for port 0)."""
@@ -185,11 +217,11 @@ class Cluster:
         family, sockaddr = parse_address(address)
         return self.listeners.get(family, sockaddr, backlog, self.dispatcher).display
 
-    def inherited_addresses(self):
+    def inherited_addresses(self) -> List[str]:
         """The addresses of the sockets systemd passed (socket activation)."""
         return self.listeners.inherited_addresses()
 
-    def open_control_socket(self, path):
+    def open_control_socket(self, path: str) -> str:
         """Serve ``fastfork status`` on the Unix socket ``path`` (mode 0600).
 
         Raises OSError naming the path when it cannot (another primary owns it).
@@ -202,7 +234,7 @@ class Cluster:
                                              self.dispatcher.watch, self.dispatcher.unwatch)
         return self._control_server.path
 
-    def open_endpoints(self):
+    def open_endpoints(self) -> List[str]:
         """Serve ``settings.metrics`` and ``settings.health`` now (``run`` does it too):
         a port in use or a missing prometheus_client fails here, before any fork."""
         self._ensure_started()
@@ -229,7 +261,7 @@ class Cluster:
             endpoint.close(unwatch=unwatch)
         self._endpoints = []
 
-    def readiness(self):
+    def readiness(self) -> Tuple[bool, str]:
         """``(ready, reason)``: what ``/readyz`` answers (200 or 503, and why)."""
         return slots.readiness(self)
 
@@ -241,27 +273,27 @@ class Cluster:
         """index -> quick deaths in a row, for the slots in a crash loop."""
         return slots.crash_loops(self)
 
-    def note_restart(self, worker, cause):
+    def note_restart(self, worker: Worker, cause: str) -> None:
         """Count that ``worker``'s index is forked again, and why (for the metrics)."""
         self.restarts_by_cause[(worker.index, cause)] += 1
 
-    def status(self):
+    def status(self) -> Dict[str, Any]:
         """A snapshot of the primary and its workers (what ``fastfork status`` shows)."""
         return _status(self)
 
-    def close(self):
+    def close(self) -> None:
         """Give back everything ``bind``/``open_*`` took, without running (after an
         error before ``run``); ``run`` does this itself when it returns."""
         self._teardown()
 
-    def endpoint_addresses(self):
+    def endpoint_addresses(self) -> List[str]:
         return [e.address for e in self._endpoints]
 
-    def restarts_total(self):
+    def restarts_total(self) -> int:
         return sum(self._restarts.values())
 
     # -- the loop ---------------------------------------------------------------------
-    def run(self):
+    def run(self) -> int:
         """Fork the workers and run the primary until shutdown; returns the exit code."""
         self._ensure_started()
         self.open_endpoints()
@@ -650,7 +682,7 @@ class Cluster:
                 worker.kill_at = None
 
     # -- replacing workers: reload, recycling, hangs ------------------------------------
-    def reload(self):
+    def reload(self) -> None:
         """Replace every worker, one at a time, new before old (SIGHUP).
 
         The listening sockets stay open throughout, so no client is refused.

@@ -60,7 +60,8 @@ class Listeners:
         if shared is not None:
             return shared
         if family == socket.AF_UNIX and self.policy == "reuseport":
-            raise OSError(errno.EINVAL, f"policy reuseport needs a TCP address, not unix:{sockaddr}")
+            raise OSError(errno.EINVAL,
+                          f"policy reuseport needs a TCP address, not unix:{sockaddr}")
         if key in self._inherited and self.policy == "reuseport":
             raise OSError(errno.EINVAL, f"policy reuseport cannot share the socket systemd passed "
                                         f"for {describe(family, sockaddr)}; use rr or none")

@@ -21,6 +21,7 @@ from .serve import KINDS, LOOPS, prepare, serve, serve_async
 
 __all__ = [
     "serve", "serve_async", "prepare", "detect", "classify", "describe", "AsgiServer",
-    "requests_served", "head_timeouts", "servers", "log_config", "NotAnAppError", "MissingExtraError", "StartupFailed",
-    "STARTUP_FAILURE", "EXTRA_HINT", "ASGI", "WSGI", "KINDS", "LOOPS",
+    "requests_served", "head_timeouts", "servers", "log_config", "NotAnAppError",
+    "MissingExtraError", "StartupFailed", "STARTUP_FAILURE", "EXTRA_HINT", "ASGI", "WSGI",
+    "KINDS", "LOOPS",
 ]

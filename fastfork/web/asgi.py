@@ -29,11 +29,14 @@ import os
 import time
 import weakref
 from email.utils import formatdate
+from typing import Any, Callable, List, Optional, Sequence, Union
 
 import fastfork
 
+from ..addresses import Address
+from ..extras import require
+from ..worker.aio import Server
 from .deadline import with_head_deadline
-from .deps import require
 
 # A connection the primary handed over after the stop began (rr sends what it
 # accepted before it stopped) may take this long to send its request before
@@ -45,7 +48,7 @@ STARTUP_FAILURE = 3     # uvicorn's exit code for the same failure
 DEFAULT_HEAD_TIMEOUT = 60.0
 
 log = logging.getLogger("fastfork.web")
-_servers = []           # live AsgiServers of this process, for requests_served()
+_servers: List["AsgiServer"] = []     # live AsgiServers of this process, for requests_served()
 
 
 class StartupFailed(SystemExit):
@@ -53,22 +56,22 @@ class StartupFailed(SystemExit):
     STARTUP_FAILURE); the app's traceback was logged by uvicorn just before."""
 
 
-def requests_served():
+def requests_served() -> int:
     """HTTP requests answered so far by every AsgiServer in this process."""
     return sum(server.requests for server in _servers)
 
 
-def head_timeouts():
+def head_timeouts() -> int:
     """Connections closed at the request-head deadline by every AsgiServer in this process."""
     return sum(server.head_timeouts for server in _servers)
 
 
-def servers():
+def servers() -> List["AsgiServer"]:
     """The AsgiServers serving in this process now (one per ``serve`` call)."""
     return list(_servers)
 
 
-def log_config(access_format=None):
+def log_config(access_format: Optional[str] = None) -> "dict[str, Any]":
     """uvicorn's logging config with each line naming this worker (id, index, pid)."""
     uvicorn_config = require("uvicorn.config", "configure its logging")
     config = copy.deepcopy(uvicorn_config.LOGGING_CONFIG)
@@ -91,12 +94,32 @@ class AsgiServer:
     seconds a request head may take to arrive (0: no deadline; see ``deadline``).
     """
 
-    def __init__(self, app, addresses, *, interface="auto", http="auto", ws="auto",
-                 lifespan="auto", timeout_keep_alive=5, root_path="", proxy_headers=True,
-                 forwarded_allow_ips=None, limit_concurrency=None,
-                 h11_max_incomplete_event_size=None, access_log=True, log_level=None,
-                 log_config=log_config, graceful_timeout=None, backlog=2048,
-                 on_close=None, timeout_request_head=DEFAULT_HEAD_TIMEOUT, **config_options):
+    addresses: List[Address]
+    backlog: int
+    graceful_timeout: Optional[float]
+    config: Any                   # uvicorn.Config
+    state: Any                    # uvicorn.server.ServerState
+    lifespan: Any                 # the lifespan protocol, once started
+    servers: List[Server]
+    loop: Any                     # the running loop, set by start()
+    stopping: bool
+    head_timeouts: int            # connections closed at the request-head deadline
+    _ticker: "Optional[asyncio.Task[None]]"
+    _late: "set[asyncio.TimerHandle]"
+
+    def __init__(self, app: object, addresses: Sequence[Address], *, interface: str = "auto",
+                 http: str = "auto", ws: str = "auto", lifespan: str = "auto",
+                 timeout_keep_alive: float = 5, root_path: str = "", proxy_headers: bool = True,
+                 forwarded_allow_ips: Optional[Union[str, List[str]]] = None,
+                 limit_concurrency: Optional[int] = None,
+                 h11_max_incomplete_event_size: Optional[int] = None, access_log: bool = True,
+                 log_level: Optional[Union[str, int]] = None,
+                 log_config: Union["dict[str, Any]", str, None,
+                                   Callable[[], "dict[str, Any]"]] = log_config,
+                 graceful_timeout: Optional[float] = None, backlog: int = 2048,
+                 on_close: Optional[Callable[[], object]] = None,
+                 timeout_request_head: float = DEFAULT_HEAD_TIMEOUT,
+                 **config_options: Any) -> None:
         uvicorn = require("uvicorn", "speak HTTP")
         server_module = require("uvicorn.server", "keep its per-server state")
         if not addresses:
@@ -137,7 +160,7 @@ class AsgiServer:
         self._late = set()
 
     @property
-    def requests(self):
+    def requests(self) -> int:
         """HTTP requests this server answered: uvicorn counts each response as it
         completes (``ServerState.total_requests``), so no wrapper around the
         app's ``send`` is needed (a coroutine layer per message, ~4% of a
@@ -145,12 +168,12 @@ class AsgiServer:
         return self.state.total_requests
 
     @property
-    def connections(self):
+    def connections(self) -> int:
         """Open HTTP and WebSocket connections (uvicorn's own set)."""
         return len(self.state.connections)
 
     # -- start -------------------------------------------------------------------
-    async def start(self):
+    async def start(self) -> None:
         """Lifespan startup, then serve every address; raises StartupFailed."""
         self.loop = asyncio.get_running_loop()
         self._refresh_headers()
@@ -245,7 +268,7 @@ class AsgiServer:
         if protocol in self.state.connections:
             protocol.shutdown()
 
-    async def stop(self):
+    async def stop(self) -> None:
         """Graceful drain, as uvicorn.Server.shutdown, then lifespan shutdown.
 
         Busy connections close after their current response (uvicorn's
@@ -295,7 +318,7 @@ class AsgiServer:
         if self._on_close is not None:
             self._on_close()
 
-    async def serve(self):
+    async def serve(self) -> None:
         """start(), serve until the primary says stop, then stop()."""
         await self.start()
         try:

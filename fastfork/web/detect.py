@@ -10,6 +10,7 @@ synchronous two-parameter ``__call__`` (Flask, Django's WSGIHandler).
 
 import functools
 import inspect
+from typing import Any, Optional, Tuple
 
 from .errors import NotAnAppError
 
@@ -18,12 +19,12 @@ _ASGI_SHAPE = "an ASGI app (async def app(scope, receive, send))"
 _WSGI_SHAPE = "a WSGI app (def app(environ, start_response))"
 
 
-def detect(app):
+def detect(app: object) -> str:
     """``"asgi"`` or ``"wsgi"``; raises ``NotAnAppError`` (a ``ValueError``) otherwise."""
     return classify(app)[0]
 
 
-def classify(app):
+def classify(app: object) -> Tuple[str, Optional[str]]:
     """``(kind, interface)``: kind as ``detect``; interface is uvicorn's name for
     the ASGI flavour (``"asgi3"``/``"asgi2"``), None for WSGI."""
     if isinstance(app, str):
@@ -58,19 +59,19 @@ def classify(app):
                         f"{_ASGI_SHAPE} nor {_WSGI_SHAPE}")
 
 
-def _is_function(obj):
+def _is_function(obj: Any) -> bool:
     return inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isbuiltin(obj) \
         or isinstance(obj, functools.partial)
 
 
-def _is_coroutine_function(obj):
+def _is_coroutine_function(obj: Any) -> bool:
     while isinstance(obj, functools.partial):
         obj = obj.func
     return inspect.iscoroutinefunction(obj) or inspect.iscoroutinefunction(
         getattr(obj, "__call__", None))
 
 
-def _positional(obj):
+def _positional(obj: Any) -> Optional[int]:
     """How many positional arguments ``obj(...)`` takes (its minimum when it has
     defaults or *args, unless that is below what it accepts); None if unknown."""
     try:
@@ -87,13 +88,13 @@ def _positional(obj):
     return len(positional)
 
 
-def _count(count):
+def _count(count: Optional[int]) -> str:
     if count is None:
         return "an unknown number of arguments"
     return f"{count} positional argument{'' if count == 1 else 's'}"
 
 
-def describe(obj):
+def describe(obj: object) -> str:
     """A short phrase naming what ``obj`` is, for error messages."""
     if obj is None:
         return "None"

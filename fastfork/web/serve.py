@@ -7,11 +7,13 @@ asks this worker to stop, drained, and its lifespan shut down.
 """
 
 import asyncio
+from typing import Any, Callable, Optional
 
 import fastfork
 
 from . import deps
 from .. import loops
+from ..addresses import Address
 from ..worker import runtime as _runtime
 from .asgi import AsgiServer, head_timeouts, requests_served
 from .detect import classify
@@ -21,8 +23,8 @@ KINDS = ("auto", "asgi", "wsgi")
 LOOPS = loops.LOOPS
 
 
-def prepare(app, *addresses, kind="auto", threads=DEFAULT_THREADS,
-            body_buffer=DEFAULT_BODY_BUFFER, **options):
+def prepare(app: object, *addresses: Address, kind: str = "auto", threads: int = DEFAULT_THREADS,
+            body_buffer: int = DEFAULT_BODY_BUFFER, **options: Any) -> AsgiServer:
     """Check and build the worker's ``AsgiServer`` (not started); see ``serve``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -46,8 +48,10 @@ def prepare(app, *addresses, kind="auto", threads=DEFAULT_THREADS,
     return AsgiServer(app, addresses, **options)
 
 
-async def serve_async(app, *addresses, kind="auto", threads=DEFAULT_THREADS, on_started=None,
-                      body_buffer=DEFAULT_BODY_BUFFER, **options):
+async def serve_async(app: object, *addresses: Address, kind: str = "auto",
+                      threads: int = DEFAULT_THREADS,
+                      on_started: Optional[Callable[[AsgiServer], object]] = None,
+                      body_buffer: int = DEFAULT_BODY_BUFFER, **options: Any) -> AsgiServer:
     """The async twin of ``serve``, for a worker that runs its own loop; returns the
     ``AsgiServer`` once it has stopped.  ``on_started(server)`` (plain or async) is
     called once every address is served."""
@@ -57,7 +61,8 @@ async def serve_async(app, *addresses, kind="auto", threads=DEFAULT_THREADS, on_
     return server
 
 
-async def _serve_prepared(server, on_started):
+async def _serve_prepared(server: AsgiServer,
+                          on_started: Optional[Callable[[AsgiServer], object]]) -> None:
     # Heartbeats report requests, so status and max-requests count them.
     _runtime.runtime().request_counter = requests_served
     _runtime.runtime().head_timeout_counter = head_timeouts
@@ -72,8 +77,10 @@ async def _serve_prepared(server, on_started):
         await server.stop()
 
 
-def serve(app, *addresses, kind="auto", loop="auto", threads=DEFAULT_THREADS, on_started=None,
-          body_buffer=DEFAULT_BODY_BUFFER, **options):
+def serve(app: object, *addresses: Address, kind: str = "auto", loop: str = "auto",
+          threads: int = DEFAULT_THREADS,
+          on_started: Optional[Callable[[AsgiServer], object]] = None,
+          body_buffer: int = DEFAULT_BODY_BUFFER, **options: Any) -> AsgiServer:
     """In a worker: serve ``app`` on ``addresses`` until the primary says stop (blocking).
 
     ``kind``: ``"auto"`` (detect), ``"asgi"`` or ``"wsgi"``.  ``loop``:

@@ -155,7 +155,7 @@ class _Exchange:
                 close = getattr(iterable, "close", None)
                 if close is not None:
                     close()
-        except BaseException as exc:  # noqa: B902 - every failure goes back to the loop
+        except BaseException as exc:  # every failure goes back to the loop
             self._error = exc
         self._queue(_END)
 

@@ -12,10 +12,12 @@ the primary, is in ``connection``.
 """
 
 import asyncio
+from typing import Any, Awaitable, Callable, Iterable, List, Optional
 
-from ..addresses import DEFAULT_BACKLOG
+from ..addresses import DEFAULT_BACKLOG, Address
 from .. import loops
 from . import proxy_protocol
+from .listener import Listener
 from .runtime import runtime as _get_runtime
 from .connection import CloseReporter, Connection, Tracker
 
@@ -25,6 +27,9 @@ ACCEPT_BATCH = 64          # accepts per readiness, so one busy listener cannot 
 
 class Server:
     """A worker's server on a shared address (returned by start_server/create_server)."""
+
+    listener: Listener
+    address: str
 
     def __init__(self, listener, loop, protocol_factory, tracker, reporter=None):
         self.listener = listener
@@ -160,11 +165,11 @@ class Server:
         return factory
 
     @property
-    def connections(self):
+    def connections(self) -> int:
         """Connections open right now on this worker's servers."""
         return self._tracker.active
 
-    def close(self):
+    def close(self) -> None:
         """Stop taking new connections on this address."""
         if not self._closed and self.listener.sock is not None and self._asyncio_server is None:
             self._loop.remove_reader(self.listener.sock.fileno())
@@ -172,7 +177,7 @@ class Server:
         if self._asyncio_server is not None:
             self._asyncio_server.close()
 
-    async def wait_closed(self):
+    async def wait_closed(self) -> None:
         if self._asyncio_server is not None:
             await self._asyncio_server.wait_closed()
 
@@ -187,7 +192,7 @@ class _LoopState:
         self.reporter = None            # its CloseReporter, under policy least
 
 
-_states = {}      # loop -> _LoopState
+_states: "dict[asyncio.AbstractEventLoop, _LoopState]" = {}
 
 
 def _state(loop):
@@ -242,7 +247,8 @@ def _ensure_heartbeat(loop):
     state.heartbeat = loop.create_task(beat())
 
 
-async def create_server(protocol_factory, address, *, backlog=DEFAULT_BACKLOG):
+async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol], address: Address,
+                        *, backlog: int = DEFAULT_BACKLOG) -> Server:
     """Serve ``address`` (shared with the other workers) with ``protocol_factory``."""
     loop = asyncio.get_running_loop()
     runtime = _get_runtime()
@@ -257,26 +263,28 @@ async def create_server(protocol_factory, address, *, backlog=DEFAULT_BACKLOG):
     return server
 
 
-async def start_server(client_connected_cb, address, *, limit=_STREAM_LIMIT,
-                       backlog=DEFAULT_BACKLOG):
+async def start_server(client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
+                                                     Optional[Awaitable[None]]],
+                       address: Address, *, limit: int = _STREAM_LIMIT,
+                       backlog: int = DEFAULT_BACKLOG) -> Server:
     """Like ``asyncio.start_server``: ``client_connected_cb(reader, writer)`` per connection."""
     loop = asyncio.get_running_loop()
 
-    def factory():
+    def factory() -> asyncio.StreamReaderProtocol:
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
 
     return await create_server(factory, address, backlog=backlog)
 
 
-async def wait_stopping():
+async def wait_stopping() -> None:
     """Return when the primary asks this worker to stop (shutdown, reload, scale-down)."""
     stopping = asyncio.Event()
     _get_runtime().on_stop(stopping.set)
     await stopping.wait()
 
 
-async def drain(servers, timeout=None):
+async def drain(servers: Iterable[Server], timeout: Optional[float] = None) -> None:
     """After a stop request: take what the primary already sent, then wait for
     open connections to finish (at most ``timeout`` seconds)."""
     loop = asyncio.get_running_loop()
@@ -299,8 +307,9 @@ async def drain(servers, timeout=None):
         pass
 
 
-async def serve_async(handler, *addresses, protocol=False, backlog=DEFAULT_BACKLOG,
-                      on_started=None):
+async def serve_async(handler: Callable[..., Any], *addresses: Address, protocol: bool = False,
+                      backlog: int = DEFAULT_BACKLOG,
+                      on_started: Optional[Callable[[List[Server]], object]] = None) -> None:
     """Serve ``addresses`` until the primary says stop, then drain and return."""
     make = create_server if protocol else start_server
     servers = [await make(handler, address, backlog=backlog) for address in addresses]
@@ -312,8 +321,10 @@ async def serve_async(handler, *addresses, protocol=False, backlog=DEFAULT_BACKL
     await drain(servers)
 
 
-def serve(handler, *addresses, protocol=False, backlog=DEFAULT_BACKLOG, on_started=None,
-          loop="auto"):
+def serve(handler: Callable[..., Any], *addresses: Address, protocol: bool = False,
+          backlog: int = DEFAULT_BACKLOG,
+          on_started: Optional[Callable[[List[Server]], object]] = None,
+          loop: str = "auto") -> None:
     """Blocking: run an event loop serving ``addresses`` until told to stop.
 
     ``handler`` is a ``(reader, writer)`` callback (coroutine or plain), or a

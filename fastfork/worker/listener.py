@@ -5,8 +5,9 @@ import os
 import select
 import socket
 import time
+from typing import Any, Callable, List, Optional, Tuple, Union
 
-from ..addresses import parse_address, parse_networks
+from ..addresses import Network, parse_address, parse_networks
 from . import proxy_protocol
 
 # The primary accepts with accept4(SOCK_NONBLOCK): saying so here, with the
@@ -95,6 +96,11 @@ class Listener:
     ``socket.socket`` and its peer address.
     """
 
+    lid: int
+    address: str                                  # as the primary shows it
+    sock: Optional[socket.socket]
+    proxy_allow: Optional[List[Network]]
+
     def __init__(self, runtime, lid, address, sock, proxy=None):
         self._runtime = runtime
         self.lid = lid
@@ -107,7 +113,8 @@ class Listener:
         self._socket, self._family, self._proto = _kind(address)
         self._bare = False                     # deliver AcceptedFd, not a socket
 
-    def on_connection(self, callback, bare=False):
+    def on_connection(self, callback: Callable[[Union[socket.socket, "AcceptedFd"]], object],
+                      bare: bool = False) -> None:
         """Hand each connection that arrives to ``callback(sock)`` instead of
         queueing it for ``accept()`` (how an event loop serves round-robin).
 
@@ -117,7 +124,7 @@ class Listener:
         self._callback = callback
         self._bare = bare and self._family > 0
 
-    def deliver(self, fd):
+    def deliver(self, fd: int) -> None:
         """A connection the primary passed for this address (the runtime calls this)."""
         if self._bare:
             sock = AcceptedFd(fd, self._family)
@@ -128,7 +135,7 @@ class Listener:
         else:
             self._queue.append(sock)
 
-    def accept(self, timeout=None):
+    def accept(self, timeout: Optional[float] = None) -> Tuple[socket.socket, Any]:
         """The next connection as ``(socket, address)``; WorkerStopping when stopping.
 
         ``timeout`` (seconds) raises TimeoutError if nothing arrives.  Waiting
@@ -209,10 +216,10 @@ class Listener:
             return None, None
         return conn, source or peer
 
-    def fileno(self):
+    def fileno(self) -> int:
         return self.sock.fileno() if self.sock is not None else self._runtime.receiver.fileno()
 
-    def close(self):
+    def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
         self._runtime.listeners.pop(self.lid, None)

@@ -355,19 +355,19 @@ class ProxiedTransport(asyncio.Transport):
         return self._transport.get_extra_info(name, default)
 
     # Everything else is the real transport's.
-    def is_closing(self): return self._transport.is_closing()                     # noqa: E704
-    def close(self): self._transport.close()                                      # noqa: E704
-    def set_protocol(self, protocol): self._transport.set_protocol(protocol)      # noqa: E704
-    def get_protocol(self): return self._transport.get_protocol()                 # noqa: E704
-    def is_reading(self): return self._transport.is_reading()                     # noqa: E704
-    def pause_reading(self): self._transport.pause_reading()                      # noqa: E704
-    def resume_reading(self): self._transport.resume_reading()                    # noqa: E704
-    def write(self, data): self._transport.write(data)                            # noqa: E704
-    def writelines(self, data): self._transport.writelines(data)                  # noqa: E704
-    def write_eof(self): self._transport.write_eof()                              # noqa: E704
-    def can_write_eof(self): return self._transport.can_write_eof()               # noqa: E704
-    def abort(self): self._transport.abort()                                      # noqa: E704
-    def get_write_buffer_size(self): return self._transport.get_write_buffer_size()  # noqa: E704,E501
+    def is_closing(self): return self._transport.is_closing()
+    def close(self): self._transport.close()
+    def set_protocol(self, protocol): self._transport.set_protocol(protocol)
+    def get_protocol(self): return self._transport.get_protocol()
+    def is_reading(self): return self._transport.is_reading()
+    def pause_reading(self): self._transport.pause_reading()
+    def resume_reading(self): self._transport.resume_reading()
+    def write(self, data): self._transport.write(data)
+    def writelines(self, data): self._transport.writelines(data)
+    def write_eof(self): self._transport.write_eof()
+    def can_write_eof(self): return self._transport.can_write_eof()
+    def abort(self): self._transport.abort()
+    def get_write_buffer_size(self): return self._transport.get_write_buffer_size()
 
     def set_write_buffer_limits(self, high=None, low=None):
         self._transport.set_write_buffer_limits(high, low)

@@ -17,8 +17,9 @@ import signal
 import socket
 import threading
 import time
+from typing import Any, Callable, List, Optional, Tuple
 
-from ..addresses import DEFAULT_BACKLOG, parse_address
+from ..addresses import DEFAULT_BACKLOG, Address, parse_address
 from ..handoff.control import ControlChannel, MessageError
 from .listener import Listener
 
@@ -140,13 +141,13 @@ class WorkerRuntime:
         for callback, loop in handlers:
             _call(loop, callback)
 
-    def send(self, data):
+    def send(self, data: Any) -> None:
         self.control.send({"t": "msg", "data": data})
 
-    def on_message(self, callback):
+    def on_message(self, callback: Callable[[Any], object]) -> None:
         self._add_handler(self._message_handlers, callback)
 
-    def on_stop(self, callback):
+    def on_stop(self, callback: Callable[[], object]) -> None:
         self._add_handler(self._stop_handlers, callback)
         if self.stopping.is_set():
             _call(_running_loop(), callback)
@@ -155,10 +156,11 @@ class WorkerRuntime:
         with self._lock:
             handlers.append((callback, _running_loop()))
 
-    def ready(self):
+    def ready(self) -> None:
         self.control.send({"t": "ready"})
 
-    def heartbeat(self, open_connections=None, served=None):
+    def heartbeat(self, open_connections: Optional[int] = None,
+                  served: Optional[int] = None) -> None:
         """Prove this worker's loop runs; the counts show in ``fastfork status``."""
         self._last_beat = time.monotonic()
         requests = self.request_counter() if self.request_counter is not None else None
@@ -174,7 +176,7 @@ class WorkerRuntime:
         self.accepted += 1
         self.beat_if_due(served=self.accepted)
 
-    def beat_if_due(self, served=None):
+    def beat_if_due(self, served: Optional[int] = None) -> None:
         """A heartbeat, unless one went out less than an interval ago (for loops
         that are not asyncio's: blocking ``accept()`` and ``fastfork.heartbeat()``)."""
         if time.monotonic() - self._last_beat >= self.heartbeat_interval:
@@ -184,9 +186,11 @@ class WorkerRuntime:
                 pass          # the primary is gone; this worker exits on its own
 
     # -- listening ------------------------------------------------------------------
-    def request_listen(self, address, backlog=DEFAULT_BACKLOG):
+    def request_listen(self, address: Address, backlog: int = DEFAULT_BACKLOG,
+                       ) -> "concurrent.futures.Future[Tuple[dict[str, Any], List[int]]]":
         """Send a listen request; returns a Future of ``(reply, fds)``."""
         parse_address(address)   # a bad address fails here, with its own message
+        future: "concurrent.futures.Future[Tuple[dict[str, Any], List[int]]]"
         future = concurrent.futures.Future()
         with self._lock:
             request = self._next_request
@@ -197,17 +201,20 @@ class WorkerRuntime:
                            "backlog": backlog})
         return future
 
-    def make_listener(self, address, reply, fds):
+    def make_listener(self, address: Address, reply: "dict[str, Any]",
+                      fds: List[int]) -> Listener:
         """Turn the primary's reply into a Listener, or raise its error."""
         if reply["t"] == "listen_error":
-            raise OSError(reply.get("errno") or 0, reply.get("error") or f"cannot listen on {address}")
+            raise OSError(reply.get("errno") or 0,
+                          reply.get("error") or f"cannot listen on {address}")
         sock = socket.socket(fileno=fds[0]) if fds else None
         listener = Listener(self, reply["lid"], reply["address"], sock, reply.get("proxy"))
         if sock is None:
             self.listeners[listener.lid] = listener
         return listener
 
-    def listen(self, address, backlog=DEFAULT_BACKLOG, timeout=LISTEN_TIMEOUT):
+    def listen(self, address: Address, backlog: int = DEFAULT_BACKLOG,
+               timeout: float = LISTEN_TIMEOUT) -> Listener:
         if self.policy == "least":
             # Refused before the listen request: once subscribed, connections
             # would be dispatched to a worker whose closes nobody reports, and
@@ -260,7 +267,7 @@ def _call(loop, callback, *args):
         loop.call_soon_threadsafe(callback, *args)
 
 
-_runtime = None
+_runtime: Optional[WorkerRuntime] = None
 
 
 def start(data_fd, control_fd, worker_id, index, policy, receiver_mod, credit_fd=-1):
@@ -272,12 +279,12 @@ def start(data_fd, control_fd, worker_id, index, policy, receiver_mod, credit_fd
     return _runtime
 
 
-def current():
+def current() -> Optional[WorkerRuntime]:
     """This process's runtime, or None in a process that is not a worker."""
     return _runtime
 
 
-def runtime():
+def runtime() -> WorkerRuntime:
     """This process's runtime; RuntimeError outside a worker."""
     if _runtime is None:
         raise RuntimeError("not in a fastfork worker (fastfork.is_worker is False)")

@@ -22,7 +22,7 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import fastfork  # noqa: E402
+import fastfork
 
 SERVERS = []          # set in the cluster form: what "open" counts
 

@@ -10,8 +10,8 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from fastfork.cli import main  # noqa: E402
-from fastfork.operations import metrics  # noqa: E402
+from fastfork.cli import main
+from fastfork.operations import metrics
 
 PADDING_SAMPLES = 6000           # of about 1 KB each: a 6 MB answer
 

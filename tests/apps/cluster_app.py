@@ -25,8 +25,8 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import fastfork  # noqa: E402
-from fastfork.worker import runtime  # noqa: E402
+import fastfork
+from fastfork.worker import runtime
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--workers", default="2")
@@ -40,12 +40,14 @@ parser.add_argument("--graceful-timeout", type=float, default=10.0)
 parser.add_argument("--max-restarts", type=int, default=10)
 parser.add_argument("--min-uptime", type=float, default=1.0)
 parser.add_argument("--crash-on-start", action="store_true")
-parser.add_argument("--blocking", action="store_true", help="serve with Listener.accept() and threads")
+parser.add_argument("--blocking", action="store_true",
+                    help="serve with Listener.accept() and threads")
 parser.add_argument("--sequential", action="store_true",
                     help="with --blocking: answer each connection before the next accept()")
 parser.add_argument("--timeout", type=float, default=0.0, help="the primary's hang timeout")
 parser.add_argument("--proxy-protocol", action="store_true", help="PROXY headers from 127.0.0.1")
-parser.add_argument("--bad-address", default=None, help="also try to listen here and report the error")
+parser.add_argument("--bad-address", default=None,
+                    help="also try to listen here and report the error")
 args = parser.parse_args()
 logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(levelname)s %(message)s")
 

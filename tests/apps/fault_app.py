@@ -31,9 +31,9 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-import fastfork  # noqa: E402
-from fastfork.handoff import control, wire  # noqa: E402
-from fastfork.worker.runtime import runtime  # noqa: E402
+import fastfork
+from fastfork.handoff import control, wire
+from fastfork.worker.runtime import runtime
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--workers", default="2")

@@ -145,8 +145,8 @@ def test_reload_waits_for_explicit_ready(runner_factory):
     (new,) = pids_of(status)
     assert new != old
     lines = runner.output().splitlines()
-    ready_at = next(i for i, l in enumerate(lines) if l == f"OPS ready {new}")
-    stop_at = next(i for i, l in enumerate(lines) if f"stopping worker 1 (pid {old})" in l)
+    ready_at = next(i for i, line in enumerate(lines) if line == f"OPS ready {new}")
+    stop_at = next(i for i, line in enumerate(lines) if f"stopping worker 1 (pid {old})" in line)
     assert ready_at < stop_at, "\n".join(lines)
 
 
@@ -265,7 +265,8 @@ def test_workers_drop_to_user_and_group(runner_factory):
     assert ids["Gid"].split() == ["65534"] * 4
     assert ids["Groups"].split() == ["65534"]
     with open(f"/proc/{runner.pid}/status") as f:
-        assert next(l for l in f if l.startswith("Uid")).split()[1] == "0"   # the primary stays
+        # the primary stays
+        assert next(line for line in f if line.startswith("Uid")).split()[1] == "0"
 
 
 def test_systemd_socket_activation_uses_the_passed_socket(runner_factory):

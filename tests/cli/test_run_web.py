@@ -151,7 +151,8 @@ def test_six_reloads_under_load_fail_no_request(runner_factory, app):
             before = pids_of(after)
         load.wait_more(20, "load after the last reload")
     print(f"\n6 reloads of {app} under load: {load.answered} answered, "
-          f"{len(load.failures)} failed, {load.retried} reused keep-alive connections closed under a request")
+          f"{len(load.failures)} failed, {load.retried} reused keep-alive connections "
+          "closed under a request")
     assert load.failures == []
 
 

@@ -5,7 +5,6 @@ for Enter after parts 2 and 5, which is when the test looks at the real
 processes (parent pids, who holds the listening socket) while they are alive.
 """
 
-import glob
 import json
 import os
 import pty

@@ -556,7 +556,7 @@ def test_dropping_an_unclosed_dispatcher_keeps_the_callers_fds(stack, build):
     baseline = open_fds()
     d = build.dispatcher.Dispatcher(window=4)
     d.subscribe(d.add_worker(a.fileno()), d.add_listener(listener.fileno()))
-    wait_for(lambda: d.dispatched == 1, "1 dispatched", step=lambda: d.poll(5))
+    wait_for(lambda: d.dispatched == 1, "1 dispatched", step=lambda: d.poll(5))  # noqa: F821 (read before the del)
     assert d.held_fds() == 1
     del d                                   # never closed
     gc.collect()

@@ -96,7 +96,7 @@ def test_a_frozen_worker_gets_at_most_its_window(least):
     pytest.param("least", HEADER.pack(MSG_CLOSED, 1), id="least-close-before-ack"),
     pytest.param("rr", HEADER.pack(MSG_CLOSED, 0), id="rr-counts-no-closes"),
 ])
-def test_a_close_it_cannot_have_closes_the_slot(stack, impl, policy, message):
+def test_a_close_it_cannot_have_closes_the_slot(stack, impl, policy, message):  # noqa: F811
     rig = Rig(stack, impl.backend, policy=policy, window=8)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     rig.stack.callback(a.close)
@@ -128,7 +128,7 @@ def test_acks_and_closes_in_one_drain(least):
     assert rig.d.held_fds() == 0 and rig.d.pop_closed() == []
 
 
-def test_worker_open_is_none_under_rr_and_for_unknown_slots(stack, impl):
+def test_worker_open_is_none_under_rr_and_for_unknown_slots(stack, impl):  # noqa: F811
     rig = Rig(stack, impl.backend, window=8)
     worker = rig.add_worker()
     assert rig.d.policy == "rr"
@@ -140,7 +140,7 @@ def test_worker_open_is_none_under_rr_and_for_unknown_slots(stack, impl):
         impl.backend.dispatcher.Dispatcher(8, policy="none")
 
 
-def test_report_closed_splits_counts_and_keeps_what_does_not_fit(stack, impl):
+def test_report_closed_splits_counts_and_keeps_what_does_not_fit(stack, impl):  # noqa: F811
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stack.callback(a.close)
     receiver = impl.backend.receiver.Receiver(b.detach())

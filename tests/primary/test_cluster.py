@@ -88,7 +88,8 @@ def test_blocked_worker_receives_no_more_than_its_window(cluster_factory, impl):
     with blocker:
         assert blocker.makefile().readline().split() == [str(blocked), "unblocked"]
     got = collections.Counter(replies)
-    print(f"window {window}: blocked worker {blocked} took {got[blocked]} of 20, the other {got[first]}")
+    print(f"window {window}: blocked worker {blocked} took {got[blocked]} of 20, "
+          f"the other {got[first]}")
     assert len(replies) == 20
     assert 0 < got[blocked] <= window
     assert got[first] == 20 - got[blocked]

@@ -148,7 +148,8 @@ def test_bad_worker_counts_are_refused_by_name(bad):
 
 
 def test_bad_policy_is_refused_by_name():
-    with pytest.raises(SettingError, match="policy: 'random' is not one of rr, least, none, reuseport"):
+    with pytest.raises(SettingError,
+                       match="policy: 'random' is not one of rr, least, none, reuseport"):
         Cluster(lambda: None, 1, policy="random", pure=True)
 
 

@@ -21,7 +21,8 @@ def v2(command=1, family=0x11, addresses=b"", tlvs=b""):
 
 
 def v2_inet(src, sport, dst="10.0.0.1", dport=443):
-    return v2(addresses=socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!HH", sport, dport))
+    return v2(addresses=socket.inet_aton(src) + socket.inet_aton(dst)
+              + struct.pack("!HH", sport, dport))
 
 
 def v2_inet6(src, sport):
@@ -35,8 +36,9 @@ VALID = {
     "v1 unknown": (b"PROXY UNKNOWN\r\n", None),
     "v1 unknown with junk": (b"PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n", None),
     "v2 inet": (v2_inet("198.51.100.9", 40000), ("198.51.100.9", 40000)),
-    "v2 inet with tlvs": (v2(addresses=socket.inet_aton("198.51.100.9") + socket.inet_aton("1.1.1.1")
-                             + struct.pack("!HH", 1234, 80), tlvs=b"\x04\x00\x02ok"),
+    "v2 inet with tlvs": (v2(addresses=socket.inet_aton("198.51.100.9")
+                             + socket.inet_aton("1.1.1.1") + struct.pack("!HH", 1234, 80),
+                             tlvs=b"\x04\x00\x02ok"),
                           ("198.51.100.9", 1234)),
     "v2 inet6": (v2_inet6("2001:db8::9", 40001), ("2001:db8::9", 40001)),
     "v2 local (a health check)": (v2(command=0, family=0x00), None),

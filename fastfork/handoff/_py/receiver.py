@@ -4,8 +4,8 @@ import os
 import socket
 
 from ..fdpass import cmsg_space, unpack_fds
-from ..wire import (MAX_COUNT, MSG_ACK, MSG_CLOSED, RECV_BUF, SCM_MAX_FD, ProtocolError, encode_counts,
-                    parse_to_worker)
+from ..wire import (MAX_COUNT, MSG_ACK, MSG_CLOSED, RECV_BUF, SCM_MAX_FD, ProtocolError,
+                    encode_counts, parse_to_worker)
 
 _CMSG_SPACE = cmsg_space(SCM_MAX_FD)
 _TRUNCATED = socket.MSG_CTRUNC | socket.MSG_TRUNC
