@@ -26,7 +26,7 @@ def shared(stack, impl):  # noqa: F811 (the fixture imported above)
         pytest.skip("the pure-Python twin has no shared credit page (CREDIT_SIZE 0)")
 
     def make(**options):
-        return Rig(stack, impl.backend, peers=True, credit=True, **options)
+        return Rig(stack, impl.backend, **options)   # with a page, as in production
     return make
 
 
@@ -147,7 +147,7 @@ def test_a_file_too_small_for_a_page_is_refused(shared, stack):  # noqa: F811
     stack.callback(a.close)
     stack.callback(b.close)
     with pytest.raises(ValueError, match="not a credit page"):
-        rig.d.add_worker(a.fileno(), -1, fd)
+        rig.d.add_worker(a.fileno(), b.fileno(), fd)
     with pytest.raises(ValueError, match="not a credit page"):
         rig.build.receiver.Receiver(b.fileno(), fd)
 
@@ -163,6 +163,6 @@ def test_the_twin_refuses_a_page(impl, stack):  # noqa: F811
     d = impl.backend.dispatcher.Dispatcher()
     stack.callback(d.close)
     with pytest.raises(ValueError, match="no shared credit page"):
-        d.add_worker(a.fileno(), -1, fd)
+        d.add_worker(a.fileno(), b.fileno(), fd)
     with pytest.raises(ValueError, match="no shared credit page"):
         impl.backend.receiver.Receiver(b.fileno(), fd)
