@@ -23,8 +23,8 @@ import time
 import pytest
 
 from fastfork.handoff import credit as credit_page
-from fastfork.handoff.wire import (BATCH_BUCKETS, DEFAULT_WINDOW, HEADER, LID, MSG_ACK, MSG_END,
-                                    MSG_FDS, ProtocolError)
+from fastfork.handoff.wire import (BATCH_BUCKETS, DEFAULT_WINDOW, HEADER, LID, MSG_ACK, MSG_CLOSED,
+                                    MSG_END, MSG_FDS, MSG_LIMIT, ProtocolError, encode_end)
 from tests.implementations import Impl
 
 DEADLINE = 5.0
@@ -347,6 +347,7 @@ def test_retire_sends_end(rig_factory):
     pytest.param(HEADER.pack(MSG_FDS, 0), id="wrong-type"),
     pytest.param(HEADER.pack(MSG_ACK, 1) + b"\x00" * 4, id="too-long"),
     pytest.param(b"\x03" * 100, id="oversized"),
+    pytest.param(HEADER.pack(MSG_LIMIT, 2), id="limit-neither-0-nor-1"),
 ])
 def test_malformed_ack_closes_the_slot(rig_factory, message):
     rig = rig_factory(window=8)
@@ -455,6 +456,108 @@ def test_receiver_acks_once_for_everything_drained(channel):
     a.close()
     assert receiver.receive() == ([], True)       # EOF ends it too
     assert receiver.ended
+
+
+@contextlib.contextmanager
+def fd_room(room):
+    """Within the block this process can open only ``room`` more fds: its soft
+    RLIMIT_NOFILE just above its highest fd, every hole below it filled."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 1, hard))
+        while True:
+            try:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+                break
+        for _ in range(room):
+            os.close(fillers.pop())
+        yield
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def sent_back(sock):
+    """The messages a receiver sent to the primary's end ``sock``, as (type, count)."""
+    sock.setblocking(False)
+    messages = []
+    while True:
+        try:
+            messages.append(HEADER.unpack(sock.recv(64)))
+        except BlockingIOError:
+            return messages
+
+
+# (fds per message, the room the receiving process has, whether END follows)
+# -> (listener ids delivered, connections lost).  Listener id = position sent.
+CUT_OFF = {
+    "one message, room for one": ([3], 1, False, [0], 2),
+    "one message, no room at all": ([3], 0, False, [], 3),
+    "the first fits, the second finds none": ([2, 3], 2, False, [0, 1], 3),
+    "the second is cut part-way": ([1, 3], 2, False, [0, 1], 2),
+    "END after a cut-off message still ends": ([3], 1, True, [0], 2),
+}
+
+
+@pytest.mark.parametrize("sizes, room, end, delivered, lost", list(CUT_OFF.values()),
+                         ids=list(CUT_OFF))
+def test_receiver_takes_a_cut_off_message_and_counts_it_lost(channel, sizes, room, end,
+                                                            delivered, lost):
+    # Past the worker's fd limit the kernel installs what it can, closes the
+    # rest and sets MSG_CTRUNC.  The message is still the primary's: all its
+    # connections are taken (the credit goes back), the cut-off ones lost,
+    # and the primary is told, before that credit, to send nothing more.
+    a, receiver = channel
+    pipes, lid = [], 0
+    for size in sizes:
+        ends = [os.pipe() for _ in range(size)]
+        pipes += ends
+        a.sendmsg(*raw_fds_message(fds_payload(range(lid, lid + size)), [r for r, _ in ends]))
+        lid += size
+    if end:
+        a.send(encode_end())
+    for fd in [fd for pair in pipes for fd in pair]:
+        os.close(fd)        # the message in flight holds the read ends
+    with fd_room(room):
+        pairs, ended = receiver.receive()
+    try:
+        assert [lid for lid, _ in pairs] == delivered and ended == end
+        assert (receiver.received, receiver.lost, receiver.at_fd_limit) == (
+            len(delivered), lost, True)
+    finally:
+        for _, fd in pairs:
+            os.close(fd)
+    total = sum(sizes)
+    assert sent_back(a) == [(MSG_LIMIT, 1), (MSG_ACK, total)]
+    # Room again: the caller says so, the primary hears it once.
+    assert receiver.room_again() is True and not receiver.at_fd_limit
+    assert receiver.room_again() is False
+    assert sent_back(a) == [(MSG_LIMIT, 0)]
+
+
+def test_receiver_keeps_an_ack_the_full_channel_refused(channel):
+    # A lost ACK would be credit the primary never gets back (it would count
+    # the worker full until it died): it is kept and sent by flush().
+    a, receiver = channel
+    while not receiver.report_closed(1):    # nobody reads: fill the buffer
+        pass
+    r, w = os.pipe()
+    a.sendmsg(*raw_fds_message(fds_payload([7]), [r]))
+    os.close(r)
+    os.close(w)
+    [(lid, fd)] = receiver.receive()[0]
+    os.close(fd)
+    assert lid == 7
+    assert receiver.flush() is True          # still full: held back
+    backlog = sent_back(a)                   # the primary catches up
+    assert backlog and set(backlog) == {(MSG_CLOSED, 1)}
+    assert receiver.flush() is False
+    assert sent_back(a) == [(MSG_ACK, 1)]
+    assert receiver.flush() is False and sent_back(a) == []
 
 
 def test_receiver_fileno_and_close(build):
@@ -747,6 +850,24 @@ def test_interop(stack, dispatcher, receiver):
     assert rig.d.stats() == {"accepted": 6, "dispatched": 6, "redispatched": 0,
                              "pending": 0, "pauses": 0, "last_pause_errno": 0,
                              "paused": False}
+
+
+@pytest.mark.parametrize("dispatcher, receiver", [("c", "py"), ("py", "c")],
+                         ids=["c-dispatch-py-receiver", "py-dispatch-c-receiver"])
+def test_interop_fd_limit(stack, dispatcher, receiver):
+    # The LIMIT messages, as the twin sends them (no page: see test_interop).
+    rig = Rig(stack, Impl(dispatcher).backend, Impl(receiver).backend, credit=False, window=4)
+    worker = rig.add_worker()
+    rig.connect(2)
+    rig.poll_until(lambda: rig.d.dispatched == 2, "2 dispatched")
+    with fd_room(0):
+        assert worker.receive() == ([], False)
+    rig.poll_until(lambda: rig.d.worker_at_fd_limit(worker.slot), "LIMIT 1 read")
+    assert rig.d.worker_stats(worker.slot) == (2, 0) and worker.receiver.lost == 2
+    worker.receiver.room_again()
+    rig.poll_until(lambda: not rig.d.worker_at_fd_limit(worker.slot), "LIMIT 0 read")
+    rig.connect(1)
+    worker.receive_until(1)
 
 
 # -- garbage collection ---------------------------------------------------------------------

@@ -17,8 +17,8 @@ import pytest
 
 from fastfork.handoff.fdpass import cmsg_space, unpack_fds
 from fastfork.handoff.wire import HEADER, LID, MSG_ACK, MSG_FDS, SCM_MAX_FD
-from tests.test_dispatch import (Rig, backlog_len, open_fds, recv_exactly, stack,  # noqa: F401
-                                 wait_for)
+from tests.test_dispatch import (Rig, backlog_len, fd_room, open_fds, recv_exactly,  # noqa: F401
+                                 stack, wait_for)
 
 
 @pytest.fixture
@@ -169,3 +169,37 @@ def test_many_acks_read_in_one_readiness(stack, impl):  # noqa: F811
         worker_end.send(HEADER.pack(MSG_ACK, 1))
     rig.poll_until(lambda: rig.d.worker_stats(slot) == (37, 0), "37 acks counted")
     assert rig.d.held_fds() == 0 and rig.d.pop_closed() == []
+
+
+def test_a_worker_at_its_fd_limit_is_sent_nothing_until_it_has_room(handoff):
+    # Issue 24, fault 1.  Past its fd limit a worker gets its fds cut off; it
+    # must still give the credit back (else the primary counts it full for
+    # good) and say it is at its limit, so that the primary sends elsewhere,
+    # and sends to it again once it says it has room.
+    rig = handoff(window=8)
+    full = rig.add_worker()
+    clients = rig.connect(4)
+    rig.poll_until(lambda: rig.d.dispatched == 4, "4 sent to the only worker")
+    with fd_room(1):
+        [(_, first)], _ = full.receive()
+    assert recv_exactly(first, 1) == b"\x00"           # the one installed: the first sent
+    assert (full.receiver.lost, full.receiver.at_fd_limit) == (3, True)
+    rig.poll_until(lambda: rig.d.worker_at_fd_limit(full.slot), "the primary told")
+    assert rig.d.worker_stats(full.slot) == (4, 0)      # all four taken: credit back
+    # The three the kernel closed: their clients see the connection end.
+    for client in clients[1:]:
+        try:
+            assert recv_exactly(client, 1) == b""
+        except ConnectionResetError:
+            pass                            # their unread tag byte makes it a reset
+    other = rig.add_worker()
+    rig.connect(3)
+    other.receive_until(3)
+    assert rig.d.worker_stats(full.slot) == (4, 0)      # nothing more to the full one
+    assert rig.d.worker_at_fd_limit(full.slot) and not rig.d.worker_at_fd_limit(other.slot)
+    assert full.receiver.room_again() is True
+    rig.poll_until(lambda: not rig.d.worker_at_fd_limit(full.slot), "room again heard")
+    rig.connect(2)
+    rig.receive_all(1 + 3 + 2)
+    assert rig.d.worker_stats(full.slot)[0] == 5        # round-robin: one of the two
+    assert recv_exactly(full.conns[-1][1], 1)[0] in (7, 8)

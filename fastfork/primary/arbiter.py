@@ -239,6 +239,15 @@ class Cluster:
                    if w.state == "listening" and not w.stop_requested]
         if not serving:
             return False, "no worker is serving yet"
+        # A worker out of fds is sent nothing until it has room: with all of
+        # them there, connections only wait in the backlog.
+        at_limit = sum(self.dispatcher.worker_at_fd_limit(w.slot) for w in serving)
+        if at_limit == len(serving):
+            return False, (f"every serving worker ({at_limit}) is at its file-descriptor "
+                           f"limit: connections wait until one has room")
+        if at_limit:
+            return True, (f"ready: {len(serving)} of {self.size} workers serving, "
+                          f"{at_limit} at its file-descriptor limit")
         return True, f"ready: {len(serving)} of {self.size} workers serving"
 
     def note_restart(self, worker, cause):
@@ -462,7 +471,9 @@ class Cluster:
         ctl_primary.setblocking(False)
         worker.control = ControlChannel(ctl_primary)
         try:
-            worker.control.send({"t": "config",
+            # window: how much fd room the worker wants before it asks for more
+            # connections after running out of fds (WorkerRuntime.window).
+            worker.control.send({"t": "config", "window": s.window,
                                  "heartbeat": health.heartbeat_interval(s.timeout)})
         except OSError:
             pass          # it died already: reap_workers will say so

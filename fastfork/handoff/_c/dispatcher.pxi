@@ -11,6 +11,7 @@ ctypedef struct worker_t:
     int peer            # the worker's end, kept open by the caller (see add_worker)
     bint present        # between add_worker and remove_worker
     bint open           # the channel is usable
+    bint at_limit       # the worker said it is at its fd limit: send it nothing
     long long dispatched
     int count           # sent and not yet taken (the message holds them, not us)
     int nout            # connections staged for the next send (outbox)
@@ -379,6 +380,15 @@ cdef class Dispatcher:
         self._sync(slot)
         return self._workers[slot].dispatched, self._workers[slot].count
 
+    def worker_at_fd_limit(self, int slot):
+        """True while the worker in ``slot`` says it is at its file-descriptor
+        limit (fds sent now would arrive cut off): it is sent nothing meanwhile."""
+        self._check()
+        if not self._is_present(slot):
+            raise KeyError(f"no worker in slot {slot}")
+        self._sync(slot)
+        return self._workers[slot].at_limit
+
     def worker_open(self, int slot):
         """Connections sent to ``slot`` and not reported closed (policy least), else None."""
         self._check()
@@ -693,11 +703,19 @@ cdef class Dispatcher:
                 return 0
             for k in range(n):
                 buf = bufs + k * ACK_BUF
-                if lens[k] != HEADER_SIZE or (buf[0] != MSG_ACK and buf[0] != MSG_CLOSED):
+                if lens[k] != HEADER_SIZE or (buf[0] != MSG_ACK and buf[0] != MSG_CLOSED
+                                              and buf[0] != MSG_LIMIT):
                     # EOF, or a message the protocol does not allow.
                     self._close_worker(slot)
                     return 0
                 count = _get_u16(buf + 2)
+                if buf[0] == MSG_LIMIT:
+                    # Before the ACK that gives a cut-off message's credit back.
+                    if count > 1:
+                        self._close_worker(slot)
+                        return 0
+                    self._set_limit(slot, count == 1)
+                    continue
                 if buf[0] == MSG_CLOSED:
                     # Policy least's count of open connections; rr refuses it.
                     if self._sched.c_try_closed(slot, count) < 0:
@@ -721,19 +739,36 @@ cdef class Dispatcher:
         self._workers[slot].count -= count
         return 0
 
+    cdef int _set_limit(self, int slot, bint at_limit) except -1:
+        # The worker is at its fd limit (or has room again): the scheduler
+        # skips it meanwhile (its rule 11).
+        cdef worker_t *w = &self._workers[slot]
+        if w.at_limit != at_limit:
+            w.at_limit = at_limit
+            self._sched.c_set_full(slot, at_limit)
+        return 0
+
     # -- shared credit (csrc/credit.h) ----------------------------------------------
     cdef int _sync(self, int slot) except -1:
         """Apply what the worker counted on its page since the last look;
         1 if anything had moved."""
         cdef worker_t *w
         cdef uint64_t taken, closed_, dt, dc
+        cdef bint at_limit
         if not self._is_open(slot) or self._workers[slot].credit == NULL:
             return 0
         w = &self._workers[slot]
         # closed first: a close is counted after its take, so the taken read
-        # next covers every close seen here.
+        # next covers every close seen here.  at_limit last: the worker sets
+        # it before it counts a cut-off message taken, so credit seen here
+        # comes with the flag that says not to use it.
         closed_ = ff_credit_load(&w.credit.closed)
         taken = ff_credit_load(&w.credit.taken)
+        at_limit = ff_credit_load_flag(&w.credit.at_limit) != 0
+        if at_limit != w.at_limit:
+            self._set_limit(slot, at_limit)
+            if taken == w.taken_seen and closed_ == w.closed_seen:
+                return 1
         dt = taken - w.taken_seen
         dc = closed_ - w.closed_seen
         if dt == 0 and dc == 0:
@@ -820,7 +855,7 @@ cdef class Dispatcher:
         cdef int lens[FF_BATCH_MAX_MSGS]
         cdef int mflags[FF_BATCH_MAX_MSGS]
         cdef int nfds[FF_BATCH_MAX_MSGS]
-        cdef int n, k, i, count, err
+        cdef int n, k, i, count, err, code
         cdef uint8_t *buf
         cdef int *got
         cdef conn_t c
@@ -840,7 +875,10 @@ cdef class Dispatcher:
                     buf = bufs + k * RECV_BUF
                     got = fds + k * FF_SCM_MAX_FD
                     count = nfds[k]
-                    if _check_to_worker(buf, lens[k], mflags[k], count) != TO_WORKER_FDS:
+                    code = _check_to_worker(buf, lens[k], mflags[k], count)
+                    # Cut off: the primary had no room for all of them even
+                    # with the spares; the rest are lost, these are not.
+                    if code != TO_WORKER_FDS and code != TO_WORKER_FDS_CUT:
                         # END, or not what this primary wrote: nothing to route.
                         for i in range(nfds[k]):
                             close(got[i])

@@ -25,7 +25,7 @@ import socket
 import time
 
 from ..fdpass import cmsg_space, rights, unpack_fds
-from ..wire import (BATCH_BUCKETS, MAX_LISTENERS, MSG_CLOSED, RECV_BUF, SCM_MAX_FD,
+from ..wire import (BATCH_BUCKETS, MAX_LISTENERS, MSG_CLOSED, MSG_LIMIT, RECV_BUF, SCM_MAX_FD,
                     ProtocolError, check_batch_max, check_window, encode_end, encode_fds,
                     parse_to_primary, parse_to_worker, DEFAULT_BATCH_MAX, DEFAULT_WINDOW)
 from .receiver import _no_credit, borrow
@@ -75,6 +75,7 @@ class Dispatcher:
         self._peers = {}          # slot -> the worker's end (not owned)
         self._unacked = {}        # slot -> connections sent and not acknowledged
         self._open = {}           # slot -> True while the channel is usable
+        self._at_limit = {}       # slot -> True while the worker is at its fd limit
         self._dispatched = {}     # slot -> count
         self._closed_slots = []   # slots whose channel broke, for pop_closed()
         self._pending = collections.deque()  # (fd, lid) waiting for credit
@@ -166,6 +167,7 @@ class Dispatcher:
         self._peers[slot] = peer_sock
         self._unacked[slot] = 0
         self._open[slot] = True
+        self._at_limit[slot] = False
         self._dispatched[slot] = 0
         self._fdmap[fd] = (_KIND_WORKER, slot)
         return slot
@@ -206,6 +208,7 @@ class Dispatcher:
         self._peers.pop(slot).detach()
         del self._unacked[slot]
         del self._open[slot]
+        del self._at_limit[slot]
         del self._dispatched[slot]
         self._flush_pending()
 
@@ -278,6 +281,14 @@ class Dispatcher:
         if slot not in self._workers:
             raise KeyError(f"no worker in slot {slot}")
         return self._dispatched[slot], self._unacked[slot]
+
+    def worker_at_fd_limit(self, slot):
+        """True while the worker in ``slot`` says it is at its file-descriptor
+        limit (fds sent now would arrive cut off): it is sent nothing meanwhile."""
+        self._check()
+        if slot not in self._workers:
+            raise KeyError(f"no worker in slot {slot}")
+        return self._at_limit[slot]
 
     def worker_open(self, slot):
         """Connections sent to ``slot`` and not reported closed (policy least), else None."""
@@ -472,6 +483,10 @@ class Dispatcher:
                 return
             try:
                 kind, count = parse_to_primary(data)
+                if kind == MSG_LIMIT:
+                    # Before the ACK that gives a cut-off message's credit back.
+                    self._set_limit(slot, count == 1)
+                    continue
                 if kind == MSG_CLOSED:
                     # Policy least's count of open connections; rr refuses it.
                     self._sched.closed(slot, count)
@@ -481,6 +496,13 @@ class Dispatcher:
                 self._close_worker(slot)
                 return
             self._unacked[slot] -= count
+
+    def _set_limit(self, slot, at_limit):
+        # The worker is at its fd limit (or has room again): the scheduler
+        # skips it meanwhile (its rule 11).
+        if self._at_limit[slot] != at_limit:
+            self._at_limit[slot] = at_limit
+            self._sched.set_full(slot, at_limit)
 
     def _close_worker(self, slot):
         """The channel is unusable: stop using it and re-queue what it never took."""
@@ -523,8 +545,10 @@ class Dispatcher:
                 if not data and not fds:
                     break
                 try:
-                    lids = parse_to_worker(data, flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC),
-                                           len(fds))
+                    # Cut off (MSG_CTRUNC): the primary had no room for all of
+                    # them even with the spares; the rest are lost, these are not.
+                    lids = parse_to_worker(data, flags & socket.MSG_TRUNC, len(fds),
+                                           bool(flags & socket.MSG_CTRUNC))
                 except ProtocolError:
                     lids = None
                 if lids is None:
