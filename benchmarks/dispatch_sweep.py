@@ -4,9 +4,11 @@ connections per second one primary core can dispatch.
     python benchmarks/dispatch_sweep.py --impl c --window 8 --duration 1
 
 No HTTP and no Cluster around it: this process runs a bare ``Dispatcher``
-(accept, pick, ``sendmsg`` with SCM_RIGHTS, read acks, close its copy) over
-one listening socket; ``--workers`` forked sink processes receive each batch
-with ``Receiver.receive()`` (which acknowledges it) and close the fds a
+(accept, pick, ``sendmsg`` with SCM_RIGHTS, close its copy, take credit
+back) over one listening socket, set up as the arbiter sets it up (each
+worker's end of the channel kept open here, a credit page where the build
+has one); ``--workers`` forked sink processes receive each batch with
+``Receiver.receive()`` (which gives the credit back) and close the fds a
 little later;
 ``--clients`` forked processes connect as fast as they can and reset each
 connection at once (SO_LINGER 0, so no TIME_WAIT exhausts the ports).  The
@@ -42,15 +44,14 @@ def _die_with_parent():
 SINK_HOLD = 256
 
 
-def _sink(dispatch, fd):
+def _sink(dispatch, fd, credit_fd):
     """A worker that takes every connection and closes it a little later.
 
     Holding the last SINK_HOLD connections open, as a real worker holds a
-    connection while it serves it, makes the primary's close of its copy
-    (on the ack) a reference drop, not the TCP teardown it would be if the
-    sink had closed first.
+    connection while it serves it, keeps the sink's closes as spread out as
+    a real worker's.
     """
-    receiver = dispatch.receiver.Receiver(fd)
+    receiver = dispatch.receiver.Receiver(fd, credit_fd)
     held = collections.deque()
     while True:
         select.select([receiver], [], [])
@@ -92,22 +93,25 @@ def _fork(body):
 
 
 def measure(impl, window, workers, clients, duration):
-    from fastfork.handoff import backend
+    from fastfork.handoff import backend, credit
     dispatch = backend.load(pure=(impl == "py"))
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(4096)
     address = listener.getsockname()
     channels = [socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET) for _ in range(workers)]
+    # As the arbiter does: a page per worker where the build has them.
+    pages = [credit.create(dispatch.dispatcher.CREDIT_SIZE) if dispatch.dispatcher.CREDIT_SIZE
+             else -1 for _ in range(workers)]
     go_r, go_w = os.pipe()
     children = []
     try:
         for index, (_, worker_end) in enumerate(channels):
-            def sink(worker_end=worker_end):
+            def sink(worker_end=worker_end, page=pages[index]):
                 listener.close()
                 for primary_end, _ in channels:
                     primary_end.close()
-                _sink(dispatch, worker_end.detach())
+                _sink(dispatch, os.dup(worker_end.fileno()), page)
             children.append(_fork(sink))
         for _ in range(clients):
             def client():
@@ -117,14 +121,13 @@ def measure(impl, window, workers, clients, duration):
                         sock.close()
                 _client(address, go_r)
             children.append(_fork(client))
-        for _, worker_end in channels:
-            worker_end.close()
-
         dispatcher = dispatch.dispatcher.Dispatcher(window=window)
         try:
             lid = dispatcher.add_listener(listener.fileno())
-            for primary_end, _ in channels:
-                dispatcher.subscribe(dispatcher.add_worker(primary_end.fileno()), lid)
+            # The workers' ends stay open here, as the arbiter keeps them.
+            for (primary_end, worker_end), page in zip(channels, pages):
+                dispatcher.subscribe(dispatcher.add_worker(primary_end.fileno(),
+                                                           worker_end.fileno(), page), lid)
             os.write(go_w, b"g" * clients)
             warm_until = time.monotonic() + WARMUP
             while time.monotonic() < warm_until:
@@ -150,6 +153,9 @@ def measure(impl, window, workers, clients, duration):
         for pair in channels:
             for sock in pair:
                 sock.close()
+        for page in pages:
+            if page >= 0:
+                os.close(page)
         listener.close()
         os.close(go_r)
         os.close(go_w)

@@ -2,8 +2,9 @@
 
 Every round moves the same 64 connections (already waiting in a listening
 socket's backlog) through the whole channel path: accept, send with
-SCM_RIGHTS in batches of 1, 16 or 64, receive in the worker, acknowledge,
-and the primary closes its copy on the ack.  A round's time divided by 64 is
+SCM_RIGHTS in batches of 1, 16 or 64 (the primary closing its copy once
+sent), receive in the worker, and give the credit back (a shared page in the
+Cython build, ACKs in the twin), as a cluster does.  A round's time divided by 64 is
 the cost per fd.  ``socket.send_fds`` does the same steps by hand with the
 standard library, as the floor a pure-Python primary could reach.
 """
@@ -13,6 +14,7 @@ import socket
 
 import pytest
 
+from fastfork.handoff import credit
 from fastfork.handoff.wire import HEADER, LID, MSG_ACK, MSG_FDS
 
 FDS_PER_ROUND = 64
@@ -61,9 +63,14 @@ def test_fdpass_dispatcher(benchmark, impl, listener, channel, batch):
     # message and waits for their ack before accepting more.
     dispatcher = build.dispatcher.Dispatcher(window=batch, batch_max=batch)
     lid = dispatcher.add_listener(listener.fileno())
-    slot = dispatcher.add_worker(primary_end.fileno())
-    dispatcher.subscribe(slot, lid)
-    receiver = build.receiver.Receiver(os.dup(worker_end.fileno()))
+    page = credit.create(build.dispatcher.CREDIT_SIZE) if build.dispatcher.CREDIT_SIZE else -1
+    try:
+        slot = dispatcher.add_worker(primary_end.fileno(), worker_end.fileno(), page)
+        dispatcher.subscribe(slot, lid)
+        receiver = build.receiver.Receiver(os.dup(worker_end.fileno()), page)
+    finally:
+        if page >= 0:
+            os.close(page)          # mapped by both ends
     rounds = _Rounds(listener.getsockname())
 
     def one_round(clients, received):
@@ -73,7 +80,7 @@ def test_fdpass_dispatcher(benchmark, impl, listener, channel, batch):
             received.extend(fd for _, fd in pairs)
             if len(received) >= FDS_PER_ROUND:
                 break
-        dispatcher.poll(0)       # reads the last ack: the primary closes its copies
+        dispatcher.poll(0)       # takes the last credit back
 
     try:
         benchmark.extra_info["fds_per_round"] = FDS_PER_ROUND

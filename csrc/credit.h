@@ -15,6 +15,13 @@
  * Only the worker writes `taken` and `closed` and only the primary reads them;
  * the primary checks each increase against what it sent, as it checks ACKs.
  * `want` sits on its own cache line: the counters move per connection.
+ *
+ * `at_limit`: 1 while the worker is at its file-descriptor limit (fds sent
+ * to it would arrive cut off, their connections lost), so the primary sends
+ * it nothing.  The worker stores 1 before it adds the cut-off message's
+ * connections to `taken`, and the primary loads `at_limit` after `taken`, so
+ * a primary that sees that credit come back also sees the flag.  When it has
+ * room again the worker stores 0 and then takes `want`, as after adding.
  */
 #ifndef FASTFORK_CREDIT_H
 #define FASTFORK_CREDIT_H
@@ -24,7 +31,8 @@
 typedef struct {
     uint64_t taken;           /* fds the worker received, ever */
     uint64_t closed;          /* of those, connections closed (policy least) */
-    char _line0[48];
+    uint32_t at_limit;        /* 1: the worker is at its fd limit: send it nothing */
+    char _line0[44];
     uint32_t want;            /* 1: the primary sleeps until a counter moves */
     char _line1[60];
 } ff_credit_t;
@@ -46,5 +54,17 @@ static inline void ff_credit_want(uint32_t *p) {
 static inline int ff_credit_take_want(uint32_t *p) {
     return (int)__atomic_exchange_n(p, 0, __ATOMIC_SEQ_CST);
 }
+
+static inline void ff_credit_store_flag(uint32_t *p, uint32_t v) {
+    __atomic_store_n(p, v, __ATOMIC_SEQ_CST);
+}
+
+static inline uint32_t ff_credit_load_flag(const uint32_t *p) {
+    return __atomic_load_n(p, __ATOMIC_SEQ_CST);
+}
+
+/* The layout the comments above rely on: the counters and the flag on the
+ * first cache line, `want` alone on the second. */
+_Static_assert(sizeof(ff_credit_t) == 128, "ff_credit_t is two cache lines");
 
 #endif

@@ -11,6 +11,9 @@ boundaries and order).
     worker  -> primary  ACK: u8 type=3, u8 0, u16 count received
     worker  -> primary  CLOSED: u8 type=4, u8 0, u16 count: that many of the
                              connections it received are closed now
+    worker  -> primary  LIMIT: u8 type=5, u8 0, u16 1: the worker is at its
+                             file-descriptor limit, send it nothing; u16 0:
+                             it has room again
 
 What releases a connection is the send itself: the primary closes its copy of
 each fd right after ``sendmsg`` (the message in flight holds the connection),
@@ -21,6 +24,14 @@ many of those are closed (CLOSED; under ``rr`` it is a protocol error).  In
 the Cython build the counts travel on a shared page instead (``credit``,
 ``csrc/credit.h``) and an ACK of 0 only wakes a primary that waits for credit.
 A count over 65535 goes as several datagrams.
+
+A worker at its fd limit receives an FDS message cut off: the kernel
+installs the descriptors it can, in order, closes the rest (those clients
+see their connection reset) and sets MSG_CTRUNC.  That message is still the
+primary's, well formed: the worker takes all of its connections (its credit
+goes back) and counts the cut-off ones lost, and says it is at its limit
+(LIMIT 1, or a flag on the shared page) before that credit goes back, so
+that the primary sends it nothing until it has room again (LIMIT 0).
 
 This module is the one statement of the format: the pure-Python build
 encodes and parses with the functions below, and the Cython build checks its
@@ -35,6 +46,7 @@ MSG_FDS = 1
 MSG_END = 2
 MSG_ACK = 3
 MSG_CLOSED = 4
+MSG_LIMIT = 5
 
 HEADER = struct.Struct("=BxH")
 LID = struct.Struct("=H")
@@ -80,28 +92,33 @@ def encode_end():
     return HEADER.pack(MSG_END, 0)
 
 
-def encode_counts(kind, count):
-    """The ACK or CLOSED messages that carry ``count`` (several past MAX_COUNT;
-    one ACK of 0 for a count of 0, which only wakes the primary)."""
+def encode_limit(at_limit):
+    """The LIMIT message: the worker is at its fd limit (True) or has room again."""
+    return HEADER.pack(MSG_LIMIT, 1 if at_limit else 0)
+
+
+def encode_count(kind, count):
+    """The ACK or CLOSED message that carries ``count``, which must fit one
+    (at most MAX_COUNT: a sender splits a larger count over several).  An
+    ACK of 0 only wakes the primary."""
     if kind not in (MSG_ACK, MSG_CLOSED):
         raise ValueError(f"message type {kind} carries no count")
-    messages = []
-    while True:
-        n = min(count, MAX_COUNT)
-        messages.append(HEADER.pack(kind, n))
-        count -= n
-        if count <= 0:
-            return messages
+    if not 0 <= count <= MAX_COUNT:
+        raise ValueError(f"a count of {count} does not fit one message (0..{MAX_COUNT})")
+    return HEADER.pack(kind, count)
 
 
 # -- parsing ----------------------------------------------------------------------------
 
-def parse_to_worker(data, truncated, nfds):
+def parse_to_worker(data, truncated, nfds, cut=False):
     """Check a message the primary sent (as the worker, or the primary reading
     back): the listener ids of an FDS message, in order, or None for END.
 
-    ``truncated``: the kernel cut the message or its descriptors off
-    (MSG_TRUNC or MSG_CTRUNC); ``nfds``: how many descriptors came with it.
+    ``truncated``: the kernel cut the message's bytes off (MSG_TRUNC: never
+    from this primary); ``nfds``: how many descriptors came with it; ``cut``:
+    the kernel cut its descriptors off (MSG_CTRUNC: the receiver is at its fd
+    limit), so an FDS message may bring fewer than it announces: all its ids
+    are returned, the first ``nfds`` with a descriptor, the rest lost.
     Raises ProtocolError for anything the primary does not send.
     """
     if truncated:
@@ -110,25 +127,29 @@ def parse_to_worker(data, truncated, nfds):
         raise ProtocolError(f"short message ({len(data)} bytes) on the data channel")
     kind, count = HEADER.unpack_from(data)
     if kind == MSG_END:
+        if cut:
+            raise ProtocolError("truncated message on the data channel")
         if nfds or count:
             raise ProtocolError("END message with a payload")
         return None
     if kind != MSG_FDS:
         raise ProtocolError(f"unknown message type {kind} on the data channel")
-    if len(data) != HEADER.size + LID.size * count or nfds != count:
+    if len(data) != HEADER.size + LID.size * count or (nfds >= count if cut else nfds != count):
         raise ProtocolError(
             f"FDS message announces {count} fds, carries {nfds} in {len(data)} bytes")
     return [LID.unpack_from(data, HEADER.size + i * LID.size)[0] for i in range(count)]
 
 
 def parse_to_primary(data):
-    """Check a message a worker sent: ``(kind, count)`` of an ACK or CLOSED.
-    Raises ProtocolError for anything else."""
+    """Check a message a worker sent: ``(kind, count)`` of an ACK or CLOSED, or
+    ``(MSG_LIMIT, 0 or 1)``.  Raises ProtocolError for anything else."""
     if len(data) != HEADER.size:
         raise ProtocolError(f"message of {len(data)} bytes from a worker")
     kind, count = HEADER.unpack(data)
-    if kind not in (MSG_ACK, MSG_CLOSED):
+    if kind not in (MSG_ACK, MSG_CLOSED, MSG_LIMIT):
         raise ProtocolError(f"message type {kind} from a worker")
+    if kind == MSG_LIMIT and count > 1:
+        raise ProtocolError(f"LIMIT message of {count} from a worker")
     return kind, count
 
 

@@ -105,6 +105,9 @@ class ClusterCollector:
                           "as its loop last reported.", labels=labels),
             "queued": gauge("fastfork_worker_queued_connections", "Connections sent to a "
                             "worker that it has not acknowledged yet.", labels=labels),
+            "at_fd_limit": gauge("fastfork_worker_at_fd_limit", "1 while a worker is at its "
+                                 "file-descriptor limit (RLIMIT_NOFILE): it is sent no "
+                                 "connection until it has room again.", labels=labels),
             "beat": gauge("fastfork_worker_heartbeat_age_seconds", "Seconds since a worker's "
                           "loop last beat (NaN before its first beat).", labels=labels),
             "rss": gauge("fastfork_worker_rss_bytes", "Resident memory of a worker.",
@@ -125,6 +128,8 @@ class ClusterCollector:
             if worker.open_connections is not None:
                 families["open"].add_metric(index, worker.open_connections)
             families["queued"].add_metric(index, dispatcher.worker_stats(worker.slot)[1])
+            families["at_fd_limit"].add_metric(
+                index, 1 if dispatcher.worker_at_fd_limit(worker.slot) else 0)
             families["beat"].add_metric(index, now - worker.last_heartbeat
                                         if worker.heartbeats else math.nan)
             rss = worker.rss()

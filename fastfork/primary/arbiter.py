@@ -504,7 +504,9 @@ class Cluster:
         ctl_primary.setblocking(False)
         worker.control = ControlChannel(ctl_primary)
         try:
-            worker.control.send({"t": "config",
+            # window: how much fd room the worker wants before it asks for more
+            # connections after running out of fds (WorkerRuntime.window).
+            worker.control.send({"t": "config", "window": s.window,
                                  "heartbeat": health.heartbeat_interval(s.timeout)})
         except OSError:
             pass          # it died already: reap_workers will say so

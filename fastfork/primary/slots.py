@@ -55,11 +55,19 @@ def readiness(cluster):
     serving = serving_workers(cluster)
     if not serving:
         return False, "no worker is serving yet"
+    # A worker out of fds is sent nothing until it has room: with all of
+    # them there, connections only wait in the backlog.
+    at_limit = sum(cluster.dispatcher.worker_at_fd_limit(w.slot) for w in serving
+                   if w.slot is not None)
+    if at_limit == len(serving):
+        return False, (f"every serving worker ({at_limit}) is at its file-descriptor "
+                       f"limit: connections wait until one has room")
+    limited = f", {at_limit} at its file-descriptor limit" if at_limit else ""
     missing = degraded(cluster)
     if not missing:
-        return True, f"ready: {len(serving)} of {cluster.size} workers serving"
+        return True, f"ready: {len(serving)} of {cluster.size} workers serving{limited}"
     return True, (f"ready, degraded: {cluster.size - len(missing)} of {cluster.size} workers "
-                  f"serving ({'; '.join(describe(cluster, i) for i in missing)})")
+                  f"serving{limited} ({'; '.join(describe(cluster, i) for i in missing)})")
 
 
 def crash_loops(cluster):

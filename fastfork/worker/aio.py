@@ -12,12 +12,13 @@ the primary, is in ``connection``.
 """
 
 import asyncio
-from typing import Any, Awaitable, Callable, Iterable, List, Optional
+import socket
+from typing import Any, Awaitable, Callable, Iterable, List, Optional, Union
 
 from ..addresses import DEFAULT_BACKLOG, Address
 from .. import loops
 from . import proxy_protocol
-from .listener import Listener
+from .listener import AcceptedFd, Listener
 from .runtime import runtime as _get_runtime
 from .connection import CloseReporter, Connection, Tracker
 
@@ -79,7 +80,7 @@ class Server:
                 return        # out of fds, or the client left: the next readiness retries
             self.attach(conn)
 
-    def attach(self, sock):
+    def attach(self, sock: Union[socket.socket, AcceptedFd]) -> None:
         """Serve ``sock`` (a connection the listener took) with this server's
         protocol: the step after ``Listener.deliver``."""
         if self._closed:

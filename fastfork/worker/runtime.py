@@ -12,6 +12,7 @@ import concurrent.futures
 import logging
 import os
 import random
+import resource
 import select
 import signal
 import socket
@@ -21,6 +22,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from ..addresses import DEFAULT_BACKLOG, Address, parse_address
 from ..handoff.control import ControlChannel, MessageError
+from ..handoff.wire import DEFAULT_WINDOW
 from .listener import Listener
 
 log = logging.getLogger("fastfork.worker")
@@ -51,6 +53,12 @@ class WorkerRuntime:
         # Until the primary's "config" says otherwise: short, so a worker that
         # starts beating before the config arrives is never taken for hung.
         self.heartbeat_interval = 0.1
+        # The primary's credit window (its "config" says): how many fds it may
+        # send before this worker takes them, so the room to have before
+        # asking for more after running out of fds.
+        self.window = DEFAULT_WINDOW
+        self._lost_seen = 0               # receiver.lost already logged and reported
+        self._unreported = 0              # closes a full channel held back (least)
         self.stopping = threading.Event()
         self._last_beat = 0.0
         self.accepted = 0                 # connections blocking accept() returned
@@ -130,6 +138,7 @@ class WorkerRuntime:
                 self._begin_stop()
             elif kind == "config":
                 self.heartbeat_interval = float(message.get("heartbeat") or self.heartbeat_interval)
+                self.window = int(message.get("window") or self.window)
 
     def _begin_stop(self):
         if self.stopping.is_set():
@@ -162,6 +171,7 @@ class WorkerRuntime:
     def heartbeat(self, open_connections: Optional[int] = None,
                   served: Optional[int] = None) -> None:
         """Prove this worker's loop runs; the counts show in ``fastfork status``."""
+        self.tend_data_channel()
         self._last_beat = time.monotonic()
         requests = self.request_counter() if self.request_counter is not None else None
         message = {"t": "heartbeat", "open": open_connections, "served": served,
@@ -245,9 +255,56 @@ class WorkerRuntime:
                 dropped += 1
             else:
                 listener.deliver(fd)
-        if dropped and self.policy == "least":
-            self.receiver.report_closed(dropped)   # or least counts them open for ever
+        lost = self.receiver.lost - self._lost_seen
+        if lost:
+            self._lost_seen = self.receiver.lost
+            log.warning("worker %d is out of file descriptors (RLIMIT_NOFILE %d): %d "
+                        "connections passed to it were lost; the primary sends it none "
+                        "until it has room", self.id, _nofile_limit(), lost)
+        if (dropped or lost) and self.policy == "least":
+            # Taken and never open here: or least counts them open for ever.
+            self._unreported += dropped + lost
+            self._unreported = self.receiver.report_closed(self._unreported)
         return ended
+
+    def tend_data_channel(self):
+        """With each heartbeat: tell the primary when this worker, out of fds,
+        has room again, and send what a full channel buffer held back."""
+        # Never wait for the lock: a thread inside pump() does this work's
+        # part, and the next beat does the rest.
+        if not self.data_lock.acquire(blocking=False):
+            return
+        try:
+            if self.receiver.at_fd_limit and _has_room(self.receiver.fileno(), self.window):
+                self.receiver.room_again()
+                log.info("worker %d has file descriptors to spare again: the primary "
+                         "may send it connections", self.id)
+            self.receiver.flush()
+            if self._unreported:
+                self._unreported = self.receiver.report_closed(self._unreported)
+        except (OSError, ValueError):
+            pass          # the channel is closed: the primary is gone or ended it
+        finally:
+            self.data_lock.release()
+
+
+def _nofile_limit():
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+def _has_room(fd, count):
+    """Can this process open ``count`` more fds now?  Tried by doing it (dups of
+    ``fd``, closed at once): exact whoever holds the others, and no /proc."""
+    taken = []
+    try:
+        for _ in range(count):
+            taken.append(os.dup(fd))
+        return True
+    except OSError:
+        return False          # EMFILE (or ENFILE): no room yet
+    finally:
+        for extra in taken:
+            os.close(extra)
 
 
 def _running_loop():

@@ -44,6 +44,10 @@ parser.add_argument("--max-restarts", type=int, default=10)
 parser.add_argument("--graceful-timeout", type=float, default=10.0)
 parser.add_argument("--nofile", type=int, default=0,
                     help="the primary's soft RLIMIT_NOFILE (workers get theirs back)")
+parser.add_argument("--worker-nofile", type=int, default=0,
+                    help="the workers' soft RLIMIT_NOFILE")
+parser.add_argument("--metrics", default=None,
+                    help="serve /metrics and /readyz there (EVENT endpoint says where)")
 parser.add_argument("--log", action="store_true", help="print the primary's log on stdout")
 args = parser.parse_args()
 
@@ -145,10 +149,11 @@ async def handle(reader, writer):
 
 
 def worker_main():
-    if args.nofile:
-        # The limit is the primary's alone; the worker takes its own back.
+    if args.nofile or args.worker_nofile:
+        # --nofile is the primary's alone; the worker takes its own back, or
+        # the one --worker-nofile gives it.
         _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (args.worker_nofile or hard, hard))
     fastfork.serve(handle, ADDRESS)
 
 
@@ -163,8 +168,11 @@ def primary_main():
     cluster = fastfork.Cluster(worker_main if args.form == "function" else None, args.workers,
                                window=args.window, min_uptime=args.min_uptime,
                                max_restarts=args.max_restarts,
-                               graceful_timeout=args.graceful_timeout)
+                               graceful_timeout=args.graceful_timeout,
+                               metrics=args.metrics)
     emit("primary", pid=os.getpid(), implementation=cluster.implementation, size=cluster.size)
+    if args.metrics:
+        emit("endpoint", address=cluster.open_endpoints()[0])
     cluster.on("fork", lambda w: emit("fork", id=w.id, index=w.index, pid=w.pid))
     cluster.on("listening", lambda w, a: emit("listening", id=w.id, index=w.index, pid=w.pid,
                                                address=a))

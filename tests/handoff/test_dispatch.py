@@ -2,7 +2,9 @@
 
 No fork: the workers' data channels are socketpairs in this process, the
 listener is a real TCP socket on 127.0.0.1 and the clients really connect.
-Every wait polls for a condition with a deadline.
+The rig runs the production mode: the dispatcher gets each worker's end of
+the channel (as the arbiter keeps it) and, in the Cython build, a shared
+credit page.  Every wait polls for a condition with a deadline.
 """
 
 import contextlib
@@ -21,8 +23,8 @@ import time
 import pytest
 
 from fastfork.handoff import credit as credit_page
-from fastfork.handoff.wire import (BATCH_BUCKETS, DEFAULT_WINDOW, HEADER, LID, MSG_ACK, MSG_END,
-                                    MSG_FDS, ProtocolError)
+from fastfork.handoff.wire import (BATCH_BUCKETS, DEFAULT_WINDOW, HEADER, LID, MSG_ACK, MSG_CLOSED,
+                                    MSG_END, MSG_FDS, MSG_LIMIT, ProtocolError, encode_end)
 from tests.implementations import Impl
 
 DEADLINE = 5.0
@@ -92,19 +94,17 @@ def fds_payload(lids, kind=MSG_FDS, count=None):
 class Worker:
     """One fake worker: the primary's end of its data channel and a Receiver on the other.
 
-    With ``rig.peers`` the dispatcher also gets a copy of the worker's end (as
-    the arbiter keeps it): the channel then outlives ``die()``, and the test
-    calls ``remove_worker`` as the arbiter does once it reaps the worker.
+    The dispatcher also gets a copy of the worker's end (as the arbiter keeps
+    it): the channel outlives ``die()``, and the test calls ``remove_worker``
+    as the arbiter does once it reaps the worker.
     """
 
     def __init__(self, rig, receiver_build, subscribe=True):
         self.rig = rig
         self.primary_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         rig.stack.callback(self.primary_end.close)
-        self.peer = -1
-        if rig.peers:
-            self.peer = os.dup(worker_end.fileno())
-            rig.stack.callback(os.close, self.peer)
+        self.peer = os.dup(worker_end.fileno())
+        rig.stack.callback(os.close, self.peer)
         self.credit_fd = -1
         if rig.credit:
             self.credit_fd = credit_page.create(rig.build.dispatcher.CREDIT_SIZE)
@@ -139,11 +139,18 @@ class Worker:
 
 
 class Rig:
-    def __init__(self, stack, build, receiver_build=None, peers=False, credit=False, **options):
+    """A dispatcher, a listener, and fake workers (``add_worker``).
+
+    ``credit``: each worker gets a shared credit page; by default where the
+    build has one (the Cython build), as in production.
+    """
+
+    def __init__(self, stack, build, receiver_build=None, credit=None, **options):
         self.stack = stack
         self.build = build
-        self.peers = peers
-        self.credit = credit        # each worker gets a shared credit page (Cython build)
+        if credit is None:
+            credit = build.dispatcher.CREDIT_SIZE != 0
+        self.credit = credit
         self.receiver_build = receiver_build or build
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
         stack.callback(self.listener.close)
@@ -177,6 +184,16 @@ class Rig:
 
     def poll_until(self, cond, what):
         wait_for(cond, what, step=lambda: self.d.poll(5))
+
+    def raw_worker(self):
+        """A worker's channel driven by hand: ``(slot, worker's end)``; the
+        dispatcher gets that end as its peer, like any worker's.  No credit
+        page: the test writes ACK messages, the twin's way of giving credit
+        back (which the Cython dispatcher also takes, from a twin receiver)."""
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self.stack.callback(a.close)
+        self.stack.callback(b.close)
+        return self.d.add_worker(a.fileno(), b.fileno()), b
 
     def receive_all(self, n):
         """Poll and let every worker receive until ``n`` connections arrived in all."""
@@ -242,10 +259,7 @@ def read_batches(sock):
 def test_pending_connections_to_one_worker_go_in_one_message(stack, build, batch_max, expected,
                                                              counts):
     rig = Rig(stack, build, window=8, batch_max=batch_max)
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    stack.callback(a.close)
-    stack.callback(b.close)
-    slot = rig.d.add_worker(a.fileno())
+    slot, b = rig.raw_worker()
     rig.connect(5)
     wait_for(lambda: backlog_len(rig.listener) == 5, "5 connections in the backlog")
     rig.d.subscribe(slot, rig.lid)
@@ -267,7 +281,8 @@ def test_credit_window_stops_dispatch_and_leaves_the_backlog(rig_factory):
     start = time.monotonic()
     assert rig.d.poll(300) == []
     assert time.monotonic() - start >= 0.25
-    assert rig.d.accepted == 2 and rig.d.held_fds() == 2
+    # Sent: held by their message, not by the primary.
+    assert rig.d.accepted == 2 and rig.d.held_fds() == 0
     assert rig.d.worker_stats(worker.slot) == (2, 2)
     assert backlog_len(rig.listener) == 3
     # The worker acknowledges: credit comes back and the backlog drains.
@@ -276,37 +291,18 @@ def test_credit_window_stops_dispatch_and_leaves_the_backlog(rig_factory):
     rig.poll_until(lambda: rig.d.dispatched >= 4, "4 dispatched")
     assert backlog_len(rig.listener) <= 1
     worker.receive_until(5)
-    rig.poll_until(lambda: rig.d.held_fds() == 0, "all acknowledged")
+    rig.poll_until(lambda: rig.d.worker_stats(worker.slot) == (5, 0), "all acknowledged")
     assert sorted(recv_exactly(s, 1)[0] for _, s in worker.conns) == [0, 1, 2, 3, 4]
 
 
-def test_acks_close_the_primarys_copies(rig_factory):
-    rig = rig_factory(window=8)
-    worker = rig.add_worker()
-    clients = rig.connect(3)
-    rig.poll_until(lambda: rig.d.dispatched == 3, "3 dispatched")
-    assert rig.d.held_fds() == 3
-    got, ended = worker.receive()
-    assert len(got) == 3 and not ended
-    before = open_fds()
-    rig.poll_until(lambda: rig.d.held_fds() == 0, "the ack to be read")
-    closed = before - open_fds()
-    assert len(closed) == 3
-    assert not closed & {s.fileno() for _, s in got}
-    # The worker's copies are the connections now.
-    for (_, sock), client in zip(got, clients):
-        sock.sendall(b"pong")
-        assert recv_exactly(client, 4) == b"pong"
-    assert rig.d.worker_stats(worker.slot) == (3, 0)
-
-
-def test_remove_worker_redispatches_unacknowledged(rig_factory):
+def test_remove_worker_redispatches_what_it_never_took(rig_factory):
     rig = rig_factory(window=8)
     frozen, healthy = rig.add_worker(), rig.add_worker()
     [client] = rig.connect(1)
     rig.poll_until(lambda: rig.d.dispatched == 1, "1 dispatched")
     assert rig.d.worker_stats(frozen.slot) == (1, 1)
-    rig.d.remove_worker(frozen.slot)       # never acknowledged: goes to the other worker
+    # Never taken: read back from the frozen worker's end, to the other worker.
+    rig.d.remove_worker(frozen.slot)
     assert rig.d.redispatched == 1
     assert rig.d.worker_stats(healthy.slot) == (1, 1)
     with pytest.raises(KeyError):
@@ -319,27 +315,12 @@ def test_remove_worker_redispatches_unacknowledged(rig_factory):
     assert recv_exactly(client, 21) == b"via the second worker"
     client.sendall(b"and back")
     assert recv_exactly(sock, 8) == b"and back"
-    rig.poll_until(lambda: rig.d.held_fds() == 0, "the ack")
+    rig.poll_until(lambda: rig.d.worker_stats(healthy.slot) == (1, 0), "the ack")
+    assert rig.d.held_fds() == 0
+    # A removed worker is not reported closed (its removal is the caller's
+    # doing), and its slot is free again for a replacement.
     assert rig.d.pop_closed() == []
-
-
-def test_dead_channel_redispatches_and_is_reported(rig_factory):
-    rig = rig_factory(window=8)
-    dead, healthy = rig.add_worker(), rig.add_worker()
-    [client] = rig.connect(1)
-    rig.poll_until(lambda: rig.d.dispatched == 1, "1 dispatched")
-    dead.die()                              # EOF on the channel, fd never acknowledged
-    closed = []
-    rig.poll_until(lambda: closed.extend(rig.d.pop_closed()) or closed, "the slot closed")
-    assert closed == [dead.slot]
-    assert rig.d.worker_stats(dead.slot) == (1, 0)
-    [(_, sock)] = healthy.receive_until(1)
-    sock.sendall(b"ok")
-    assert recv_exactly(client, 2) == b"ok"
-    rig.d.remove_worker(dead.slot)
-    assert rig.d.pop_closed() == []
-    # The slot is free again for a replacement.
-    assert rig.add_worker().slot == dead.slot
+    assert rig.add_worker().slot == frozen.slot
 
 
 def test_retire_sends_end(rig_factory):
@@ -366,13 +347,11 @@ def test_retire_sends_end(rig_factory):
     pytest.param(HEADER.pack(MSG_FDS, 0), id="wrong-type"),
     pytest.param(HEADER.pack(MSG_ACK, 1) + b"\x00" * 4, id="too-long"),
     pytest.param(b"\x03" * 100, id="oversized"),
+    pytest.param(HEADER.pack(MSG_LIMIT, 2), id="limit-neither-0-nor-1"),
 ])
 def test_malformed_ack_closes_the_slot(rig_factory, message):
     rig = rig_factory(window=8)
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    rig.stack.callback(a.close)
-    rig.stack.callback(b.close)
-    slot = rig.d.add_worker(a.fileno())
+    slot, b = rig.raw_worker()
     rig.d.subscribe(slot, rig.lid)
     [client] = rig.connect(1)
     rig.poll_until(lambda: rig.d.dispatched == 1, "1 dispatched")
@@ -380,7 +359,8 @@ def test_malformed_ack_closes_the_slot(rig_factory, message):
     closed = []
     rig.poll_until(lambda: closed.extend(rig.d.pop_closed()) or closed, "the slot closed")
     assert closed == [slot]
-    # Its connection waits for another worker.
+    # Its connection, never read, is taken back from its end and waits for
+    # another worker.
     assert rig.d.held_fds() == 1 and rig.d.stats()["pending"] == 1
     rig.d.remove_worker(slot)
     replacement = rig.add_worker()
@@ -396,7 +376,8 @@ def test_remove_listener_drops_what_waits_for_it(rig_factory):
     [client] = rig.connect(1, tag=False)    # unread data would turn the close into a reset
     rig.poll_until(lambda: rig.d.dispatched == 1, "1 dispatched")
     worker.die()
-    rig.poll_until(lambda: rig.d.stats()["pending"] == 1, "the connection back in pending")
+    rig.d.remove_worker(worker.slot)        # nobody else to take it: it waits
+    assert rig.d.stats()["pending"] == 1 and rig.d.held_fds() == 1
     rig.d.remove_listener(rig.lid)
     assert rig.d.held_fds() == 0
     assert recv_exactly(client, 1) == b""  # closed: nobody can serve it
@@ -477,6 +458,108 @@ def test_receiver_acks_once_for_everything_drained(channel):
     assert receiver.ended
 
 
+@contextlib.contextmanager
+def fd_room(room):
+    """Within the block this process can open only ``room`` more fds: its soft
+    RLIMIT_NOFILE just above its highest fd, every hole below it filled."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    fillers = []
+    try:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 1, hard))
+        while True:
+            try:
+                fillers.append(os.open("/dev/null", os.O_RDONLY))
+            except OSError as exc:
+                assert exc.errno == errno.EMFILE
+                break
+        for _ in range(room):
+            os.close(fillers.pop())
+        yield
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def sent_back(sock):
+    """The messages a receiver sent to the primary's end ``sock``, as (type, count)."""
+    sock.setblocking(False)
+    messages = []
+    while True:
+        try:
+            messages.append(HEADER.unpack(sock.recv(64)))
+        except BlockingIOError:
+            return messages
+
+
+# (fds per message, the room the receiving process has, whether END follows)
+# -> (listener ids delivered, connections lost).  Listener id = position sent.
+CUT_OFF = {
+    "one message, room for one": ([3], 1, False, [0], 2),
+    "one message, no room at all": ([3], 0, False, [], 3),
+    "the first fits, the second finds none": ([2, 3], 2, False, [0, 1], 3),
+    "the second is cut part-way": ([1, 3], 2, False, [0, 1], 2),
+    "END after a cut-off message still ends": ([3], 1, True, [0], 2),
+}
+
+
+@pytest.mark.parametrize("sizes, room, end, delivered, lost", list(CUT_OFF.values()),
+                         ids=list(CUT_OFF))
+def test_receiver_takes_a_cut_off_message_and_counts_it_lost(channel, sizes, room, end,
+                                                            delivered, lost):
+    # Past the worker's fd limit the kernel installs what it can, closes the
+    # rest and sets MSG_CTRUNC.  The message is still the primary's: all its
+    # connections are taken (the credit goes back), the cut-off ones lost,
+    # and the primary is told, before that credit, to send nothing more.
+    a, receiver = channel
+    pipes, lid = [], 0
+    for size in sizes:
+        ends = [os.pipe() for _ in range(size)]
+        pipes += ends
+        a.sendmsg(*raw_fds_message(fds_payload(range(lid, lid + size)), [r for r, _ in ends]))
+        lid += size
+    if end:
+        a.send(encode_end())
+    for fd in [fd for pair in pipes for fd in pair]:
+        os.close(fd)        # the message in flight holds the read ends
+    with fd_room(room):
+        pairs, ended = receiver.receive()
+    try:
+        assert [lid for lid, _ in pairs] == delivered and ended == end
+        assert (receiver.received, receiver.lost, receiver.at_fd_limit) == (
+            len(delivered), lost, True)
+    finally:
+        for _, fd in pairs:
+            os.close(fd)
+    total = sum(sizes)
+    assert sent_back(a) == [(MSG_LIMIT, 1), (MSG_ACK, total)]
+    # Room again: the caller says so, the primary hears it once.
+    assert receiver.room_again() is True and not receiver.at_fd_limit
+    assert receiver.room_again() is False
+    assert sent_back(a) == [(MSG_LIMIT, 0)]
+
+
+def test_receiver_keeps_an_ack_the_full_channel_refused(channel):
+    # A lost ACK would be credit the primary never gets back (it would count
+    # the worker full until it died): it is kept and sent by flush().
+    a, receiver = channel
+    while not receiver.report_closed(1):    # nobody reads: fill the buffer
+        pass
+    r, w = os.pipe()
+    a.sendmsg(*raw_fds_message(fds_payload([7]), [r]))
+    os.close(r)
+    os.close(w)
+    [(lid, fd)] = receiver.receive()[0]
+    os.close(fd)
+    assert lid == 7
+    assert receiver.flush() is True          # still full: held back
+    backlog = sent_back(a)                   # the primary catches up
+    assert backlog and set(backlog) == {(MSG_CLOSED, 1)}
+    assert receiver.flush() is False
+    assert sent_back(a) == [(MSG_ACK, 1)]
+    assert receiver.flush() is False and sent_back(a) == []
+
+
 def test_receiver_fileno_and_close(build):
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     with a:
@@ -518,18 +601,18 @@ def test_close_leaves_no_fd_behind(stack, build):
     d = build.dispatcher.Dispatcher(window=2)
     stack.callback(d.close)
     lid = d.add_listener(listener.fileno())
-    slots = [d.add_worker(a.fileno()) for a, _ in ends]
+    slots = [d.add_worker(a.fileno(), b.fileno()) for a, b in ends]
     for slot in slots:
         d.subscribe(slot, lid)
     wait_for(lambda: d.dispatched == 4, "4 dispatched", step=lambda: d.poll(5))
-    dead_end = ends[1][1]
-    dead_fd = dead_end.fileno()
-    dead_end.close()                        # the fds queued on it go with it
-    wait_for(lambda: d.stats()["pending"] == 2, "2 pending", step=lambda: d.poll(5))
-    assert d.held_fds() == 4                # 2 in flight + 2 pending
+    assert d.held_fds() == 0                # all 4 held by their messages
+    d.remove_worker(slots[1])               # its 2 read back: no other worker has credit
+    assert d.held_fds() == 2 and d.stats()["pending"] == 2
     d.close()
     d.close()
-    assert open_fds() == baseline - {dead_fd}
+    # The 2 read back are closed; the 2 still queued to the other worker
+    # are its channel's, not fds of this process.
+    assert open_fds() == baseline
     for sock in [listener] + [a for a, _ in ends]:
         os.fstat(sock.fileno())             # the caller's sockets are still open
     with pytest.raises(ValueError):
@@ -555,8 +638,10 @@ def test_dropping_an_unclosed_dispatcher_keeps_the_callers_fds(stack, build):
     stack.callback(client.close)
     baseline = open_fds()
     d = build.dispatcher.Dispatcher(window=4)
-    d.subscribe(d.add_worker(a.fileno()), d.add_listener(listener.fileno()))
+    slot = d.add_worker(a.fileno(), b.fileno())
+    d.subscribe(slot, d.add_listener(listener.fileno()))
     wait_for(lambda: d.dispatched == 1, "1 dispatched", step=lambda: d.poll(5))  # noqa: F821 (read before the del)
+    d.remove_worker(slot)                   # read back: now the primary holds it
     assert d.held_fds() == 1
     del d                                   # never closed
     gc.collect()
@@ -582,10 +667,16 @@ def test_bad_arguments(stack, build):
         rig.d.subscribe(worker.slot, rig.lid + 1)
     with pytest.raises(KeyError):
         rig.d.remove_worker(worker.slot + 1)
+    with pytest.raises(TypeError):
+        rig.d.add_worker(worker.primary_end.fileno())   # no peer: there is no such mode
+    with pytest.raises(ValueError, match="peer must be the worker's end"):
+        rig.d.add_worker(worker.primary_end.fileno(), -1)
     r, w = os.pipe()
     try:
         with pytest.raises(OSError):
-            rig.d.add_worker(r)                         # not a socket
+            rig.d.add_worker(r, worker.peer)            # not a socket
+        with pytest.raises(OSError):
+            rig.d.add_worker(worker.primary_end.fileno(), r)   # a peer that is not one
     finally:
         os.close(r)
         os.close(w)
@@ -619,7 +710,7 @@ def test_forked_child_must_not_use_it(rig_factory):
     if pid == 0:                            # pragma: no cover (child)
         code = 1
         try:
-            for call in (lambda: rig.d.poll(0), lambda: rig.d.add_worker(3),
+            for call in (lambda: rig.d.poll(0), lambda: rig.d.add_worker(3, 4),
                          lambda: rig.d.subscribe(0, 0), lambda: rig.d.retire_worker(0),
                          lambda: rig.d.watch(0), lambda: rig.d.stats()):
                 try:
@@ -739,11 +830,16 @@ def test_c_poll_returns_early_on_a_signal(stack):
 @pytest.mark.parametrize("dispatcher, receiver", [("c", "py"), ("py", "c")],
                          ids=["c-dispatch-py-receiver", "py-dispatch-c-receiver"])
 def test_interop(stack, dispatcher, receiver):
-    rig = Rig(stack, Impl(dispatcher).backend, Impl(receiver).backend, window=2)
+    # No credit page: the twin has none, so credit comes back in ACK messages.
+    # That is the production path under FASTFORK_NO_EXTENSIONS=1 (the twin on
+    # both ends); the Cython build keeps it so that it can serve the twin's
+    # receiver, which is what this test mixes.
+    rig = Rig(stack, Impl(dispatcher).backend, Impl(receiver).backend, credit=False, window=2)
     workers = [rig.add_worker(), rig.add_worker()]
     clients = rig.connect(6)
     rig.receive_all(6)
-    rig.poll_until(lambda: rig.d.held_fds() == 0, "all acknowledged")
+    rig.poll_until(lambda: all(rig.d.worker_stats(w.slot)[1] == 0 for w in workers),
+                   "all acknowledged")
     for worker in workers:
         for _, sock in worker.conns:
             tag = recv_exactly(sock, 1)[0]
@@ -756,6 +852,24 @@ def test_interop(stack, dispatcher, receiver):
                              "paused": False}
 
 
+@pytest.mark.parametrize("dispatcher, receiver", [("c", "py"), ("py", "c")],
+                         ids=["c-dispatch-py-receiver", "py-dispatch-c-receiver"])
+def test_interop_fd_limit(stack, dispatcher, receiver):
+    # The LIMIT messages, as the twin sends them (no page: see test_interop).
+    rig = Rig(stack, Impl(dispatcher).backend, Impl(receiver).backend, credit=False, window=4)
+    worker = rig.add_worker()
+    rig.connect(2)
+    rig.poll_until(lambda: rig.d.dispatched == 2, "2 dispatched")
+    with fd_room(0):
+        assert worker.receive() == ([], False)
+    rig.poll_until(lambda: rig.d.worker_at_fd_limit(worker.slot), "LIMIT 1 read")
+    assert rig.d.worker_stats(worker.slot) == (2, 0) and worker.receiver.lost == 2
+    worker.receiver.room_again()
+    rig.poll_until(lambda: not rig.d.worker_at_fd_limit(worker.slot), "LIMIT 0 read")
+    rig.connect(1)
+    worker.receive_until(1)
+
+
 # -- garbage collection ---------------------------------------------------------------------
 
 GC_CYCLE = """
@@ -766,13 +880,13 @@ listener = socket.create_server(("127.0.0.1", 0))
 d = _cdispatch.Dispatcher()                 # tracked first: cleared first below
 d.add_listener(listener.fileno())
 primary_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-d.subscribe(d.add_worker(primary_end.fileno()), 0)
+slot = d.add_worker(primary_end.fileno(), worker_end.fileno())
+d.subscribe(slot, 0)
 client = socket.create_connection(listener.getsockname())
 while d.stats()["dispatched"] < 1:
     d.poll(100)
-worker_end.close()                          # never read: the connection goes back
-while d.stats()["pending"] < 1:             # to the pending queue, held there
-    d.poll(100)
+d.remove_worker(slot)                       # never read: the connection goes back
+assert d.stats()["pending"] == 1            # to the pending queue, held there
 garbage = [d]
 garbage.append(garbage)                     # d is now reachable only from a cycle
 del d, garbage

@@ -1,8 +1,9 @@
 """The primary's hand-off, driven directly, in both builds.
 
 With the worker's end of the data channel given to ``add_worker`` (as the
-arbiter does), the primary closes its copy of each connection as soon as it
-is sent, and takes back from that end whatever a dead worker never read.
+arbiter does, and as it must), the primary closes its copy of each
+connection as soon as it is sent, and takes back from that end whatever a
+dead worker never read.
 Also here: the edge-triggered listener accepting what waited for credit, and
 acks read many to a call.  The rig is ``test_dispatch``'s.
 """
@@ -16,14 +17,14 @@ import pytest
 
 from fastfork.handoff.fdpass import cmsg_space, unpack_fds
 from fastfork.handoff.wire import HEADER, LID, MSG_ACK, MSG_FDS, SCM_MAX_FD
-from tests.handoff.test_dispatch import (Rig, backlog_len, open_fds, recv_exactly, stack,  # noqa: F401
-                                 wait_for)
+from tests.handoff.test_dispatch import (Rig, backlog_len, fd_room, open_fds, recv_exactly,  # noqa: F401
+                                         stack, wait_for)
 
 
 @pytest.fixture
 def handoff(stack, impl):  # noqa: F811 (the fixture imported above)
     def make(**options):
-        return Rig(stack, impl.backend, peers=True, **options)
+        return Rig(stack, impl.backend, **options)
     return make
 
 
@@ -123,10 +124,11 @@ def test_taking_back_a_full_window_at_the_fd_limit(handoff):
     assert tags(healthy.receive_until(8)) == list(range(8))
     rig.d.poll(0)
     # Once they went on, the spares are taken again: the dead worker's
-    # receiver is gone, the healthy one has three fds, the eight connections
-    # are its own, and the primary holds no connection.
+    # receiver is gone, the healthy one has three fds (four with its credit
+    # page), the eight connections are its own, and the primary holds no
+    # connection.
     assert rig.d.held_fds() == 0
-    assert len(open_fds()) == before - 1 + 3 + 8
+    assert len(open_fds()) == before - 1 + (4 if rig.credit else 3) + 8
 
 
 def test_the_backlog_left_when_credit_ran_out_is_accepted_when_it_returns(handoff):
@@ -145,14 +147,13 @@ def test_the_backlog_left_when_credit_ran_out_is_accepted_when_it_returns(handof
     assert backlog_len(rig.listener) == 0
 
 
-@pytest.mark.parametrize("peers", [False, True])
-def test_many_acks_read_in_one_readiness(stack, impl, peers):  # noqa: F811
-    # More separate ACKs than one recvmmsg takes (16): all must count.
-    rig = Rig(stack, impl.backend, peers=peers, window=40)
-    primary_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    stack.callback(primary_end.close)
-    stack.callback(worker_end.close)
-    slot = rig.d.add_worker(primary_end.fileno(), worker_end.fileno() if peers else -1)
+def test_many_acks_read_in_one_readiness(stack, impl):  # noqa: F811
+    # More separate ACKs than one recvmmsg takes (16): all must count.  ACKs
+    # that carry counts are the twin's credit (production under
+    # FASTFORK_NO_EXTENSIONS=1), and what the Cython dispatcher reads from a
+    # twin's receiver: no credit page here.
+    rig = Rig(stack, impl.backend, window=40)
+    slot, worker_end = rig.raw_worker()
     rig.d.subscribe(slot, rig.lid)
     rig.connect(37)
     rig.poll_until(lambda: rig.d.dispatched == 37, "37 dispatched")
@@ -168,3 +169,37 @@ def test_many_acks_read_in_one_readiness(stack, impl, peers):  # noqa: F811
         worker_end.send(HEADER.pack(MSG_ACK, 1))
     rig.poll_until(lambda: rig.d.worker_stats(slot) == (37, 0), "37 acks counted")
     assert rig.d.held_fds() == 0 and rig.d.pop_closed() == []
+
+
+def test_a_worker_at_its_fd_limit_is_sent_nothing_until_it_has_room(handoff):
+    # Issue 24, fault 1.  Past its fd limit a worker gets its fds cut off; it
+    # must still give the credit back (else the primary counts it full for
+    # good) and say it is at its limit, so that the primary sends elsewhere,
+    # and sends to it again once it says it has room.
+    rig = handoff(window=8)
+    full = rig.add_worker()
+    clients = rig.connect(4)
+    rig.poll_until(lambda: rig.d.dispatched == 4, "4 sent to the only worker")
+    with fd_room(1):
+        [(_, first)], _ = full.receive()
+    assert recv_exactly(first, 1) == b"\x00"           # the one installed: the first sent
+    assert (full.receiver.lost, full.receiver.at_fd_limit) == (3, True)
+    rig.poll_until(lambda: rig.d.worker_at_fd_limit(full.slot), "the primary told")
+    assert rig.d.worker_stats(full.slot) == (4, 0)      # all four taken: credit back
+    # The three the kernel closed: their clients see the connection end.
+    for client in clients[1:]:
+        try:
+            assert recv_exactly(client, 1) == b""
+        except ConnectionResetError:
+            pass                            # their unread tag byte makes it a reset
+    other = rig.add_worker()
+    rig.connect(3)
+    other.receive_until(3)
+    assert rig.d.worker_stats(full.slot) == (4, 0)      # nothing more to the full one
+    assert rig.d.worker_at_fd_limit(full.slot) and not rig.d.worker_at_fd_limit(other.slot)
+    assert full.receiver.room_again() is True
+    rig.poll_until(lambda: not rig.d.worker_at_fd_limit(full.slot), "room again heard")
+    rig.connect(2)
+    rig.receive_all(1 + 3 + 2)
+    assert rig.d.worker_stats(full.slot)[0] == 5        # round-robin: one of the two
+    assert recv_exactly(full.conns[-1][1], 1)[0] in (7, 8)

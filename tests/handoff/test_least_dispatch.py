@@ -56,7 +56,8 @@ def test_the_worker_with_fewest_open_gets_the_connection(least):
     close_one(rig, b)
     assert dispatch_one(rig) is b
     assert [rig.d.worker_open(w.slot) for w in (a, b, c)] == [1, 1, 1]
-    rig.poll_until(lambda: rig.d.held_fds() == 0, "every arrival acknowledged")
+    rig.poll_until(lambda: all(rig.d.worker_stats(w.slot)[1] == 0 for w in (a, b, c)),
+                   "every arrival acknowledged")
     assert [rig.d.worker_stats(w.slot) for w in (a, b, c)] == [(1, 0), (3, 0), (2, 0)]
 
 
@@ -98,10 +99,7 @@ def test_a_frozen_worker_gets_at_most_its_window(least):
 ])
 def test_a_close_it_cannot_have_closes_the_slot(stack, impl, policy, message):  # noqa: F811
     rig = Rig(stack, impl.backend, policy=policy, window=8)
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    rig.stack.callback(a.close)
-    rig.stack.callback(b.close)
-    slot = rig.d.add_worker(a.fileno())
+    slot, b = rig.raw_worker()
     rig.d.subscribe(slot, rig.lid)
     rig.connect(1)
     rig.poll_until(lambda: rig.d.dispatched == 1, "1 dispatched")
@@ -115,17 +113,14 @@ def test_a_close_it_cannot_have_closes_the_slot(stack, impl, policy, message):  
 
 def test_acks_and_closes_in_one_drain(least):
     rig = least(window=8)
-    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-    rig.stack.callback(a.close)
-    rig.stack.callback(b.close)
-    slot = rig.d.add_worker(a.fileno())
+    slot, b = rig.raw_worker()
     rig.d.subscribe(slot, rig.lid)
     rig.connect(3)
     rig.poll_until(lambda: rig.d.dispatched == 3, "3 dispatched")
     b.send(HEADER.pack(MSG_ACK, 3))
     b.send(HEADER.pack(MSG_CLOSED, 2))
     rig.poll_until(lambda: rig.d.worker_open(slot) == 1, "the close report")
-    assert rig.d.held_fds() == 0 and rig.d.pop_closed() == []
+    assert rig.d.worker_stats(slot) == (3, 0) and rig.d.pop_closed() == []
 
 
 def test_worker_open_is_none_under_rr_and_for_unknown_slots(stack, impl):  # noqa: F811
@@ -165,7 +160,8 @@ def test_report_closed_splits_counts_and_keeps_what_does_not_fit(stack, impl):  
 @pytest.mark.parametrize("dispatcher, receiver", [("c", "py"), ("py", "c")],
                          ids=["c-dispatch-py-receiver", "py-dispatch-c-receiver"])
 def test_interop(stack, dispatcher, receiver):  # noqa: F811
-    rig = Rig(stack, Impl(dispatcher).backend, Impl(receiver).backend, window=4,
+    # No credit page: the twin has none (see test_dispatch's test_interop).
+    rig = Rig(stack, Impl(dispatcher).backend, Impl(receiver).backend, credit=False, window=4,
               policy="least", worker_connections=2)
     workers = [rig.add_worker(), rig.add_worker()]
     rig.connect(6)

@@ -83,12 +83,13 @@ def test_encode_and_parse_are_each_others_inverse():
     lids = [0, 5, wire.MAX_LISTENERS - 1]
     assert wire.parse_to_worker(wire.encode_fds(lids), 0, len(lids)) == lids
     assert wire.parse_to_worker(wire.encode_end(), 0, 0) is None
-    closed = wire.encode_counts(wire.MSG_CLOSED, wire.MAX_COUNT + 2)
-    assert [wire.parse_to_primary(m) for m in closed] == [
-        (wire.MSG_CLOSED, wire.MAX_COUNT), (wire.MSG_CLOSED, 2)]
-    assert wire.encode_counts(wire.MSG_ACK, 0) == [wire.HEADER.pack(wire.MSG_ACK, 0)]
+    for kind in (wire.MSG_ACK, wire.MSG_CLOSED):
+        for count in (0, 2, wire.MAX_COUNT):
+            assert wire.parse_to_primary(wire.encode_count(kind, count)) == (kind, count)
     with pytest.raises(ValueError):
-        wire.encode_counts(wire.MSG_FDS, 1)
+        wire.encode_count(wire.MSG_FDS, 1)
+    with pytest.raises(ValueError):
+        wire.encode_count(wire.MSG_ACK, wire.MAX_COUNT + 1)
     for bad in (b"", wire.HEADER.pack(wire.MSG_FDS, 1), wire.HEADER.pack(wire.MSG_ACK, 1) + b"x"):
         with pytest.raises(wire.ProtocolError):
             wire.parse_to_primary(bad)

@@ -20,6 +20,7 @@ def sched_mod(impl):
 
 
 METHODS = {"add": "add", "remove": "remove", "sub": "subscribe", "retire": "retire",
+           "full": "set_full",
            "pick": "pick", "ack": "ack", "available": "available", "inflight": "inflight",
            "closed": "closed", "open": "open_connections"}
 ERRORS = {"ValueError": ValueError, "KeyError": KeyError}
@@ -86,8 +87,23 @@ CASES = {
         "add 5", "add 2", "sub 5 0", "sub 2 0",
         "pick 0 -> 2", "pick 0 -> 5", "pick 0 -> -1", "inflight 3 -> KeyError",
     ]),
+    "a worker at its fd limit gets nothing until it has room (rule 11)": (2, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0",
+        "pick 0 -> 0", "full 0 1", "available 0 -> 2",
+        "pick 0 -> 1", "pick 0 -> 1", "pick 0 -> -1",
+        "ack 0 1", "inflight 0 -> 0", "available 0 -> 0",    # it still acknowledges
+        "full 0 1", "full 0 0", "available 0 -> 2", "pick 0 -> 0",
+        "full 0 0", "pick 0 -> 0", "pick 0 -> -1",
+    ]),
+    "room again does not undo a retire, nor a remove": (2, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0",
+        "full 0 1", "retire 0", "full 0 0", "available 0 -> 2",
+        "pick 0 -> 1", "pick 0 -> 1", "pick 0 -> -1",
+        "full 1 1", "remove 1 -> 2", "add 1", "sub 1 0", "pick 0 -> 1",
+    ]),
     "bad arguments": (1, [
         "add -1 -> ValueError", "sub 0 0 -> KeyError", "retire 0 -> KeyError",
+        "full 0 1 -> KeyError",
         "ack 0 1 -> KeyError", "inflight 0 -> KeyError", "remove 0 -> KeyError",
         "add 0", "sub 0 64 -> ValueError", "sub 0 -1 -> ValueError",
     ]),
@@ -158,6 +174,12 @@ LEAST_CASES = {
         "remove 0 -> 1", "open 0 -> KeyError", "closed 0 1 -> KeyError",
         "add 0", "open 0 -> 0", "sub 0 0", "pick 0 -> 0",
         "retire 1", "ack 1 1", "closed 1 1", "open 1 -> 0", "pick 0 -> 0",
+    ]),
+    "a worker at its fd limit is skipped, however few it has open": (4, 0, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0",
+        "pick 0 -> 0", "ack 0 1", "closed 0 1", "full 0 1",
+        "pick 0 -> 1", "pick 0 -> 1", "available 0 -> 2",
+        "ack 1 2", "full 0 0", "pick 0 -> 0", "open 0 -> 1", "open 1 -> 2",
     ]),
     "listeners and sparse slots as in round-robin": (1, 0, [
         "add 5", "add 2", "sub 5 1", "sub 2 0",
@@ -240,7 +262,7 @@ def test_many_slots(sched_mod):
 
 
 ERROR_CALLS = [("add", (-1,)), ("add", (0,)), ("remove", (9,)), ("subscribe", (0, 64)),
-               ("subscribe", (9, 0)), ("retire", (9,)), ("ack", (0, 1)),
+               ("subscribe", (9, 0)), ("retire", (9,)), ("set_full", (9, True)), ("ack", (0, 1)),
                ("ack", (0, -1)), ("inflight", (9,))]
 
 
@@ -264,6 +286,7 @@ OPS = st.one_of(
     st.tuples(st.just("remove"), st.integers(0, 6)),
     st.tuples(st.just("subscribe"), st.integers(0, 6), st.integers(0, 63)),
     st.tuples(st.just("retire"), st.integers(0, 6)),
+    st.tuples(st.just("set_full"), st.integers(0, 6), st.booleans()),
     st.tuples(st.just("pick"), st.integers(0, 63)),
     st.tuples(st.just("pick"), st.integers(0, 2)),
     st.tuples(st.just("ack"), st.integers(0, 6), st.integers(0, 3)),

@@ -17,7 +17,8 @@ import threading
 import pytest
 
 from fastfork.handoff import credit as credit_page
-from tests.handoff.test_dispatch import DEADLINE, Rig, recv_exactly, stack, wait_for  # noqa: F401
+from tests.handoff.test_dispatch import (DEADLINE, Rig, fd_room, recv_exactly, stack,  # noqa: F401
+                                         wait_for)
 
 
 @pytest.fixture
@@ -26,7 +27,7 @@ def shared(stack, impl):  # noqa: F811 (the fixture imported above)
         pytest.skip("the pure-Python twin has no shared credit page (CREDIT_SIZE 0)")
 
     def make(**options):
-        return Rig(stack, impl.backend, peers=True, credit=True, **options)
+        return Rig(stack, impl.backend, **options)   # with a page, as in production
     return make
 
 
@@ -125,6 +126,37 @@ def test_least_at_its_cap_is_woken_by_a_close(shared):
     assert worker.receiver.wakeups >= 1
 
 
+def test_the_fd_limit_flag_travels_on_the_page(shared):
+    # At its fd limit the worker sets a flag on the page before it counts the
+    # cut-off message taken (credit.h), and no message goes back; room_again
+    # clears it and, the primary asleep for want of a worker, wakes it.
+    rig = shared(window=4)
+    worker = rig.add_worker()
+    rig.connect(3)
+    rig.poll_until(lambda: rig.d.dispatched == 3, "3 dispatched")
+    with fd_room(1):
+        got, _ = worker.receive()
+    assert len(got) == 1 and worker.receiver.lost == 2
+    assert not readable(worker.primary_end)
+    page = page_of(worker)
+    assert struct.unpack_from("QQI", page) == (3, 0, 1)     # taken, closed, at_limit
+    assert rig.d.worker_at_fd_limit(worker.slot)
+    assert rig.d.worker_stats(worker.slot) == (3, 0)
+    clients = rig.connect(2)
+    rig.d.poll(50)
+    assert rig.d.dispatched == 3                            # they wait in the backlog
+    with asleep_in_poll(rig):
+        assert worker.receiver.room_again() is True
+        wait_for(lambda: len(worker.conns) >= 3, "the two waiting sent once it has room",
+                 step=worker.receive)
+    assert worker.receiver.wakeups >= 1
+    assert struct.unpack_from("QQI", page) == (5, 0, 0)
+    assert not rig.d.worker_at_fd_limit(worker.slot)
+    for (_, sock), client in zip(worker.conns[1:], clients):
+        sock.sendall(b"r")
+        assert recv_exactly(client, 1) == b"r"
+
+
 def test_a_page_that_counts_more_than_was_sent_closes_the_worker(shared):
     rig = shared(window=4)
     liar = rig.add_worker()
@@ -147,7 +179,7 @@ def test_a_file_too_small_for_a_page_is_refused(shared, stack):  # noqa: F811
     stack.callback(a.close)
     stack.callback(b.close)
     with pytest.raises(ValueError, match="not a credit page"):
-        rig.d.add_worker(a.fileno(), -1, fd)
+        rig.d.add_worker(a.fileno(), b.fileno(), fd)
     with pytest.raises(ValueError, match="not a credit page"):
         rig.build.receiver.Receiver(b.fileno(), fd)
 
@@ -163,6 +195,6 @@ def test_the_twin_refuses_a_page(impl, stack):  # noqa: F811
     d = impl.backend.dispatcher.Dispatcher()
     stack.callback(d.close)
     with pytest.raises(ValueError, match="no shared credit page"):
-        d.add_worker(a.fileno(), -1, fd)
+        d.add_worker(a.fileno(), b.fileno(), fd)
     with pytest.raises(ValueError, match="no shared credit page"):
         impl.backend.receiver.Receiver(b.fileno(), fd)

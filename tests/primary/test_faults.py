@@ -8,6 +8,7 @@ shows them whether or not pytest captures output.
 
 import array
 import ctypes
+import http.client
 import json
 import os
 import random
@@ -462,6 +463,80 @@ def test_out_of_fds(cluster_factory, impl, figures):
     assert not log_lines(proc, lines_at, "Traceback"), proc.output()[-4000:]
     assert replies == [b"flood\n"] * len(flood)
     assert after.failed == 0 and after.answered == 200, str(after)
+
+
+# A worker out of fds (issue 24, fault 1): the workers' soft RLIMIT_NOFILE,
+# and how many connections the test holds open: more than both workers
+# together have fds for (each uses about 15 for itself), so both reach it.
+WORKER_NOFILE = 64
+HELD_PAST_THE_LIMIT = 150
+
+
+def http_get(address, path):
+    """``(status, body)`` of one GET to the primary's endpoint."""
+    host, _, port = address.rpartition(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def fd_limit_gauges(endpoint, parser):
+    """``{worker index: value}`` of the metric fastfork_worker_at_fd_limit."""
+    status, body = http_get(endpoint, "/metrics")
+    assert status == 200, body
+    return {sample.labels["index"]: sample.value
+            for family in parser.text_string_to_metric_families(body)
+            for sample in family.samples if sample.name == "fastfork_worker_at_fd_limit"}
+
+
+def test_a_worker_out_of_fds_is_sent_connections_again_once_it_has_room(cluster_factory, impl,
+                                                                        figures):
+    # The fds passed to a worker past its limit arrive cut off (MSG_CTRUNC):
+    # the kernel closes what it could not install.  The worker must still
+    # give that credit back and say it is at its limit, the primary must
+    # send it nothing while it is, and send again once it has room.
+    parser = pytest.importorskip("prometheus_client.parser",
+                                 reason="the metrics extra is not installed")
+    proc = fault_cluster(cluster_factory, "--workers", "2", "--worker-nofile",
+                         str(WORKER_NOFILE), "--metrics", "127.0.0.1:0", "--min-uptime", "0")
+    endpoint = proc.wait_event("endpoint")["address"]
+    address, events = proc.wait_listening(2)
+    workers = {e["pid"] for e in events}
+    assert request(address, "before") == "before"
+    held = []
+    readyz = []
+    try:
+        # Never a full line: each connection stays open in its worker.
+        for _ in range(HELD_PAST_THE_LIMIT):
+            held.append(socket.create_connection(address, timeout=10))
+
+        def not_ready():
+            readyz.append(http_get(endpoint, "/readyz"))
+            return readyz[-1][0] == 503
+        wait_until(not_ready, 15, "/readyz to say 503 with both workers at their fd limit")
+        assert "file-descriptor limit" in readyz[-1][1], readyz[-1]
+        assert fd_limit_gauges(endpoint, parser) == {"0": 1.0, "1": 1.0}
+        fds_at_limit = sorted(fd_count(pid) for pid in workers)
+    finally:
+        for sock in held:
+            sock.close()
+    # The workers see their connections close and have room again.
+    wait_until(lambda: http_get(endpoint, "/readyz")[0] == 200, 15, "/readyz back to 200")
+    wait_until(lambda: fd_limit_gauges(endpoint, parser) == {"0": 0.0, "1": 0.0}, 5,
+               "the metrics to show no worker at its fd limit")
+    answered_by = set()
+    for i in range(4 * WINDOW):
+        reply = request(address, "whoami", timeout=10)
+        answered_by.add(int(reply.split()[1]))
+    # Both original workers answer: neither died of the cut-off messages.
+    assert answered_by == workers, (answered_by, workers)
+    assert not [e for e in proc.events if e["event"] == "exit"], proc.output()[-4000:]
+    figures(worker_nofile=WORKER_NOFILE, held=len(held), fds_at_limit=fds_at_limit,
+            readyz_at_limit=readyz[-1][1].strip(), answered_after=4 * WINDOW)
 
 
 # ==========================================================================================

@@ -24,7 +24,8 @@ from .includes.system cimport (
     MSG_TRUNC, SO_TYPE, SOCK_CLOEXEC, SOCK_NONBLOCK, SOL_SOCKET, accept4, epoll_create1,
     epoll_ctl, epoll_event, epoll_wait, ff_recv_fds_batch, ff_recv_many, ff_send_fds,
     getsockopt, send, socklen_t, would_block, ff_credit_t, FF_CREDIT_SIZE, ff_credit_load,
-    ff_credit_add, ff_credit_want, ff_credit_take_want)
+    ff_credit_add, ff_credit_want, ff_credit_take_want, ff_credit_store_flag,
+    ff_credit_load_flag)
 from .includes.python cimport (PyInterpreterState_ThreadHead, PyThreadState, PyThreadState_Get,
                                PyThreadState_GetInterpreter, PyThreadState_Next)
 from fastfork.handoff import wire
@@ -35,6 +36,7 @@ cdef enum:
     MSG_END = 2
     MSG_ACK = 3
     MSG_CLOSED = 4
+    MSG_LIMIT = 5
     HEADER_SIZE = 4
     LID_SIZE = 2
     RECV_BUF = HEADER_SIZE + LID_SIZE * FF_SCM_MAX_FD
@@ -85,21 +87,32 @@ cdef enum:
     TO_WORKER_END_PAYLOAD = 4
     TO_WORKER_UNKNOWN = 5
     TO_WORKER_MISCOUNT = 6
+    TO_WORKER_FDS_CUT = 7     # an FDS message whose fds the kernel cut off (fd limit)
 
 
 cdef inline int _check_to_worker(const uint8_t *buf, ssize_t n, int mflags,
                                  int nfds) noexcept nogil:
+    # MSG_CTRUNC: the receiver had no room for all the fds (its fd limit); the
+    # kernel installed the first nfds and closed the rest.  Only an FDS message
+    # that brought fewer than it announces can be that: TO_WORKER_FDS_CUT.
     cdef int count
-    if mflags & (MSG_CTRUNC | MSG_TRUNC):
+    cdef bint cut = (mflags & MSG_CTRUNC) != 0
+    if mflags & MSG_TRUNC:
         return TO_WORKER_TRUNCATED
     if n < HEADER_SIZE:
         return TO_WORKER_SHORT
     count = _get_u16(buf + 2)
     if buf[0] == MSG_END:
+        if cut:
+            return TO_WORKER_TRUNCATED
         return TO_WORKER_END_PAYLOAD if nfds or count else TO_WORKER_END
     if buf[0] != MSG_FDS:
         return TO_WORKER_UNKNOWN
-    if n != HEADER_SIZE + LID_SIZE * count or nfds != count:
+    if n != HEADER_SIZE + LID_SIZE * count:
+        return TO_WORKER_MISCOUNT
+    if cut:
+        return TO_WORKER_FDS_CUT if nfds < count else TO_WORKER_MISCOUNT
+    if nfds != count:
         return TO_WORKER_MISCOUNT
     return TO_WORKER_FDS
 
@@ -123,6 +136,7 @@ cdef int _check_wire(module) except -1:
     # wire.py says.
     wire.check_build(module, {
         "MSG_FDS": MSG_FDS, "MSG_END": MSG_END, "MSG_ACK": MSG_ACK, "MSG_CLOSED": MSG_CLOSED,
+        "MSG_LIMIT": MSG_LIMIT,
         "HEADER_SIZE": HEADER_SIZE, "LID_SIZE": LID_SIZE, "SCM_MAX_FD": FF_SCM_MAX_FD,
         "RECV_BUF": RECV_BUF, "MAX_COUNT": 0xFFFF,
         "BATCH_BUCKETS": tuple([BATCH_BOUNDS[i] for i in range(NBATCH_BUCKETS)])})

@@ -1,19 +1,19 @@
 # The primary's hot path; included by dispatcher.pyx.
 #
 # Over 400 lines because Dispatcher is one state machine (listeners, worker
-# FIFOs, the pending queue, batching, credit from ACKs or the shared pages,
+# credit, the pending queue, batching, credit from ACKs or the shared pages,
 # taking connections back from a dead worker's channel) whose parts share
 # its C state; splitting it would turn those C field accesses into calls.
 # _py/dispatcher.py mirrors it method for method.
 
 ctypedef struct worker_t:
     int fd              # the primary's end of the data channel (not ours to close)
-    int peer            # the worker's end, kept open by the caller, or -1 (see add_worker)
+    int peer            # the worker's end, kept open by the caller (see add_worker)
     bint present        # between add_worker and remove_worker
     bint open           # the channel is usable
+    bint at_limit       # the worker said it is at its fd limit: send it nothing
     long long dispatched
-    int head            # in-flight FIFO: ring[head .. head+count) of capacity window
-    int count
+    int count           # sent and not yet taken (the message holds them, not us)
     int nout            # connections staged for the next send (outbox)
     ff_credit_t *credit # the counters shared with the worker (credit.h), or NULL
     uint64_t taken_seen     # credit.taken as last applied
@@ -51,14 +51,13 @@ cdef class Dispatcher:
     cdef worker_t *_workers              # slot -> worker, _nslots in use
     cdef int _nslots
     cdef int _wcap
-    cdef conn_t *_rings                  # slot * window: in-flight FIFOs
     cdef conn_t *_outbox                 # slot * window: staged for sending
     cdef int *_touched                   # slots with a staged batch, in pick order
     cdef int _ntouched
     cdef ConnQueue _pending              # connections waiting for credit
     cdef epoll_event *_events
     cdef double _paused_until
-    cdef long long _held                 # connection fds we hold (debug counter)
+    cdef long long _held                 # connection fds we hold: staged or pending
     cdef list _closed_slots
     cdef set _watched
     # Spare fds (copies of the epoll fd), given up only to take connections
@@ -75,7 +74,6 @@ cdef class Dispatcher:
         self._epfd = -1
         self._closed = False
         self._workers = NULL
-        self._rings = NULL
         self._outbox = NULL
         self._touched = NULL
         self._events = NULL
@@ -130,7 +128,6 @@ cdef class Dispatcher:
             _unmap_credit(self._workers[i].credit)
         free(self._spares)
         free(self._workers)
-        free(self._rings)
         free(self._outbox)
         free(self._touched)
         free(self._events)
@@ -174,22 +171,23 @@ cdef class Dispatcher:
         if epoll_ctl(self._epfd, EPOLL_CTL_DEL, fd, NULL) < 0:
             _raise_errno(errno)
 
-    def add_worker(self, int fd, int peer=-1, int credit_fd=-1):
+    def add_worker(self, int fd, int peer, int credit_fd=-1):
         """Register the primary's end of a worker's data channel; returns its slot.
 
         ``peer`` is the worker's end of the same channel, which the caller keeps
-        open for the worker's whole life.  With it, the primary closes its copy
-        of each connection as soon as the fd is sent (the in-flight message
-        holds the connection, so that close is a reference drop, never a TCP
-        teardown), and when the worker is gone it reads back from ``peer``
-        every connection the worker never received.  Without it (-1), the
-        primary keeps each copy until the worker acknowledges it.
+        open for the worker's whole life: the primary closes its copy of each
+        connection as soon as the fd is sent (the in-flight message holds the
+        connection, so that close is a reference drop, never a TCP teardown),
+        and when the worker is gone it reads back from ``peer`` every
+        connection the worker never received.
 
         ``credit_fd`` is a file of ``CREDIT_SIZE`` bytes (a memfd) whose page is
         shared with the worker (its ``Receiver`` maps the same one): the worker
         counts there what it received and closed, and sends an ACK only to wake
         a primary that waits for credit (``csrc/credit.h``).  It is mapped here
-        and may be closed at once.  Without it (-1), ACK messages carry the counts.
+        and may be closed at once.  Without it (-1), ACK messages carry the
+        counts: the twin's way, kept here so that this dispatcher can serve the
+        twin's Receiver (which has no page).
 
         ``fd`` and ``peer`` stay the caller's: close them only after ``remove_worker``.
         """
@@ -200,9 +198,10 @@ cdef class Dispatcher:
         self._check()
         while slot < self._nslots and self._workers[slot].present:
             slot += 1
+        if peer < 0:
+            raise ValueError("peer must be the worker's end of the data channel")
         _check_socket(fd)
-        if peer >= 0:
-            _check_socket(peer)             # its flags are the worker's: left alone
+        _check_socket(peer)                 # its flags are the worker's: left alone
         _set_nonblocking(fd)
         if slot >= self._wcap:
             self._grow_workers(slot + 1)
@@ -262,7 +261,8 @@ cdef class Dispatcher:
             self._close_worker(slot)
 
     def remove_worker(self, int slot):
-        """Forget ``slot`` (worker gone); its unacknowledged connections are re-dispatched."""
+        """Forget ``slot`` (worker gone); what it never took is read back from its
+        end of the channel and re-dispatched."""
         self._check()
         if not self._is_present(slot):
             raise KeyError(f"no worker in slot {slot}")
@@ -380,6 +380,15 @@ cdef class Dispatcher:
         self._sync(slot)
         return self._workers[slot].dispatched, self._workers[slot].count
 
+    def worker_at_fd_limit(self, int slot):
+        """True while the worker in ``slot`` says it is at its file-descriptor
+        limit (fds sent now would arrive cut off): it is sent nothing meanwhile."""
+        self._check()
+        if not self._is_present(slot):
+            raise KeyError(f"no worker in slot {slot}")
+        self._sync(slot)
+        return self._workers[slot].at_limit
+
     def worker_open(self, int slot):
         """Connections sent to ``slot`` and not reported closed (policy least), else None."""
         self._check()
@@ -404,7 +413,8 @@ cdef class Dispatcher:
         return tuple(self._batches[i] for i in range(NBATCH_BUCKETS))
 
     def held_fds(self):
-        """How many connection fds the primary holds (in flight + pending)."""
+        """How many connection fds the primary holds: those waiting for a worker
+        (pending).  What was sent is held by its message, not by the primary."""
         self._check()
         if FASTFORK_DEBUG:
             self._verify()
@@ -450,15 +460,10 @@ cdef class Dispatcher:
         return 0 <= slot < self._nslots and self._workers[slot].open
 
     cdef void _close_connections(self) noexcept:
-        cdef int slot, i
-        cdef worker_t *w
+        # What was sent is held by its message on the worker's end, not here.
+        cdef int slot
         for slot in range(self._nslots):
-            w = &self._workers[slot]
-            if w.peer < 0:                  # with a peer the ring holds nothing
-                for i in range(w.count):
-                    close(self._rings[slot * self.window + (w.head + i) % self.window].fd)
-                    self._held -= 1
-            w.count = w.head = 0
+            self._workers[slot].count = 0
         self._held -= self._pending.close_all()
 
     cdef int _grow_workers(self, int need) except -1:
@@ -472,10 +477,6 @@ cdef class Dispatcher:
         if p == NULL:
             raise MemoryError()
         self._workers = <worker_t *>p
-        p = realloc(self._rings, cap * per * sizeof(conn_t))
-        if p == NULL:
-            raise MemoryError()
-        self._rings = <conn_t *>p
         p = realloc(self._outbox, cap * per * sizeof(conn_t))
         if p == NULL:
             raise MemoryError()
@@ -630,7 +631,6 @@ cdef class Dispatcher:
         cdef ssize_t r
         cdef uint16_t lid
         cdef worker_t *w = &self._workers[slot]
-        cdef conn_t *ring = &self._rings[slot * self.window]
         while start < n:
             m = min(self.batch_max, n - start)
             _put_header(buf, MSG_FDS, m)
@@ -658,17 +658,12 @@ cdef class Dispatcher:
                 self._unsend(slot, items, start, n)
                 self._close_worker(slot)
                 return 0
-            if w.peer >= 0:
-                # Sent: the message holds each connection now, and the worker's
-                # end (kept open) holds the message until the worker takes it.
-                for i in range(m):
-                    close(items[start + i].fd)
-                self._held -= m
-                w.count += m
-            else:
-                for i in range(m):
-                    ring[(w.head + w.count) % self.window] = items[start + i]
-                    w.count += 1
+            # Sent: the message holds each connection now, and the worker's
+            # end (kept open) holds the message until the worker takes it.
+            for i in range(m):
+                close(items[start + i].fd)
+            self._held -= m
+            w.count += m
             w.dispatched += m
             self.dispatched += m
             i = 0
@@ -682,7 +677,7 @@ cdef class Dispatcher:
         # Give the credit back for items[start:n] and put them first in the
         # pending queue, in their order.
         cdef int i
-        self._pending.reserve(n - start + self._workers[slot].count)
+        self._pending.reserve(n - start)
         self._sched.c_try_ack(slot, n - start)
         for i in range(n - 1, start - 1, -1):
             self._pending.push_front(items[i])
@@ -708,11 +703,19 @@ cdef class Dispatcher:
                 return 0
             for k in range(n):
                 buf = bufs + k * ACK_BUF
-                if lens[k] != HEADER_SIZE or (buf[0] != MSG_ACK and buf[0] != MSG_CLOSED):
+                if lens[k] != HEADER_SIZE or (buf[0] != MSG_ACK and buf[0] != MSG_CLOSED
+                                              and buf[0] != MSG_LIMIT):
                     # EOF, or a message the protocol does not allow.
                     self._close_worker(slot)
                     return 0
                 count = _get_u16(buf + 2)
+                if buf[0] == MSG_LIMIT:
+                    # Before the ACK that gives a cut-off message's credit back.
+                    if count > 1:
+                        self._close_worker(slot)
+                        return 0
+                    self._set_limit(slot, count == 1)
+                    continue
                 if buf[0] == MSG_CLOSED:
                     # Policy least's count of open connections; rr refuses it.
                     if self._sched.c_try_closed(slot, count) < 0:
@@ -729,21 +732,20 @@ cdef class Dispatcher:
         return 0
 
     cdef int _acked(self, int slot, int count) noexcept:
-        # The worker took ``count`` more: its credit back, our copies closed
-        # (without a peer).  -1: it never had that many.
-        cdef worker_t *w = &self._workers[slot]
-        cdef conn_t *ring = &self._rings[slot * self.window]
-        cdef int i
+        # The worker took ``count`` more: its credit back.  -1: it never had
+        # that many.
         if self._sched.c_try_ack(slot, count) < 0:
             return -1
-        if w.peer >= 0:
-            w.count -= count                # their fds were closed when sent
-            return 0
-        for i in range(count):
-            close(ring[w.head].fd)
-            self._held -= 1
-            w.head = (w.head + 1) % self.window
-            w.count -= 1
+        self._workers[slot].count -= count
+        return 0
+
+    cdef int _set_limit(self, int slot, bint at_limit) except -1:
+        # The worker is at its fd limit (or has room again): the scheduler
+        # skips it meanwhile (its rule 11).
+        cdef worker_t *w = &self._workers[slot]
+        if w.at_limit != at_limit:
+            w.at_limit = at_limit
+            self._sched.c_set_full(slot, at_limit)
         return 0
 
     # -- shared credit (csrc/credit.h) ----------------------------------------------
@@ -752,13 +754,21 @@ cdef class Dispatcher:
         1 if anything had moved."""
         cdef worker_t *w
         cdef uint64_t taken, closed_, dt, dc
+        cdef bint at_limit
         if not self._is_open(slot) or self._workers[slot].credit == NULL:
             return 0
         w = &self._workers[slot]
         # closed first: a close is counted after its take, so the taken read
-        # next covers every close seen here.
+        # next covers every close seen here.  at_limit last: the worker sets
+        # it before it counts a cut-off message taken, so credit seen here
+        # comes with the flag that says not to use it.
         closed_ = ff_credit_load(&w.credit.closed)
         taken = ff_credit_load(&w.credit.taken)
+        at_limit = ff_credit_load_flag(&w.credit.at_limit) != 0
+        if at_limit != w.at_limit:
+            self._set_limit(slot, at_limit)
+            if taken == w.taken_seen and closed_ == w.closed_seen:
+                return 1
         dt = taken - w.taken_seen
         dc = closed_ - w.closed_seen
         if dt == 0 and dc == 0:
@@ -821,26 +831,16 @@ cdef class Dispatcher:
             self._nshared -= 1
 
     cdef int _close_worker(self, int slot) except -1:
-        """The channel is unusable: stop using it and re-queue what it had not acknowledged."""
+        """The channel is unusable: stop using it and re-queue what it never took."""
         cdef worker_t *w = &self._workers[slot]
-        cdef conn_t *ring = &self._rings[slot * self.window]
-        cdef int i
         if not w.open:
             return 0
-        self._pending.reserve(w.count)
         w.open = False
         self._closed_slots.append(slot)
         epoll_ctl(self._epfd, EPOLL_CTL_DEL, w.fd, NULL)   # the fd may be gone already
         self._sched.c_remove(slot)
-        if w.peer >= 0:
-            w.count = w.head = 0
-            self._recover(slot)
-            return 0
-        # The worker never confirmed these, so it may never have seen them:
-        # our copy keeps each connection alive for the next worker.
-        for i in range(w.count - 1, -1, -1):
-            self._pending.push_front(ring[(w.head + i) % self.window])
-        w.count = w.head = 0
+        w.count = 0
+        self._recover(slot)
         return 0
 
     cdef int _recover(self, int slot) except -1:
@@ -855,7 +855,7 @@ cdef class Dispatcher:
         cdef int lens[FF_BATCH_MAX_MSGS]
         cdef int mflags[FF_BATCH_MAX_MSGS]
         cdef int nfds[FF_BATCH_MAX_MSGS]
-        cdef int n, k, i, count, err
+        cdef int n, k, i, count, err, code
         cdef uint8_t *buf
         cdef int *got
         cdef conn_t c
@@ -875,7 +875,10 @@ cdef class Dispatcher:
                     buf = bufs + k * RECV_BUF
                     got = fds + k * FF_SCM_MAX_FD
                     count = nfds[k]
-                    if _check_to_worker(buf, lens[k], mflags[k], count) != TO_WORKER_FDS:
+                    code = _check_to_worker(buf, lens[k], mflags[k], count)
+                    # Cut off: the primary had no room for all of them even
+                    # with the spares; the rest are lost, these are not.
+                    if code != TO_WORKER_FDS and code != TO_WORKER_FDS_CUT:
                         # END, or not what this primary wrote: nothing to route.
                         for i in range(nfds[k]):
                             close(got[i])
@@ -901,9 +904,9 @@ cdef class Dispatcher:
         # Debug builds: the counter must match what the structures hold.
         cdef long long total = self._pending.length
         cdef int slot
+        if self._nspare > self._spare_cap:
+            raise AssertionError(f"{self._nspare} spare fds, at most {self._spare_cap}")
         for slot in range(self._nslots):
-            if self._workers[slot].peer < 0:
-                total += self._workers[slot].count
             if self._workers[slot].nout:
                 raise AssertionError(f"slot {slot} has unsent staged connections")
             if self._workers[slot].open and (self._workers[slot].count

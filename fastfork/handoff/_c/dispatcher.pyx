@@ -29,16 +29,16 @@ Design notes (they apply to the twin too)
   runs out; each connection goes to the worker the scheduler picks; the
   connections of one worker are sent in one ``sendmsg`` per ``batch_max``.
 * Nothing a worker never received is lost.  The primary keeps the worker's
-  end of each data channel open (``add_worker(fd, peer)``), so a message
-  the worker has not read stays queued there, holding its connections, even
-  after the worker dies; the primary closes its own copy of each fd right
-  after the send (a reference drop: the kernel's TCP teardown runs later, in
-  the worker's close) and, when the worker is gone, reads the unread
-  messages back from the peer and re-dispatches their connections; a reserve
-  of spare fds (one window's worth) is given up for that, so that a primary
-  at its fd limit can still receive them.  Without
-  a peer the primary instead keeps each copy until the worker acknowledges
-  it (per-worker FIFO of capacity ``window``).
+  end of each data channel open (``add_worker(fd, peer)``: required), so a
+  message the worker has not read stays queued there, holding its
+  connections, even after the worker dies; the primary closes its own copy
+  of each fd right after the send (a reference drop: the kernel's TCP
+  teardown runs later, in the worker's close) and, when the worker is gone,
+  reads the unread messages back from the peer and re-dispatches their
+  connections; a reserve of spare fds (one window's worth) is given up for
+  that, so that a primary at its fd limit can still receive them.  So the
+  primary holds connection fds only while no worker has credit for them
+  (the pending queue), and credit is only a count per worker.
 * Credit comes back through a page of counters shared with each worker
   (``csrc/credit.h``): the worker adds what it received (and, under least,
   what closed), the primary reads the counters when it schedules; an ACK

@@ -18,14 +18,25 @@ cdef class Receiver:
     the primary (see ``Dispatcher.add_worker``), mapped here (the fd stays the
     caller's): what is received and closed is counted there, and an ACK is
     sent only when the primary asks to be woken.
+
+    At its fd limit the worker gets messages whose fds the kernel cut off
+    (``wire``): their connections are taken all the same (credit goes back)
+    and the cut-off ones counted in ``lost``; ``at_fd_limit`` is then True,
+    the primary is told to send nothing, until the caller, having found room
+    again, calls ``room_again()``.
     """
 
     cdef int _fd
     cdef pid_t _pid
-    cdef readonly long long received
+    cdef readonly long long received     # connections delivered by receive()
+    cdef readonly long long lost         # connections whose fds the kernel cut off
     cdef readonly long long wakeups      # ACKs sent only to wake the primary (shared credit)
     cdef readonly bint ended
+    cdef readonly bint at_fd_limit       # the primary was told to send nothing
     cdef ff_credit_t *_credit
+    # Without a page: what a full channel buffer held back, for flush().
+    cdef long long _owed                 # ACK counts not sent yet
+    cdef bint _told_limit                # the LIMIT state the primary has
 
     def __cinit__(self, *args, **kwargs):
         self._fd = -1
@@ -38,9 +49,8 @@ cdef class Receiver:
         if credit_fd >= 0:
             self._credit = _map_credit(credit_fd)
         self._fd = fd
-        self.received = 0
-        self.wakeups = 0
-        self.ended = False
+        self.received = self.lost = self.wakeups = self._owed = 0
+        self.ended = self.at_fd_limit = self._told_limit = False
 
     def __dealloc__(self):
         if self._fd >= 0 and getpid() == self._pid:
@@ -55,23 +65,22 @@ cdef class Receiver:
 
         Returns ``(pairs, ended)``: ``pairs`` is a list of ``(listener_id, fd)``
         (the caller owns each fd), ``ended`` is True once the primary said END
-        or closed the channel.  One ACK covers everything drained.  Messages
-        are read with one ``recvmmsg`` per readiness: fewer than asked for
-        means the channel is empty, so no call is spent on EAGAIN.
+        or closed the channel.  One ACK covers everything drained, cut-off
+        connections included (see the class).  Messages are read with one
+        ``recvmmsg`` per readiness: fewer than asked for means the channel is
+        empty, so no call is spent on EAGAIN.
         """
         cdef uint8_t bufs[FF_BATCH_MAX_MSGS * RECV_BUF]
         cdef int fds[FF_BATCH_MAX_MSGS * FF_SCM_MAX_FD]
         cdef int lens[FF_BATCH_MAX_MSGS]
         cdef int mflags[FF_BATCH_MAX_MSGS]
         cdef int nfds[FF_BATCH_MAX_MSGS]
-        cdef int n, k, err, i, j
+        cdef int n, k, err, i, j, code
+        cdef long long cut = 0               # connections cut off in this drain
         cdef uint8_t *buf
         cdef int *got
         cdef list pairs = []
-        if getpid() != self._pid:
-            raise RuntimeError("this Receiver belongs to the parent process")
-        if self._fd < 0:
-            raise ValueError("I/O operation on a closed Receiver")
+        self._check_usable()
         try:
             while not self.ended:
                 n = ff_recv_fds_batch(self._fd, bufs, RECV_BUF, FF_BATCH_MAX_MSGS, lens,
@@ -95,7 +104,7 @@ cdef class Receiver:
                         self.ended = True   # the primary closed the channel
                         continue
                     try:
-                        self._parse(buf, lens[k], mflags[k], nfds[k])
+                        code = self._parse(buf, lens[k], mflags[k], nfds[k])
                     except ProtocolError:
                         for j in range(k, n):
                             for i in range(nfds[j]):
@@ -112,14 +121,21 @@ cdef class Receiver:
                                     close(fds[j * FF_SCM_MAX_FD + i])
                             raise
                     self.received += nfds[k]
+                    if code == TO_WORKER_FDS_CUT:
+                        # The kernel closed the fds it had no room for: those
+                        # clients see a reset.  Say so before the credit goes back.
+                        cut += _get_u16(buf + 2) - nfds[k]
+                        self._at_limit()
                 if n < FF_BATCH_MAX_MSGS:
                     break
-            if pairs:
+            if pairs or cut:
+                self.lost += cut
                 if self._credit != NULL:
-                    ff_credit_add(&self._credit.taken, len(pairs))
+                    ff_credit_add(&self._credit.taken, len(pairs) + cut)
                     self._wake_if_wanted()
                 else:
-                    self._ack(len(pairs))
+                    self._owed += len(pairs) + cut
+                    self._send_owed()
         except BaseException:
             for _, fd in pairs:
                 close(fd)
@@ -127,42 +143,102 @@ cdef class Receiver:
         return pairs, self.ended
 
     cdef int _parse(self, const uint8_t *buf, ssize_t n, int mflags, int nfds) except -1:
+        # The message's _check_to_worker code, once it is one to take.
         cdef int code = _check_to_worker(buf, n, mflags, nfds)
         if code == TO_WORKER_END:
             self.ended = True
-        elif code != TO_WORKER_FDS:
+        elif code != TO_WORKER_FDS and code != TO_WORKER_FDS_CUT:
             _raise_to_worker(code, buf, n, nfds)
+        return code
+
+    cdef int _at_limit(self) except -1:
+        # Before the credit of a cut-off message goes back (credit.h, wire.py).
+        self.at_fd_limit = True
+        if self._credit != NULL:
+            ff_credit_store_flag(&self._credit.at_limit, 1)
         return 0
 
     cdef int _wake_if_wanted(self) except -1:
         # After the counter moved (a full barrier): the primary set want
-        # before its last look at the counters, so it may be asleep.
+        # before its last look at the counters, so it may be asleep.  If the
+        # wake-up finds the buffer full the primary has data to read, so it
+        # is awake: nothing to keep.
         if ff_credit_take_want(&self._credit.want):
             self.wakeups += 1
-            self._ack(0)
+            self._send_header(MSG_ACK, 0)
         return 0
 
-    cdef int _ack(self, Py_ssize_t count) except -1:
+    cdef int _send_header(self, int kind, int count) except -2:
+        # 1: sent; 0: the buffer is full (the primary is behind reading);
+        # -1: the primary is gone (it needs nothing more from us).
         cdef uint8_t buf[HEADER_SIZE]
-        cdef int m, err
-        while True:
-            m = <int>min(count, 0xFFFF)
-            _put_header(buf, MSG_ACK, m)
-            if send(self._fd, buf, HEADER_SIZE, MSG_NOSIGNAL | MSG_DONTWAIT) < 0:
-                err = errno
-                if _interrupted(err):
-                    continue
-                if (err == EPIPE or err == ESHUTDOWN or err == ECONNRESET
-                        or would_block(err)):
-                    # Primary gone, or (full buffer) it stopped reading: it will
-                    # see EOF or the worker's exit and re-dispatch.  Acks are 4
-                    # bytes against a window of connections.  (A wake-up: the
-                    # primary has data to read, so it is awake.)
-                    return 0
-                _raise_errno(err)
-            count -= m
-            if count <= 0:
+        cdef int err
+        _put_header(buf, kind, count)
+        while send(self._fd, buf, HEADER_SIZE, MSG_NOSIGNAL | MSG_DONTWAIT) < 0:
+            err = errno
+            if _interrupted(err):
+                continue
+            if err == EPIPE or err == ESHUTDOWN or err == ECONNRESET:
+                return -1
+            if would_block(err):
                 return 0
+            _raise_errno(err)
+        return 1
+
+    cdef int _send_owed(self) except -1:
+        # Without a page: the LIMIT state first, so that the primary knows
+        # before the credit comes back; then the ACK counts.  What a full
+        # buffer refuses stays owed: a lost ACK would be credit the primary
+        # never gets back, so flush() sends it later.
+        cdef int m, r
+        if self._told_limit != self.at_fd_limit:
+            r = self._send_header(MSG_LIMIT, 1 if self.at_fd_limit else 0)
+            if r == 0:
+                return 0
+            self._told_limit = self.at_fd_limit
+            if r < 0:
+                self._owed = 0
+                return 0
+        while self._owed > 0:
+            m = <int>min(self._owed, 0xFFFF)
+            r = self._send_header(MSG_ACK, m)
+            if r == 0:
+                return 0
+            if r < 0:
+                self._owed = 0
+                return 0
+            self._owed -= m
+        return 0
+
+    cdef int _check_usable(self) except -1:
+        if getpid() != self._pid:
+            raise RuntimeError("this Receiver belongs to the parent process")
+        if self._fd < 0:
+            raise ValueError("I/O operation on a closed Receiver")
+        return 0
+
+    def flush(self):
+        """Send what a full channel buffer held back (ACK counts, the fd-limit
+        state).  Returns True while something still is: call again later."""
+        self._check_usable()
+        if self._credit != NULL:
+            return False                    # the page never holds anything back
+        self._send_owed()
+        return self._owed > 0 or self._told_limit != self.at_fd_limit
+
+    def room_again(self):
+        """The caller found room for fds again: tell the primary it may send.
+        Returns False if this receiver was not at its fd limit."""
+        self._check_usable()
+        if not self.at_fd_limit:
+            return False
+        self.at_fd_limit = False
+        if self._credit != NULL:
+            ff_credit_store_flag(&self._credit.at_limit, 0)
+            self._wake_if_wanted()          # it may sleep for want of a worker
+        else:
+            self._send_owed()
+        return True
 
     def report_closed(self, long long count):
         """Tell the primary ``count`` received connections are closed (policy least).
@@ -172,12 +248,8 @@ cdef class Receiver:
         report would leave the primary counting them open for good.  A
         primary that is gone needs no report (0).
         """
-        cdef uint8_t buf[HEADER_SIZE]
-        cdef int m, err
-        if getpid() != self._pid:
-            raise RuntimeError("this Receiver belongs to the parent process")
-        if self._fd < 0:
-            raise ValueError("I/O operation on a closed Receiver")
+        cdef int m, r
+        self._check_usable()
         if count < 0:
             raise ValueError(f"cannot report {count} connections closed")
         if self._credit != NULL:
@@ -187,16 +259,11 @@ cdef class Receiver:
             return 0
         while count:
             m = <int>min(count, 0xFFFF)
-            _put_header(buf, MSG_CLOSED, m)
-            if send(self._fd, buf, HEADER_SIZE, MSG_NOSIGNAL | MSG_DONTWAIT) < 0:
-                err = errno
-                if _interrupted(err):
-                    continue
-                if err == EPIPE or err == ESHUTDOWN or err == ECONNRESET:
-                    return 0
-                if would_block(err):
-                    return count
-                _raise_errno(err)
+            r = self._send_header(MSG_CLOSED, m)
+            if r < 0:
+                return 0
+            if r == 0:
+                return count
             count -= m
         return 0
 

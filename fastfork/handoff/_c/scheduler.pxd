@@ -5,13 +5,18 @@ from libc.stdint cimport uint64_t
 cdef enum:
     FF_MAX_LISTENERS = 64
 
+cdef enum:
+    FF_RETIRED = 1           # retire(): for good
+    FF_FULL = 2              # set_full(): until set_full(slot, False)
+
 
 cdef class RoundRobinScheduler:
     cdef readonly int window
     cdef int nslots          # slots known so far (len(_present) in the twin); never shrinks
     cdef int capacity        # allocated length of the arrays below
     cdef unsigned char *present
-    cdef unsigned char *active
+    cdef unsigned char *active   # may be picked: present, and no reason in why_not
+    cdef unsigned char *why_not  # FF_RETIRED | FF_FULL: why a present slot is not active
     cdef int *inflight_
     cdef uint64_t *subs      # bit lid set: subscribed to listener lid
     cdef int cursor[FF_MAX_LISTENERS]   # lid -> slot picked last
@@ -23,6 +28,7 @@ cdef class RoundRobinScheduler:
     cdef int c_remove(self, int slot) except -1       # returns the lost count
     cdef int c_subscribe(self, int slot, int lid) except -1
     cdef int c_retire(self, int slot) except -1
+    cdef int c_set_full(self, int slot, bint full) except -1
     # Hot path: no exceptions.  lid must be in 0..FF_MAX_LISTENERS-1.
     cdef int c_pick(self, int lid) noexcept
     cdef int c_available(self, int lid) noexcept

@@ -38,6 +38,7 @@ cdef class RoundRobinScheduler:
         self.capacity = 0
         self.present = NULL
         self.active = NULL
+        self.why_not = NULL
         self.inflight_ = NULL
         self.subs = NULL
         for i in range(FF_MAX_LISTENERS):
@@ -49,6 +50,7 @@ cdef class RoundRobinScheduler:
     def __dealloc__(self):
         free(self.present)
         free(self.active)
+        free(self.why_not)
         free(self.inflight_)
         free(self.subs)
 
@@ -67,6 +69,10 @@ cdef class RoundRobinScheduler:
         if p == NULL:
             raise MemoryError()
         self.active = <unsigned char *>p
+        p = realloc(self.why_not, cap * sizeof(unsigned char))
+        if p == NULL:
+            raise MemoryError()
+        self.why_not = <unsigned char *>p
         p = realloc(self.inflight_, cap * sizeof(int))
         if p == NULL:
             raise MemoryError()
@@ -96,6 +102,7 @@ cdef class RoundRobinScheduler:
             for i in range(self.nslots, slot + 1):
                 self.present[i] = 0
                 self.active[i] = 0
+                self.why_not[i] = 0
                 self.inflight_[i] = 0
                 self.subs[i] = 0
             self.nslots = slot + 1
@@ -103,6 +110,7 @@ cdef class RoundRobinScheduler:
             raise ValueError(f"slot {slot} is already in use")
         self.present[slot] = 1
         self.active[slot] = 1
+        self.why_not[slot] = 0
         self.inflight_[slot] = 0
         self.subs[slot] = 0
         return 0
@@ -112,6 +120,7 @@ cdef class RoundRobinScheduler:
         self._check(slot)
         self.present[slot] = 0
         self.active[slot] = 0
+        self.why_not[slot] = 0
         self.subs[slot] = 0
         lost = self.inflight_[slot]
         self.inflight_[slot] = 0
@@ -127,7 +136,18 @@ cdef class RoundRobinScheduler:
 
     cdef int c_retire(self, int slot) except -1:
         self._check(slot)
+        self.why_not[slot] |= FF_RETIRED
         self.active[slot] = 0
+        return 0
+
+    cdef int c_set_full(self, int slot, bint full) except -1:
+        # Rule 11.  Kept apart from active so that the hot path reads one byte.
+        self._check(slot)
+        if full:
+            self.why_not[slot] |= FF_FULL
+        else:
+            self.why_not[slot] &= ~FF_FULL
+        self.active[slot] = self.why_not[slot] == 0
         return 0
 
     cdef int c_pick(self, int lid) noexcept:
@@ -177,6 +197,10 @@ cdef class RoundRobinScheduler:
 
     def retire(self, int slot):
         self.c_retire(slot)
+
+    def set_full(self, int slot, bint full):
+        """Rule 11: a worker at its fd limit is not picked until it has room."""
+        self.c_set_full(slot, full)
 
     def pick(self, int lid):
         """The slot that gets the next connection on ``lid``, or -1."""

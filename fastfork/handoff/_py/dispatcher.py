@@ -12,7 +12,7 @@ EINTR needs no code here: Python's socket and epoll calls retry it after
 running the signal handlers (PEP 475).
 
 Over 400 lines because ``Dispatcher`` is one state machine (listeners, worker
-FIFOs, the pending queue, batching) whose parts share its state; it mirrors
+credit, the pending queue, batching) whose parts share its state; it mirrors
 ``_c/dispatcher.pxi`` method for method so the two can be read side by side.
 """
 
@@ -25,7 +25,7 @@ import socket
 import time
 
 from ..fdpass import cmsg_space, rights, unpack_fds
-from ..wire import (BATCH_BUCKETS, MAX_LISTENERS, MSG_CLOSED, RECV_BUF, SCM_MAX_FD,
+from ..wire import (BATCH_BUCKETS, MAX_LISTENERS, MSG_CLOSED, MSG_LIMIT, RECV_BUF, SCM_MAX_FD,
                     ProtocolError, check_batch_max, check_window, encode_end, encode_fds,
                     parse_to_primary, parse_to_worker, DEFAULT_BATCH_MAX, DEFAULT_WINDOW)
 from .receiver import _no_credit, borrow
@@ -72,10 +72,10 @@ class Dispatcher:
         # Edge-triggered listeners: True from an event until accept says EAGAIN.
         self._backlog = {}        # lid -> bool
         self._workers = {}        # slot -> socket (not owned)
-        self._peers = {}          # slot -> the worker's end (not owned), or None
+        self._peers = {}          # slot -> the worker's end (not owned)
         self._unacked = {}        # slot -> connections sent and not acknowledged
-        self._inflight = {}       # slot -> deque of the fds kept until acked (no peer)
         self._open = {}           # slot -> True while the channel is usable
+        self._at_limit = {}       # slot -> True while the worker is at its fd limit
         self._dispatched = {}     # slot -> count
         self._closed_slots = []   # slots whose channel broke, for pop_closed()
         self._pending = collections.deque()  # (fd, lid) waiting for credit
@@ -127,16 +127,15 @@ class Dispatcher:
         self._flush_pending()               # drops what waited for this listener
         self._epoll.unregister(fd)
 
-    def add_worker(self, fd, peer=-1, credit_fd=-1):
+    def add_worker(self, fd, peer, credit_fd=-1):
         """Register the primary's end of a worker's data channel; returns its slot.
 
         ``peer`` is the worker's end of the same channel, which the caller keeps
-        open for the worker's whole life.  With it, the primary closes its copy
-        of each connection as soon as the fd is sent (the in-flight message
-        holds the connection, so that close is a reference drop, never a TCP
-        teardown), and when the worker is gone it reads back from ``peer``
-        every connection the worker never received.  Without it (-1), the
-        primary keeps each copy until the worker acknowledges it.
+        open for the worker's whole life: the primary closes its copy of each
+        connection as soon as the fd is sent (the in-flight message holds the
+        connection, so that close is a reference drop, never a TCP teardown),
+        and when the worker is gone it reads back from ``peer`` every
+        connection the worker never received.
 
         ``credit_fd``: the Cython build's shared credit page; this twin has
         none and refuses one (``CREDIT_SIZE`` is 0).
@@ -145,30 +144,30 @@ class Dispatcher:
         """
         self._check()
         _no_credit(credit_fd)
+        if peer < 0:
+            raise ValueError("peer must be the worker's end of the data channel")
         slot = 0
         while slot in self._workers:
             slot += 1
-        # Its flags are the worker's: left alone (reads use MSG_DONTWAIT).
-        peer_sock = socket.socket(fileno=peer) if peer >= 0 else None
+        sock = borrow(fd)
         try:
-            sock = borrow(fd)
+            # Its flags are the worker's: left alone (reads use MSG_DONTWAIT).
+            peer_sock = socket.socket(fileno=peer)
         except BaseException:
-            if peer_sock is not None:
-                peer_sock.detach()
+            sock.detach()
             raise
         try:
             self._epoll.register(fd, select.EPOLLIN)
         except BaseException:
             sock.detach()
-            if peer_sock is not None:
-                peer_sock.detach()
+            peer_sock.detach()
             raise
         self._sched.add(slot)               # cannot fail: the slot is free
         self._workers[slot] = sock
         self._peers[slot] = peer_sock
         self._unacked[slot] = 0
-        self._inflight[slot] = collections.deque()
         self._open[slot] = True
+        self._at_limit[slot] = False
         self._dispatched[slot] = 0
         self._fdmap[fd] = (_KIND_WORKER, slot)
         return slot
@@ -198,19 +197,18 @@ class Dispatcher:
             self._close_worker(slot)
 
     def remove_worker(self, slot):
-        """Forget ``slot`` (worker gone); its unacknowledged connections are re-dispatched."""
+        """Forget ``slot`` (worker gone); what it never took is read back from its
+        end of the channel and re-dispatched."""
         self._check()
         if slot not in self._workers:
             raise KeyError(f"no worker in slot {slot}")
         self._close_worker(slot)
         self._closed_slots = [s for s in self._closed_slots if s != slot]
         del self._workers[slot]
-        peer = self._peers.pop(slot)
-        if peer is not None:
-            peer.detach()
+        self._peers.pop(slot).detach()
         del self._unacked[slot]
-        del self._inflight[slot]
         del self._open[slot]
+        del self._at_limit[slot]
         del self._dispatched[slot]
         self._flush_pending()
 
@@ -284,6 +282,14 @@ class Dispatcher:
             raise KeyError(f"no worker in slot {slot}")
         return self._dispatched[slot], self._unacked[slot]
 
+    def worker_at_fd_limit(self, slot):
+        """True while the worker in ``slot`` says it is at its file-descriptor
+        limit (fds sent now would arrive cut off): it is sent nothing meanwhile."""
+        self._check()
+        if slot not in self._workers:
+            raise KeyError(f"no worker in slot {slot}")
+        return self._at_limit[slot]
+
     def worker_open(self, slot):
         """Connections sent to ``slot`` and not reported closed (policy least), else None."""
         self._check()
@@ -294,10 +300,10 @@ class Dispatcher:
         return None
 
     def held_fds(self):
-        """How many connection fds the primary holds (in flight + pending)."""
+        """How many connection fds the primary holds: those waiting for a worker
+        (pending).  What was sent is held by its message, not by the primary."""
         self._check()
-        # With a peer, in-flight connections are held by their messages, not here.
-        return sum(len(dq) for dq in self._inflight.values()) + len(self._pending)
+        return len(self._pending)
 
     def batch_counts(self):
         """How many sendmsg calls carried 1, 2, 3-4, ... fds: one count per bucket of
@@ -323,13 +329,10 @@ class Dispatcher:
             return
         self._closed = True
         self._release_spares()
-        for dq in self._inflight.values():
-            while dq:
-                os.close(dq.popleft()[0])
         while self._pending:
             os.close(self._pending.popleft()[0])
         for sock in (list(self._listeners.values()) + list(self._workers.values())
-                     + [p for p in self._peers.values() if p is not None]):
+                     + list(self._peers.values())):
             sock.detach()
         self._peers.clear()
         self._listeners.clear()
@@ -455,13 +458,10 @@ class Dispatcher:
                 self._pending.extendleft(reversed(rest))
                 self._close_worker(slot)
                 return
-            if self._peers[slot] is not None:
-                # Sent: the message holds each connection now, and the worker's
-                # end (kept open) holds the message until the worker takes it.
-                for fd in fds:
-                    os.close(fd)
-            else:
-                self._inflight[slot].extend(part)
+            # Sent: the message holds each connection now, and the worker's
+            # end (kept open) holds the message until the worker takes it.
+            for fd in fds:
+                os.close(fd)
             self._unacked[slot] += len(part)
             self._dispatched[slot] += len(part)
             self.dispatched += len(part)
@@ -483,6 +483,10 @@ class Dispatcher:
                 return
             try:
                 kind, count = parse_to_primary(data)
+                if kind == MSG_LIMIT:
+                    # Before the ACK that gives a cut-off message's credit back.
+                    self._set_limit(slot, count == 1)
+                    continue
                 if kind == MSG_CLOSED:
                     # Policy least's count of open connections; rr refuses it.
                     self._sched.closed(slot, count)
@@ -492,13 +496,16 @@ class Dispatcher:
                 self._close_worker(slot)
                 return
             self._unacked[slot] -= count
-            if self._peers[slot] is None:
-                dq = self._inflight[slot]
-                for _ in range(count):
-                    os.close(dq.popleft()[0])
+
+    def _set_limit(self, slot, at_limit):
+        # The worker is at its fd limit (or has room again): the scheduler
+        # skips it meanwhile (its rule 11).
+        if self._at_limit[slot] != at_limit:
+            self._at_limit[slot] = at_limit
+            self._sched.set_full(slot, at_limit)
 
     def _close_worker(self, slot):
-        """The channel is unusable: stop using it and re-queue what it had not acknowledged."""
+        """The channel is unusable: stop using it and re-queue what it never took."""
         if not self._open.get(slot):
             return
         self._open[slot] = False
@@ -512,14 +519,7 @@ class Dispatcher:
             pass
         self._sched.remove(slot)
         self._unacked[slot] = 0
-        if self._peers[slot] is not None:
-            self._recover(slot)
-        else:
-            # The worker never confirmed these, so it may never have seen them:
-            # our copy keeps each connection alive for the next worker.
-            dq = self._inflight[slot]
-            self._pending.extendleft(reversed(dq))
-            dq.clear()
+        self._recover(slot)
         sock.detach()
 
     def _recover(self, slot):
@@ -545,8 +545,10 @@ class Dispatcher:
                 if not data and not fds:
                     break
                 try:
-                    lids = parse_to_worker(data, flags & (socket.MSG_CTRUNC | socket.MSG_TRUNC),
-                                           len(fds))
+                    # Cut off (MSG_CTRUNC): the primary had no room for all of
+                    # them even with the spares; the rest are lost, these are not.
+                    lids = parse_to_worker(data, flags & socket.MSG_TRUNC, len(fds),
+                                           bool(flags & socket.MSG_CTRUNC))
                 except ProtocolError:
                     lids = None
                 if lids is None:

@@ -5,10 +5,9 @@ import socket
 
 from ..fdpass import cmsg_space, unpack_fds
 from ..wire import (MAX_COUNT, MSG_ACK, MSG_CLOSED, RECV_BUF, SCM_MAX_FD, ProtocolError,
-                    encode_counts, parse_to_worker)
+                    encode_count, encode_limit, parse_to_worker)
 
 _CMSG_SPACE = cmsg_space(SCM_MAX_FD)
-_TRUNCATED = socket.MSG_CTRUNC | socket.MSG_TRUNC
 
 
 def borrow(fd):
@@ -34,6 +33,12 @@ class Receiver:
 
     Owns ``fd``: ``close()`` closes it.  No shared credit page here (see
     ``dispatcher``): ``credit_fd`` must be -1, and ACKs carry the counts.
+
+    At its fd limit the worker gets messages whose fds the kernel cut off
+    (``wire``): their connections are taken all the same (credit goes back)
+    and the cut-off ones counted in ``lost``; ``at_fd_limit`` is then True,
+    the primary is told to send nothing, until the caller, having found room
+    again, calls ``room_again()``.
     """
 
     wakeups = 0          # as the Cython Receiver's: no wake-up ACKs without a page
@@ -42,8 +47,13 @@ class Receiver:
         _no_credit(credit_fd)
         self._pid = os.getpid()
         self._sock = borrow(fd)
-        self.received = 0
+        self.received = 0         # connections delivered by receive()
+        self.lost = 0             # connections whose fds the kernel cut off
         self.ended = False
+        self.at_fd_limit = False  # the primary was told to send nothing
+        # What a full channel buffer held back, for flush().
+        self._owed = 0            # ACK counts not sent yet
+        self._told_limit = False  # the LIMIT state the primary has
 
     def fileno(self):
         return self._sock.fileno()
@@ -53,13 +63,12 @@ class Receiver:
 
         Returns ``(pairs, ended)``: ``pairs`` is a list of ``(listener_id, fd)``
         (the caller owns each fd), ``ended`` is True once the primary said END
-        or closed the channel.  One ACK covers everything drained.
+        or closed the channel.  One ACK covers everything drained, cut-off
+        connections included (see the class).
         """
-        if os.getpid() != self._pid:
-            raise RuntimeError("this Receiver belongs to the parent process")
-        if self._sock.fileno() < 0:
-            raise ValueError("I/O operation on a closed Receiver")
+        self._check_usable()
         pairs = []
+        cut = 0                             # connections cut off in this drain
         try:
             while not self.ended:
                 try:
@@ -74,13 +83,15 @@ class Receiver:
                     self.ended = True       # the primary closed the channel
                     break
                 try:
-                    self._parse(data, flags, fds, pairs)
+                    cut += self._parse(data, flags, fds, pairs)
                 except ProtocolError:
                     for fd in fds:
                         os.close(fd)
                     raise
-            if pairs:
-                self._ack(len(pairs))
+            if pairs or cut:
+                self.lost += cut
+                self._owed += len(pairs) + cut
+                self._send_owed()
         except BaseException:
             for _, fd in pairs:
                 os.close(fd)
@@ -88,23 +99,77 @@ class Receiver:
         return pairs, self.ended
 
     def _parse(self, data, flags, fds, pairs):
-        lids = parse_to_worker(data, flags & _TRUNCATED, len(fds))
+        # How many of the message's connections the kernel cut off.
+        lids = parse_to_worker(data, flags & socket.MSG_TRUNC, len(fds),
+                               bool(flags & socket.MSG_CTRUNC))
         if lids is None:
             self.ended = True
-            return
+            return 0
         pairs.extend(zip(lids, fds))
         self.received += len(fds)
+        if len(lids) == len(fds):
+            return 0
+        # The kernel closed the fds it had no room for: those clients see a
+        # reset.  Say so before the credit goes back.
+        self.at_fd_limit = True
+        return len(lids) - len(fds)
 
-    def _ack(self, count):
-        for message in encode_counts(MSG_ACK, count):
-            try:
-                self._sock.send(message)
-            except (BrokenPipeError, ConnectionResetError):
-                return          # primary gone: nothing to acknowledge to
-            except BlockingIOError:
-                # Acks are 4 bytes against a window of connections: a full
-                # buffer means the primary stopped reading; it will see EOF.
+    def _send_message(self, message):
+        # True: sent; False: the buffer is full (the primary is behind
+        # reading); None: the primary is gone (it needs nothing more from us).
+        try:
+            self._sock.send(message)
+        except (BrokenPipeError, ConnectionResetError):
+            return None
+        except BlockingIOError:
+            return False
+        return True
+
+    def _send_owed(self):
+        # The LIMIT state first, so that the primary knows before the credit
+        # comes back; then the ACK counts.  What a full buffer refuses stays
+        # owed: a lost ACK would be credit the primary never gets back, so
+        # flush() sends it later.
+        if self._told_limit != self.at_fd_limit:
+            sent = self._send_message(encode_limit(self.at_fd_limit))
+            if sent is False:
                 return
+            self._told_limit = self.at_fd_limit
+            if sent is None:
+                self._owed = 0
+                return
+        while self._owed > 0:
+            count = min(self._owed, MAX_COUNT)
+            sent = self._send_message(encode_count(MSG_ACK, count))
+            if sent is False:
+                return
+            if sent is None:
+                self._owed = 0
+                return
+            self._owed -= count
+
+    def _check_usable(self):
+        if os.getpid() != self._pid:
+            raise RuntimeError("this Receiver belongs to the parent process")
+        if self._sock.fileno() < 0:
+            raise ValueError("I/O operation on a closed Receiver")
+
+    def flush(self):
+        """Send what a full channel buffer held back (ACK counts, the fd-limit
+        state).  Returns True while something still is: call again later."""
+        self._check_usable()
+        self._send_owed()
+        return self._owed > 0 or self._told_limit != self.at_fd_limit
+
+    def room_again(self):
+        """The caller found room for fds again: tell the primary it may send.
+        Returns False if this receiver was not at its fd limit."""
+        self._check_usable()
+        if not self.at_fd_limit:
+            return False
+        self.at_fd_limit = False
+        self._send_owed()
+        return True
 
     def report_closed(self, count):
         """Tell the primary ``count`` received connections are closed (policy least).
@@ -114,21 +179,16 @@ class Receiver:
         report would leave the primary counting them open for good.  A
         primary that is gone needs no report (0).
         """
-        if os.getpid() != self._pid:
-            raise RuntimeError("this Receiver belongs to the parent process")
-        if self._sock.fileno() < 0:
-            raise ValueError("I/O operation on a closed Receiver")
+        self._check_usable()
         if count < 0:
             raise ValueError(f"cannot report {count} connections closed")
-        left = count
-        for message in encode_counts(MSG_CLOSED, count) if count else ():
-            try:
-                self._sock.send(message)
-            except (BrokenPipeError, ConnectionResetError):
+        while count:
+            sent = self._send_message(encode_count(MSG_CLOSED, min(count, MAX_COUNT)))
+            if sent is None:
                 return 0
-            except BlockingIOError:
-                return left
-            left -= min(left, MAX_COUNT)
+            if sent is False:
+                return count
+            count -= min(count, MAX_COUNT)
         return 0
 
     def close(self):

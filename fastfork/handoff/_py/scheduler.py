@@ -52,6 +52,14 @@ Rules 1-5 hold, and:
    with it); the in-flight count is returned as before.
 10. ``RoundRobinScheduler`` counts no closes: ``closed`` raises ValueError
     there (a worker reports closes only under ``least``).
+
+Both
+----
+11. ``set_full(slot, True)``: the worker is at its file-descriptor limit
+    (fds sent to it now would arrive cut off, their connections lost), so
+    it is not eligible until ``set_full(slot, False)``.  Unlike ``retire``
+    this ends; meanwhile its in-flight and open counts go on as before (it
+    still acknowledges and closes), and ``available`` counts no credit of it.
 """
 from ..wire import MAX_LISTENERS, check_window, check_worker_connections
 
@@ -79,12 +87,16 @@ def _check_lid(lid):
 class RoundRobinScheduler:
     """Round-robin over workers that have credit (see the module docstring)."""
 
-    __slots__ = ("window", "_present", "_active", "_inflight", "_subs", "_cursor")
+    __slots__ = ("window", "_present", "_active", "_why_not", "_inflight", "_subs", "_cursor")
+
+    _RETIRED = 1         # retire(): for good
+    _FULL = 2            # set_full(): until set_full(slot, False)
 
     def __init__(self, window):
         self.window = check_window(window)
         self._present = []   # slot -> bool
-        self._active = []    # slot -> bool (False once retired)
+        self._active = []    # slot -> bool: may be picked (present, no reason in _why_not)
+        self._why_not = []   # slot -> _RETIRED | _FULL: why a present slot is not active
         self._inflight = []  # slot -> connections sent but not acknowledged
         self._subs = []      # slot -> bitmask of listener ids
         self._cursor = [-1] * MAX_LISTENERS  # lid -> slot picked last
@@ -96,12 +108,14 @@ class RoundRobinScheduler:
         while len(self._present) <= slot:
             self._present.append(False)
             self._active.append(False)
+            self._why_not.append(0)
             self._inflight.append(0)
             self._subs.append(0)
         if self._present[slot]:
             raise ValueError(f"slot {slot} is already in use")
         self._present[slot] = True
         self._active[slot] = True
+        self._why_not[slot] = 0
         self._inflight[slot] = 0
         self._subs[slot] = 0
 
@@ -110,6 +124,7 @@ class RoundRobinScheduler:
         self._check(slot)
         self._present[slot] = False
         self._active[slot] = False
+        self._why_not[slot] = 0
         self._subs[slot] = 0
         lost, self._inflight[slot] = self._inflight[slot], 0
         return lost
@@ -120,7 +135,17 @@ class RoundRobinScheduler:
 
     def retire(self, slot):
         self._check(slot)
+        self._why_not[slot] |= self._RETIRED
         self._active[slot] = False
+
+    def set_full(self, slot, full):
+        """Rule 11: a worker at its fd limit is not picked until it has room."""
+        self._check(slot)
+        if full:
+            self._why_not[slot] |= self._FULL
+        else:
+            self._why_not[slot] &= ~self._FULL
+        self._active[slot] = self._why_not[slot] == 0
 
     # -- decisions ------------------------------------------------------
     def pick(self, lid):

@@ -79,6 +79,7 @@ cdef extern from "credit.h" nogil:
     ctypedef struct ff_credit_t:
         uint64_t taken
         uint64_t closed
+        uint32_t at_limit
         uint32_t want
     enum:
         FF_CREDIT_SIZE
@@ -86,3 +87,5 @@ cdef extern from "credit.h" nogil:
     void ff_credit_add(uint64_t *p, uint64_t n) noexcept
     void ff_credit_want(uint32_t *p) noexcept
     int ff_credit_take_want(uint32_t *p) noexcept
+    void ff_credit_store_flag(uint32_t *p, uint32_t v) noexcept
+    uint32_t ff_credit_load_flag(const uint32_t *p) noexcept
