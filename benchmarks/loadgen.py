@@ -34,6 +34,7 @@ import asyncio
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 import time
@@ -186,6 +187,26 @@ async def run(host, port, mode, duration, connections, requests):
 
 
 # -- for the benchmark scripts that run this file as their client ----------------------------
+
+def free_port():
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_get(port, path="/", timeout=10.0):
+    """One ``Connection: close`` request; returns the whole answer (bytes)."""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+                     .encode())
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
 
 def split(total, parts):
     """``total`` connections over ``parts`` processes, as evenly as they go."""

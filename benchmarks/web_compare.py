@@ -27,7 +27,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -39,15 +38,10 @@ if __package__ in (None, ""):
     sys.path.insert(0, ROOT)
 
 from benchmarks.cpu_per_conn import CLK_TCK, proc_stat  # noqa: E402
+from benchmarks.loadgen import free_port  # noqa: E402
 
 WRK_SCRIPT = os.path.join(HERE, "wrk_report.lua")
 READY_TIMEOUT = 30.0
-
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def configurations(args):

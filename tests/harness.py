@@ -21,6 +21,13 @@ APP = os.path.join(ROOT, "tests", "apps", "cluster_app.py")
 PY = Impl("py")       # for tests that are about something else than the hot path
 
 
+
+def free_port(host="127.0.0.1"):
+    """A TCP port on ``host`` that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
 def session_pids(sid):
     """Pids of live (non-zombie) processes in session ``sid``, and of zombies."""
     alive, zombies = [], []

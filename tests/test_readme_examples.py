@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from tests.harness import ROOT, session_pids, wait_until
+from tests.harness import ROOT, free_port, session_pids, wait_until
 
 
 def readme_example(first_line):
@@ -20,11 +20,6 @@ def readme_example(first_line):
             return block
     raise AssertionError(f"README has no python example starting {first_line!r}")
 
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def ask(port):

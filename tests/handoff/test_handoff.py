@@ -17,12 +17,11 @@ import pytest
 
 from fastfork.handoff.fdpass import cmsg_space, unpack_fds
 from fastfork.handoff.wire import HEADER, LID, MSG_ACK, MSG_FDS, SCM_MAX_FD
-from tests.handoff.test_dispatch import (Rig, backlog_len, fd_room, open_fds, recv_exactly,  # noqa: F401
-                                         stack, wait_for)
+from tests.handoff.rig import Rig, backlog_len, fd_room, open_fds, recv_exactly, wait_for
 
 
 @pytest.fixture
-def handoff(stack, impl):  # noqa: F811 (the fixture imported above)
+def handoff(stack, impl):
     def make(**options):
         return Rig(stack, impl.backend, **options)
     return make
@@ -147,7 +146,7 @@ def test_the_backlog_left_when_credit_ran_out_is_accepted_when_it_returns(handof
     assert backlog_len(rig.listener) == 0
 
 
-def test_many_acks_read_in_one_readiness(stack, impl):  # noqa: F811
+def test_many_acks_read_in_one_readiness(stack, impl):
     # More separate ACKs than one recvmmsg takes (16): all must count.  ACKs
     # that carry counts are the twin's credit (production under
     # FASTFORK_NO_EXTENSIONS=1), and what the Cython dispatcher reads from a

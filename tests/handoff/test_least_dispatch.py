@@ -10,11 +10,11 @@ import pytest
 
 from fastfork.handoff.wire import HEADER, MSG_ACK, MSG_CLOSED
 from tests.implementations import Impl
-from tests.handoff.test_dispatch import Rig, backlog_len, recv_exactly, stack, wait_for  # noqa: F401
+from tests.handoff.rig import Rig, backlog_len, recv_exactly, wait_for
 
 
 @pytest.fixture
-def least(stack, impl):  # noqa: F811 (the fixture imported above)
+def least(stack, impl):
     def make(**options):
         return Rig(stack, impl.backend, policy="least", **options)
     return make
@@ -97,7 +97,7 @@ def test_a_frozen_worker_gets_at_most_its_window(least):
     pytest.param("least", HEADER.pack(MSG_CLOSED, 1), id="least-close-before-ack"),
     pytest.param("rr", HEADER.pack(MSG_CLOSED, 0), id="rr-counts-no-closes"),
 ])
-def test_a_close_it_cannot_have_closes_the_slot(stack, impl, policy, message):  # noqa: F811
+def test_a_close_it_cannot_have_closes_the_slot(stack, impl, policy, message):
     rig = Rig(stack, impl.backend, policy=policy, window=8)
     slot, b = rig.raw_worker()
     rig.d.subscribe(slot, rig.lid)
@@ -123,7 +123,7 @@ def test_acks_and_closes_in_one_drain(least):
     assert rig.d.worker_stats(slot) == (3, 0) and rig.d.pop_closed() == []
 
 
-def test_worker_open_is_none_under_rr_and_for_unknown_slots(stack, impl):  # noqa: F811
+def test_worker_open_is_none_under_rr_and_for_unknown_slots(stack, impl):
     rig = Rig(stack, impl.backend, window=8)
     worker = rig.add_worker()
     assert rig.d.policy == "rr"
@@ -135,7 +135,7 @@ def test_worker_open_is_none_under_rr_and_for_unknown_slots(stack, impl):  # noq
         impl.backend.dispatcher.Dispatcher(8, policy="none")
 
 
-def test_report_closed_splits_counts_and_keeps_what_does_not_fit(stack, impl):  # noqa: F811
+def test_report_closed_splits_counts_and_keeps_what_does_not_fit(stack, impl):
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     stack.callback(a.close)
     receiver = impl.backend.receiver.Receiver(b.detach())
@@ -159,7 +159,7 @@ def test_report_closed_splits_counts_and_keeps_what_does_not_fit(stack, impl):  
 
 @pytest.mark.parametrize("dispatcher, receiver", [("c", "py"), ("py", "c")],
                          ids=["c-dispatch-py-receiver", "py-dispatch-c-receiver"])
-def test_interop(stack, dispatcher, receiver):  # noqa: F811
+def test_interop(stack, dispatcher, receiver):
     # No credit page: the twin has none (see test_dispatch's test_interop).
     rig = Rig(stack, Impl(dispatcher).backend, Impl(receiver).backend, credit=False, window=4,
               policy="least", worker_connections=2)

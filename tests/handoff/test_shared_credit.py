@@ -17,12 +17,11 @@ import threading
 import pytest
 
 from fastfork.handoff import credit as credit_page
-from tests.handoff.test_dispatch import (DEADLINE, Rig, fd_room, recv_exactly, stack,  # noqa: F401
-                                         wait_for)
+from tests.handoff.rig import DEADLINE, Rig, fd_room, recv_exactly, wait_for
 
 
 @pytest.fixture
-def shared(stack, impl):  # noqa: F811 (the fixture imported above)
+def shared(stack, impl):
     if not impl.backend.dispatcher.CREDIT_SIZE:
         pytest.skip("the pure-Python twin has no shared credit page (CREDIT_SIZE 0)")
 
@@ -171,7 +170,7 @@ def test_a_page_that_counts_more_than_was_sent_closes_the_worker(shared):
     honest.receive_until(2)
 
 
-def test_a_file_too_small_for_a_page_is_refused(shared, stack):  # noqa: F811
+def test_a_file_too_small_for_a_page_is_refused(shared, stack):
     rig = shared()
     fd = os.memfd_create("small")
     stack.callback(os.close, fd)
@@ -184,7 +183,7 @@ def test_a_file_too_small_for_a_page_is_refused(shared, stack):  # noqa: F811
         rig.build.receiver.Receiver(b.fileno(), fd)
 
 
-def test_the_twin_refuses_a_page(impl, stack):  # noqa: F811
+def test_the_twin_refuses_a_page(impl, stack):
     if impl.backend.dispatcher.CREDIT_SIZE:
         pytest.skip("the Cython build takes a page (tested above)")
     fd = credit_page.create(128)

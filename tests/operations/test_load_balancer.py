@@ -11,13 +11,12 @@ real address, not HAProxy's.
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import textwrap
 
 import pytest
 
-from tests.harness import wait_until
+from tests.harness import free_port, wait_until
 from tests.loadgen import Load
 from tests.runner_harness import OPS_APP, pids_of
 
@@ -28,11 +27,6 @@ pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installe
 
 CLIENT = "127.0.0.5"         # the address the load comes from
 
-
-def free_port(host):
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def port_of(address):

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from tests.harness import request, wait_until
+from tests.harness import free_port, request, wait_until
 from tests.runner_harness import APPS
 
 pytest.importorskip("redis", reason="the redis client is in the test extra")
@@ -22,11 +22,6 @@ pytestmark = pytest.mark.skipif(REDIS is None, reason="redis-server is not insta
                                 "(apt-get install redis-server; .ci/run does)")
 APP = os.path.join(APPS, "redis_counter.py")
 
-
-def free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RedisServer:

@@ -16,7 +16,7 @@ import pytest
 
 from fastfork import loops
 from fastfork.worker import aio
-from tests.worker.test_worker_attach import FakeReceiver, nonblocking_pair, server_on
+from tests.worker.fakes import FakeReceiver, nonblocking_pair, server_on
 
 LOOPS = ["asyncio", "uvloop"]
 

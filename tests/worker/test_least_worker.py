@@ -10,48 +10,7 @@ import asyncio
 import socket
 
 from fastfork.worker import aio
-
-
-class FakeReceiver:
-    def __init__(self, refuse=0):
-        self.reports = []
-        self.refuse = refuse          # how many calls find the buffer full
-
-    def report_closed(self, count):
-        self.reports.append(count)
-        if self.refuse:
-            self.refuse -= 1
-            return count
-        return 0
-
-
-class FakeListener:
-    address = "127.0.0.1:0"
-    sock = None
-    proxy_allow = None        # no PROXY protocol
-
-
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.transport.write(data)
-        self.transport.close()
-
-
-class Slotted(asyncio.Protocol):
-    __slots__ = ("transport",)
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-
-async def settle(loop, until, what):
-    deadline = loop.time() + 5
-    while not until():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.001)
+from tests.worker.fakes import Echo, FakeListener, FakeReceiver, Slotted, settle
 
 
 def run(coro):
@@ -71,13 +30,13 @@ def test_served_connections_are_reported_once_batched_per_iteration():
             theirs.setblocking(False)
             server.attach(theirs)
             clients.append(ours)
-        await settle(loop, lambda: tracker.active == 3 and tracker.total == 3, "3 attached")
+        await settle(lambda: tracker.active == 3 and tracker.total == 3, "3 attached")
         for client in clients:
             client.sendall(b"x")
         for client in clients:
             client.settimeout(5)
             assert await loop.run_in_executor(None, client.recv, 1) == b"x"
-        await settle(loop, lambda: sum(receiver.reports) == 3, "3 closes reported")
+        await settle(lambda: sum(receiver.reports) == 3, "3 closes reported")
         await asyncio.sleep(0.01)
         for client in clients:
             client.close()
@@ -100,7 +59,7 @@ def test_connections_never_attached_are_reported_too():
         server.close()
         ours, theirs = socket.socketpair()
         server.attach(theirs)            # the server is closed: never attached
-        await settle(loop, lambda: sum(receiver.reports) == 2, "2 closes reported")
+        await settle(lambda: sum(receiver.reports) == 2, "2 closes reported")
         assert theirs.fileno() == -1
         ours.close()
         return receiver.reports
@@ -117,7 +76,7 @@ def test_a_protocol_that_cannot_be_instrumented_counts_closed_at_once():
         ours, theirs = socket.socketpair()
         theirs.setblocking(False)
         server.attach(theirs)
-        await settle(loop, lambda: receiver.reports, "the close reported")
+        await settle(lambda: receiver.reports, "the close reported")
         ours.close()
         await asyncio.sleep(0.01)
         return receiver.reports
@@ -132,7 +91,7 @@ def test_a_report_the_buffer_refused_is_sent_later():
         reporter = aio.CloseReporter(loop, receiver)
         reporter.closed()
         reporter.closed()
-        await settle(loop, lambda: len(receiver.reports) == 3, "the retries")
+        await settle(lambda: len(receiver.reports) == 3, "the retries")
         return receiver.reports
 
     assert run(main()) == [2, 2, 2]

@@ -17,74 +17,18 @@ import threading
 import pytest
 
 from fastfork.operations.status_socket import request as control_request
-from fastfork import loops
 from fastfork.worker import aio
 from fastfork.worker.listener import AcceptedFd, Listener
 from tests.harness import fd_count, request, wait_until
 from tests.runner_harness import APPS
+from tests.worker.fakes import (Echo, FakeReceiver, Slotted, nonblocking_pair, run_on, server_on,
+                                settle)
 
 ATTACH_APP = os.path.join(APPS, "attach_app.py")
 
 
 LOOPS = ["asyncio", "uvloop"]
 LOOP_MODULE = {"asyncio": "asyncio.unix_events", "uvloop": "uvloop"}
-
-
-def run_on(loop_name, coro):
-    if loop_name == "uvloop":
-        pytest.importorskip("uvloop", reason="uvloop is not installed")
-    return loops.run(coro, loop_name)
-
-
-class FakeReceiver:
-    def __init__(self):
-        self.reports = []
-
-    def report_closed(self, count):
-        self.reports.append(count)
-        return 0
-
-
-class FakeListener:
-    address = "127.0.0.1:0"
-    sock = None
-    proxy_allow = None
-
-
-class Echo(asyncio.Protocol):
-    def connection_made(self, transport):
-        self.transport = transport
-
-    def data_received(self, data):
-        self.transport.write(data)
-        self.transport.close()
-
-
-class Slotted(asyncio.Protocol):
-    __slots__ = ("transport",)
-
-    def connection_made(self, transport):
-        self.transport = transport
-
-
-async def settle(until, what):
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 5
-    while not until():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.001)
-
-
-def nonblocking_pair():
-    ours, theirs = socket.socketpair()
-    # As Listener.deliver builds them: non-blocking, family and type given.
-    theirs = socket.socket(theirs.family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, 0,
-                           theirs.detach())
-    return ours, theirs
-
-
-def server_on(loop, protocol, tracker, receiver):
-    return aio.Server(FakeListener(), loop, protocol, tracker, aio.CloseReporter(loop, receiver))
 
 
 @pytest.mark.parametrize("loop_name", LOOPS)
