@@ -14,11 +14,11 @@ import socket
 import stat
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from tests.harness import PY, request, wait_until
+from tests.loadgen import LineClient, Load
 from tests.runner_harness import APPS, OPS_APP, pids_of
 from fastfork.operations.status_socket import peer_allowed, peer_credentials
 
@@ -35,54 +35,6 @@ def alive_counts(output):
     return counts
 
 
-class LoadClient:
-    """Threads that each open a new connection per request, until stopped."""
-
-    def __init__(self, address, threads=4, slow_every=10):
-        self.address = address
-        self.sent = self.failed = 0
-        self.errors = []
-        self.replies = []
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._slow_every = slow_every
-        self._threads = [threading.Thread(target=self._run, args=(i,), daemon=True)
-                         for i in range(threads)]
-
-    def __enter__(self):
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def _run(self, n):
-        i = 0
-        while not self._stop.is_set():
-            i += 1
-            # Some requests stay open a while, so a reload must let them finish.
-            line = "slow 0.2" if i % self._slow_every == n else "whoami"
-            try:
-                reply = request(self.address, line, timeout=10)
-                ok = bool(reply) and (reply.endswith("slept") or len(reply.split()) == 4)
-            except OSError as exc:
-                reply, ok = repr(exc), False
-            with self._lock:
-                self.sent += 1
-                if ok:
-                    self.replies.append(reply)
-                else:
-                    self.failed += 1
-                    self.errors.append(f"{line}: {reply!r}")
-
-    def count(self):
-        with self._lock:
-            return self.sent
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
-
-
 # -- reload ---------------------------------------------------------------------------
 def test_reload_under_load_answers_every_request(runner_factory, rundir, impl):
     app = os.path.join(rundir, "app.py")
@@ -96,8 +48,12 @@ def test_reload_under_load_answers_every_request(runner_factory, rundir, impl):
     with open(app, "w") as f:
         f.write(code.replace('VERSION = "1"', 'VERSION = "2"'))   # new code on disk
     reloads = 3
-    with LoadClient(address, threads=6) as load:
-        wait_until(lambda: load.count() >= 50, 15, "load before the reload")
+    # Some requests stay open a while, so a reload must let them finish.
+    client = LineClient(lambda n: b"slow 0.2\n" if n % 10 == 0 else b"whoami\n",
+                        check=lambda line, reply: (reply.endswith(b"slept\n")
+                                                   or len(reply.split()) == 4), timeout=10)
+    with Load(address, concurrency=6, duration=100, client=client, keep_replies=True) as load:
+        load.wait_more(50, "load before the reload")
         for _ in range(reloads):
             runner.signal(signal.SIGHUP)
             after = runner.wait_status(
@@ -106,12 +62,11 @@ def test_reload_under_load_answers_every_request(runner_factory, rundir, impl):
                            and all(w["state"] == "listening" for w in s["workers"])),
                 "every worker replaced", timeout=30)
             before = pids_of(after)
-        settled = load.count()
-        wait_until(lambda: load.count() >= settled + 50, 15, "load after the reloads")
-    print(f"\n{reloads} reloads under load ({impl}): {load.sent} requests sent, "
-          f"{load.failed} failed")
-    assert load.failed == 0, load.errors[:5]
-    versions = {r.split()[3] for r in load.replies if not r.endswith("slept")}
+        load.wait_more(50, "load after the reloads")
+    report = load.report()
+    print(f"\n{reloads} reloads under load ({impl}): {report}")
+    assert report.failed == 0, report.errors
+    versions = {r.split()[3].decode() for r in load.replies if not r.endswith(b"slept\n")}
     assert versions == {"1", "2"}, versions          # served by old, then new code
     assert request(address, "whoami").split()[3] == "2"
     assert all(w["restarts"] == reloads for w in after["workers"])

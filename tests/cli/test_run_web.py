@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from tests.harness import PY, wait_until
+from tests.harness import PY
+from tests.loadgen import HttpClient, Load
 from tests.runner_harness import APPS, pids_of
 
 pytest.importorskip("uvicorn", reason="the web extra is not installed")
@@ -77,69 +78,19 @@ def test_max_requests_counts_requests_not_connections(runner_factory):
     assert "max-requests (6 requests, limit 6)" in runner.output()
 
 
-class WebLoad:
-    """Client threads requesting ``/whoami`` until stopped: half on a new
-    connection per request, half keep-alive (reconnecting after an error or
-    a close).  Counts answers and keeps every failure."""
-
-    def __init__(self, address, threads=4):
-        import threading
-        self.address = address
-        self.answered = 0
-        self.retried = 0
-        self.failures = []
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._client, args=(n % 2 == 1,), daemon=True)
-                         for n in range(threads)]
-
-    def _client(self, keep_alive):
-        conn, reused = None, False
-        while not self._stop.is_set():
-            try:
-                if conn is None:
-                    conn, reused = http.client.HTTPConnection(*self.address, timeout=10), False
-                status, _ = get(self.address, "/whoami", conn)
-                if status != 200:
-                    self.failures.append(status)
-                self.answered += 1
-                reused = True
-            except (OSError, http.client.HTTPException) as exc:
-                if reused and isinstance(exc, (http.client.RemoteDisconnected,
-                                               ConnectionResetError, BrokenPipeError)):
-                    # A reused keep-alive connection closed under a request
-                    # that crossed the close (a drain): HTTP clients retry
-                    # those (RFC 9112, 9.3.1); counted, not failed.
-                    self.retried += 1
-                else:
-                    self.failures.append(f"{exc!r} on a {'reused' if reused else 'new'} connection")
-                conn.close()
-                conn = None
-            if not keep_alive and conn is not None:
-                conn.close()
-                conn = None
-        if conn is not None:
-            conn.close()
-
-    def __enter__(self):
-        for thread in self._threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(15)
-
-    def wait_more(self, n, what):
-        target = self.answered + n
-        wait_until(lambda: self.answered >= target, 15, what)
+def web_load(address, threads=4):
+    """``/whoami`` until stopped, half the threads on a new connection per
+    request, half keep-alive (a reused connection closed under a request is
+    retried, as HTTP clients do: counted apart, not failed)."""
+    return Load(address, concurrency=threads, duration=100,
+                client=HttpClient("/whoami", keep_alive="half"))
 
 
 @pytest.mark.parametrize("app", ["starlette_app.py:app", "flask_app.py:app"])
 def test_six_reloads_under_load_fail_no_request(runner_factory, app):
     runner = runner_factory(os.path.join(WEB, app), "--workers", "2", "--bind", "127.0.0.1:0")
     before = pids_of(runner.wait_serving(2))
-    with WebLoad(runner.address()) as load:
+    with web_load(runner.address()) as load:
         for n in range(6):
             load.wait_more(20, f"load before reload {n + 1}")
             runner.signal(signal.SIGHUP)
@@ -150,10 +101,10 @@ def test_six_reloads_under_load_fail_no_request(runner_factory, app):
                 "every worker replaced", timeout=30)
             before = pids_of(after)
         load.wait_more(20, "load after the last reload")
-    print(f"\n6 reloads of {app} under load: {load.answered} answered, "
-          f"{len(load.failures)} failed, {load.retried} reused keep-alive connections "
-          "closed under a request")
-    assert load.failures == []
+    report = load.report()
+    print(f"\n6 reloads of {app} under load: {report}, {load.retried} reused keep-alive "
+          "connections closed under a request")
+    assert report.failed == 0, report.errors
 
 
 def test_a_frozen_worker_loses_nothing(runner_factory):
@@ -163,7 +114,7 @@ def test_a_frozen_worker_loses_nothing(runner_factory):
                             "--bind", "127.0.0.1:0")
     status = runner.wait_serving(2)
     frozen = status["workers"][0]["pid"]
-    with WebLoad(runner.address(), threads=8) as load:
+    with web_load(runner.address(), threads=8) as load:
         load.wait_more(20, "load")
         os.kill(frozen, signal.SIGSTOP)
         try:
@@ -171,8 +122,9 @@ def test_a_frozen_worker_loses_nothing(runner_factory):
         finally:
             os.kill(frozen, signal.SIGCONT)
         load.wait_more(100, "load after the thaw")
-    print(f"\none worker frozen 2 s: {load.answered} answered, {len(load.failures)} failed")
-    assert load.failures == []
+    report = load.report()
+    print(f"\none worker frozen 2 s: {report}")
+    assert report.failed == 0, report.errors
     assert frozen in pids_of(runner.wait_status(lambda s: len(s["workers"]) == 2, "both"))
 
 
