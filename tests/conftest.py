@@ -46,3 +46,13 @@ def runner_factory(rundir):
     yield start
     for runner in started:
         runner.close()
+
+
+@pytest.fixture
+def figures(capsys, request):
+    """``figures(**values)`` prints one line of figures to the terminal, uncaptured."""
+    def show(**values):
+        text = " ".join(f"{k}={v}" for k, v in values.items())
+        with capsys.disabled():
+            print(f"\n[figures] {request.node.name}: {text}", flush=True)
+    return show

@@ -71,17 +71,6 @@ MAX_CPU_AT_LIMIT = 0.5       # of one core: a bound against spinning, not a spee
 FAKE_PID = 2 ** 22 + 1
 
 
-# -- figures ---------------------------------------------------------------------------
-@pytest.fixture
-def figures(capsys, request):
-    """``figures(**values)`` prints one line of figures to the terminal, uncaptured."""
-    def show(**values):
-        text = " ".join(f"{k}={v}" for k, v in values.items())
-        with capsys.disabled():
-            print(f"\n[figures] {request.node.name}: {text}", flush=True)
-    return show
-
-
 # -- processes ---------------------------------------------------------------------------
 @pytest.fixture
 def start_cluster():
