@@ -8,7 +8,7 @@ is wrong; ``Settings`` reports it as ``SettingError`` naming the field.
 import re
 import types
 
-from .addresses import parse_address, parse_networks
+from .addresses import fd_of, parse_address, parse_networks
 from .cpus import parse_workers
 
 
@@ -25,7 +25,8 @@ class SettingError(ValueError):
 def address(value):
     if not isinstance(value, str):
         raise ValueError(f"{value!r} is not an address (HOST:PORT or unix:PATH)")
-    parse_address(value)
+    if fd_of(value) is None:
+        parse_address(value)
     return value
 
 
@@ -151,3 +152,86 @@ def tristate(value):
     if value is not None and not isinstance(value, bool):
         raise ValueError(f"{value!r} is not True, False or None")
     return value
+
+
+def lower_choice(choices):
+    """``choice``, in any case: ``DEBUG`` is ``debug``."""
+    check = choice(choices)
+
+    def convert(value):
+        return check(value.lower() if isinstance(value, str) else value)
+    return convert
+
+
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
+
+
+def boolean(value):
+    """A switch written as a value: ``true``/``false``, ``1``/``0``, ``yes``/``no``, or a bool."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+        return value.strip().lower() in _TRUE
+    raise ValueError(f"{value!r} is not true or false")
+
+
+def size_or_none(value):
+    return None if value is None else parse_size(value)
+
+
+def seconds_or_none(value):
+    return None if value is None else seconds(value)
+
+
+def paths(value):
+    """Directories, as a list or comma-separated (gunicorn's ``--pythonpath a,b``)."""
+    values = value.split(",") if isinstance(value, str) else list(value or ())
+    return tuple(path(v.strip()) for v in values if not isinstance(v, str) or v.strip())
+
+
+def header(value):
+    """A response header as uvicorn's ``--header``: ``"name:value"`` -> ``(name, value)``."""
+    if isinstance(value, (tuple, list)) and len(value) == 2:
+        name, text = (str(v) for v in value)
+    elif isinstance(value, str) and ":" in value:
+        name, _, text = value.partition(":")
+    else:
+        raise ValueError(f"{value!r} is not a header as name:value")
+    if not name.strip() or any(ch in name for ch in " \t\r\n") or any(
+            ch in text for ch in "\r\n"):
+        raise ValueError(f"{value!r} is not a header as name:value")
+    return name.strip(), text.strip()
+
+
+def headers(value):
+    values = [value] if isinstance(value, str) else list(value or ())
+    return tuple(header(v) for v in values)
+
+
+def assignment(value):
+    """``KEY=VALUE`` (gunicorn's ``--env``)."""
+    if not isinstance(value, str) or "=" not in value or not value.partition("=")[0].strip():
+        raise ValueError(f"{value!r} is not KEY=VALUE")
+    return value
+
+
+def assignments(value):
+    values = [value] if isinstance(value, str) else list(value or ())
+    return tuple(assignment(v) for v in values)
+
+
+def hooks(names):
+    """Server hooks: a mapping of gunicorn's hook names (``names``) to callables."""
+    def convert(value):
+        value = dict(value or {})
+        for name, function in value.items():
+            if name not in names:
+                raise ValueError(f"{name!r} is not a server hook (hooks: {', '.join(names)})")
+            if not callable(function):
+                raise ValueError(f"hook {name} is a {type(function).__name__}, not a function")
+        return types.MappingProxyType(value)
+    return convert
+
+
+def text_or_none(value):
+    return None if value is None else text_or_empty(value)

@@ -28,7 +28,12 @@ POLICIES = ("rr", "least", "none", "reuseport")
 # connections (the others let the workers accept by themselves).
 DISPATCHED = ("rr", "least")
 APP_TYPES = ("auto", "asgi", "wsgi", "stream", "protocol", "main")
-LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+# gunicorn's server hooks (``-c gunicorn.conf.py``), called where gunicorn calls
+# them (``fastfork.primary.hooks``).
+HOOKS = ("on_starting", "when_ready", "pre_fork", "post_fork", "post_worker_init",
+         "worker_int", "worker_abort", "worker_exit", "child_exit", "on_reload", "on_exit",
+         "nworkers_changed")
 
 
 def _setting(default, convert, help="", group="serving", metavar=None, *, cli=True,
@@ -71,6 +76,12 @@ class Settings:
     preload: bool = _setting(
         False, c.flag, "import the app once in the primary before forking (shared memory, "
         "faster starts; a reload then does not pick up new code)", flag=True)
+    factory: bool = _setting(
+        False, c.flag, "CALLABLE is a factory: call it with no arguments to get the app",
+        flag=True)
+    backlog: int = _setting(
+        2048, c.positive, "most connections waiting to be accepted, per address (default "
+        "2048)", metavar="N")
     window: int = _setting(
         DEFAULT_WINDOW, check_window, f"connections a worker may hold unacknowledged "
         f"(rr and least policies; default {DEFAULT_WINDOW})", metavar="N")
@@ -115,6 +126,23 @@ class Settings:
         "runs its own): uvloop (required: pip install 'fastfork[uvloop]'), asyncio, or auto "
         "(uvloop when installed) (default auto)", "serving", "|".join(LOOPS))
 
+    # -- loading the app ---------------------------------------------------------------
+    chdir: Optional[str] = _setting(
+        None, c.path, "change to this directory before loading the app (it goes first on "
+        "the module path too)", "loading the app", "DIR")
+    app_dir: Optional[str] = _setting(
+        None, c.path, "look for the app's module in this directory (default: the current "
+        "one)", "loading the app", "DIR")
+    pythonpath: tuple = _setting(
+        (), c.paths, "more directories on the module path, comma-separated",
+        "loading the app", "DIRS")
+    env_file: Optional[str] = _setting(
+        None, c.path, "set environment variables from this dotenv file (KEY=VALUE lines) "
+        "before the app is imported; variables already set win", "loading the app", "FILE")
+    raw_env: tuple = _setting(
+        (), c.assignments, "set this environment variable before the app is imported; "
+        "repeat for several", "loading the app", "KEY=VALUE", repeat=True)
+
     # -- HTTP apps (asgi, wsgi), served by uvicorn's protocols --------------------------
     http: str = _setting(
         "auto", c.choice(("auto", "httptools", "h11")), "HTTP/1.1 parser: httptools, h11, or "
@@ -155,6 +183,30 @@ class Settings:
     no_access_log: bool = _setting(
         False, c.flag, "no access log (one line per request, naming the worker)", "http apps",
         flag=True)
+    headers: tuple = _setting(
+        (), c.headers, "add this header to every response; repeat for several",
+        "http apps", "NAME:VALUE", repeat=True)
+    server_header: bool = _setting(
+        True, c.flag, "send a Server header (default on)", "http apps", flag=True)
+    date_header: bool = _setting(
+        True, c.flag, "send a Date header (default on)", "http apps", flag=True)
+    h11_max_incomplete_event_size: Optional[int] = _setting(
+        None, c.size_or_none, "h11 parser: largest request head, in bytes (default h11's, "
+        "16K)", "http apps", "SIZE")
+    ws_max_size: int = _setting(
+        16 * 1024 * 1024, c.parse_size, "largest WebSocket message (default 16M)",
+        "http apps", "SIZE")
+    ws_max_queue: int = _setting(
+        32, c.positive, "WebSocket messages queued for the app (default 32)", "http apps", "N")
+    ws_ping_interval: Optional[float] = _setting(
+        20.0, c.seconds_or_none, "WebSocket ping interval (default 20)", "http apps",
+        "SECONDS")
+    ws_ping_timeout: Optional[float] = _setting(
+        20.0, c.seconds_or_none, "WebSocket ping timeout (default 20)", "http apps",
+        "SECONDS")
+    ws_per_message_deflate: bool = _setting(
+        True, c.boolean, "WebSocket per-message-deflate compression (default true)",
+        "http apps", "true|false")
 
     # -- behind a load balancer ---------------------------------------------------------
     proxy_protocol: bool = _setting(
@@ -205,14 +257,36 @@ class Settings:
     control_socket: Optional[str] = _setting(
         None, c.path, "path of the control socket `fastfork status` talks to (default "
         "DIR/NAME.sock; see `fastfork status --help`)", "status", "PATH")
+    pidfile: Optional[str] = _setting(
+        None, c.path, "write the primary's pid to this file (removed at exit)", "status",
+        "FILE")
+
+    # -- logging -----------------------------------------------------------------------
     log_level: str = _setting(
-        "info", c.choice(LOG_LEVELS), "primary and worker log level (default info)",
-        "status", "LEVEL")
+        "info", c.lower_choice(LOG_LEVELS), "primary and worker log level, any case "
+        "(default info)", "logging", "LEVEL")
+    log_config: Optional[str] = _setting(
+        None, c.path, "logging configuration, as uvicorn reads it: a .json or .yaml "
+        "dictConfig file (YAML needs PyYAML), or an INI file for logging.config.fileConfig",
+        "logging", "FILE")
+    error_logfile: Optional[str] = _setting(
+        None, c.path, "write the primary's and workers' log (their stderr) to this file; "
+        "- is stderr", "logging", "FILE")
+    access_logfile: Optional[str] = _setting(
+        None, c.path, "write the access log to this file, in --access-logformat; - is stdout",
+        "logging", "FILE")
+    access_logformat: Optional[str] = _setting(
+        None, c.text_or_none, "access log lines in gunicorn's atoms, e.g. '%%(h)s "
+        "\"%%(r)s\" %%(s)s %%(b)s %%(D)s' (default gunicorn's)", "logging", "FORMAT")
+    use_colors: Optional[bool] = _setting(
+        None, c.tristate, "colors in the log (default: when it is a terminal)", "logging",
+        flag=True)
 
     # -- how workers start (Python API only) -------------------------------------------
     argv: Optional[tuple] = _setting(None, c.argv, cli=False)    # Node form: the exec'd argv
     env: Any = _setting({}, c.env, cli=False)                    # Node form: extra environment
     pure: Optional[bool] = _setting(None, c.tristate, cli=False)  # None: FASTFORK_NO_EXTENSIONS
+    hooks: Any = _setting({}, c.hooks(HOOKS), cli=False)          # gunicorn's server hooks
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
@@ -226,7 +300,9 @@ class Settings:
             # Only least counts open connections; a cap rr cannot keep must not
             # look as if it were kept.
             raise SettingError("worker_connections",
-                               f"needs policy least (policy is {self.policy})")
+                               f"needs policy least (policy is {self.policy}); for a cap "
+                               f"on each worker's connections under any policy (gunicorn's "
+                               f"worker_connections), use --limit-concurrency")
 
     def replace(self, **changes):
         """A copy with ``changes`` applied (and checked)."""

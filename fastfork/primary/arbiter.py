@@ -58,7 +58,8 @@ DATA_CHANNEL_GRACE = 1.0
 # SIGKILL if it is still there this long after.
 ABORT_GRACE = 5.0
 
-EVENTS = ("fork", "online", "listening", "ready", "message", "disconnect", "exit")
+EVENTS = ("fork", "online", "listening", "ready", "message", "disconnect", "exit",
+          "prefork", "reload", "resize")
 
 _FROM_SETTINGS = object()      # Cluster(workers=...) not given: the settings say
 
@@ -135,7 +136,8 @@ class Cluster:
 
         fork(worker), online(worker), listening(worker, address),
         ready(worker), message(worker, data), disconnect(worker),
-        exit(worker, code, signal).
+        exit(worker, code, signal); and gunicorn's moments: prefork(worker)
+        before its fork, reload() on SIGHUP, resize(new, old) on SIGTTIN/SIGTTOU.
         """
         if event not in self._handlers:
             raise ValueError(f"unknown event {event!r}; events are {', '.join(EVENTS)}")
@@ -184,6 +186,12 @@ class Cluster:
         self._ensure_started()
         family, sockaddr = parse_address(address)
         return self.listeners.get(family, sockaddr, backlog, self.dispatcher).display
+
+    def bind_fd(self, fd, backlog=DEFAULT_BACKLOG):
+        """Serve the listening socket open at ``fd`` (``fd://N``, uvicorn's ``--fd``)
+        as ``bind`` serves an address; returns its address."""
+        self._ensure_started()
+        return self.bind(self.listeners.adopt(fd), backlog)
 
     def inherited_addresses(self):
         """The addresses of the sockets systemd passed (socket activation)."""
@@ -373,8 +381,11 @@ class Cluster:
 
     def _drain_wakeup(self):
         try:
-            while os.read(self._wake_r, 4096):
-                pass
+            while True:
+                data = os.read(self._wake_r, 4096)
+                if not data:
+                    break
+                self._signals.arrived(data)       # one byte per signal delivered
         except BlockingIOError:
             pass
 
@@ -415,11 +426,13 @@ class Cluster:
     def handle_sigttin(self):
         self.size += 1
         log.info("SIGTTIN: scaling up to %d workers", self.size)
+        self.emit("resize", self.size, self.size - 1)
 
     def handle_sigttou(self):
         if self.size > 1:
             self.size -= 1
             log.info("SIGTTOU: scaling down to %d workers", self.size)
+            self.emit("resize", self.size, self.size + 1)
 
     def handle_sighup(self):
         self.reload()
@@ -443,6 +456,7 @@ class Cluster:
         spec = boot.WorkerSpec(worker.id, index, self.policy, self.backend.receiver,
                                self.target, self.args, self.kwargs, s.argv, s.env,
                                self._credentials, credit_fd)
+        self.emit("prefork", worker)
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -657,6 +671,7 @@ class Cluster:
         """
         workers = sorted((w for w in self.workers.values() if not w.stop_requested),
                          key=lambda w: w.index)
+        self.emit("reload")
         log.info("reload: replacing %d workers one at a time", len(workers))
         for worker in workers:
             self.replace_worker(worker, "reload")

@@ -10,7 +10,7 @@ import asyncio
 
 import fastfork
 
-from . import deps
+from . import access, deps
 from .. import loops
 from ..worker import runtime as _runtime
 from .asgi import AsgiServer, head_timeouts, requests_served
@@ -22,7 +22,8 @@ LOOPS = loops.LOOPS
 
 
 def prepare(app, *addresses, kind="auto", threads=DEFAULT_THREADS,
-            body_buffer=DEFAULT_BODY_BUFFER, **options):
+            body_buffer=DEFAULT_BODY_BUFFER, access_log_format=None, access_log_file=None,
+            **options):
     """Check and build the worker's ``AsgiServer`` (not started); see ``serve``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -42,6 +43,13 @@ def prepare(app, *addresses, kind="auto", threads=DEFAULT_THREADS,
         options["ws"] = "none"
         options.setdefault("on_close", close)
         interface = "asgi3"
+    if access_log_format is not None or access_log_file is not None:
+        # gunicorn's access log instead of uvicorn's (see access).
+        if interface == "asgi2":
+            from uvicorn.middleware.asgi2 import ASGI2Middleware
+            app, interface = ASGI2Middleware(app), "asgi3"
+        app = access.AccessLog(app, access_log_format, access.logger(access_log_file))
+        options["access_log"] = False
     options.setdefault("interface", interface or "auto")
     return AsgiServer(app, addresses, **options)
 
@@ -87,6 +95,9 @@ def serve(app, *addresses, kind="auto", loop="auto", threads=DEFAULT_THREADS, on
     ``h11_max_incomplete_event_size``, ``access_log``, ``log_level``,
     ``log_config``, any other ``uvicorn.Config`` keyword; and
     ``graceful_timeout``, ``backlog``, ``timeout_request_head``).
+    ``access_log_format``/``access_log_file``: an access log in gunicorn's
+    format instead of uvicorn's (see ``access``; None: gunicorn's default
+    format, stdout).
 
     Raises ``NotAnAppError`` (a ValueError) or ``MissingExtraError`` (an
     ImportError naming ``pip install 'fastfork[web]'``, or ``'fastfork[uvloop]'``
