@@ -25,7 +25,10 @@ ALIASES = {
     "bind": ("-b",),
     "workers": ("-w",),
     "timeout": ("-t", "--timeout-worker-healthcheck"),
-    "graceful_timeout": ("--timeout-graceful-shutdown",),
+    "graceful_timeout": ("--timeout-graceful-shutdown", "--workers-kill-timeout"),
+    "root_path": ("--url-path-prefix",),       # granian's
+    "chdir": ("--working-dir",),               # granian's
+    "threads": ("--blocking-threads",),        # granian's, for a WSGI app
     "max_requests": ("--limit-max-requests",),
     "max_requests_jitter": ("--limit-max-requests-jitter",),
     "timeout_keep_alive": ("--keep-alive",),
@@ -33,7 +36,7 @@ ALIASES = {
     "name": ("-n",),
     "user": ("-u",),
     "group": ("-g",),
-    "pidfile": ("-p", "--pid"),
+    "pidfile": ("-p", "--pid", "--pid-file"),
     "error_logfile": ("--log-file",),
     "raw_env": ("-e", "--env"),
 }
@@ -85,6 +88,9 @@ REFUSED = {
     "--no-sendfile": "not needed: responses are written by uvicorn's protocols",
     "--strip-header-spaces": "not supported: uvicorn's parsers refuse such headers",
     "--preload-app": "spelled --preload here",
+    # granian
+    "--workers-lifetime": "not supported: recycle workers with --max-requests or --max-memory",
+    "--ssl-certificate": _TLS,
 }
 
 # -k/--worker-class: what a gunicorn worker class becomes here.
@@ -93,7 +99,7 @@ UVICORN_WORKERS = {"uvicorn.workers.UvicornWorker": None, "uvicorn_worker.Uvicor
                    "uvicorn_worker.UvicornH11Worker": "h11"}
 THREAD_WORKERS = ("sync", "gthread", "gunicorn.workers.sync.SyncWorker",
                   "gunicorn.workers.gthread.ThreadWorker")
-INTERFACES = {"auto": "auto", "asgi3": "asgi", "asgi2": "asgi", "wsgi": "wsgi"}
+INTERFACES = {"auto": "auto", "asgi3": "asgi", "asgi2": "asgi", "asgi": "asgi", "wsgi": "wsgi"}
 # uvicorn: an --fd wins over --uds, which wins over --host/--port.
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8000
 

@@ -17,7 +17,6 @@ import sys
 import fastfork
 
 from .. import privileges
-from ..addresses import fd_of
 from ..operations.status_socket import default_dir, default_path
 from ..primary import Cluster
 from ..primary.hooks import HookFailed, Hooks
@@ -302,12 +301,9 @@ def _main(argv, start):
         inherited = cluster.inherited_addresses()
         wanted = []
         for address in list(settings.bind) or inherited or [DEFAULT_BIND]:
-            fd = fd_of(address)
-            if fd is not None:
-                address = cluster.bind_fd(fd, settings.backlog)   # as the socket says
-            else:
-                cluster.bind(address, settings.backlog)       # workers ask for it as given
-            wanted.append(address)
+            bound = cluster.bind(address, settings.backlog)
+            # Workers ask for an address as given (port 0 too); fd://N as the socket says.
+            wanted.append(bound if address.startswith("fd://") else address)
         binds.extend(wanted)
         control = cluster.open_control_socket(
             settings.control_socket

@@ -26,7 +26,7 @@ import threading
 import time
 
 from ..handoff import backend
-from ..addresses import DEFAULT_BACKLOG, parse_address
+from ..addresses import DEFAULT_BACKLOG, fd_of, parse_address
 from ..handoff import credit as credit_page
 from ..handoff.control import ControlChannel
 from ..cpus import parse_workers
@@ -182,16 +182,14 @@ class Cluster:
     def bind(self, address, backlog=DEFAULT_BACKLOG):
         """Bind ``address`` in the primary now, so a bad address or a port in use
         fails before any worker starts; workers that listen on it share it.
-        Returns the address as bound (the real port for port 0)."""
+        ``fd://N`` serves the listening socket already open at fd N (uvicorn's
+        ``--fd``).  Returns the address as bound (the real port for port 0)."""
         self._ensure_started()
+        fd = fd_of(address)
+        if fd is not None:
+            address = self.listeners.adopt(fd)
         family, sockaddr = parse_address(address)
         return self.listeners.get(family, sockaddr, backlog, self.dispatcher).display
-
-    def bind_fd(self, fd, backlog=DEFAULT_BACKLOG):
-        """Serve the listening socket open at ``fd`` (``fd://N``, uvicorn's ``--fd``)
-        as ``bind`` serves an address; returns its address."""
-        self._ensure_started()
-        return self.bind(self.listeners.adopt(fd), backlog)
 
     def inherited_addresses(self):
         """The addresses of the sockets systemd passed (socket activation)."""
