@@ -545,3 +545,24 @@ def test_fd_serves_the_socket_a_supervisor_opened(runner_factory):
     assert status["primary"]["addresses"] == [bound]
     host, _, port = bound.rpartition(":")
     assert get((host, int(port)), "/whoami")[2]["pid"] in pids_of(status)
+
+
+def test_log_config_is_read_as_uvicorn_reads_it(tmp_path, monkeypatch):
+    from fastfork.cli import logs
+    yaml_file = tmp_path / "log.yaml"
+    yaml_file.write_text("version: 1\nloggers:\n  uvicorn: {level: INFO}\n")
+    ini_file = tmp_path / "log.ini"
+    ini_file.write_text("[loggers]\nkeys=root\n[handlers]\nkeys=\n[formatters]\nkeys=\n")
+    pytest.importorskip("yaml", reason="PyYAML is not installed (the test extra)")
+    assert logs.read_log_config(str(yaml_file))["loggers"]["uvicorn"] == {"level": "INFO"}
+    assert logs.read_log_config(str(ini_file)) is None           # fileConfig's INI
+    (tmp_path / "bad.ini").write_text("[loggers]\nkeys=root\n")
+    with pytest.raises(options.ConfigError, match=r"has no \[handlers\] section"):
+        logs.read_log_config(str(tmp_path / "bad.ini"))
+    (tmp_path / "bad.json").write_text('{"loggers": {}}')
+    with pytest.raises(options.ConfigError, match='needs "version": 1'):
+        logs.read_log_config(str(tmp_path / "bad.json"))
+    monkeypatch.setitem(sys.modules, "yaml", None)               # PyYAML not installed
+    with pytest.raises(options.ConfigError, match="reading YAML needs PyYAML: pip install "
+                                                  "PyYAML"):
+        logs.read_log_config(str(yaml_file))
