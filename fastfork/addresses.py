@@ -3,7 +3,7 @@
 import ipaddress
 import os
 import socket
-from typing import Any, Iterable, List, Tuple, Union, cast
+from typing import Any, Iterable, List, Optional, Tuple, Union, cast
 
 DEFAULT_BACKLOG = 2048
 
@@ -18,7 +18,9 @@ def parse_address(address: Address) -> Tuple[socket.AddressFamily, SockAddr]:
 
     Accepted forms: a port number (all IPv4 interfaces, as Node's
     ``listen(3000)``), ``"host:port"``, ``"[v6]:port"``, ``(host, port)``,
-    and ``"unix:/path"``.
+    and ``"unix:/path"``; gunicorn's ``"tcp://host:port"`` and
+    ``"unix://path"`` too.  ``"fd://N"`` (a socket already open, see
+    ``fd_of``) has no address until the socket is looked at: ValueError here.
     """
     port: Union[int, str]
     if isinstance(address, bool):
@@ -26,6 +28,14 @@ def parse_address(address: Address) -> Tuple[socket.AddressFamily, SockAddr]:
     if isinstance(address, int):
         address = ("0.0.0.0", address)
     elif isinstance(address, str):
+        scheme, sep, rest = address.partition("://")
+        if sep and scheme == "tcp":
+            address = rest
+        elif sep and scheme == "unix":
+            address = "unix:" + rest
+        elif sep:
+            raise ValueError(f"address {address!r} is not HOST:PORT or unix:PATH (no "
+                             f"{scheme}:// here: give {_without_scheme(rest)})")
         if address.startswith("unix:"):
             path = address[5:]
             if not path:
@@ -47,6 +57,22 @@ def parse_address(address: Address) -> Tuple[socket.AddressFamily, SockAddr]:
     host = str(host or "0.0.0.0")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     return family, (host, port)
+
+
+def _without_scheme(rest: str) -> str:
+    host_port = rest.split("/", 1)[0]
+    return host_port if ":" in host_port.rpartition("]")[2] else f"{host_port or 'HOST'}:PORT"
+
+
+def fd_of(address: object) -> Optional[int]:
+    """The file descriptor of an ``"fd://N"`` address (uvicorn's ``--fd``, gunicorn's
+    ``--bind fd://N``), or None for any other address."""
+    if not isinstance(address, str) or not address.startswith("fd://"):
+        return None
+    text = address[5:]
+    if not text.isdigit():
+        raise ValueError(f"address {address!r}: fd:// needs a file descriptor number")
+    return int(text)
 
 
 def parse_networks(values: Iterable[str]) -> List[Network]:
@@ -95,8 +121,12 @@ def bind_listener(family: int, sockaddr: SockAddr, backlog: int = DEFAULT_BACKLO
         sock.setblocking(False)
     except OSError as exc:
         sock.close()
+        # A host name that does not resolve is a socket.gaierror, whose errno
+        # (EAI_NONAME...) os.strerror does not know: its own text says it.
+        reason = (exc.strerror if isinstance(exc, socket.gaierror) or not exc.errno
+                  else os.strerror(exc.errno)) or exc
         raise OSError(exc.errno, f"cannot listen on {describe(family, sockaddr)}: "
-                                 f"{os.strerror(exc.errno) if exc.errno else exc}") from None
+                                 f"{reason}") from None
     except BaseException:
         sock.close()         # e.g. OverflowError for a backlog no C int holds
         raise

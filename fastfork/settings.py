@@ -10,18 +10,17 @@ Each field's metadata says how ``fastfork run`` shows it: its help text, its
 group in ``--help``, whether it is a switch or may be repeated, and
 ``cli=False`` for the ones only the Python API has.  Converters accept what a
 person writes (``"512M"``, ``"30"``, ``"max"``) as well as Python values, and
-raise ValueError saying what is wrong; ``Settings`` reports it as
-``SettingError`` naming the field.
+raise ValueError saying what is wrong (they are in ``fastfork.converters``);
+``Settings`` reports it as ``SettingError`` naming the field.  The spellings
+uvicorn and gunicorn give the same settings are in ``fastfork.cli.aliases``.
 """
 
 import dataclasses
-import re
-import types
 from typing import Any, Mapping, Optional, Tuple, Union
 
-from .addresses import parse_address, parse_networks
+from . import converters as c
+from .converters import SettingError, parse_size
 from .handoff.wire import DEFAULT_BATCH_MAX, DEFAULT_WINDOW, check_batch_max, check_window
-from .cpus import parse_workers
 from .loops import LOOPS
 
 POLICIES = ("rr", "least", "none", "reuseport")
@@ -29,148 +28,12 @@ POLICIES = ("rr", "least", "none", "reuseport")
 # connections (the others let the workers accept by themselves).
 DISPATCHED = ("rr", "least")
 APP_TYPES = ("auto", "asgi", "wsgi", "stream", "protocol", "main")
-LOG_LEVELS = ("debug", "info", "warning", "error")
-
-
-class SettingError(ValueError):
-    """A setting has a value it cannot take; ``name`` is the field, ``reason`` why."""
-
-    def __init__(self, name: str, reason: str) -> None:
-        super().__init__(f"{name}: {reason}")
-        self.name = name
-        self.reason = reason
-
-
-# -- converters: what a person or a program gives -> the setting -------------------
-def _address(value):
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not an address (HOST:PORT or unix:PATH)")
-    parse_address(value)
-    return value
-
-
-def _addresses(value):
-    values = [value] if isinstance(value, str) else list(value or ())
-    return tuple(_address(v) for v in values)
-
-
-def _seconds(value):
-    try:
-        seconds = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a number of seconds") from None
-    if seconds < 0 or seconds != seconds:
-        raise ValueError(f"{value!r} must be zero or more seconds")
-    return seconds
-
-
-def _address_or_none(value):
-    return None if value is None else _address(value)
-
-
-def _networks(value):
-    values = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
-    parse_networks(values)           # a bad one fails here, with its own message
-    return tuple(values)
-
-
-def _seconds_or_off(value):
-    return 0.0 if value is None else _seconds(value)
-
-
-def _count(value):
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{value!r} is not a whole number") from None
-    if isinstance(value, bool) or isinstance(value, float) and count != value or count < 0:
-        raise ValueError(f"{value!r} must be a whole number >= 0")
-    return count
-
-
-def _positive(value):
-    count = _count(value)
-    if count < 1:
-        raise ValueError(f"{value!r} must be 1 or more")
-    return count
-
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)i?b?\s*$", re.IGNORECASE)
-
-
-def parse_size(value):
-    """Bytes from ``536870912``, ``"512M"``, ``"512MiB"``, ``"1.5G"`` (powers of 1024)."""
-    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
-        return value
-    match = _SIZE.match(str(value)) if isinstance(value, (str, float)) else None
-    if not match:
-        raise ValueError(f"{value!r} is not a size (bytes, or a number with K, M or G)")
-    number, unit = float(match.group(1)), match.group(2).lower()
-    return int(number * 1024 ** " kmgt".index(unit or " "))
-
-
-def _workers(value):
-    if isinstance(value, str) and value.strip().lower() == "max":
-        return "max"          # resolved by the primary: usable_cpus() where it runs
-    return parse_workers(value)
-
-
-def _choice(choices):
-    def convert(value):
-        if value not in choices:
-            raise ValueError(f"{value!r} is not one of {', '.join(choices)}")
-        return value
-    return convert
-
-
-def _flag(value):
-    if not isinstance(value, bool):
-        raise ValueError(f"{value!r} is not true or false")
-    return value
-
-
-def _name(value):
-    if value is None:
-        return None
-    if not isinstance(value, (str, int)) or isinstance(value, bool) or value == "":
-        raise ValueError(f"{value!r} is not a name")
-    return str(value)
-
-
-def _text_or_empty(value):
-    if not isinstance(value, str):
-        raise ValueError(f"{value!r} is not text")
-    return value
-
-
-def _path(value):
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"{value!r} is not a path")
-    return value
-
-
-def _app(value):
-    if value is None:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ValueError("app must be a string like 'module:callable'")
-    return value
-
-
-def _argv(value):
-    return tuple(str(v) for v in value) if value else None
-
-
-def _env(value):
-    return types.MappingProxyType({str(k): str(v) for k, v in dict(value or {}).items()})
-
-
-def _tristate(value):
-    if value is not None and not isinstance(value, bool):
-        raise ValueError(f"{value!r} is not True, False or None")
-    return value
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+# gunicorn's server hooks (``-c gunicorn.conf.py``), called where gunicorn calls
+# them (``fastfork.primary.hooks``).
+HOOKS = ("on_starting", "when_ready", "pre_fork", "post_fork", "post_worker_init",
+         "worker_int", "worker_abort", "worker_exit", "child_exit", "on_reload", "on_exit",
+         "nworkers_changed")
 
 
 def _setting(default, convert, help="", group="serving", metavar=None, *, cli=True,
@@ -189,101 +52,124 @@ class Settings:
 
     # -- serving ---------------------------------------------------------------------
     app: Optional[str] = _setting(
-        None, _app, "MODULE:CALLABLE or path/to/app.py:CALLABLE (fastfork run only)",
+        None, c.app, "MODULE:CALLABLE or path/to/app.py:CALLABLE (fastfork run only)",
         cli=False)
     bind: Tuple[str, ...] = _setting(
-        (), _addresses, "address to serve: HOST:PORT, [V6]:PORT or unix:PATH; repeat for "
+        (), c.addresses, "address to serve: HOST:PORT, [V6]:PORT or unix:PATH; repeat for "
         "several (default 127.0.0.1:8000, or the sockets systemd passed)", metavar="ADDRESS",
         repeat=True)
     workers: Union[int, str] = _setting(
-        "max", _workers, "number of workers, or 'max' for one per usable core (CPU affinity "
+        "max", c.workers, "number of workers, or 'max' for one per usable core (CPU affinity "
         "and cgroup quota) (default max)", metavar="N|max")
     policy: str = _setting(
-        "rr", _choice(POLICIES), "rr: the primary accepts and hands each connection to the "
+        "rr", c.choice(POLICIES), "rr: the primary accepts and hands each connection to the "
         "next worker with room; least: to the worker with the fewest open connections "
         "(asyncio workers only); none: workers accept on the shared socket; reuseport: one "
         "SO_REUSEPORT socket per worker (default rr)", metavar="|".join(POLICIES))
     app_type: str = _setting(
-        "auto", _choice(APP_TYPES), "what CALLABLE is: asgi: an ASGI app (FastAPI, Starlette, "
+        "auto", c.choice(APP_TYPES), "what CALLABLE is: asgi: an ASGI app (FastAPI, Starlette, "
         "async def app(scope, receive, send)); wsgi: a WSGI app (Flask, Django, "
         "app(environ, start_response)); both need pip install 'fastfork[web]'; stream: an "
         "asyncio client callback (reader, writer); protocol: an asyncio protocol factory; "
         "main: called as CALLABLE(addresses) in each worker and serves by itself; auto: tell "
         "from the callable (default auto)", metavar="|".join(APP_TYPES))
     preload: bool = _setting(
-        False, _flag, "import the app once in the primary before forking (shared memory, "
+        False, c.flag, "import the app once in the primary before forking (shared memory, "
         "faster starts; a reload then does not pick up new code)", flag=True)
+    factory: bool = _setting(
+        False, c.flag, "CALLABLE is a factory: call it with no arguments to get the app",
+        flag=True)
+    backlog: int = _setting(
+        2048, c.positive, "most connections waiting to be accepted, per address (default "
+        "2048)", metavar="N")
     window: int = _setting(
         DEFAULT_WINDOW, check_window, f"connections a worker may hold unacknowledged "
         f"(rr and least policies; default {DEFAULT_WINDOW})", metavar="N")
     worker_connections: int = _setting(
-        0, _count, "least policy: most connections a worker may have open; when every "
+        0, c.count, "least policy: most connections a worker may have open; when every "
         "worker has this many, new ones wait in the kernel's backlog (0: no cap)",
         metavar="N")
     batch_max: int = _setting(DEFAULT_BATCH_MAX, check_batch_max, cli=False)
 
     # -- operations ------------------------------------------------------------------
     graceful_timeout: float = _setting(
-        30.0, _seconds, "seconds a stopping worker may take to finish its open connections "
+        30.0, c.seconds, "seconds a stopping worker may take to finish its open connections "
         "before SIGKILL (default 30)", "operations", "SECONDS")
     # Off for the library (a blocking worker sends no heartbeat to miss); on
     # for `fastfork run`, whose workers all serve from an event loop.
     timeout: float = _setting(
-        0.0, _seconds_or_off, "a worker whose event loop sends no heartbeat for this long is "
+        0.0, c.seconds_or_off, "a worker whose event loop sends no heartbeat for this long is "
         "killed (SIGABRT, then SIGKILL) and replaced; 0 disables (default 30)",
         "operations", "SECONDS", cli_default=30.0)
     wait_ready: bool = _setting(
-        False, _flag, "during a reload, a new worker is ready when it calls "
+        False, c.flag, "during a reload, a new worker is ready when it calls "
         "fastfork.ready(), not when it listens", "operations", flag=True)
     ready_timeout: float = _setting(
-        30.0, _seconds, "a reload gives up on a new worker not ready within this many "
+        30.0, c.seconds, "a reload gives up on a new worker not ready within this many "
         "seconds, keeping the old one (default 30)", "operations", "SECONDS")
     max_requests: int = _setting(
-        0, _count, "replace a worker after it got this many connections (0: never)",
+        0, c.count, "replace a worker after it got this many connections (0: never)",
         "operations", "N")
     max_requests_jitter: int = _setting(
-        0, _count, "add 0..N at random to each worker's --max-requests so they do not all "
+        0, c.count, "add 0..N at random to each worker's --max-requests so they do not all "
         "recycle together", "operations", "N")
     max_memory: int = _setting(
         0, parse_size, "replace a worker whose RSS grows over this, e.g. 512M (0: no limit)",
         "operations", "SIZE")
     shutdown_delay: float = _setting(
-        0.0, _seconds, "on SIGTERM, keep serving this many seconds (readiness already "
+        0.0, c.seconds, "on SIGTERM, keep serving this many seconds (readiness already "
         "answers 503) before draining, so that a load balancer stops sending first; like "
         "a Kubernetes preStop sleep (default 0)", "operations", "SECONDS")
 
     loop: str = _setting(
-        "auto", _choice(LOOPS), "event loop of the workers (every app type but main, which "
+        "auto", c.choice(LOOPS), "event loop of the workers (every app type but main, which "
         "runs its own): uvloop (required: pip install 'fastfork[uvloop]'), asyncio, or auto "
         "(uvloop when installed) (default auto)", "serving", "|".join(LOOPS))
 
+    # -- loading the app ---------------------------------------------------------------
+    chdir: Optional[str] = _setting(
+        None, c.path, "change to this directory before loading the app (it goes first on "
+        "the module path too)", "loading the app", "DIR")
+    app_dir: Optional[str] = _setting(
+        None, c.path, "look for the app's module in this directory (default: the current "
+        "one)", "loading the app", "DIR")
+    pythonpath: Tuple[str, ...] = _setting(
+        (), c.paths, "more directories on the module path, comma-separated",
+        "loading the app", "DIRS")
+    env_file: Optional[str] = _setting(
+        None, c.path, "set environment variables from this dotenv file (KEY=VALUE lines) "
+        "before the app is imported; variables already set win", "loading the app", "FILE")
+    raw_env: Tuple[str, ...] = _setting(
+        (), c.assignments, "set this environment variable before the app is imported; "
+        "repeat for several", "loading the app", "KEY=VALUE", repeat=True)
+
     # -- HTTP apps (asgi, wsgi), served by uvicorn's protocols --------------------------
     http: str = _setting(
-        "auto", _choice(("auto", "httptools", "h11")), "HTTP/1.1 parser: httptools, h11, or "
+        "auto", c.choice(("auto", "httptools", "h11")), "HTTP/1.1 parser: httptools, h11, or "
         "auto (httptools when installed) (default auto)", "http apps", "auto|httptools|h11")
     ws: str = _setting(
-        "auto", _choice(("auto", "websockets", "wsproto", "none")), "WebSocket "
+        "auto", c.choice(("auto", "websockets", "wsproto", "none")), "WebSocket "
         "implementation, or none (default auto)", "http apps", "auto|websockets|wsproto|none")
     lifespan: str = _setting(
-        "auto", _choice(("auto", "on", "off")), "ASGI lifespan events, once per worker "
+        "auto", c.choice(("auto", "on", "off")), "ASGI lifespan events, once per worker "
         "(default auto: when the app supports them)", "http apps", "auto|on|off")
     threads: int = _setting(
-        10, _positive, "threads per worker that run a WSGI app's calls (default 10)",
+        10, c.positive, "threads per worker that run a WSGI app's calls (default 10)",
         "http apps", "N")
     root_path: str = _setting(
-        "", _text_or_empty, "the ASGI root_path (the app is mounted under this URL prefix)",
+        "", c.text_or_empty, "the ASGI root_path (the app is mounted under this URL prefix)",
         "http apps", "PATH")
     proxy_headers: bool = _setting(
-        False, _flag, "trust X-Forwarded-For/-Proto from --forwarded-allow-ips for the "
+        False, c.flag, "trust X-Forwarded-For/-Proto from --forwarded-allow-ips for the "
         "client address and scheme", "http apps", flag=True)
     forwarded_allow_ips: str = _setting(
-        "127.0.0.1", _text_or_empty, "peers whose X-Forwarded-* headers are trusted, "
+        "127.0.0.1", c.text_or_empty, "peers whose X-Forwarded-* headers are trusted, "
         "comma-separated, or * (default 127.0.0.1)", "http apps", "IPS")
     timeout_keep_alive: float = _setting(
-        5.0, _seconds, "close a keep-alive connection idle this long (default 5)",
+        5.0, c.seconds, "close a keep-alive connection idle this long (default 5)",
         "http apps", "SECONDS")
     timeout_request_head: float = _setting(
-        60.0, _seconds, "close a connection whose request head (request line and headers) "
+        60.0, c.seconds, "close a connection whose request head (request line and headers) "
         "has not all arrived this long after the connection opened, or after the first byte "
         "of a request on a keep-alive connection; a 408 answers a partial head (0: no "
         "deadline) (default 60, as nginx's client_header_timeout)", "http apps", "SECONDS")
@@ -292,69 +178,115 @@ class Settings:
         "this much, before a --threads thread runs the app, so that a slow upload does not "
         "hold a thread (0: off) (default 1M)", "http apps", "SIZE")
     limit_concurrency: int = _setting(
-        0, _count, "answer 503 beyond this many connections and tasks per worker "
+        0, c.count, "answer 503 beyond this many connections and tasks per worker "
         "(0: no limit)", "http apps", "N")
     no_access_log: bool = _setting(
-        False, _flag, "no access log (one line per request, naming the worker)", "http apps",
+        False, c.flag, "no access log (one line per request, naming the worker)", "http apps",
         flag=True)
+    headers: Tuple[Tuple[str, str], ...] = _setting(
+        (), c.headers, "add this header to every response; repeat for several",
+        "http apps", "NAME:VALUE", repeat=True)
+    server_header: bool = _setting(
+        True, c.flag, "send a Server header (default on)", "http apps", flag=True)
+    date_header: bool = _setting(
+        True, c.flag, "send a Date header (default on)", "http apps", flag=True)
+    h11_max_incomplete_event_size: Optional[int] = _setting(
+        None, c.size_or_none, "h11 parser: largest request head, in bytes (default h11's, "
+        "16K)", "http apps", "SIZE")
+    ws_max_size: int = _setting(
+        16 * 1024 * 1024, c.parse_size, "largest WebSocket message (default 16M)",
+        "http apps", "SIZE")
+    ws_max_queue: int = _setting(
+        32, c.positive, "WebSocket messages queued for the app (default 32)", "http apps", "N")
+    ws_ping_interval: Optional[float] = _setting(
+        20.0, c.seconds_or_none, "WebSocket ping interval (default 20)", "http apps",
+        "SECONDS")
+    ws_ping_timeout: Optional[float] = _setting(
+        20.0, c.seconds_or_none, "WebSocket ping timeout (default 20)", "http apps",
+        "SECONDS")
+    ws_per_message_deflate: bool = _setting(
+        True, c.boolean, "WebSocket per-message-deflate compression (default true)",
+        "http apps", "true|false")
 
     # -- behind a load balancer ---------------------------------------------------------
     proxy_protocol: bool = _setting(
-        False, _flag, "every connection starts with a PROXY protocol header (v1 or v2, as "
+        False, c.flag, "every connection starts with a PROXY protocol header (v1 or v2, as "
         "HAProxy's send-proxy writes): the app sees the client's address", "proxy", flag=True)
     proxy_allow_from: Tuple[str, ...] = _setting(
-        ("127.0.0.1", "::1"), _networks, "peers allowed to send PROXY headers: addresses or "
+        ("127.0.0.1", "::1"), c.networks, "peers allowed to send PROXY headers: addresses or "
         "networks, comma-separated, or '*' (default 127.0.0.1,::1); others are closed",
         "proxy", "NETWORKS")
 
     # -- observability ---------------------------------------------------------------
     metrics: Optional[str] = _setting(
-        None, _address_or_none, "serve Prometheus metrics at http://ADDRESS/metrics, and "
+        None, c.address_or_none, "serve Prometheus metrics at http://ADDRESS/metrics, and "
         "/livez and /readyz, from the primary (needs pip install 'fastfork[metrics]')",
         "observability", "ADDRESS")
     health: Optional[str] = _setting(
-        None, _address_or_none, "serve only /livez and /readyz at ADDRESS (no extra needed)",
+        None, c.address_or_none, "serve only /livez and /readyz at ADDRESS (no extra needed)",
         "observability", "ADDRESS")
 
     # -- crash loop ------------------------------------------------------------------
-    respawn: bool = _setting(True, _flag, cli=False)
+    respawn: bool = _setting(True, c.flag, cli=False)
     min_uptime: float = _setting(
-        1.0, _seconds, "a worker dying sooner than this after starting counts toward the "
+        1.0, c.seconds, "a worker dying sooner than this after starting counts toward the "
         "crash loop (default 1)", "crash loop", "SECONDS")
     max_restarts: int = _setting(
-        10, _positive, "this many quick deaths in a row at one worker slot are a crash loop: "
+        10, c.positive, "this many quick deaths in a row at one worker slot are a crash loop: "
         "while other workers serve, the slot keeps re-forking every --backoff-max seconds "
         "(degraded); when none serves, stop (exit code 3) (default 10)", "crash loop", "N")
     backoff_base: float = _setting(
-        0.1, _seconds, "first delay before re-forking after a quick death; doubles each "
+        0.1, c.seconds, "first delay before re-forking after a quick death; doubles each "
         "time (default 0.1)", "crash loop", "SECONDS")
     backoff_max: float = _setting(
-        2.0, _seconds, "longest delay between re-forks of a slot, and how often a slot in a "
+        2.0, c.seconds, "longest delay between re-forks of a slot, and how often a slot in a "
         "crash loop is retried (default 2)", "crash loop", "SECONDS")
 
     # -- privileges ------------------------------------------------------------------
     user: Optional[str] = _setting(
-        None, _name, "workers drop to this user (name or uid) after fork, before any app "
+        None, c.name, "workers drop to this user (name or uid) after fork, before any app "
         "code; the primary keeps its privileges to bind", "privileges", "USER")
     group: Optional[str] = _setting(
-        None, _name, "workers drop to this group (default: the user's group)", "privileges",
+        None, c.name, "workers drop to this group (default: the user's group)", "privileges",
         "GROUP")
 
     # -- status ------------------------------------------------------------------------
     name: Optional[str] = _setting(
-        None, _name, "name of this app for `fastfork status` (default: the app's module "
+        None, c.name, "name of this app for `fastfork status` (default: the app's module "
         "name)", "status", "NAME")
     control_socket: Optional[str] = _setting(
-        None, _path, "path of the control socket `fastfork status` talks to (default "
+        None, c.path, "path of the control socket `fastfork status` talks to (default "
         "DIR/NAME.sock; see `fastfork status --help`)", "status", "PATH")
+    pidfile: Optional[str] = _setting(
+        None, c.path, "write the primary's pid to this file (removed at exit)", "status",
+        "FILE")
+
+    # -- logging -----------------------------------------------------------------------
     log_level: str = _setting(
-        "info", _choice(LOG_LEVELS), "primary and worker log level (default info)",
-        "status", "LEVEL")
+        "info", c.lower_choice(LOG_LEVELS), "primary and worker log level, any case "
+        "(default info)", "logging", "LEVEL")
+    log_config: Optional[str] = _setting(
+        None, c.path, "logging configuration, as uvicorn reads it: a .json or .yaml "
+        "dictConfig file (YAML needs PyYAML), or an INI file for logging.config.fileConfig",
+        "logging", "FILE")
+    error_logfile: Optional[str] = _setting(
+        None, c.path, "write the primary's and workers' log (their stderr) to this file; "
+        "- is stderr", "logging", "FILE")
+    access_logfile: Optional[str] = _setting(
+        None, c.path, "write the access log to this file, in --access-logformat; - is stdout",
+        "logging", "FILE")
+    access_logformat: Optional[str] = _setting(
+        None, c.text_or_none, "access log lines in gunicorn's atoms, e.g. '%%(h)s "
+        "\"%%(r)s\" %%(s)s %%(b)s %%(D)s' (default gunicorn's)", "logging", "FORMAT")
+    use_colors: Optional[bool] = _setting(
+        None, c.tristate, "colors in the log (default: when it is a terminal)", "logging",
+        flag=True)
 
     # -- how workers start (Python API only) -------------------------------------------
-    argv: Optional[Tuple[str, ...]] = _setting(None, _argv, cli=False)  # Node form: the exec'd argv
-    env: Mapping[str, str] = _setting({}, _env, cli=False)      # Node form: extra environment
-    pure: Optional[bool] = _setting(None, _tristate, cli=False)  # None: FASTFORK_NO_EXTENSIONS
+    argv: Optional[Tuple[str, ...]] = _setting(None, c.argv, cli=False)  # Node form: exec'd argv
+    env: Mapping[str, str] = _setting({}, c.env, cli=False)      # Node form: extra environment
+    pure: Optional[bool] = _setting(None, c.tristate, cli=False)  # None: FASTFORK_NO_EXTENSIONS
+    hooks: Any = _setting({}, c.hooks(HOOKS), cli=False)         # gunicorn's server hooks
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
@@ -368,7 +300,9 @@ class Settings:
             # Only least counts open connections; a cap rr cannot keep must not
             # look as if it were kept.
             raise SettingError("worker_connections",
-                               f"needs policy least (policy is {self.policy})")
+                               f"needs policy least (policy is {self.policy}); for a cap "
+                               f"on each worker's connections under any policy (gunicorn's "
+                               f"worker_connections), use --limit-concurrency")
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with ``changes`` applied (and checked)."""

@@ -28,9 +28,10 @@ ALLOWED = {
     "fastfork.privileges": set(),
     "fastfork.handoff": set(),
     "fastfork.loops": {"fastfork.extras"},
+    # What a person writes -> a setting's value (the settings' converters).
+    "fastfork.converters": {"fastfork.addresses", "fastfork.cpus"},
     # The one settings object, built once, read by both roles.
-    "fastfork.settings": {"fastfork.addresses", "fastfork.cpus", "fastfork.handoff",
-                          "fastfork.loops"},
+    "fastfork.settings": {"fastfork.converters", "fastfork.handoff", "fastfork.loops"},
     # The operator's side of a running primary: status socket, health and
     # metrics endpoints (it reads a Cluster it is given, never imports one).
     "fastfork.operations": {"fastfork.addresses", "fastfork.extras", "fastfork.handoff"},

@@ -13,6 +13,7 @@ import importlib
 import importlib.util
 import inspect
 import os
+import signal
 import sys
 
 from .. import privileges
@@ -22,11 +23,23 @@ class AppError(Exception):
     """The app cannot be loaded or is not something fastfork can serve."""
 
 
-def load_app(spec):
-    """Import ``MODULE:CALLABLE`` or ``path/to/app.py:CALLABLE`` and return the callable."""
+# gunicorn's MODULE form: ``mysite.wsgi`` is ``mysite.wsgi:application``.
+DEFAULT_CALLABLE = "application"
+
+
+def load_app(spec, factory=False):
+    """Import ``MODULE:CALLABLE`` or ``path/to/app.py:CALLABLE`` and return the callable.
+
+    ``MODULE`` alone means ``MODULE:application`` (gunicorn's form);
+    ``MODULE:make()``, or ``factory=True`` (uvicorn's ``--factory``), calls
+    the callable with no arguments and returns what it returns."""
     target, sep, attr = spec.rpartition(":")
-    if not sep or not target or not attr:
+    if not sep and spec and not spec.endswith(".py") and os.sep not in spec:
+        target, attr = spec, DEFAULT_CALLABLE
+    elif not sep or not target or not attr:
         raise AppError(f"app {spec!r} is not MODULE:CALLABLE or path/to/app.py:CALLABLE")
+    if attr.endswith("()"):
+        attr, factory = attr[:-2], True
     if target.endswith(".py") or os.sep in target:
         module = _import_file(target)
     else:
@@ -36,9 +49,19 @@ def load_app(spec):
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise AppError(f"{module.__name__} ({_where(module)}) has no {attr!r}") from None
+            hint = ("" if sep else f" (MODULE alone means MODULE:{DEFAULT_CALLABLE}, as in "
+                                   f"gunicorn: give MODULE:CALLABLE)")
+            raise AppError(f"{module.__name__} ({_where(module)}) has no {attr!r}{hint}") from None
     if not callable(obj):
         raise AppError(f"{spec} is a {type(obj).__name__}, not a callable")
+    if factory:
+        try:
+            obj = obj()
+        except Exception as exc:
+            raise AppError(f"{import_failure(spec + ' (a factory)', exc, 'calling')}") from None
+        if not callable(obj):
+            raise AppError(f"the factory {spec} returned a {type(obj).__name__}, "
+                           f"not a callable")
     return obj
 
 
@@ -56,9 +79,11 @@ def _import_module(name):
     except ModuleNotFoundError as exc:
         if exc.name == name or name.startswith(exc.name + "."):
             raise AppError(f"no module named {exc.name!r} (searched from {os.getcwd()})") from None
-        raise AppError(_import_failure(name, exc)) from None
+        raise AppError(import_failure(name, exc)) from None
+    except KeyboardInterrupt:
+        raise
     except BaseException as exc:       # SystemExit too: the app's import must not exit us
-        raise AppError(_import_failure(name, exc)) from None
+        raise AppError(import_failure(name, exc)) from None
 
 
 def _import_file(path):
@@ -74,13 +99,16 @@ def _import_file(path):
     sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
+    except KeyboardInterrupt:
+        del sys.modules[name]
+        raise
     except BaseException as exc:
         del sys.modules[name]
-        raise AppError(_import_failure(path, exc)) from None
+        raise AppError(import_failure(path, exc)) from None
     return module
 
 
-def _import_failure(name, exc):
+def import_failure(name, exc, doing="importing"):
     # Name the innermost line of the app's own code, not importlib's.
     tb, where = exc.__traceback__, ""
     while tb is not None:
@@ -90,7 +118,7 @@ def _import_failure(name, exc):
         tb = tb.tb_next
     if isinstance(exc, SyntaxError) and exc.filename:
         where = f" ({exc.filename}, line {exc.lineno})"
-    return f"importing {name} failed: {type(exc).__name__}: {exc}{where}"
+    return f"{doing} {name} failed: {type(exc).__name__}: {exc}{where}"
 
 
 def app_kind(app, app_type, spec):
@@ -123,18 +151,22 @@ def app_kind(app, app_type, spec):
         from ..web.detect import classify
         from ..web.errors import NotAnAppError
         try:
-            classify(app)
+            web_kind, _ = classify(app)
         except NotAnAppError as exc:
             raise AppError(f"{spec}: --app-type {app_type}: {exc}") from None
+        if app_type == "wsgi" and web_kind == "asgi":
+            # Served as WSGI it would answer every request with a 500.
+            raise AppError(f"{spec}: --app-type wsgi, but it is an ASGI app (async, takes "
+                           f"scope, receive, send): give --app-type asgi, or leave it out")
     return app_type
 
 
-def resolve_app(spec, app_type):
-    app = load_app(spec)
+def resolve_app(spec, app_type, factory=False):
+    app = load_app(spec, factory)
     return app, app_kind(app, app_type, spec)
 
 
-def check_app(spec, app_type, credentials):
+def check_app(spec, app_type, credentials, factory=False):
     """Load the app in a forked child that reports back, then exits: errors
     show before any worker starts, and the primary never imports the app."""
     read_fd, write_fd = os.pipe()
@@ -148,7 +180,7 @@ def check_app(spec, app_type, credentials):
             try:
                 if any(x is not None for x in credentials[:2]):
                     privileges.drop_privileges(*credentials)   # import as the workers will
-                message = "ok " + resolve_app(spec, app_type)[1]
+                message = "ok " + resolve_app(spec, app_type, factory)[1]
             except AppError as exc:
                 message = str(exc)
             except BaseException as exc:
@@ -158,12 +190,18 @@ def check_app(spec, app_type, credentials):
             os._exit(0)
     os.close(write_fd)
     chunks = []
-    while True:
-        chunk = os.read(read_fd, 65536)
-        if not chunk:
-            break
-        chunks.append(chunk)
-    os.close(read_fd)
+    try:
+        while True:
+            chunk = os.read(read_fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    except BaseException:       # Ctrl-C while the app imports: no checking child left
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise
+    finally:
+        os.close(read_fd)
     _, status = os.waitpid(pid, 0)
     message = b"".join(chunks).decode()
     if not message:

@@ -41,19 +41,28 @@ OPTIONS = [Option(field) for field in FIELDS.values() if field.metadata["cli"]]
 BY_DEST = {option.dest: option for option in OPTIONS}
 
 
-def add_arguments(parser):
-    """Add every option to ``parser``; unset ones stay absent from the namespace."""
+def add_arguments(parser, aliases=None, negation=None):
+    """Add every option to ``parser``; unset ones stay absent from the namespace.
+
+    ``aliases``: field -> more flags for it (``fastfork.cli.aliases``);
+    ``negation(name)``: the flag that turns switch ``--name`` off."""
     groups = {}
     for option in OPTIONS:
         group = groups.get(option.group)
         if group is None:
             group = groups[option.group] = parser.add_argument_group(option.group)
-        flag = "--" + option.name
+        flags = ["--" + option.name, *(aliases or {}).get(option.dest, ())]
         if option.flag:
-            group.add_argument(flag, action="store_true", default=argparse.SUPPRESS,
-                               help=option.help)
+            off = f"--{negation(option.name)}" if negation else None
+            group.add_argument(*flags, dest=option.dest, action="store_const", const=True,
+                               default=argparse.SUPPRESS,
+                               help=option.help + (f" ({off}: off)" if off else ""))
+            if off:
+                group.add_argument(off, dest=option.dest, action="store_const", const=False,
+                                   default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         else:
-            group.add_argument(flag, action="append" if option.repeat else "store",
+            group.add_argument(*flags, dest=option.dest,
+                               action="append" if option.repeat else "store",
                                metavar=option.metavar, default=argparse.SUPPRESS,
                                help=option.help)
 
@@ -90,12 +99,17 @@ def read_toml(path, table_required):
     return where, values
 
 
-def build(cli, config_path=None, cwd=None):
-    """The ``Settings`` from defaults, the TOML file, then ``cli`` (the options given,
-    as written); raises ConfigError naming the bad value and where it came from."""
+def build(cli, config_path=None, cwd=None, tables=(), toml=True):
+    """The ``Settings`` from defaults, the TOML file, then ``tables``, then ``cli`` (the
+    options given, as written); raises ConfigError naming the bad value and where it
+    came from.  ``tables``: more ``(where, values, names)`` in order (a gunicorn config
+    file: ``names`` maps a field to the name it was written as); ``toml=False``: no
+    TOML file is read (one was not asked for, and another config file was)."""
     values = {option.dest: option.default for option in OPTIONS}
     origin = {}
-    if config_path is not None:
+    if not toml:
+        where, table = None, {}
+    elif config_path is not None:
         where, table = read_toml(config_path, table_required=False)
     else:
         pyproject = os.path.join(cwd or os.getcwd(), "pyproject.toml")
@@ -103,6 +117,9 @@ def build(cli, config_path=None, cwd=None):
                         else (None, {}))
     for dest, value in table.items():
         values[dest], origin[dest] = value, f"{where}: {dest.replace('_', '-')}"
+    for where, extra, names in tables:
+        for dest, value in extra.items():
+            values[dest], origin[dest] = value, f"{where}: {names.get(dest, dest)}"
     for dest, value in cli.items():
         if value is not None:
             values[dest], origin[dest] = value, f"argument --{dest.replace('_', '-')}"

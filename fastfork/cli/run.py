@@ -19,11 +19,13 @@ import fastfork
 from .. import privileges
 from ..operations.status_socket import default_dir, default_path
 from ..primary import Cluster
+from ..primary.hooks import HookFailed, Hooks
 from .. import loops
-from . import options
+from . import aliases, envfile, gunicorn_config, logs, options
 from .apps import AppError, check_app, resolve_app
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130         # Ctrl-C before the workers started (128 + SIGINT)
 DEFAULT_BIND = "127.0.0.1:8000"
 
 EPILOG = """\
@@ -56,43 +58,66 @@ def build_parser():
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("app", nargs="?", default=argparse.SUPPRESS,
                         help="MODULE:CALLABLE or path/to/app.py:CALLABLE (or `app` in the config)")
-    parser.add_argument("--config", metavar="FILE.toml", default=argparse.SUPPRESS,
-                        help="read options from this TOML file instead of ./pyproject.toml")
-    options.add_arguments(parser)
+    parser.add_argument("-c", "--config", metavar="FILE", default=argparse.SUPPRESS,
+                        help="read options from this TOML file instead of ./pyproject.toml, or "
+                             "from this gunicorn config file (Python: settings and server "
+                             "hooks; ./gunicorn.conf.py is read when there is one)")
+    options.add_arguments(parser, aliases.ALIASES, aliases.negation)
+    aliases.add_arguments(parser)
     return parser
 
 
-def serve_worker(settings, binds, app, kind):
+def serve_worker(settings, binds, app, kind, hooks):
     """A worker's whole life: load the app unless preloaded, then serve it."""
     # SIGABRT from the primary's hang detection prints where the loop is stuck.
     faulthandler.enable()
-    if app is None:       # not preloaded: import now, so a reload runs the new code
-        try:
-            app, kind = resolve_app(settings.app, settings.app_type)
-        except AppError as exc:
-            print(f"fastfork worker {fastfork.worker_id}: {exc}", file=sys.stderr)
-            sys.exit(1)
-    if kind == "main":
-        app(list(binds))
-    elif kind in ("asgi", "wsgi"):
-        from .. import web
-        web.serve(app, *binds, kind=kind, **web_options(settings))
-    else:
-        fastfork.serve(app, *binds, protocol=(kind == "protocol"), loop=settings.loop)
+    hooks.forked(fastfork.worker_id, fastfork.worker_index)
+    try:
+        if app is None:       # not preloaded: import now, so a reload runs the new code
+            try:
+                app, kind = resolve_app(settings.app, settings.app_type, settings.factory)
+            except AppError as exc:
+                print(f"fastfork worker {fastfork.worker_id}: {exc}", file=sys.stderr)
+                sys.exit(1)
+        hooks.app_loaded()
+        if kind == "main":
+            app(list(binds))
+        elif kind in ("asgi", "wsgi"):
+            from .. import web
+            web.serve(app, *binds, kind=kind, **web_options(settings))
+        else:
+            fastfork.serve(app, *binds, protocol=(kind == "protocol"), loop=settings.loop)
+    finally:
+        hooks.exited()
 
 
 def web_options(settings):
     """``fastfork.web.serve``'s options from the settings."""
-    return {"loop": settings.loop, "threads": settings.threads, "http": settings.http,
-            "ws": settings.ws, "lifespan": settings.lifespan, "root_path": settings.root_path,
-            "proxy_headers": settings.proxy_headers,
-            "forwarded_allow_ips": settings.forwarded_allow_ips,
-            "timeout_keep_alive": settings.timeout_keep_alive,
-            "timeout_request_head": settings.timeout_request_head,
-            "body_buffer": settings.wsgi_body_buffer,
-            "limit_concurrency": settings.limit_concurrency or None,
-            "access_log": not settings.no_access_log,
-            "graceful_timeout": settings.graceful_timeout}
+    options = {"loop": settings.loop, "threads": settings.threads, "http": settings.http,
+               "ws": settings.ws, "lifespan": settings.lifespan, "root_path": settings.root_path,
+               "proxy_headers": settings.proxy_headers,
+               "forwarded_allow_ips": settings.forwarded_allow_ips,
+               "timeout_keep_alive": settings.timeout_keep_alive,
+               "timeout_request_head": settings.timeout_request_head,
+               "body_buffer": settings.wsgi_body_buffer,
+               "limit_concurrency": settings.limit_concurrency or None,
+               "access_log": not settings.no_access_log,
+               "graceful_timeout": settings.graceful_timeout,
+               "backlog": settings.backlog, "log_level": settings.log_level,
+               "headers": [list(header) for header in settings.headers],
+               "server_header": settings.server_header, "date_header": settings.date_header,
+               "h11_max_incomplete_event_size": settings.h11_max_incomplete_event_size,
+               "ws_max_size": settings.ws_max_size, "ws_max_queue": settings.ws_max_queue,
+               "ws_ping_interval": settings.ws_ping_interval,
+               "ws_ping_timeout": settings.ws_ping_timeout,
+               "ws_per_message_deflate": settings.ws_per_message_deflate,
+               "use_colors": settings.use_colors}
+    if settings.log_config:
+        options["log_config"] = settings.log_config
+    if (settings.access_logfile or settings.access_logformat) and not settings.no_access_log:
+        options["access_log_format"] = settings.access_logformat
+        options["access_log_file"] = settings.access_logfile
+    return options
 
 
 def default_name(spec):
@@ -104,66 +129,208 @@ def default_name(spec):
 
 def parse(argv):
     """The ``Settings`` from argv and the config file; raises ConfigError naming the problem."""
-    cli = vars(build_parser().parse_args(argv))
+    return parse_all(argv)[0]
+
+
+def parse_all(argv):
+    """``(settings, notes, actions)``: the settings; lines for the log; the flags that
+    only ask something (--check-config, --print-config, --version)."""
+    aliases.refuse(argv)
+    parser = build_parser()
+    namespace, extra = parser.parse_known_args(argv)
+    if extra:
+        raise aliases.unknown(extra, parser._option_string_actions)
+    cli = vars(namespace)
+    actions = {name: cli.pop(name, False) for name in ("check_config", "print_config", "version")}
+    notes = []
+    aliases.translate(cli, notes)
     config_path = cli.pop("config", None)
-    settings = options.build(cli, config_path)
-    if not settings.app:
+    python_config = None
+    if config_path is not None and not config_path.endswith(".toml"):
+        python_config = config_path
+    elif config_path is None and os.path.isfile(gunicorn_config.DEFAULT_FILE):
+        python_config = gunicorn_config.DEFAULT_FILE      # as gunicorn reads it
+        notes.append(f"reading {python_config} (gunicorn's config file)")
+    tables = [gunicorn_config.read(python_config, notes)] if python_config else []
+    if config_path is not None and config_path == python_config:
+        settings = options.build(cli, tables=tables, toml=False)    # that file only
+    else:
+        settings = options.build(cli, config_path, tables=tables)
+    if not settings.app and not actions["version"]:
         raise options.ConfigError("no app given: python -m fastfork run MODULE:CALLABLE")
-    return settings
+    return settings, notes, actions
 
 
-def setup_logging(level):
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
-        "%(asctime)s fastfork[%(process)d] %(levelname)s %(message)s"))
-    root = logging.getLogger("fastfork")
-    root.handlers[:] = [handler]
-    root.setLevel(level.upper())
-    root.propagate = False
+def prepare_environment(settings):
+    """What must hold before the app is imported (gunicorn's and uvicorn's order):
+    --chdir, then the module path (--app-dir, --pythonpath), then the environment
+    (--env-file, --env); the checking child and every worker inherit it."""
+    if settings.chdir:
+        try:
+            os.chdir(settings.chdir)
+        except OSError as exc:
+            raise options.ConfigError(f"argument --chdir: cannot enter {settings.chdir}: "
+                                      f"{exc.strerror}") from None
+        sys.path.insert(0, os.getcwd())
+    for directory in reversed((settings.app_dir,) + settings.pythonpath if settings.app_dir
+                              else settings.pythonpath):
+        sys.path.insert(0, os.path.abspath(directory))
+    try:
+        envfile.apply(settings.env_file, settings.raw_env)
+    except envfile.EnvFileError as exc:
+        raise options.ConfigError(str(exc)) from None
+
+
+def versions():
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        uvicorn = f", uvicorn {version('uvicorn')}"
+    except PackageNotFoundError:
+        uvicorn = ""
+    return f"fastfork {fastfork.__version__}{uvicorn}, Python {sys.version.split()[0]}"
+
+
+def print_settings(settings):
+    for name in settings.__dataclass_fields__:
+        if name not in ("argv", "env", "pure", "batch_max"):
+            value = getattr(settings, name)
+            if name == "hooks":
+                value = sorted(value)
+            print(f"{name:<28} = {value!r}")
+
+
+def socket_name(settings, explicit_name, cluster):
+    """The control socket's name: --name as given, else the module's name and the first
+    address, so that two apps called main:app on two ports do not collide."""
+    if explicit_name:
+        return settings.name
+    addresses = cluster.status()["primary"]["addresses"]
+    return f"{settings.name}@{addresses[0].replace('/', '_') if addresses else '-'}"
+
+
+def write_pidfile(path):
+    try:
+        with open(path, "w") as f:
+            f.write(f"{os.getpid()}\n")
+    except OSError as exc:
+        raise options.ConfigError(f"cannot write the pid file {path}: {exc.strerror}") from None
+
+
+def remove_pidfile(path):
+    try:
+        with open(path) as f:
+            if f.read().strip() == str(os.getpid()):
+                os.unlink(path)
+    except OSError:
+        pass
+
+
+class Start:
+    """What a start took so far, given back if it stops before the primary runs."""
+
+    def __init__(self):
+        self.cluster = None
+        self.pidfile = None
+
+    def close(self):
+        if self.cluster is not None:
+            self.cluster.close()       # no socket file or bound port left behind
+        if self.pidfile is not None:
+            remove_pidfile(self.pidfile)
 
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    cluster = None
+    start = Start()
     try:
-        settings = parse(argv)
+        return _main(argv, start)
+    except BrokenPipeError:
+        # `fastfork run --print-config | head`: the reader has what it wanted.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        # Ctrl-C before the workers started (while the app is checked, say):
+        # nothing to drain, and a traceback would say nothing useful.
+        start.close()
+        return EXIT_INTERRUPTED
+    finally:
+        if start.pidfile is not None:
+            remove_pidfile(start.pidfile)
+
+
+def _main(argv, start):
+    try:
+        settings, notes, actions = parse_all(argv)
+        if actions["version"]:
+            print(versions())
+            return 0
+        if actions["print_config"]:
+            print_settings(settings)
+            sys.stdout.flush()
+            return 0
+        prepare_environment(settings)
+        logs.check(settings)
+        if settings.access_logformat:
+            from ..web.access import check_format
+            check_format(settings.access_logformat)
         credentials = privileges.resolve_credentials(settings.user, settings.group)
         if settings.preload:
-            app, kind = resolve_app(settings.app, settings.app_type)
+            app, kind = resolve_app(settings.app, settings.app_type, settings.factory)
         else:
-            app, kind = None, check_app(settings.app, settings.app_type, credentials)
+            app, kind = None, check_app(settings.app, settings.app_type, credentials,
+                                        settings.factory)
         # What the workers import must be there before any worker is forked.
         if kind in ("asgi", "wsgi"):
             from ..web import deps
             deps.check(kind, settings.http, settings.ws, settings.loop)
         elif kind != "main":          # main runs a loop of its own choosing
             loops.check(settings.loop)
-        if settings.name is None:
+        if actions["check_config"]:
+            print(f"fastfork run: {settings.app} ({kind}): the configuration is good")
+            return 0
+        explicit_name = settings.name is not None
+        if not explicit_name:
             settings = settings.replace(name=default_name(settings.app))
         binds = []
-        cluster = Cluster(serve_worker, args=(settings, binds, app, kind), settings=settings)
+        hooks = Hooks(settings.hooks)
+        cluster = start.cluster = Cluster(serve_worker, args=(settings, binds, app, kind, hooks),
+                                          settings=settings)
+        hooks.attach(cluster)                 # on_starting
         # Bind in the primary now: a port in use or a privileged port fails
         # here, once, instead of in every worker; workers share these sockets.
         inherited = cluster.inherited_addresses()
-        wanted = list(settings.bind) or inherited or [DEFAULT_BIND]
-        for address in wanted:
-            cluster.bind(address)
+        wanted = []
+        for address in list(settings.bind) or inherited or [DEFAULT_BIND]:
+            bound = cluster.bind(address, settings.backlog)
+            # Workers ask for an address as given (port 0 too); fd://N as the socket says.
+            wanted.append(bound if address.startswith("fd://") else address)
         binds.extend(wanted)
-        control = cluster.open_control_socket(settings.control_socket
-                                              or default_path(settings.name))
+        control = cluster.open_control_socket(
+            settings.control_socket
+            or default_path(socket_name(settings, explicit_name, cluster)))
         cluster.open_endpoints()
+        if settings.pidfile:
+            write_pidfile(settings.pidfile)
+            start.pidfile = settings.pidfile
+        # Logging starts once nothing else can fail: bad input gets its one line only.
+        logs.setup(settings)
     # ImportError: an optional part (the web or metrics extra) is missing; the message
     # names the extra to install.
     except (options.ConfigError, AppError, ImportError, ValueError, OSError) as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise                     # stdout closed early: not an error of the input
         # OSError's str() would prefix "[Errno N]" to a message that already says it all.
         text = exc.strerror if isinstance(exc, OSError) and exc.strerror else exc
         print(f"fastfork run: error: {text}", file=sys.stderr)
-        if cluster is not None:
-            cluster.close()       # no socket file or bound port left behind
+        start.close()
         return EXIT_USAGE
-    # Logging starts once nothing can fail any more: bad input gets its one line only.
-    setup_logging(settings.log_level)
+    except HookFailed as exc:
+        print(f"fastfork run: error: {exc}", file=sys.stderr)
+        start.close()
+        return EXIT_USAGE
     log = logging.getLogger("fastfork")
+    for note in notes:
+        log.info("%s", note)
     for address in set(wanted) & set(inherited):
         log.info("using the socket systemd passed for %s", address)
     log.info(
@@ -173,7 +340,15 @@ def main(argv=None):
         cluster.size, cluster.policy, cluster.implementation,
         "" if os.path.dirname(control) == os.path.abspath(default_dir())
         else f" --socket {control}")
-    return cluster.run()
+    try:
+        hooks.ready()                         # when_ready: bound, before the first fork
+    except HookFailed as exc:
+        log.error("%s; stopping", exc)
+        start.close()
+        return EXIT_USAGE
+    code = cluster.run()
+    hooks.exiting()                           # on_exit
+    return code
 
 
 if __name__ == "__main__":

@@ -106,7 +106,12 @@ def _main(argv):
     if args.socket:
         paths = [args.socket]
     elif args.name:
-        paths = [default_path(args.name)]
+        # --name's socket, or those of the apps that took their module's name
+        # (NAME@ADDRESS.sock: one per address, see fastfork run).
+        paths = sorted(glob.glob(glob.escape(default_path(args.name))[:-len(".sock")]
+                                 + "@*.sock")) or [default_path(args.name)]
+        if os.path.exists(default_path(args.name)) and default_path(args.name) not in paths:
+            paths.insert(0, default_path(args.name))
     else:
         paths = sorted(glob.glob(os.path.join(default_dir(), "*.sock")))
         if not paths:
@@ -123,7 +128,7 @@ def _main(argv):
     if args.json:
         if answers:
             # One primary asked for: its answer; all of them: a list.
-            single = args.socket or args.name
+            single = args.socket or (args.name and len(paths) == 1)
             print(json.dumps(answers[0] if single else answers, indent=2))
     else:
         for i, answer in enumerate(answers):

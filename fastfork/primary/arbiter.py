@@ -27,7 +27,7 @@ import time
 from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple, TypeVar, Union
 
 from ..handoff import backend
-from ..addresses import DEFAULT_BACKLOG, Address, parse_address
+from ..addresses import DEFAULT_BACKLOG, Address, fd_of, parse_address
 from ..handoff import credit as credit_page
 from ..handoff.control import ControlChannel
 from ..cpus import parse_workers
@@ -60,7 +60,8 @@ DATA_CHANNEL_GRACE = 1.0
 # SIGKILL if it is still there this long after.
 ABORT_GRACE = 5.0
 
-EVENTS = ("fork", "online", "listening", "ready", "message", "disconnect", "exit")
+EVENTS = ("fork", "online", "listening", "ready", "message", "disconnect", "exit",
+          "prefork", "reload", "resize")
 
 _FROM_SETTINGS = object()      # Cluster(workers=...) not given: the settings say
 
@@ -167,7 +168,8 @@ class Cluster:
 
         fork(worker), online(worker), listening(worker, address),
         ready(worker), message(worker, data), disconnect(worker),
-        exit(worker, code, signal).
+        exit(worker, code, signal); and gunicorn's moments: prefork(worker)
+        before its fork, reload() on SIGHUP, resize(new, old) on SIGTTIN/SIGTTOU.
         """
         if event not in self._handlers:
             raise ValueError(f"unknown event {event!r}; events are {', '.join(EVENTS)}")
@@ -212,8 +214,12 @@ class Cluster:
     def bind(self, address: Address, backlog: int = DEFAULT_BACKLOG) -> str:
         """Bind ``address`` in the primary now, so a bad address or a port in use
         fails before any worker starts; workers that listen on it share it.
-        Returns the address as bound (the real port for port 0)."""
+        ``fd://N`` serves the listening socket already open at fd N (uvicorn's
+        ``--fd``).  Returns the address as bound (the real port for port 0)."""
         self._ensure_started()
+        fd = fd_of(address)
+        if fd is not None:
+            address = self.listeners.adopt(fd)
         family, sockaddr = parse_address(address)
         return self.listeners.get(family, sockaddr, backlog, self.dispatcher).display
 
@@ -405,8 +411,11 @@ class Cluster:
 
     def _drain_wakeup(self):
         try:
-            while os.read(self._wake_r, 4096):
-                pass
+            while True:
+                data = os.read(self._wake_r, 4096)
+                if not data:
+                    break
+                self._signals.arrived(data)       # one byte per signal delivered
         except BlockingIOError:
             pass
 
@@ -447,11 +456,13 @@ class Cluster:
     def handle_sigttin(self):
         self.size += 1
         log.info("SIGTTIN: scaling up to %d workers", self.size)
+        self.emit("resize", self.size, self.size - 1)
 
     def handle_sigttou(self):
         if self.size > 1:
             self.size -= 1
             log.info("SIGTTOU: scaling down to %d workers", self.size)
+            self.emit("resize", self.size, self.size + 1)
 
     def handle_sighup(self):
         self.reload()
@@ -475,6 +486,7 @@ class Cluster:
         spec = boot.WorkerSpec(worker.id, index, self.policy, self.backend.receiver,
                                self.target, self.args, self.kwargs, s.argv, s.env,
                                self._credentials, credit_fd)
+        self.emit("prefork", worker)
         sys.stdout.flush()
         sys.stderr.flush()
         try:
@@ -691,6 +703,7 @@ class Cluster:
         """
         workers = sorted((w for w in self.workers.values() if not w.stop_requested),
                          key=lambda w: w.index)
+        self.emit("reload")
         log.info("reload: replacing %d workers one at a time", len(workers))
         for worker in workers:
             self.replace_worker(worker, "reload")

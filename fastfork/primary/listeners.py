@@ -9,7 +9,8 @@
   ``SO_REUSEPORT`` socket; each worker gets a listening socket of its own in
   the same group (the kernel hashes connections over them).
 
-Sockets passed by systemd (socket activation) are used instead of binding.
+Sockets passed by systemd (socket activation), or open at a file descriptor
+named with ``fd://N`` (uvicorn's ``--fd``), are used instead of binding.
 """
 
 import errno
@@ -46,6 +47,25 @@ class Listeners:
         self._shared = {}
         self._reserved = []               # reuseport: bound, not listening, holds the port
         self._inherited = inherited_sockets()   # systemd: (family, sockaddr) -> socket
+        self._adopted = {}                # fd://N: (family, sockaddr) -> N
+
+    def adopt(self, fd):
+        """Serve the listening socket open at ``fd`` (``fd://N``) as if systemd had
+        passed it; returns its address, for ``get``."""
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError as exc:
+            raise OSError(exc.errno, f"fd://{fd} is not an open socket ({exc.strerror})") from None
+        if sock.type != socket.SOCK_STREAM:
+            sock.detach()
+            raise OSError(errno.EINVAL, f"fd://{fd} is not a stream socket")
+        sock.set_inheritable(False)
+        sock.setblocking(False)
+        bound = sock.getsockname()
+        key = (sock.family, bound if sock.family == socket.AF_UNIX else bound[:2])
+        self._inherited[key] = sock
+        self._adopted[key] = fd
+        return describe(*key)
 
     def addresses(self):
         return [shared.display for shared in self._shared.values()]
@@ -78,7 +98,8 @@ class Listeners:
             shared = SharedListener(family, sockaddr, sock, lid)
             if inherited is not None:
                 shared.inherited = True
-                log.info("using the socket systemd passed for %s", shared.display)
+                log.info("using the socket %s for %s", f"at fd {self._adopted[key]}"
+                         if key in self._adopted else "systemd passed", shared.display)
         self._shared[key] = shared
         return shared
 

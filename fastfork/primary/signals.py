@@ -1,8 +1,13 @@
 """The signals the primary handles, and installing its handlers.
 
-The handlers only record the signal (as gunicorn's arbiter does);
-``signal.set_wakeup_fd`` wakes the primary's loop, which then calls one
-``handle_<signal>`` method each.  A forked worker resets them all.
+``signal.set_wakeup_fd`` writes one byte, the signal's number, for every
+signal delivered, and wakes the primary's loop; the loop hands those bytes to
+``arrived`` and then calls one ``handle_<signal>`` method per signal.  The
+bytes are what is counted, not the Python-level handler (a no-op here):
+Python runs that handler once for any number of the same signal that arrived
+before the main thread got to it, so two SIGTTOU in a row would remove one
+worker.  (The kernel, too, keeps one of a signal sent twice before the
+process ran at all.)  A forked worker resets them all.
 """
 
 import signal
@@ -26,10 +31,15 @@ class SignalQueue:
         while self._pending:
             yield self._pending.pop(0)
 
+    def arrived(self, data):
+        """Bytes read from the wakeup fd: one signal number each (0: a plain wake-up)."""
+        self._pending.extend(byte for byte in data if byte)
+
     def install(self, wakeup_fd):
-        """Record every handled signal here; wake the loop through ``wakeup_fd``."""
+        """Handle every signal in HANDLED; each one delivered writes its number to
+        ``wakeup_fd`` (for ``arrived``), which wakes the loop."""
         def record(signum, frame):
-            self._pending.append(signum)
+            pass        # counted from the wakeup fd (see the module's docstring)
 
         for sig in HANDLED:
             self._saved[sig] = signal.signal(sig, record)

@@ -7,11 +7,11 @@ asks this worker to stop, drained, and its lifespan shut down.
 """
 
 import asyncio
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, cast
 
 import fastfork
 
-from . import deps
+from . import access, deps
 from .. import loops
 from ..addresses import Address
 from ..worker import runtime as _runtime
@@ -24,7 +24,8 @@ LOOPS = loops.LOOPS
 
 
 def prepare(app: object, *addresses: Address, kind: str = "auto", threads: int = DEFAULT_THREADS,
-            body_buffer: int = DEFAULT_BODY_BUFFER, **options: Any) -> AsgiServer:
+            body_buffer: int = DEFAULT_BODY_BUFFER, access_log_format: Optional[str] = None,
+            access_log_file: Optional[str] = None, **options: Any) -> AsgiServer:
     """Check and build the worker's ``AsgiServer`` (not started); see ``serve``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
@@ -44,6 +45,13 @@ def prepare(app: object, *addresses: Address, kind: str = "auto", threads: int =
         options["ws"] = "none"
         options.setdefault("on_close", close)
         interface = "asgi3"
+    if access_log_format is not None or access_log_file is not None:
+        # gunicorn's access log instead of uvicorn's (see access).
+        if interface == "asgi2":
+            from uvicorn.middleware.asgi2 import ASGI2Middleware
+            app, interface = ASGI2Middleware(cast(Any, app)), "asgi3"
+        app = access.AccessLog(app, access_log_format, access.logger(access_log_file))
+        options["access_log"] = False
     options.setdefault("interface", interface or "auto")
     return AsgiServer(app, addresses, **options)
 
@@ -94,6 +102,9 @@ def serve(app: object, *addresses: Address, kind: str = "auto", loop: str = "aut
     ``h11_max_incomplete_event_size``, ``access_log``, ``log_level``,
     ``log_config``, any other ``uvicorn.Config`` keyword; and
     ``graceful_timeout``, ``backlog``, ``timeout_request_head``).
+    ``access_log_format``/``access_log_file``: an access log in gunicorn's
+    format instead of uvicorn's (see ``access``; None: gunicorn's default
+    format, stdout).
 
     Raises ``NotAnAppError`` (a ValueError) or ``MissingExtraError`` (an
     ImportError naming ``pip install 'fastfork[web]'``, or ``'fastfork[uvloop]'``

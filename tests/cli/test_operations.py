@@ -96,9 +96,13 @@ def test_reload_waits_for_explicit_ready(runner_factory):
                             env={"OPS_READY_DELAY": "0.5"})
     (old,) = pids_of(runner.wait_serving(1))
     runner.signal(signal.SIGHUP)
-    status = runner.wait_serving(1, timeout=20)
+    # Not wait_serving alone: it can see the old worker before SIGHUP is handled.
+    status = runner.wait_status(
+        lambda s: (len(s["workers"]) == 1 and s["workers"][0]["pid"] != old
+                   and s["workers"][0]["state"] == "listening"
+                   and s["primary"]["replacing"] is None and not s["primary"]["queued"]),
+        "the replacement serving alone", timeout=20)
     (new,) = pids_of(status)
-    assert new != old
     lines = runner.output().splitlines()
     ready_at = next(i for i, line in enumerate(lines) if line == f"OPS ready {new}")
     stop_at = next(i for i, line in enumerate(lines) if f"stopping worker 1 (pid {old})" in line)
