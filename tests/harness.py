@@ -5,6 +5,7 @@ thread, and lets a test wait for ``EVENT`` lines; ``close()`` kills the whole
 session (primary and any worker) whatever happened, and reports leftovers.
 """
 
+import http.client
 import json
 import os
 import queue
@@ -21,6 +22,21 @@ APP = os.path.join(ROOT, "tests", "apps", "cluster_app.py")
 PY = Impl("py")       # for tests that are about something else than the hot path
 
 
+
+
+def http_get(address, path="/", method="GET"):
+    """``(status, body text)`` of one request on a fresh connection, closed after it.
+    ``address`` is ``(host, port)`` or ``"host:port"`` (as the status shows endpoints)."""
+    if isinstance(address, str):
+        host, _, port = address.rpartition(":")
+        address = (host, int(port))
+    conn = http.client.HTTPConnection(*address, timeout=10)
+    try:
+        conn.request(method, path, headers={"Connection": "close"})
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
 
 def free_port(host="127.0.0.1"):
     """A TCP port on ``host`` that nothing listens on now."""

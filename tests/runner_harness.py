@@ -74,3 +74,18 @@ class Runner:
 
 def pids_of(status):
     return {w["pid"] for w in status["workers"]}
+
+
+# An ASGI app that answers its worker's pid, and what a broken deploy of it
+# looks like: tests write one or the other to a file the cluster serves.
+PID_APP = '''
+import os
+
+
+async def app(scope, receive, send):
+    body = str(os.getpid()).encode()
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+'''
+BROKEN_APP = 'raise RuntimeError("broken on purpose: a deploy that cannot import")\n'

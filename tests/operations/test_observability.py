@@ -4,7 +4,6 @@ Scraped with a real HTTP client and parsed with prometheus_client's own
 parser; the numbers are checked against what the test itself sent and did.
 """
 
-import http.client
 import os
 import signal
 import socket
@@ -13,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.harness import PY, request, session_pids, wait_until
+from tests.harness import PY, http_get, request, session_pids, wait_until
 from tests.runner_harness import APPS, OPS_APP
 
 parser = pytest.importorskip("prometheus_client.parser",
@@ -21,17 +20,6 @@ parser = pytest.importorskip("prometheus_client.parser",
 
 RUN = [sys.executable, "-m", "fastfork", "run"]
 
-
-def http_get(address, path, method="GET"):
-    """``(status, body)`` of one request with a real HTTP client."""
-    host, _, port = address.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request(method, path)
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
 
 
 def scrape(address):

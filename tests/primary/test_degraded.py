@@ -6,7 +6,6 @@ file the test rewrites: broken on disk, a killed worker's replacement fails
 to import; fixed, the next re-fork serves again.
 """
 
-import http.client
 import os
 import signal
 import subprocess
@@ -14,23 +13,12 @@ import sys
 
 import pytest
 
-from tests.harness import PY, wait_until
 from fastfork.cli.status import table
+from tests.harness import PY, http_get, wait_until
+from tests.runner_harness import BROKEN_APP, PID_APP
 
 pytest.importorskip("uvicorn", reason="the web extra is not installed")
 pytest.importorskip("prometheus_client", reason="the metrics extra is not installed")
-
-GOOD = '''
-import os
-
-
-async def app(scope, receive, send):
-    body = str(os.getpid()).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-'''
-BROKEN = 'raise RuntimeError("broken on purpose: a deploy that cannot import")\n'
 
 # Short delays so that many re-forks fit in a test; 3 restarts, so that the
 # loop goes well past the point where the primary used to give up.
@@ -40,15 +28,6 @@ CRASH_LOOP = ["--max-restarts", "3", "--min-uptime", "2", "--backoff-base", "0.0
 NO_PYC = {"PYTHONDONTWRITEBYTECODE": "1"}
 
 
-def get(address, path="/"):
-    conn = http.client.HTTPConnection(*address, timeout=10)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
-
 
 def address_of(text):
     host, _, port = text.rpartition(":")
@@ -57,7 +36,7 @@ def address_of(text):
 
 def test_one_slot_in_a_crash_loop_leaves_the_others_serving(runner_factory, tmp_path):
     app = tmp_path / "flaky_app.py"
-    app.write_text(GOOD)
+    app.write_text(PID_APP)
     runner = runner_factory(f"{app}:app", "--workers", "2", "--bind", "127.0.0.1:0",
                             "--metrics", "127.0.0.1:0", "--lifespan", "off", *CRASH_LOOP,
                             env=NO_PYC)
@@ -66,16 +45,16 @@ def test_one_slot_in_a_crash_loop_leaves_the_others_serving(runner_factory, tmp_
     health = address_of(status["primary"]["endpoints"][0])
     survivor = next(w["pid"] for w in status["workers"] if w["index"] == 0)
     victim = next(w["pid"] for w in status["workers"] if w["index"] == 1)
-    assert get(health, "/readyz") == (200, "ready: 2 of 2 workers serving\n")
+    assert http_get(health, "/readyz") == (200, "ready: 2 of 2 workers serving\n")
 
-    app.write_text(BROKEN)
+    app.write_text(BROKEN_APP)
     os.kill(victim, signal.SIGKILL)
     # Each turn: the survivor answers a request, and the primary is asked how
     # many re-forks index 1 has had; 8 is well past --max-restarts 3.
     answers = []
 
     def refork_failed_often():
-        answers.append(get(address))
+        answers.append(http_get(address))
         status = runner.try_status()
         return status if status is not None and status["totals"]["restarts"] >= 8 else None
 
@@ -85,23 +64,23 @@ def test_one_slot_in_a_crash_loop_leaves_the_others_serving(runner_factory, tmp_
     assert status["primary"]["ready"] is True
     assert [(w["index"], w["pid"]) for w in status["workers"] if w["state"] == "listening"] \
         == [(0, survivor)]
-    ready, reason = get(health, "/readyz")
+    ready, reason = http_get(health, "/readyz")
     assert ready == 200 and reason.startswith("ready, degraded: 1 of 2 workers serving"), reason
     assert "index 1: crash loop" in reason, reason
-    metrics = get(health, "/metrics")[1]
+    metrics = http_get(health, "/metrics")[1]
     assert "fastfork_workers_degraded 1.0" in metrics
     assert 'fastfork_worker_quick_deaths{index="1"}' in metrics
     assert "; degraded: 1 not serving, index 1 crashed" in table(status)[0]
     assert "not re-forking" not in runner.output()
 
-    app.write_text(GOOD)                  # the fix is deployed: index 1 serves again
+    app.write_text(PID_APP)                  # the fix is deployed: index 1 serves again
     status = runner.wait_status(
         lambda s: s["primary"]["degraded"] == 0
         and sorted(w["index"] for w in s["workers"] if w["state"] == "listening") == [0, 1],
         "index 1 serving again", timeout=20)
-    assert get(health, "/readyz") == (200, "ready: 2 of 2 workers serving\n")
-    assert "fastfork_workers_degraded 0.0" in get(health, "/metrics")[1]
-    assert {get(address)[1] for _ in range(4)} == {str(w["pid"]) for w in status["workers"]}
+    assert http_get(health, "/readyz") == (200, "ready: 2 of 2 workers serving\n")
+    assert "fastfork_workers_degraded 0.0" in http_get(health, "/metrics")[1]
+    assert {http_get(address)[1] for _ in range(4)} == {str(w["pid"]) for w in status["workers"]}
     assert runner.proc.proc.poll() is None
 
 
@@ -111,7 +90,7 @@ def test_broken_code_at_start_up_still_exits_3(tmp_path):
     app = tmp_path / "broken_app.py"
     app.write_text("import fastfork\n"
                    "if fastfork.is_worker:\n"
-                   "    " + BROKEN + GOOD)
+                   "    " + BROKEN_APP + PID_APP)
     out = subprocess.run([sys.executable, "-m", "fastfork", "run", f"{app}:app", "--workers",
                           "2", "--bind", "127.0.0.1:0", "--health", "127.0.0.1:0", *CRASH_LOOP,
                           "--control-socket", str(tmp_path / "c.sock")],

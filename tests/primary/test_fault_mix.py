@@ -18,7 +18,6 @@ while passing them to worker 0 as it hit its limit (the fault itself; at most
 a window each time it does), and each such loss is a reset, never a hang.
 """
 
-import http.client
 import json
 import os
 import resource
@@ -30,24 +29,14 @@ import time
 
 import pytest
 
-from tests.harness import fd_count, wait_until
+from tests.harness import fd_count, http_get, wait_until
 from tests.loadgen import HttpClient, Load
+from tests.runner_harness import BROKEN_APP, PID_APP
 
 pytest.importorskip("uvicorn", reason="the web extra is not installed")
 parser = pytest.importorskip("prometheus_client.parser",
                              reason="the metrics extra is not installed")
 
-GOOD = '''
-import os
-
-
-async def app(scope, receive, send):
-    body = str(os.getpid()).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
-'''
-BROKEN = 'raise RuntimeError("broken on purpose: a deploy that cannot import")\n'
 
 HEAD_DEADLINE = 2.0
 WINDOW = 8                     # the default credit window: what a worker can be sent at once
@@ -59,19 +48,10 @@ BAD_LINES = [b"{\"cmd\": {}}\n", b"{\"cmd\": [\"status\"]}\n", b"[1, 2]\n", b"\x
              b"{\"cmd\": \"nonsense\"}\n", b"[" * 4000 + b"\n", b"null\n", b"\"status\"\n"]
 
 
-def get(address, path="/"):
-    conn = http.client.HTTPConnection(*address, timeout=10)
-    try:
-        conn.request("GET", path, headers={"Connection": "close"})
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
-
 
 def at_fd_limit(endpoint):
     """``{worker index: 1.0 or 0.0}`` of the metric fastfork_worker_at_fd_limit."""
-    status, body = get(endpoint, "/metrics")
+    status, body = http_get(endpoint, "/metrics")
     assert status == 200, body
     return {sample.labels["index"]: sample.value
             for family in parser.text_string_to_metric_families(body)
@@ -157,7 +137,7 @@ class Slowloris:
 @pytest.mark.timeout(120)
 def test_the_fault_mix_leaves_every_healthy_worker_serving(runner_factory, tmp_path, figures):
     app = tmp_path / "mix_app.py"
-    app.write_text(GOOD)
+    app.write_text(PID_APP)
     runner = runner_factory(f"{app}:app", "--workers", "3", "--bind", "127.0.0.1:0",
                             "--metrics", "127.0.0.1:0", "--lifespan", "off",
                             "--timeout-request-head", str(HEAD_DEADLINE),
@@ -169,7 +149,7 @@ def test_the_fault_mix_leaves_every_healthy_worker_serving(runner_factory, tmp_p
     host, _, port = status["primary"]["endpoints"][0].rpartition(":")
     endpoint = (host, int(port))
     pid = {w["index"]: w["pid"] for w in status["workers"]}
-    assert get(endpoint, "/readyz") == (200, "ready: 3 of 3 workers serving\n")
+    assert http_get(endpoint, "/readyz") == (200, "ready: 3 of 3 workers serving\n")
 
     with Load(address, concurrency=4, duration=100, keep_records=True,
               client=HttpClient("/", keep_alive=False)) as load:
@@ -178,7 +158,7 @@ def test_the_fault_mix_leaves_every_healthy_worker_serving(runner_factory, tmp_p
         # Slot 2 crash-loops from here on: its replacement cannot import.  Its
         # worker is stopped gracefully (it finishes what it took) and is gone
         # before the other faults begin.
-        app.write_text(BROKEN)
+        app.write_text(BROKEN_APP)
         os.kill(pid[2], signal.SIGTERM)
         runner.wait_status(lambda s: s["primary"].get("degraded") == 1
                            and pid[2] not in {w["pid"] for w in s["workers"]},
@@ -209,7 +189,7 @@ def test_the_fault_mix_leaves_every_healthy_worker_serving(runner_factory, tmp_p
         load.wait_more(100, "load through the faults")
         slow.join()
 
-        app.write_text(GOOD)
+        app.write_text(PID_APP)
         after = runner.wait_serving(3, timeout=30)
         load.wait_more(50, "load after the fix")
     report = load.report()
@@ -218,7 +198,7 @@ def test_the_fault_mix_leaves_every_healthy_worker_serving(runner_factory, tmp_p
     assert runner.proc.proc.poll() is None and after["primary"]["pid"] == runner.pid
     assert {w["index"]: w["pid"] for w in after["workers"]}.items() >= {
         0: pid[0], 1: pid[1]}.items(), (pid, after["workers"])
-    assert get(endpoint, "/readyz") == (200, "ready: 3 of 3 workers serving\n")
+    assert http_get(endpoint, "/readyz") == (200, "ready: 3 of 3 workers serving\n")
     # Every flood client and every bad line was answered.
     assert flooded == [b"HTTP/1.1 200 OK"] * FLOOD
     assert all(isinstance(a.get("error"), str) for a in answers), answers

@@ -8,7 +8,6 @@ shows them whether or not pytest captures output.
 
 import array
 import ctypes
-import http.client
 import json
 import os
 import random
@@ -23,7 +22,8 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from fastfork.handoff import control, wire
 from fastfork.primary import arbiter, messages
-from tests.harness import ROOT, ClusterProcess, fd_count, request, session_pids, wait_until
+from tests.harness import (ClusterProcess, ROOT, fd_count, http_get, request, session_pids,
+                           wait_until)
 from tests.implementations import DEFAULT
 from tests.loadgen import Load
 
@@ -460,17 +460,6 @@ def test_out_of_fds(cluster_factory, impl, figures):
 WORKER_NOFILE = 64
 HELD_PAST_THE_LIMIT = 150
 
-
-def http_get(address, path):
-    """``(status, body)`` of one GET to the primary's endpoint."""
-    host, _, port = address.rpartition(":")
-    conn = http.client.HTTPConnection(host, int(port), timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
 
 
 def fd_limit_gauges(endpoint, parser):
