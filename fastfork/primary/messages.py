@@ -14,6 +14,7 @@ import time
 
 from ..addresses import DEFAULT_BACKLOG, parse_address
 from ..handoff.control import MessageError
+from ..settings import DISPATCHED
 
 log = logging.getLogger("fastfork")
 
@@ -94,6 +95,17 @@ def on_heartbeat(cluster, worker, message):
     worker.head_timeouts = None if head_timeouts is None else int(head_timeouts)
 
 
+def on_unlisten(cluster, worker, message):
+    # The worker closed a listener while it goes on: send it nothing more for
+    # that address, or each connection it got would be closed unanswered.
+    lid = message["lid"]
+    if type(lid) is not int:
+        raise ValueError(f"listener id {lid!r}")
+    if cluster.policy in DISPATCHED and worker.slot is not None:
+        cluster.dispatcher.unsubscribe(worker.slot, lid)
+        log.info("%s (pid %d) closed its listener %d", worker.label, worker.pid, lid)
+
+
 def on_msg(cluster, worker, message):
     cluster.emit("message", worker, message.get("data"))
 
@@ -133,5 +145,6 @@ HANDLERS = {
     "heartbeat": on_heartbeat,
     "msg": on_msg,
     "listen": on_listen,
+    "unlisten": on_unlisten,
     "stopping": on_stopping,
 }

@@ -174,6 +174,8 @@ class Server:
         """Stop taking new connections on this address."""
         if not self._closed and self.listener.sock is not None and self._asyncio_server is None:
             self._loop.remove_reader(self.listener.sock.fileno())
+        if not self._closed and self.listener.sock is None:
+            self.listener.close()     # and the primary sends nothing more for it
         self._closed = True
         if self._asyncio_server is not None:
             self._asyncio_server.close()

@@ -222,6 +222,8 @@ class Listener:
     def close(self) -> None:
         if self.sock is not None:
             self.sock.close()
+        elif self._runtime.listeners.get(self.lid) is self:
+            self._runtime.unlisten(self.lid)       # the primary's copy of the address
         self._runtime.listeners.pop(self.lid, None)
         while self._queue:
             self._queue.popleft().close()

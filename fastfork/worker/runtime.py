@@ -180,6 +180,17 @@ class WorkerRuntime:
             message["head_timeouts"] = self.head_timeout_counter()
         self.control.send(message)
 
+    def unlisten(self, lid: int) -> None:
+        """This worker closed its listener ``lid`` and goes on: the primary must
+        send it nothing more for that address (a stopping worker needs no such
+        word: the primary retires it whole)."""
+        if self.stopping.is_set():
+            return
+        try:
+            self.control.send({"t": "unlisten", "lid": lid})
+        except OSError:
+            pass              # the primary is gone; this worker exits on its own
+
     def count_accepted(self):
         """One more connection returned by a blocking ``accept()`` (it beats
         from there: its loop is the caller's)."""

@@ -14,6 +14,8 @@ what it needs.  Each connection reads one line and answers it:
     send TEXT       -> sends {"text": TEXT} to the primary, answers "sent"
     garbage         -> writes a malformed message on the control channel
     exit CODE       -> the worker exits at once with CODE
+    close           -> the worker closes its server (and goes on living), answers
+                       "<id> closed"
     anything else   -> echoed back
 """
 
@@ -52,6 +54,7 @@ args = parser.parse_args()
 logging.basicConfig(level=logging.INFO, format="%(process)d %(name)s %(levelname)s %(message)s")
 
 served = 0
+servers = []          # this worker's servers (for "close")
 
 
 def emit(event, **fields):
@@ -89,6 +92,10 @@ async def handle(reader, writer):
         reply = "garbage sent"
     elif cmd == "exit":
         os._exit(int(arg or 0))
+    elif cmd == "close":
+        for server in servers:
+            server.close()
+        reply = f"{fastfork.worker_id} closed"
     else:
         reply = line
     writer.write((reply + "\n").encode())
@@ -142,7 +149,7 @@ def worker_main():
             fastfork.send({"listen_refused": str(exc)})
             runtime.runtime().stopping.wait()
     else:
-        fastfork.serve(handle, args.address)
+        fastfork.serve(handle, args.address, on_started=servers.extend)
 
 
 def _children():

@@ -2,7 +2,8 @@
 
 Each case is a credit window and a list of steps ``"method args... -> result"``:
 the result is the return value, or the name of the exception the step raises;
-a step without ``->`` must just not raise.  ``sub`` is ``subscribe``.
+a step without ``->`` must just not raise.  ``sub`` is ``subscribe``, ``unsub``
+``unsubscribe``.
 The least-connections cases (``LEAST_CASES``) also give ``worker_connections``.
 """
 
@@ -19,7 +20,8 @@ def sched_mod(impl):
     return impl.scheduler
 
 
-METHODS = {"add": "add", "remove": "remove", "sub": "subscribe", "retire": "retire",
+METHODS = {"add": "add", "remove": "remove", "sub": "subscribe", "unsub": "unsubscribe",
+           "retire": "retire",
            "full": "set_full",
            "pick": "pick", "ack": "ack", "available": "available", "inflight": "inflight",
            "closed": "closed", "open": "open_connections"}
@@ -54,6 +56,12 @@ CASES = {
         "pick 0 -> 1", "pick 0 -> 1", "pick 0 -> -1",
         "inflight 0 -> 1", "ack 0 1", "inflight 0 -> 0", "pick 0 -> -1",
         "available 0 -> 0", "remove 0 -> 0",
+    ]),
+    "a worker that unsubscribes gets nothing more from that listener only": (8, [
+        "add 0", "add 1", "sub 0 0", "sub 0 1", "sub 1 0",
+        "pick 0 -> 0", "pick 0 -> 1", "unsub 0 0",
+        "pick 0 -> 1", "pick 0 -> 1", "pick 1 -> 0",
+        "inflight 0 -> 2", "ack 0 2", "unsub 0 64 -> ValueError", "unsub 9 0 -> KeyError",
     ]),
     "a worker gets only listeners it subscribed to, one cursor each": (8, [
         "add 0", "add 1", "add 2",

@@ -308,3 +308,19 @@ def test_a_blocking_worker_stuck_in_its_handler_is_replaced(cluster_factory, imp
         assert survivor in seen, (survivor, seen)           # and it serves (rr deals to it)
     else:
         assert seen, "nothing answered"    # under none the kernel may pick one worker only
+
+
+@pytest.mark.parametrize("policy", ["rr", "least"])
+def test_a_worker_that_closes_its_server_is_sent_nothing_more(cluster_factory, impl, policy):
+    # A worker that closes its server while it goes on living must not be sent
+    # the address's connections any more: it could only close them unanswered.
+    cluster = cluster_factory("--workers", "2", "--policy", policy)
+    address, listening = cluster.wait_listening(2)
+    closer_id, closer_pid = request(address, "close").split()[0], None
+    closer_pid = next(e["pid"] for e in listening if str(e["id"]) == closer_id)
+    other_pid = next(e["pid"] for e in listening if e["pid"] != closer_pid)
+    served = [whoami(address)[1] for _ in range(20)]
+    assert served == [other_pid] * 20
+    # It is alive, as it said: it was not replaced, only taken off the address.
+    os.kill(closer_pid, 0)
+    assert not [e for e in cluster.events if e["event"] == "exit"], cluster.output()

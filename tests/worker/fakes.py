@@ -37,6 +37,10 @@ class FakeListener:
     address = "127.0.0.1:0"
     sock = None
     proxy_allow = None        # no PROXY protocol
+    closed = False
+
+    def close(self):
+        self.closed = True
 
 
 class Echo(asyncio.Protocol):

@@ -239,6 +239,15 @@ cdef class Dispatcher:
             self._sched.c_subscribe(slot, lid)
             self._flush_pending()
 
+    def unsubscribe(self, int slot, int lid):
+        """Send the worker in ``slot`` no more connections from listener ``lid``
+        (it closed its listener; what waits goes to the others)."""
+        self._check()
+        if not 0 <= lid < FF_MAX_LISTENERS or self._lfd[lid] < 0:
+            raise KeyError(f"no listener {lid}")
+        if self._is_open(slot):
+            self._sched.unsubscribe(slot, lid)
+
     def retire_worker(self, int slot):
         """Send nothing more to ``slot``; tell it so with an END message.
 

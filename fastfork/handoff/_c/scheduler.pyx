@@ -195,6 +195,13 @@ cdef class RoundRobinScheduler:
     def subscribe(self, int slot, int lid):
         self.c_subscribe(slot, lid)
 
+    def unsubscribe(self, int slot, int lid):
+        """The worker closed its listener ``lid``: pick it for that one no more."""
+        self._check(slot)
+        if not 0 <= lid < FF_MAX_LISTENERS:
+            raise ValueError(f"listener id must be in 0..{FF_MAX_LISTENERS - 1}, got {lid}")
+        self.subs[slot] &= ~((<uint64_t>1) << lid)
+
     def retire(self, int slot):
         self.c_retire(slot)
 

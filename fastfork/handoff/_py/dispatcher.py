@@ -181,6 +181,15 @@ class Dispatcher:
             self._sched.subscribe(slot, lid)
             self._flush_pending()
 
+    def unsubscribe(self, slot, lid):
+        """Send the worker in ``slot`` no more connections from listener ``lid``
+        (it closed its listener; what waits goes to the others)."""
+        self._check()
+        if lid not in self._listeners:
+            raise KeyError(f"no listener {lid}")
+        if self._open.get(slot):
+            self._sched.unsubscribe(slot, lid)
+
     def retire_worker(self, slot):
         """Send nothing more to ``slot``; tell it so with an END message.
 

@@ -12,7 +12,8 @@ Rules
    gives ``n`` back.  A worker with no credit is never picked, so a worker
    whose event loop is stuck stops receiving connections after ``window``.
 3. A worker receives connections only for listeners it subscribed to
-   (``subscribe(slot, lid)``), and only while it is active: ``retire(slot)``
+   (``subscribe(slot, lid)``; ``unsubscribe(slot, lid)`` withdraws one, when
+   the worker closed that listener), and only while it is active: ``retire(slot)``
    stops new dispatches to it for good (graceful stop, rolling reload).
 4. Among the eligible workers the choice is round-robin in slot order, with
    one cursor per listener: the worker after the one picked last.
@@ -132,6 +133,11 @@ class RoundRobinScheduler:
     def subscribe(self, slot, lid):
         self._check(slot)
         self._subs[slot] |= 1 << _check_lid(lid)
+
+    def unsubscribe(self, slot, lid):
+        """The worker closed its listener ``lid``: pick it for that one no more."""
+        self._check(slot)
+        self._subs[slot] &= ~(1 << _check_lid(lid))
 
     def retire(self, slot):
         self._check(slot)
