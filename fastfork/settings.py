@@ -259,8 +259,9 @@ class Settings:
 
     # -- HTTP apps (asgi, wsgi), served by uvicorn's protocols --------------------------
     http: str = _setting(
-        "auto", _choice(("auto", "httptools", "h11")), "HTTP/1.1 parser: httptools, h11, or "
-        "auto (httptools when installed) (default auto)", "http apps", "auto|httptools|h11")
+        "auto", _choice(("auto", "httptools", "h11", "engine")), "HTTP/1.1 server: uvicorn's "
+        "protocol on httptools or h11, engine (fastfork's own, in C), or auto (httptools when "
+        "installed) (default auto)", "http apps", "auto|httptools|h11|engine")
     ws: str = _setting(
         "auto", _choice(("auto", "websockets", "wsproto", "none")), "WebSocket "
         "implementation, or none (default auto)", "http apps", "auto|websockets|wsproto|none")
