@@ -16,6 +16,7 @@ alternately N times and reports medians.
 
     fastfork rr / none      fastfork.web.serve (uvicorn's protocols; loop and
                             parser "auto": uvloop and httptools when installed)
+    fastfork rr engine      the same with http="engine" (fastfork.engine, C)
     uvicorn --workers N     uvicorn's own process manager
     gunicorn + uvicorn      gunicorn -k uvicorn_worker.UvicornWorker
     gunicorn gthread        gunicorn -k gthread --threads T (WSGI)
@@ -56,6 +57,10 @@ def configurations(args):
                          [py, me, "--serve", policy, "--app", app, "--port", "{port}",
                           "--workers", w, "--threads", t]
                          + ([] if args.window is None else ["--window", str(args.window)])))
+        rows.append((app, "fastfork rr engine",
+                     [py, me, "--serve", "rr", "--app", app, "--port", "{port}", "--workers", w,
+                      "--threads", t, "--http", "engine"]
+                     + ([] if args.window is None else ["--window", str(args.window)])))
         if kind == "asgi":
             rows.append((app, f"uvicorn --workers {w}",
                          [py, "-m", "uvicorn", target, "--port", "{port}", "--workers", w,
@@ -220,7 +225,7 @@ def serve_fastfork(args):
 
     def worker():
         fastfork.web.serve(app, f"127.0.0.1:{args.port}", access_log=False,
-                           log_level="warning", threads=args.threads)
+                           log_level="warning", threads=args.threads, http=args.http)
 
     options = {} if args.window is None else {"window": args.window}
     return fastfork.Cluster(worker, args.workers, policy=args.serve, **options).run()
@@ -241,6 +246,7 @@ def main():
     parser.add_argument("--serve", choices=("rr", "none", "reuseport"), help=argparse.SUPPRESS)
     parser.add_argument("--app", default="starlette", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--http", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         return serve_fastfork(args)

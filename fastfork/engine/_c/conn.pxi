@@ -8,6 +8,14 @@ cdef enum:
     TIMER_HEAD = 1        # a request head is awaited (fastfork.web.deadline's clock)
     TIMER_IDLE = 2        # keep-alive between requests (uvicorn's timeout_keep_alive)
     TIMER_GRACE = 3       # stopping: one more request may come until then
+    TIMER_LINGER = 4      # answered and closing: the client's last bytes are drained
+
+# After an answer that ends a connection whose client may still be sending
+# (a refused or timed-out head), the write side is shut and what arrives is
+# read and dropped for up to this long before the close (nginx's lingering
+# close): closing with unread bytes sends an RST that can destroy the answer
+# before the client reads it.
+cdef double LINGER = 2.0
 
 cdef bytes CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 cdef bytes TIMEOUT_BODY = b"the request head did not arrive in time\n"
@@ -29,6 +37,7 @@ cdef class HttpConn:
     cdef bint closed
     cdef bint paused              # reading stopped: body or pipeline backlog
     cdef bint close_when_flushed
+    cdef bint lingering           # answered, write side shut after the flush, input dropped
     cdef unsigned int interest    # the epoll events registered now
     cdef bytearray out            # bytes the socket had no room for
     cdef object drained           # a future send() waits on while out is over HIGH_WATER
@@ -43,11 +52,13 @@ cdef class HttpConn:
     cdef bint expect_continue
     cdef bint upgrading
     cdef int refused              # the status a callback refused the request with
+    cdef bytes refusal            # an answer due once the requests before it are answered
     # The requests: the one answered, those parsed and waiting, the one
     # whose body is being read (any of them).
     cdef AsgiExchange current
     cdef object queue
     cdef AsgiExchange parsing
+    cdef bint start_due           # current's head is parsed; its app starts after the feed
     # Deadlines.
     cdef int timer
     cdef double deadline
@@ -82,7 +93,8 @@ cdef class HttpConn:
         cdef Engine engine = self.engine
         cdef ssize_t n = read(self.fd, <char*>engine.rbuf, READ_SIZE)
         if n > 0:
-            self.feed(n)
+            if self.parser is not None:   # None: refused or lingering, input dropped
+                self.feed(n)
         elif n == 0:
             self.close()              # the client left (uvicorn: connection_lost)
         elif not (would_block(errno) or errno == EINTR):
@@ -108,12 +120,18 @@ cdef class HttpConn:
                     return
                 continue              # not a WebSocket: answered as a plain request
             except HttpParserError as exc:
-                self.refuse(exc)
-                return
+                self.refuse(exc)      # and the requests before it still start
             break
         if self.closed:
             return
-        if self.in_head and self.since_field > LIMIT_REQUEST_FIELD_SIZE + 2:
+        if self.start_due:
+            # Only now: llhttp refuses some heads (two lengths, a bad
+            # Transfer-Encoding) after on_headers_complete, and such a request
+            # must never reach the app.
+            self.start_due = False
+            self.current.start()
+        if self.parser is not None and self.in_head and (
+                self.since_field > LIMIT_REQUEST_FIELD_SIZE + 2):
             self.refuse(None, 431)
 
     cdef refuse(self, exc, int status=0):
@@ -127,10 +145,32 @@ cdef class HttpConn:
             why = LINE_TOO_LONG
         else:
             why = "Invalid HTTP request received."
-        if self.current is None and not self.queue:
-            self.write_simple(status, why.encode())
-        # Else the answer would land inside another response: just close.
-        self.close_after_write()
+        if self.parsing is not None:
+            if self.parsing is self.current and self.start_due:
+                self.current = None       # refused at its head's end: never started
+                self.start_due = False
+            elif self.queue and self.queue[-1] is self.parsing:
+                self.queue.pop()
+            else:
+                # Broken in the middle of a body being read by the app: that
+                # request cannot be answered as if it had arrived whole.
+                self.close()
+                return
+            self.parsing = None
+        self.parser = None            # nothing after it is read as a request
+        self.in_head = False
+        self.timer = TIMER_NONE
+        self.refusal = self.simple(status, why.encode())
+        if self.current is None:
+            self.send_refusal()
+        else:
+            # The requests before it are answered first, in order: then this.
+            self.pause()
+
+    cdef send_refusal(self):
+        self.send_parts([self.refusal])
+        self.refusal = None
+        self.linger()
 
     # Parser callbacks (httptools calls them by name).
     def on_message_begin(self):
@@ -191,7 +231,7 @@ cdef class HttpConn:
         self.parsing = exchange
         if self.current is None:
             self.current = exchange
-            exchange.start()
+            self.start_due = True
         else:
             self.queue.append(exchange)
             if len(self.queue) >= PIPELINE_DEPTH:
@@ -220,8 +260,11 @@ cdef class HttpConn:
         self.current = None
         if self.queue:
             self.current = self.queue.popleft()
-            self.resume()
+            if self.refusal is None:
+                self.resume()
             self.current.start()
+        elif self.refusal is not None:
+            self.send_refusal()
         elif self.in_head:
             if self.engine.head_timeout > 0 and self.timer == TIMER_NONE:
                 self.arm(TIMER_HEAD, monotonic() + self.engine.head_timeout)
@@ -254,14 +297,28 @@ cdef class HttpConn:
             self.engine.head_timeouts += 1
             if self.partial and self.current is None and not self.queue:
                 # As nginx and gunicorn: a slow but real client sees why.
-                self.write_simple(408, TIMEOUT_BODY)
-            self.close_after_write()
+                self.send_parts([self.simple(408, TIMEOUT_BODY)])
+                self.linger()
+            else:
+                self.close()
         else:
             self.close()
 
+    cdef linger(self):
+        """The answer is the last: shut the write side once it is out, drop input."""
+        self.lingering = True
+        self.parser = None
+        self.arm(TIMER_LINGER, monotonic() + LINGER)
+        if self.paused:
+            self.paused = False
+        if not self.out:
+            shutdown(self.fd, SHUT_WR)
+        self.update()
+
     # -- writing -----------------------------------------------------------------
-    cdef write_simple(self, int status, bytes body):
-        self.send_parts([status_line(status), self.engine.default_head,
+    cdef bytes simple(self, int status, bytes body):
+        """A whole plain-text answer that ends the connection."""
+        return b"".join([status_line(status), self.engine.default_head,
                          b"content-type: text/plain; charset=utf-8\r\ncontent-length: %d\r\n"
                          b"connection: close\r\n\r\n" % len(body), body])
 
@@ -318,6 +375,8 @@ cdef class HttpConn:
             if self.close_when_flushed:
                 self.close()
                 return
+            if self.lingering:
+                shutdown(self.fd, SHUT_WR)
             if self.drained is not None:
                 if not self.drained.done():
                     self.drained.set_result(None)
@@ -345,7 +404,8 @@ cdef class HttpConn:
             self.update()
 
     cdef resume(self):
-        if self.paused and not self.close_when_flushed and len(self.queue) < PIPELINE_DEPTH:
+        if (self.paused and not self.close_when_flushed and self.refusal is None
+                and len(self.queue) < PIPELINE_DEPTH):
             self.paused = False
             self.update()
 

@@ -49,6 +49,14 @@ async def client(request):
     return JSONResponse({"host": host, "port": port})
 
 
+async def disconnect(request):
+    # Reads the body, then waits for the client to leave: http.disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    common.announce(disconnected=request.url.path)
+    return JSONResponse({})
+
+
 async def requests(request):
     return JSONResponse(common.requests_served())
 
@@ -63,7 +71,7 @@ async def lifespan(app):
 app = Starlette(routes=[
     Route("/whoami", whoami), Route("/echo", echo, methods=["POST"]), Route("/stream", stream),
     Route("/slow", slow), Route("/requests", requests), Route("/block", block),
-    Route("/client", client),
+    Route("/client", client), Route("/disconnect", disconnect),
 ], lifespan=lifespan)
 
 
