@@ -17,6 +17,7 @@ alternately N times and reports medians.
     fastfork rr / none      fastfork.web.serve (uvicorn's protocols; loop and
                             parser "auto": uvloop and httptools when installed)
     fastfork rr engine      the same with http="engine" (fastfork.engine, C)
+    ..., WSGI on the loop   and threads=0: the engine calls the WSGI app itself
     uvicorn --workers N     uvicorn's own process manager
     gunicorn + uvicorn      gunicorn -k uvicorn_worker.UvicornWorker
     gunicorn gthread        gunicorn -k gthread --threads T (WSGI)
@@ -61,6 +62,11 @@ def configurations(args):
                      [py, me, "--serve", "rr", "--app", app, "--port", "{port}", "--workers", w,
                       "--threads", t, "--http", "engine"]
                      + ([] if args.window is None else ["--window", str(args.window)])))
+        if kind == "wsgi":
+            rows.append((app, "fastfork rr engine, WSGI on the loop",
+                         [py, me, "--serve", "rr", "--app", app, "--port", "{port}",
+                          "--workers", w, "--threads", "0", "--http", "engine"]
+                         + ([] if args.window is None else ["--window", str(args.window)])))
         if kind == "asgi":
             rows.append((app, f"uvicorn --workers {w}",
                          [py, "-m", "uvicorn", target, "--port", "{port}", "--workers", w,

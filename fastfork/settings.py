@@ -269,7 +269,8 @@ class Settings:
         "auto", _choice(("auto", "on", "off")), "ASGI lifespan events, once per worker "
         "(default auto: when the app supports them)", "http apps", "auto|on|off")
     threads: int = _setting(
-        10, _positive, "threads per worker that run a WSGI app's calls (default 10)",
+        10, _count, "threads per worker that run a WSGI app's calls; 0: on the loop "
+        "thread, no pool (--http engine only; for apps that do not block) (default 10)",
         "http apps", "N")
     root_path: str = _setting(
         "", _text_or_empty, "the ASGI root_path (the app is mounted under this URL prefix)",

@@ -103,6 +103,9 @@ class AsgiServer:
     ``graceful_timeout`` bounds ``stop()``; None: the primary's graceful
     timeout (it kills the worker after it anyway).  ``timeout_request_head``:
     seconds a request head may take to arrive (0: no deadline; see ``deadline``).
+    ``wsgi_app`` (with ``http="engine"``): a WSGI app the engine calls on the
+    loop thread instead of ``app``, its request bodies read whole first, up
+    to ``wsgi_body_limit`` bytes.
     """
 
     addresses: List[Address]
@@ -130,10 +133,15 @@ class AsgiServer:
                  graceful_timeout: Optional[float] = None, backlog: int = 2048,
                  on_close: Optional[Callable[[], object]] = None,
                  timeout_request_head: float = DEFAULT_HEAD_TIMEOUT,
+                 wsgi_app: Optional[object] = None, wsgi_body_limit: int = 1 << 20,
                  **config_options: Any) -> None:
         if http not in HTTP_CHOICES:
             raise ValueError(f"http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
         self._use_engine = http == "engine"
+        self._wsgi_app = wsgi_app
+        self._wsgi_body_limit = wsgi_body_limit
+        if wsgi_app is not None and not self._use_engine:
+            raise ValueError("wsgi_app (a WSGI app on the loop thread) needs http='engine'")
         if self._use_engine:
             unsupported = [name for name in ENGINE_UNSUPPORTED if config_options.get(name)]
             if limit_concurrency is not None:
@@ -233,7 +241,8 @@ class AsgiServer:
             root_path=self.config.root_path, logger=logging.getLogger("uvicorn.error"),
             # As uvicorn: no access log without a handler to write it.
             access_logger=access if self.config.access_log and access.hasHandlers() else None,
-            on_upgrade=None if self.config.ws_protocol_class is None else hand_over)
+            on_upgrade=None if self.config.ws_protocol_class is None else hand_over,
+            wsgi_app=self._wsgi_app, body_limit=self._wsgi_body_limit)
         self.engine.set_default_headers(self.state.default_headers)
         return self.engine
 

@@ -21,8 +21,8 @@ need_web_extra()
 
 
 @pytest.fixture
-def engine(web_cluster):
-    cluster = web_cluster("--app", "starlette", "--workers", "1", "--http", "engine")
+def engine(one_web_cluster):
+    cluster = one_web_cluster("--app", "starlette", "--workers", "1", "--http", "engine")
     address, _ = cluster.wait_listening(1)
     return cluster, address
 

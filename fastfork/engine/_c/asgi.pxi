@@ -28,6 +28,7 @@ cdef class AsgiExchange:
     cdef long long unsent_length
     cdef bytes head               # the response head, written with the first body part
     cdef object task
+    cdef bint wsgi_due            # WSGI: called once its body is complete
 
     cdef setup(self, HttpConn conn, bytes method, bytes url, list headers, str version,
                 bint keep_alive, bint expect_continue):
@@ -73,6 +74,16 @@ cdef class AsgiExchange:
 
     cdef start(self):
         cdef Engine engine = self.conn.engine
+        if engine.wsgi_app is not None:
+            if self.message_complete:
+                self.wsgi_due = False
+                run_wsgi(self)
+            else:
+                self.wsgi_due = True      # the engine reads the body first
+                if self.expect_continue:
+                    self.expect_continue = False
+                    self.conn.send_parts([CONTINUE])
+            return
         self.task = engine.loop.create_task(self.run(engine.app))
         engine.tasks.add(self.task)
 
@@ -114,8 +125,17 @@ cdef class AsgiExchange:
 
     # -- the request body, from the connection -----------------------------------
     cdef on_body(self, bytes body):
+        cdef Engine engine = self.conn.engine
         if self.complete or self.disconnected:
             return                    # answered already: the rest is read and dropped
+        if engine.wsgi_app is not None:
+            # Read whole before the call, so bounded: past the limit, a 413.
+            if self.buffered + len(body) > engine.body_limit:
+                self.conn.refused = 413
+                raise _LimitExceeded(BODY_TOO_LARGE)
+            self.body.append(body)
+            self.buffered += len(body)
+            return
         self.body.append(body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER:
@@ -124,6 +144,8 @@ cdef class AsgiExchange:
 
     cdef on_message_complete(self):
         self.message_complete = True
+        if self.wsgi_due:
+            self.conn.start_due = True    # called after the feed (see HttpConn.feed)
         self.wake()
 
     cdef on_disconnect(self):
@@ -256,6 +278,24 @@ cdef class AsgiExchange:
             self.complete = True
             self.wake()
             self.conn.response_done(self)
+
+
+    cdef wsgi_part(self, StartResponse start, bytes data, bint more, bint whole=False):
+        """A WSGI response part; the head goes out with the first (PEP 3333)."""
+        if not start.sent:
+            if start.status is None:
+                raise RuntimeError("the WSGI app returned without calling start_response")
+            headers = [(key.encode("latin-1"), value.encode("latin-1"))
+                       for key, value in start.headers]
+            if whole and not any([ascii_lower(key) == b"content-length"
+                                  for key, _ in headers]):
+                headers.append((b"content-length", b"%d" % len(data)))
+            self.start_response({"type": "http.response.start",
+                                 "status": int(start.status.split(" ", 1)[0]),
+                                 "headers": headers})
+            start.sent = True     # only now: a failure before may still become a 500
+        if not self.complete and not self.disconnected:
+            self.send_body(data, more)
 
 
 cdef str _client_addr(client):

@@ -141,13 +141,15 @@ cdef class HttpConn:
             status = self.refused or 400
         if status == 431:
             why = FIELDS_TOO_LARGE
+        elif status == 413:
+            why = BODY_TOO_LARGE
         elif self.refused:
             why = LINE_TOO_LONG
         else:
             why = "Invalid HTTP request received."
         if self.parsing is not None:
-            if self.parsing is self.current and self.start_due:
-                self.current = None       # refused at its head's end: never started
+            if self.parsing is self.current and (self.start_due or self.current.wsgi_due):
+                self.current = None       # refused before its app was called
                 self.start_due = False
             elif self.queue and self.queue[-1] is self.parsing:
                 self.queue.pop()

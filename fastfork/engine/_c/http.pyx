@@ -16,7 +16,8 @@ syscall to release it around.
 
 Files: ``limits.pxi`` (gunicorn's limits, the status lines, the header
 checks), ``conn.pxi`` (one connection: I/O, parsing, pipelining, keep-alive,
-timeouts), ``asgi.pxi`` (one request as ASGI: scope, receive, send).  Why
+timeouts), ``asgi.pxi`` (one request as ASGI: scope, receive, send),
+``wsgi.pxi`` (a WSGI app on the loop thread: environ, start_response).  Why
 httptools' Python-level parser and not llhttp cimported: httptools ships no C
 API (its ``cparser.pxd`` declares llhttp but neither the header nor exported
 symbols come with the wheel), so a cimport would build against a copy of
@@ -59,6 +60,7 @@ cdef enum:
 
 include "conn.pxi"
 include "asgi.pxi"
+include "wsgi.pxi"
 
 
 cdef class Engine:
@@ -70,7 +72,9 @@ cdef class Engine:
     ``head_timeout``: seconds a request head may take (0: no deadline; see
     ``fastfork.web.deadline``); ``on_upgrade(fd, data, owner, server)``: takes
     a connection whose request is a WebSocket upgrade (None: upgrades are
-    answered as plain requests).  ``requests`` counts responses completed,
+    answered as plain requests); ``wsgi_app``: a WSGI app called on the loop
+    thread instead of ``app`` (``wsgi.pxi``), its bodies read whole first, up
+    to ``body_limit`` bytes (413 past it).  ``requests`` counts responses completed,
     ``head_timeouts`` connections closed at the head deadline.
     """
 
@@ -94,12 +98,15 @@ cdef class Engine:
     cdef readonly bint stopping
     cdef readonly set tasks
     cdef object on_upgrade
+    cdef object wsgi_app                # a WSGI app called on the loop thread, or None
+    cdef Py_ssize_t body_limit          # its request bodies are read whole up to this
     cdef object ticker
     cdef double tick
     cdef epoll_event events[EVENTS]
 
     def __init__(self, loop, app, app_state, *, double keep_alive=5.0, double head_timeout=60.0,
-                 str root_path="", access_logger=None, logger=None, on_upgrade=None):
+                 str root_path="", access_logger=None, logger=None, on_upgrade=None,
+                 wsgi_app=None, Py_ssize_t body_limit=1 << 20):
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
@@ -118,6 +125,8 @@ cdef class Engine:
         self.head_timeout = head_timeout
         self.tasks = set()
         self.on_upgrade = on_upgrade
+        self.wsgi_app = wsgi_app
+        self.body_limit = body_limit
         shortest = min([t for t in (keep_alive, head_timeout) if t > 0] or [1.0])
         # Deadlines are checked on a tick: a tenth of the shortest timeout,
         # within [50 ms, 1 s], is precise enough for either and costs nothing.

@@ -20,6 +20,8 @@ cdef enum:
 # too many or too large header fields a 431.
 LINE_TOO_LONG = "Request Line is too large"
 FIELDS_TOO_LARGE = "Request Header Fields Too Large"
+# WSGI on the loop reads a body whole before the call: past its limit, a 413.
+BODY_TOO_LARGE = "Request body is too large"
 
 cdef list STATUS_LINES = []
 for _code in range(600):
