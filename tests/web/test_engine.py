@@ -143,3 +143,17 @@ def test_a_client_that_leaves_is_an_http_disconnect(engine):
     # The app is waiting in receive(): leave.
     sock.close()
     assert cluster.wait_event("message")["data"]["disconnected"] == "/disconnect"
+
+
+def test_headers_go_out_before_a_delayed_first_body_part(engine):
+    # /late-body starts its response, then waits for /release-body (asked on
+    # another connection) before its body: the head must not wait with it.
+    _, address = engine
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET /late-body HTTP/1.1\r\nHost: x\r\n\r\n")
+        head = recv_until(sock, b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ") and b"released" not in head
+        with socket.create_connection(address, timeout=10) as other:
+            other.sendall(b"GET /release-body HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            assert read_all(other).startswith(b"HTTP/1.1 200 ")
+        assert b"released" in recv_until(sock, b"released")

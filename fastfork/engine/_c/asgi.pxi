@@ -251,6 +251,17 @@ cdef class AsgiExchange:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
         self.head = b"".join(parts)
+        if self.task is not None:
+            # The head waits for the first body part (one writev for both),
+            # but no longer than this step of the app's task: an app that
+            # starts a response and then awaits something else (a stream's
+            # first event) must not hold its headers back.
+            engine.loop.call_soon(self.flush_head)
+
+    def flush_head(self):
+        if self.head is not None and not self.disconnected:
+            head, self.head = self.head, None
+            self.conn.send_parts([head])
 
     cdef send_body(self, bytes body, bint more):
         cdef Py_ssize_t size = len(body)
