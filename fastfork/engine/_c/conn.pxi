@@ -2,6 +2,10 @@
 # requests answered one at a time in arrival order (pipelined ones wait
 # their turn, parsed), unsent bytes kept and written when the socket has
 # room, keep-alive and the two deadlines.
+#
+# Over 400 lines on purpose: this is one cdef class (its reading, writing,
+# epoll interest and timers share every field), and Cython cannot split a
+# class's methods across files; the request itself is in asgi.pxi/wsgi.pxi.
 
 cdef enum:
     TIMER_NONE = 0
