@@ -16,6 +16,8 @@ alternately N times and reports medians.
 
     fastfork rr / none      fastfork.web.serve (uvicorn's protocols; loop and
                             parser "auto": uvloop and httptools when installed)
+    fastfork rr engine      the same with http="engine" (fastfork.engine, C)
+    ..., WSGI on the loop   and threads=0: the engine calls the WSGI app itself
     uvicorn --workers N     uvicorn's own process manager
     gunicorn + uvicorn      gunicorn -k uvicorn_worker.UvicornWorker
     gunicorn gthread        gunicorn -k gthread --threads T (WSGI)
@@ -55,6 +57,15 @@ def configurations(args):
             rows.append((app, f"fastfork {policy}",
                          [py, me, "--serve", policy, "--app", app, "--port", "{port}",
                           "--workers", w, "--threads", t]
+                         + ([] if args.window is None else ["--window", str(args.window)])))
+        rows.append((app, "fastfork rr engine",
+                     [py, me, "--serve", "rr", "--app", app, "--port", "{port}", "--workers", w,
+                      "--threads", t, "--http", "engine"]
+                     + ([] if args.window is None else ["--window", str(args.window)])))
+        if kind == "wsgi":
+            rows.append((app, "fastfork rr engine, WSGI on the loop",
+                         [py, me, "--serve", "rr", "--app", app, "--port", "{port}",
+                          "--workers", w, "--threads", "0", "--http", "engine"]
                          + ([] if args.window is None else ["--window", str(args.window)])))
         if kind == "asgi":
             rows.append((app, f"uvicorn --workers {w}",
@@ -220,7 +231,7 @@ def serve_fastfork(args):
 
     def worker():
         fastfork.web.serve(app, f"127.0.0.1:{args.port}", access_log=False,
-                           log_level="warning", threads=args.threads)
+                           log_level="warning", threads=args.threads, http=args.http)
 
     options = {} if args.window is None else {"window": args.window}
     return fastfork.Cluster(worker, args.workers, policy=args.serve, **options).run()
@@ -241,6 +252,7 @@ def main():
     parser.add_argument("--serve", choices=("rr", "none", "reuseport"), help=argparse.SUPPRESS)
     parser.add_argument("--app", default="starlette", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--http", default="auto", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         return serve_fastfork(args)

@@ -145,8 +145,9 @@ class Settings:
 
     # -- HTTP apps (asgi, wsgi), served by uvicorn's protocols --------------------------
     http: str = _setting(
-        "auto", c.choice(("auto", "httptools", "h11")), "HTTP/1.1 parser: httptools, h11, or "
-        "auto (httptools when installed) (default auto)", "http apps", "auto|httptools|h11")
+        "auto", c.choice(("auto", "httptools", "h11", "engine")), "HTTP/1.1 server: uvicorn's "
+        "protocol on httptools or h11, engine (fastfork's own, in C), or auto (httptools when "
+        "installed) (default auto)", "http apps", "auto|httptools|h11|engine")
     ws: str = _setting(
         "auto", c.choice(("auto", "websockets", "wsproto", "none")), "WebSocket "
         "implementation, or none (default auto)", "http apps", "auto|websockets|wsproto|none")
@@ -154,7 +155,8 @@ class Settings:
         "auto", c.choice(("auto", "on", "off")), "ASGI lifespan events, once per worker "
         "(default auto: when the app supports them)", "http apps", "auto|on|off")
     threads: int = _setting(
-        10, c.positive, "threads per worker that run a WSGI app's calls (default 10)",
+        10, c.count, "threads per worker that run a WSGI app's calls; 0: on the loop "
+        "thread, no pool (--http engine only; for apps that do not block) (default 10)",
         "http apps", "N")
     root_path: str = _setting(
         "", c.text_or_empty, "the ASGI root_path (the app is mounted under this URL prefix)",

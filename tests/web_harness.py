@@ -44,19 +44,40 @@ def lifespan_dir():
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture
-def web_cluster():
-    """``web_cluster("--app", "flask", ...)`` starts a cluster; all are killed after the test."""
-    started = []
+# The two HTTP paths every web test runs on: uvicorn's protocols (--http
+# auto) and fastfork's engine (--http engine, fastfork.engine).
+HTTP_PATHS = ("uvicorn", "engine")
 
+
+def _starter(started, http=None):
     def start(*args, env=None):
         app = args[args.index("--app") + 1] if "--app" in args else "starlette"
         need_framework(app)
+        if http == "engine":
+            if "--http" in args:
+                pytest.skip("the test names its own --http: run once, on the uvicorn path")
+            env = dict(env or {}, FASTFORK_TEST_HTTP="engine")
         proc = ClusterProcess(args, impl=DEFAULT, env=env, script=WEB_CLUSTER)
         started.append(proc)
         return proc
+    return start
 
-    yield start
+
+@pytest.fixture(params=HTTP_PATHS)
+def web_cluster(request):
+    """``web_cluster("--app", "flask", ...)`` starts a cluster; all are killed after the
+    test.  Each test runs twice: on uvicorn's protocols and on the engine."""
+    started = []
+    yield _starter(started, request.param)
+    for proc in started:
+        proc.close()
+
+
+@pytest.fixture
+def one_web_cluster():
+    """``web_cluster`` for a test that chooses its own ``--http``: run once."""
+    started = []
+    yield _starter(started)
     for proc in started:
         proc.close()
 

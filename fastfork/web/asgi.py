@@ -20,6 +20,11 @@ Life of one worker's server::
 ``server.head_timeouts`` counts connections closed because a request head
 did not arrive within ``timeout_request_head`` (see ``deadline``);
 ``head_timeouts()`` sums those.
+
+``http="engine"``: HTTP/1.1 is served by ``fastfork.engine`` (C, from the
+passed fd to the app) instead of uvicorn's protocol; a WebSocket upgrade is
+handed to uvicorn's httptools protocol on the same fd.  What the engine does
+not cover (``limit_concurrency``, TLS) is refused up front with that choice.
 """
 
 import asyncio
@@ -34,9 +39,15 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 import fastfork
 
 from ..addresses import Address
+from ..engine import EngineFactory, hand_over, load as load_engine
 from ..extras import require
 from ..worker.aio import Server
 from .deadline import with_head_deadline
+
+HTTP_CHOICES = ("auto", "httptools", "h11", "engine")
+# uvicorn.Config options the engine does not implement: with http="engine"
+# they are refused rather than silently ignored.
+ENGINE_UNSUPPORTED = ("ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_ca_certs")
 
 # A connection the primary handed over after the stop began (rr sends what it
 # accepted before it stopped) may take this long to send its request before
@@ -92,6 +103,9 @@ class AsgiServer:
     ``graceful_timeout`` bounds ``stop()``; None: the primary's graceful
     timeout (it kills the worker after it anyway).  ``timeout_request_head``:
     seconds a request head may take to arrive (0: no deadline; see ``deadline``).
+    ``wsgi_app`` (with ``http="engine"``): a WSGI app the engine calls on the
+    loop thread instead of ``app``, its request bodies read whole first, up
+    to ``wsgi_body_limit`` bytes.
     """
 
     addresses: List[Address]
@@ -103,7 +117,7 @@ class AsgiServer:
     servers: List[Server]
     loop: Any                     # the running loop, set by start()
     stopping: bool
-    head_timeouts: int            # connections closed at the request-head deadline
+    engine: Any                   # fastfork.engine's Engine with http="engine", else None
     _ticker: "Optional[asyncio.Task[None]]"
     _late: "set[asyncio.TimerHandle]"
 
@@ -119,7 +133,24 @@ class AsgiServer:
                  graceful_timeout: Optional[float] = None, backlog: int = 2048,
                  on_close: Optional[Callable[[], object]] = None,
                  timeout_request_head: float = DEFAULT_HEAD_TIMEOUT,
+                 wsgi_app: Optional[object] = None, wsgi_body_limit: int = 1 << 20,
                  **config_options: Any) -> None:
+        if http not in HTTP_CHOICES:
+            raise ValueError(f"http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
+        self._use_engine = http == "engine"
+        self._wsgi_app = wsgi_app
+        self._wsgi_body_limit = wsgi_body_limit
+        if wsgi_app is not None and not self._use_engine:
+            raise ValueError("wsgi_app (a WSGI app on the loop thread) needs http='engine'")
+        if self._use_engine:
+            unsupported = [name for name in ENGINE_UNSUPPORTED if config_options.get(name)]
+            if limit_concurrency is not None:
+                unsupported.append("limit_concurrency")
+            if unsupported:
+                raise ValueError(f"http='engine' does not support {', '.join(unsupported)}: "
+                                 f"use http='httptools'")
+            load_engine()         # a missing build or httptools fails here, before serving
+            http = "httptools"    # uvicorn's protocol: what an upgrade is handed to
         uvicorn = require("uvicorn", "speak HTTP")
         server_module = require("uvicorn.server", "keep its per-server state")
         if not addresses:
@@ -146,7 +177,9 @@ class AsgiServer:
             access_log=access_log, log_level=log_level, log_config=log_config,
             backlog=backlog, **config_options)
         self.config.load()
-        self.head_timeouts = 0
+        self._head_timeouts = 0
+        self._head_timeout = timeout_request_head
+        self.engine = None
         self._protocol_class = self.config.http_protocol_class
         if timeout_request_head:
             self._protocol_class = with_head_deadline(
@@ -165,12 +198,20 @@ class AsgiServer:
         completes (``ServerState.total_requests``), so no wrapper around the
         app's ``send`` is needed (a coroutine layer per message, ~4% of a
         keep-alive request)."""
-        return self.state.total_requests
+        engine = 0 if self.engine is None else self.engine.requests
+        return self.state.total_requests + engine
+
+    @property
+    def head_timeouts(self) -> int:
+        """Connections closed at the request-head deadline."""
+        engine = 0 if self.engine is None else self.engine.head_timeouts
+        return self._head_timeouts + engine
 
     @property
     def connections(self) -> int:
-        """Open HTTP and WebSocket connections (uvicorn's own set)."""
-        return len(self.state.connections)
+        """Open HTTP and WebSocket connections (uvicorn's own set, the engine's)."""
+        engine = 0 if self.engine is None else self.engine.open
+        return len(self.state.connections) + engine
 
     # -- start -------------------------------------------------------------------
     async def start(self) -> None:
@@ -183,11 +224,27 @@ class AsgiServer:
             log.error("worker %s (pid %d): the app's lifespan startup failed (see above); "
                       "exiting with code %d", fastfork.worker_id, os.getpid(), STARTUP_FAILURE)
             raise StartupFailed(STARTUP_FAILURE)
+        factory: Any = self._make_protocol
+        if self._use_engine:
+            factory = EngineFactory(self._start_engine(), self._make_protocol)
         for address in self.addresses:
             self.servers.append(await fastfork.create_server(
-                self._make_protocol, address, backlog=self.backlog))
+                factory, address, backlog=self.backlog))
         self._ticker = self.loop.create_task(self._tick())
         _servers.append(self)
+
+    def _start_engine(self):
+        access = logging.getLogger("uvicorn.access")
+        self.engine = load_engine().Engine(
+            self.loop, self.config.loaded_app, self.lifespan.state,
+            keep_alive=self.config.timeout_keep_alive, head_timeout=self._head_timeout,
+            root_path=self.config.root_path, logger=logging.getLogger("uvicorn.error"),
+            # As uvicorn: no access log without a handler to write it.
+            access_logger=access if self.config.access_log and access.hasHandlers() else None,
+            on_upgrade=None if self.config.ws_protocol_class is None else hand_over,
+            wsgi_app=self._wsgi_app, body_limit=self._wsgi_body_limit)
+        self.engine.set_default_headers(self.state.default_headers)
+        return self.engine
 
     def _refresh_headers(self):
         # uvicorn.Server.on_tick does this once a second: every response
@@ -196,6 +253,8 @@ class AsgiServer:
         if getattr(self.config, "date_header", True):
             headers.append((b"date", formatdate(time.time(), usegmt=True).encode()))
         self.state.default_headers = headers + self.config.encoded_headers
+        if self.engine is not None:
+            self.engine.set_default_headers(self.state.default_headers)
 
     async def _tick(self):
         while True:
@@ -203,7 +262,7 @@ class AsgiServer:
             self._refresh_headers()
 
     def _head_timed_out(self):
-        self.head_timeouts += 1
+        self._head_timeouts += 1
 
     def _make_protocol(self):
         protocol = self._protocol_class(
@@ -291,10 +350,14 @@ class AsgiServer:
                 self._arrived_while_stopping(connection)
             else:
                 connection.shutdown()
+        if self.engine is not None:
+            self.engine.shutdown(IDLE_GRACE)
         await fastfork.drain(self.servers, self.graceful_timeout)
         for server in self.servers:
             server.close()
         tasks = set(self.state.tasks)
+        if self.engine is not None:
+            tasks |= self.engine.tasks
         if tasks:
             remaining = None if deadline is None else max(0.0, deadline - self.loop.time())
             _, pending = await asyncio.wait(tasks, timeout=remaining)
@@ -308,6 +371,8 @@ class AsgiServer:
             # Past the timeout: uvicorn.Server leaves these to the process exit;
             # closing them here lets lifespan shutdown run on a quiet server.
             connection.transport.close()
+        if self.engine is not None:
+            self.engine.close()
         for handle in self._late:
             handle.cancel()
         if self._ticker is not None:

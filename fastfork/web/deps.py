@@ -10,8 +10,8 @@ def check(kind, http="auto", ws="auto", loop="auto"):
     require("uvicorn", "speak HTTP (its protocols serve every request)")
     if kind == "wsgi":
         require("a2wsgi", "run a WSGI app (its WSGIMiddleware adapts it to ASGI)")
-    if http == "httptools":
-        require("httptools", "parse HTTP with http='httptools'")
+    if http in ("httptools", "engine"):
+        require("httptools", f"parse HTTP with http={http!r}")
     elif http == "h11":
         require("h11", "parse HTTP with http='h11'")
     elif http == "auto" and not available("httptools"):

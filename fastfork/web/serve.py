@@ -35,11 +35,20 @@ def prepare(app: object, *addresses: Address, kind: str = "auto", threads: int =
     elif kind == "asgi" and detected == "wsgi":
         interface = "asgi3"     # the caller knows better: an ASGI app that looks like WSGI
     deps.check(kind, options.get("http", "auto"), options.get("ws", "auto"))
+    on_loop = kind == "wsgi" and threads == 0
+    if on_loop and options.get("http") != "engine":
+        raise ValueError("threads=0 (a WSGI app called on the loop thread) needs "
+                         "http='engine'")
     if not fastfork.is_worker:
         raise RuntimeError("fastfork.web serves from a fastfork worker: call it from the target "
                            "of fastfork.run()/Cluster(), or in the worker branch of the Node form")
     if kind == "wsgi":
-        app, close = wrap(app, threads, body_buffer)
+        if on_loop:
+            # The engine calls the app itself; the adapter below is only
+            # what uvicorn's config is built with (its pool never starts).
+            options["wsgi_app"] = app
+            options["wsgi_body_limit"] = body_buffer
+        app, close = wrap(app, max(threads, 1), body_buffer)
         # WSGI has no lifespan and no WebSockets: do not offer either.
         options.setdefault("lifespan", "off")
         options["ws"] = "none"
@@ -93,9 +102,11 @@ def serve(app: object, *addresses: Address, kind: str = "auto", loop: str = "aut
 
     ``kind``: ``"auto"`` (detect), ``"asgi"`` or ``"wsgi"``.  ``loop``:
     ``"uvloop"`` (required), ``"auto"`` (uvloop when installed) or ``"asyncio"``.
-    ``threads``: WSGI calls run on that many threads per worker; ``body_buffer``:
-    a WSGI request body is read on the loop up to that many bytes before a
-    thread is taken (0: off).  Other options
+    ``threads``: WSGI calls run on that many threads per worker (0: on the
+    loop thread, with ``http="engine"``: for apps that do not block);
+    ``body_buffer``: a WSGI request body is read on the loop up to that many
+    bytes before a thread is taken (0: off; on the loop thread: the largest
+    body, past which a 413).  Other options
     go to ``AsgiServer`` (uvicorn's: ``http``, ``ws``, ``lifespan``,
     ``timeout_keep_alive``, ``root_path``, ``proxy_headers``,
     ``forwarded_allow_ips``, ``limit_concurrency``,

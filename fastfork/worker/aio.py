@@ -9,6 +9,12 @@ uvloop's ``connect_accepted_socket`` driven by hand); under
 ``none``/``reuseport`` the worker's own listening socket is served by the
 loop.  How connections are counted, and under ``least`` reported closed to
 the primary, is in ``connection``.
+
+A protocol factory with an ``attach_fd(fd, conn, server, client)`` method
+(``fastfork.engine.EngineFactory``) takes the bare fd instead: no transport
+is made, the factory's server reads and writes the fd itself and calls
+``conn.finish()`` when it closes it; ``Server.reattach`` gives such an fd
+back to an ordinary protocol of the factory (a WebSocket upgrade).
 """
 
 import asyncio
@@ -43,7 +49,11 @@ class Server:
         self._report = None if reporter is None else reporter.closed
         self._asyncio_server = None
         self._closed = False
-        self._attach_now = self._pick_attach(loop)
+        self._takes_fd = hasattr(protocol_factory, "attach_fd")
+        self._attach_old = self._pick_attach(loop)
+        self._attach_now = self._attach_old
+        if self._takes_fd and self.listener.proxy_allow is None:
+            self._attach_now = self._attach_fd
 
     def _pick_attach(self, loop):
         if self.listener.proxy_allow is not None:
@@ -58,15 +68,16 @@ class Server:
     async def _start(self, backlog):
         sock = self.listener.sock
         if sock is None:
-            self.listener.on_connection(self.attach,
-                                        bare=self._attach_now == self._attach_driven)
+            bare = self._attach_now in (self._attach_driven, self._attach_fd)
+            self.listener.on_connection(self.attach, bare=bare)
             _ensure_data_reader(self._loop)
-        elif self.listener.proxy_allow is None:
+        elif self.listener.proxy_allow is None and not self._takes_fd:
             self._asyncio_server = await self._loop.create_server(
                 self._factory, sock=sock, backlog=backlog)
         else:
             # A PROXY header must be read before the app's protocol exists,
-            # which asyncio's own server cannot do: accept here instead.
+            # and an fd-taking factory wants no transport, neither of which
+            # asyncio's own server can do: accept here instead.
             sock.setblocking(False)
             self._loop.add_reader(sock.fileno(), self._accept_ready)
 
@@ -97,26 +108,60 @@ class Server:
 
     # Three ways to attach, the first two without a Task or a coroutine frame
     # of ours per connection; each ends in conn.attached() or conn.fail().
-    def _attach_selector(self, sock, conn):
+    # ``factory``: the protocol factory, when not conn.protocol (reattach).
+    def _attach_selector(self, sock, conn, factory=None):
         # What asyncio's connect_accepted_socket does, less its Task and
         # waiter: _make_socket_transport is private, but stable since 3.4.
         if sock.gettimeout() != 0.0:
             sock.setblocking(False)       # not one of ours (deliver makes them non-blocking)
-        self._loop._make_socket_transport(sock, conn.protocol())
+        self._loop._make_socket_transport(sock, (factory or conn.protocol)())
         conn.attached()
 
-    def _attach_driven(self, sock, conn):
+    def _attach_driven(self, sock, conn, factory=None):
         # uvloop has no synchronous way in; its coroutine creates the transport
         # before its first await, and must be run to its end (see drive).
-        conn.drive(self._loop.connect_accepted_socket(conn.protocol, sock))
+        conn.drive(self._loop.connect_accepted_socket(factory or conn.protocol, sock))
 
-    def _attach_task(self, sock, conn):
-        self._loop.create_task(self._connect(sock, conn))
+    def _attach_task(self, sock, conn, factory=None):
+        self._loop.create_task(self._connect(sock, conn, factory))
 
-    async def _connect(self, sock, conn):
+    def _attach_fd(self, sock, conn):
+        # The fd-taking factory's server reads and writes the fd itself.
+        if type(sock) is not AcceptedFd and sock.gettimeout() != 0.0:
+            sock.setblocking(False)       # accepted here (none/reuseport): blocking
+        conn.handed()
+        self._protocol_factory.attach_fd(sock.detach(), conn, self)
+
+    def reattach(self, fd: int, conn: Connection, data: bytes) -> None:
+        """Serve ``fd``, which an fd-taking factory's server had, with the factory's
+        protocol from here on, ``data`` (what was read of it) fed first."""
+        sock = socket.socket(fileno=fd)
+        conn.reopen(sock)
+        base = conn.protocol
+
+        def factory():
+            protocol = base()
+            protocol.connection_made = _Prefed(protocol, data).connection_made
+            return protocol
+
         try:
-            factory = conn.protocol
+            self._attach_old(sock, conn, factory)
+        except Exception as exc:
+            conn.fail(exc)
+
+    async def _connect(self, sock, conn, factory=None):
+        try:
+            factory = factory or conn.protocol
             if self.listener.proxy_allow is not None:
+                if self._takes_fd:
+                    refused, source = await self._proxy_source(sock)
+                    if refused:
+                        conn.finish()
+                    else:
+                        sock.setblocking(False)
+                        conn.handed()
+                        self._protocol_factory.attach_fd(sock.detach(), conn, self, source)
+                    return
                 factory = await self._proxied_factory(sock, factory)
                 if factory is None:
                     conn.finish()     # refused: under least, the primary counts it closed
@@ -132,8 +177,8 @@ class Server:
             "message": f"attaching a connection on {self.address} failed",
             "exception": exc})
 
-    async def _proxied_factory(self, sock, base):
-        """Read the PROXY header; the factory whose protocols see its client, or None."""
+    async def _proxy_source(self, sock):
+        """Read the PROXY header: ``(refused, source)``; source None: the real peer."""
         try:
             peer = sock.getpeername()
         except OSError:
@@ -141,11 +186,17 @@ class Server:
         if not proxy_protocol.allowed(peer, self.listener.proxy_allow):
             proxy_protocol.refuse(sock, peer, proxy_protocol.UNTRUSTED,
                                   proxy_protocol.UNTRUSTED, self._loop)
-            return None
+            return True, None
         try:
-            source = await proxy_protocol.read_header(self._loop, sock)
+            return False, await proxy_protocol.read_header(self._loop, sock)
         except proxy_protocol.ProxyHeaderError as exc:
             proxy_protocol.refuse(sock, peer, exc, proxy_protocol.BAD_HEADER, self._loop)
+            return True, None
+
+    async def _proxied_factory(self, sock, base):
+        """Read the PROXY header; the factory whose protocols see its client, or None."""
+        refused, source = await self._proxy_source(sock)
+        if refused:
             return None
         if source is None:
             return base            # LOCAL / UNKNOWN: the real peer stands
@@ -183,6 +234,25 @@ class Server:
     async def wait_closed(self) -> None:
         if self._asyncio_server is not None:
             await self._asyncio_server.wait_closed()
+
+
+class _Prefed:
+    """A protocol's connection_made, then its data_received with the bytes read
+    before it had the connection; references dropped once used (no cycle)."""
+
+    __slots__ = ("_made", "_received", "_data")
+
+    def __init__(self, protocol, data):
+        self._made = protocol.connection_made
+        self._received = protocol.data_received
+        self._data = data
+
+    def connection_made(self, transport):
+        made, received, data = self._made, self._received, self._data
+        self._made = self._received = self._data = None
+        made(transport)
+        if data:
+            received(data)
 
 
 class _LoopState:

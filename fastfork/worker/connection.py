@@ -170,6 +170,14 @@ class Connection:
         if self._lost is None:
             self.finish()     # nothing will tell us it closed
 
+    def handed(self):
+        """An fd-taking server has the fd now: it calls ``finish()`` once it closes it."""
+        self._sock = None
+
+    def reopen(self, sock):
+        """The fd came back from that server as ``sock``, to be attached again."""
+        self._sock = sock
+
     def finish(self):
         if self._open:
             self._open = False

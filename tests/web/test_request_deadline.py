@@ -118,7 +118,7 @@ def open_sockets():
         sock.close()
 
 
-@pytest.mark.parametrize("parser", ["httptools", "h11"])
+@pytest.mark.parametrize("parser", ["httptools", "h11", "engine"])
 def test_slow_and_idle_heads_are_closed_at_the_deadline(runner_factory, open_sockets, parser):
     runner = runner_factory(os.path.join(WEB, "starlette_app.py:app"), "--workers", "1",
                             "--bind", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
@@ -171,7 +171,7 @@ def test_slow_and_idle_heads_are_closed_at_the_deadline(runner_factory, open_soc
                10, "3 head timeouts in the metrics")
 
 
-@pytest.mark.parametrize("parser", ["httptools", "h11"])
+@pytest.mark.parametrize("parser", ["httptools", "h11", "engine"])
 def test_the_deadline_ends_with_the_head(runner_factory, open_sockets, parser):
     # A request answered slowly, and a WebSocket, outlive the deadline: the
     # clock stops once the head is complete (or the connection upgraded).

@@ -49,6 +49,37 @@ async def client(request):
     return JSONResponse({"host": host, "port": port})
 
 
+async def disconnect(request):
+    # Reads the body, then waits for the client to leave: http.disconnect.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    common.announce(disconnected=request.url.path)
+    return JSONResponse({})
+
+
+_release = asyncio.Event()
+
+
+async def late_body(request):
+    # The response starts (StreamingResponse sends its head before iterating)
+    # and its first body part waits for /release-body.
+    _release.clear()
+
+    async def body():
+        try:
+            await asyncio.wait_for(_release.wait(), 10)
+            yield b"released"
+        except asyncio.TimeoutError:
+            yield b"never released"
+
+    return StreamingResponse(body(), media_type="text/plain")
+
+
+async def release_body(request):
+    _release.set()
+    return JSONResponse({"released": True})
+
+
 async def requests(request):
     return JSONResponse(common.requests_served())
 
@@ -63,7 +94,8 @@ async def lifespan(app):
 app = Starlette(routes=[
     Route("/whoami", whoami), Route("/echo", echo, methods=["POST"]), Route("/stream", stream),
     Route("/slow", slow), Route("/requests", requests), Route("/block", block),
-    Route("/client", client),
+    Route("/client", client), Route("/disconnect", disconnect), Route("/late-body", late_body),
+    Route("/release-body", release_body),
 ], lifespan=lifespan)
 
 

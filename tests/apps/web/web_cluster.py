@@ -33,7 +33,9 @@ parser.add_argument("--address", default="127.0.0.1:0")
 parser.add_argument("--graceful-timeout", type=float, default=10.0)
 parser.add_argument("--max-restarts", type=int, default=10)
 parser.add_argument("--loop", default="asyncio")
-parser.add_argument("--http", default="auto")
+# The web_cluster fixture runs every web test on both HTTP paths: it sets
+# FASTFORK_TEST_HTTP=engine for the engine's run.
+parser.add_argument("--http", default=os.environ.get("FASTFORK_TEST_HTTP", "auto"))
 parser.add_argument("--ws", default="auto")
 parser.add_argument("--threads", type=int, default=4)
 parser.add_argument("--no-access-log", action="store_true")

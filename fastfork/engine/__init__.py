@@ -1,0 +1,55 @@
+"""fastfork.engine: the worker's HTTP/1.1 server in C, from the passed fd to the ASGI app.
+
+The hand-off delivers each connection's fd; ``aio.Server`` gives it to the
+engine (``attach_fd``) instead of building a Python socket and an event-loop
+transport.  From there the engine (``_c/http.pyx``) reads, parses (llhttp,
+through httptools), runs the app as a Task on the worker's loop and writes
+the response, with keep-alive, pipelining in order, ``Expect:
+100-continue``, chunked bodies both ways, backpressure both ways, gunicorn's
+request limits, the idle keep-alive and request-head deadlines, and a
+graceful drain.  What it does not speak (a WebSocket upgrade) it hands, fd
+and bytes read, to uvicorn's protocols through ``aio.Server.reattach``.
+
+``fastfork.web`` uses it for ``http="engine"``; ``EngineFactory`` is the
+object ``create_server`` gets there: a protocol factory (uvicorn's protocol,
+for the hand-offs) that also takes bare fds.
+"""
+
+from typing import Any, Callable, Optional
+
+from ..extras import require
+
+
+def load() -> Any:
+    """The compiled engine module (``fastfork.engine._c.http``); ImportError if it
+    was not built or httptools is missing."""
+    require("httptools", "parse HTTP in the engine (http='engine')")
+    from ._c import http
+    return http
+
+
+class EngineFactory:
+    """What ``fastfork.create_server`` is given to serve with the engine.
+
+    ``attach_fd(fd, conn, server, client)``: the engine takes the fd
+    (``conn.finish()`` once closed).  Called as a factory, it makes
+    ``protocol_factory()``'s protocol: the one a WebSocket upgrade is handed to.
+    """
+
+    __slots__ = ("engine", "_protocol_factory")
+
+    def __init__(self, engine: Any, protocol_factory: Callable[[], Any]) -> None:
+        self.engine = engine
+        self._protocol_factory = protocol_factory
+
+    def __call__(self) -> Any:
+        return self._protocol_factory()
+
+    def attach_fd(self, fd: int, conn: Any, server: Any, client: Optional[Any] = None) -> None:
+        self.engine.attach(fd, conn, server, client)
+
+
+def hand_over(fd: int, data: bytes, conn: Any, server: Any) -> None:
+    """The engine's ``on_upgrade``: serve ``fd`` with the server's protocol from
+    here on, ``data`` (what the engine read of it) first."""
+    server.reattach(fd, conn, data)

@@ -1,0 +1,223 @@
+# cython: language_level=3
+"""The worker's HTTP/1.1 engine in C: connections from fd to ASGI app, no transport.
+
+One ``Engine`` per served app and event loop.  ``attach(fd, owner, server)``
+takes a connection the channel (or the worker's own accept) delivered; from
+there everything is here: non-blocking ``read`` into one shared buffer,
+llhttp (through httptools' ``HttpRequestParser``) for the parsing, responses
+framed here and written with ``writev``, unsent bytes kept per connection.
+
+Readiness comes from one epoll set of the engine's own, whose fd the event
+loop watches (``loop.add_reader``): one Python callback per loop iteration
+however many connections are ready, and no handle object per connection.
+Nothing here blocks (every fd is non-blocking and ``epoll_wait`` is called
+with a zero timeout), so the GIL is never released: there is no blocking
+syscall to release it around.
+
+Files: ``limits.pxi`` (gunicorn's limits, the status lines, the header
+checks), ``conn.pxi`` (one connection: I/O, parsing, pipelining, keep-alive,
+timeouts), ``asgi.pxi`` (one request as ASGI: scope, receive, send),
+``wsgi.pxi`` (a WSGI app on the loop thread: environ, start_response).  Why
+httptools' Python-level parser and not llhttp cimported: httptools ships no C
+API (its ``cparser.pxd`` declares llhttp but neither the header nor exported
+symbols come with the wheel), so a cimport would build against a copy of
+llhttp of our own; its callbacks are vectorcalls into this module's methods,
+a few per request, and the bytes they pass are what the scope needs anyway.
+"""
+
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_GET_SIZE
+from libc.string cimport memchr
+from posix.unistd cimport read, write, close
+from posix.uio cimport iovec, writev
+
+from .includes.system cimport (
+    AF_INET, AF_INET6, CLOCK_MONOTONIC, EINTR, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL,
+    EPOLL_CTL_MOD, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, INET6_ADDRSTRLEN, clock_gettime,
+    epoll_create1, epoll_ctl, epoll_event, epoll_wait, errno, getpeername, getsockname,
+    inet_ntop, ntohs, SHUT_WR, shutdown, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socklen_t,
+    timespec, would_block)
+
+import collections
+import logging
+import urllib.parse
+
+from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, parse_url
+
+include "limits.pxi"
+
+
+cdef double monotonic() noexcept:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef enum:
+    READ_SIZE = 65536       # one read per readiness: fair to the other connections
+    EVENTS = 256            # epoll events taken per loop callback
+
+
+include "conn.pxi"
+include "asgi.pxi"
+include "wsgi.pxi"
+
+
+cdef class Engine:
+    """Serves one ASGI app on the connections given to ``attach``.
+
+    ``app``: the ASGI 3 callable (uvicorn's loaded app, its middleware
+    included); ``app_state``: the lifespan state, copied into each scope;
+    ``keep_alive``: seconds an idle keep-alive connection is kept;
+    ``head_timeout``: seconds a request head may take (0: no deadline; see
+    ``fastfork.web.deadline``); ``on_upgrade(fd, data, owner, server)``: takes
+    a connection whose request is a WebSocket upgrade (None: upgrades are
+    answered as plain requests); ``wsgi_app``: a WSGI app called on the loop
+    thread instead of ``app`` (``wsgi.pxi``), its bodies read whole first, up
+    to ``body_limit`` bytes (413 past it).  ``requests`` counts responses completed,
+    ``head_timeouts`` connections closed at the head deadline.
+    """
+
+    cdef int epfd
+    cdef object loop
+    cdef dict conns                     # fd -> HttpConn: held while registered
+    cdef bytearray rbuf
+    cdef object rview                   # memoryview of rbuf, sliced per read
+    cdef object app
+    cdef object app_state
+    cdef bytes default_head             # "date: ...\r\nserver: ...\r\n", refreshed each second
+    cdef str root_path
+    cdef bytes root_path_b
+    cdef object access_logger           # None: no access log
+    cdef object logger
+    cdef double keep_alive
+    cdef double head_timeout
+    cdef double grace_until             # stopping: idle connections close then
+    cdef readonly long long requests
+    cdef readonly long long head_timeouts
+    cdef readonly bint stopping
+    cdef readonly set tasks
+    cdef object on_upgrade
+    cdef object wsgi_app                # a WSGI app called on the loop thread, or None
+    cdef Py_ssize_t body_limit          # its request bodies are read whole up to this
+    cdef object ticker
+    cdef double tick
+    cdef epoll_event events[EVENTS]
+
+    def __init__(self, loop, app, app_state, *, double keep_alive=5.0, double head_timeout=60.0,
+                 str root_path="", access_logger=None, logger=None, on_upgrade=None,
+                 wsgi_app=None, Py_ssize_t body_limit=1 << 20):
+        self.epfd = epoll_create1(EPOLL_CLOEXEC)
+        if self.epfd < 0:
+            raise OSError(errno, "epoll_create1 failed")
+        self.loop = loop
+        self.conns = {}
+        self.rbuf = bytearray(READ_SIZE)
+        self.rview = memoryview(self.rbuf)
+        self.app = app
+        self.app_state = app_state
+        self.default_head = b""
+        self.root_path = root_path
+        self.root_path_b = root_path.encode("ascii")
+        self.access_logger = access_logger
+        self.logger = logger if logger is not None else logging.getLogger("uvicorn.error")
+        self.keep_alive = keep_alive
+        self.head_timeout = head_timeout
+        self.tasks = set()
+        self.on_upgrade = on_upgrade
+        self.wsgi_app = wsgi_app
+        self.body_limit = body_limit
+        shortest = min([t for t in (keep_alive, head_timeout) if t > 0] or [1.0])
+        # Deadlines are checked on a tick: a tenth of the shortest timeout,
+        # within [50 ms, 1 s], is precise enough for either and costs nothing.
+        self.tick = min(1.0, max(0.05, shortest / 10))
+        loop.add_reader(self.epfd, self._ready)
+        self.ticker = loop.call_later(self.tick, self._on_tick)
+
+    @property
+    def open(self):
+        """Connections this engine serves now."""
+        return len(self.conns)
+
+    def set_default_headers(self, headers):
+        """The headers every response starts with (uvicorn's ``default_headers``)."""
+        self.default_head = b"".join([name + b": " + value + b"\r\n" for name, value in headers])
+
+    def attach(self, int fd, owner, server=None, client=None):
+        """Serve ``fd`` (a connected, non-blocking stream socket, now the engine's).
+
+        ``owner.finish()`` is called once when it closes; ``client``: the
+        peer as a PROXY header gave it (else ``getpeername``)."""
+        cdef HttpConn conn = HttpConn.__new__(HttpConn)
+        cdef epoll_event ev
+        conn.setup(self, fd, owner, server, client)
+        ev.events = EPOLLIN
+        ev.data.ptr = <void*>conn
+        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
+            err = errno
+            close(fd)
+            owner.finish()
+            raise OSError(err, "epoll_ctl(ADD) failed")
+        conn.interest = EPOLLIN
+        self.conns[fd] = conn
+        if self.stopping:
+            conn.arm(TIMER_GRACE, self.grace_until)
+        elif self.head_timeout > 0:
+            conn.arm(TIMER_HEAD, monotonic() + self.head_timeout)
+        # The request usually came with the connection: read it now instead
+        # of after a round of the loop.
+        conn.on_readable()
+
+    def _ready(self):
+        cdef int n, i
+        cdef HttpConn conn
+        cdef unsigned int what
+        n = epoll_wait(self.epfd, self.events, EVENTS, 0)
+        for i in range(n):
+            conn = <HttpConn>self.events[i].data.ptr
+            what = self.events[i].events
+            if conn.closed:
+                continue          # closed by an earlier event of this batch
+            if what & EPOLLOUT:
+                conn.on_writable()
+            if what & (EPOLLIN | EPOLLHUP | EPOLLERR) and not conn.closed:
+                conn.on_readable()
+
+    def _on_tick(self):
+        cdef double now = monotonic()
+        cdef HttpConn conn
+        for conn in list(self.conns.values()):
+            if conn.timer != TIMER_NONE and now >= conn.deadline:
+                conn.expired()
+        self.ticker = self.loop.call_later(self.tick, self._on_tick)
+
+    def shutdown(self, double grace):
+        """Stop keeping connections alive: a busy one closes after its response, an
+        idle one after ``grace`` seconds or after answering one more request."""
+        cdef HttpConn conn
+        self.stopping = True
+        self.grace_until = monotonic() + grace
+        self.tick = min(self.tick, 0.1)
+        for conn in list(self.conns.values()):
+            conn.shutdown()
+
+    def close_all(self):
+        """Close every connection now (past the graceful timeout)."""
+        cdef HttpConn conn
+        for conn in list(self.conns.values()):
+            conn.close()
+
+    def close(self):
+        """Close every connection and the engine's epoll set."""
+        self.close_all()
+        if self.ticker is not None:
+            self.ticker.cancel()
+            self.ticker = None
+        if self.epfd >= 0:
+            self.loop.remove_reader(self.epfd)
+            close(self.epfd)
+            self.epfd = -1
+
+    def __dealloc__(self):
+        if self.epfd >= 0:
+            close(self.epfd)

@@ -1,0 +1,1 @@
+# Makes includes/ a Cython package, so that `from .includes cimport system` works.

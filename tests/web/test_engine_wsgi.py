@@ -1,0 +1,96 @@
+"""WSGI apps called by the engine on the loop thread (``--http engine --threads 0``):
+PEP 3333's corners (tests/apps/web/pep3333_app.py) and Flask, through real
+clusters of one worker and real sockets.  The threaded path, which the
+engine also serves (the ``web_cluster`` fixture runs every web test on it),
+is in test_wsgi_responses.py; /hold is not tried here: on the loop thread a
+call that waits for another request waits for ever, which is why the pool
+stays the default.
+"""
+
+import json
+import socket
+
+import pytest
+
+from tests.web_harness import call, connect, fetch, get_json, need_web_extra
+
+need_web_extra()
+
+ON_LOOP = ("--http", "engine", "--threads", "0", "--workers", "1")
+BODY_LIMIT = 1 << 20          # fastfork.web's default body_buffer
+
+
+@pytest.fixture
+def bare(one_web_cluster):
+    cluster = one_web_cluster("--app", "pep3333", *ON_LOOP)
+    address, listening = cluster.wait_listening(1)
+    return address, listening[0]["pid"]
+
+
+@pytest.fixture
+def flask(one_web_cluster):
+    cluster = one_web_cluster("--app", "flask", *ON_LOOP)
+    address, _ = cluster.wait_listening(1)
+    return address
+
+
+def read_until_closed(sock):
+    data = b""
+    while True:
+        piece = sock.recv(65536)
+        if not piece:
+            return data
+        data += piece
+
+
+def test_pep3333_corners_on_the_loop(bare):
+    address, pid = bare
+    assert fetch(address, "/replace-start")[0].status == 500
+    assert fetch(address, "/replace-start")[1] == b"replaced"
+    before = get_json(address, "/closed")["closed"]
+    response, body = fetch(address, "/write")
+    assert (response.status, body) == (200, b"one,two,three")
+    assert get_json(address, "/closed")["closed"] == before + 1
+    assert fetch(address, "/no-start")[0].status == 500
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET /error-after-body HTTP/1.1\r\nHost: t\r\n\r\n")
+        head, _, body = read_until_closed(sock).partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 ") and b"partial" in body
+    assert not body.endswith(b"0\r\n\r\n"), "a failed response must not look complete"
+    assert get_json(address, "/whoami")["pid"] == pid       # the worker lives on
+
+
+def test_flask_bodies_keep_alive_and_the_body_limit(flask):
+    address = flask
+    conn = connect(address)
+    try:
+        for body, chunked in ((b"x" * 100_000, False), (b"y" * 70_000, True), (b"", False)):
+            response, answer = call(conn, "POST", "/echo", body=iter([body]) if chunked else body,
+                                    headers={"Content-Type": "application/octet-stream"},
+                                    encode_chunked=chunked)
+            assert response.status == 200 and json.loads(answer)["length"] == len(body)
+        response, answer = call(conn, "GET", "/whoami")
+        assert json.loads(answer)["kind"] == "flask"
+    finally:
+        conn.close()
+    # Read whole before the call, so bounded: one byte past the limit is a 413.
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n"
+                     % (BODY_LIMIT + 1))
+        try:
+            sock.sendall(b"z" * (BODY_LIMIT + 1))
+        except ConnectionResetError:
+            pass
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 413 ")
+
+
+def test_threads_0_needs_the_engine():
+    import fastfork.web
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return [b""]
+
+    # Refused before anything is served (and before the worker-only check).
+    with pytest.raises(ValueError, match="needs http='engine'"):
+        fastfork.web.prepare(app, "127.0.0.1:0", threads=0)
