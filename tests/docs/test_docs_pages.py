@@ -68,6 +68,18 @@ def test_the_paths_and_tests_a_page_names_exist(page):
                     f"{page} names {path}::{test}, which does not exist"
 
 
+@pytest.mark.parametrize("page", PAGES)
+def test_every_code_block_says_its_language(page):
+    # A stray fence would otherwise turn the prose after it into code, silently.
+    inside = False
+    for number, line in enumerate(read(page).splitlines(), 1):
+        if line.lstrip().startswith("```"):
+            if not inside:
+                assert line.strip() != "```", f"{page}:{number}: a block without a language"
+            inside = not inside
+    assert not inside, f"{page}: a block is never closed"
+
+
 def run_commands(text):
     """The arguments of every ``python -m fastfork run ...`` (or ``fastfork run ...``)
     line of the console blocks of ``text``."""
