@@ -89,7 +89,9 @@ class Settings:
         0, c.count, "least policy: most connections a worker may have open; when every "
         "worker has this many, new ones wait in the kernel's backlog (0: no cap)",
         metavar="N")
-    batch_max: int = _setting(DEFAULT_BATCH_MAX, check_batch_max, cli=False)
+    batch_max: int = _setting(
+        DEFAULT_BATCH_MAX, check_batch_max, "most connections passed to a worker in one "
+        f"sendmsg (default {DEFAULT_BATCH_MAX})", cli=False)
 
     # -- operations ------------------------------------------------------------------
     graceful_timeout: float = _setting(
@@ -108,8 +110,8 @@ class Settings:
         30.0, c.seconds, "a reload gives up on a new worker not ready within this many "
         "seconds, keeping the old one (default 30)", "operations", "SECONDS")
     max_requests: int = _setting(
-        0, c.count, "replace a worker after it got this many connections (0: never)",
-        "operations", "N")
+        0, c.count, "replace a worker after it answered this many requests (HTTP apps; "
+        "other apps: after it got this many connections) (0: never)", "operations", "N")
     max_requests_jitter: int = _setting(
         0, c.count, "add 0..N at random to each worker's --max-requests so they do not all "
         "recycle together", "operations", "N")
@@ -229,7 +231,8 @@ class Settings:
         "observability", "ADDRESS")
 
     # -- crash loop ------------------------------------------------------------------
-    respawn: bool = _setting(True, c.flag, cli=False)
+    respawn: bool = _setting(
+        True, c.flag, "re-fork a worker that died unexpectedly (default true)", cli=False)
     min_uptime: float = _setting(
         1.0, c.seconds, "a worker dying sooner than this after starting counts toward the "
         "crash loop (default 1)", "crash loop", "SECONDS")
@@ -285,10 +288,17 @@ class Settings:
         flag=True)
 
     # -- how workers start (Python API only) -------------------------------------------
-    argv: Optional[Tuple[str, ...]] = _setting(None, c.argv, cli=False)  # Node form: exec'd argv
-    env: Mapping[str, str] = _setting({}, c.env, cli=False)      # Node form: extra environment
-    pure: Optional[bool] = _setting(None, c.tristate, cli=False)  # None: FASTFORK_NO_EXTENSIONS
-    hooks: Any = _setting({}, c.hooks(HOOKS), cli=False)         # gunicorn's server hooks
+    argv: Optional[Tuple[str, ...]] = _setting(
+        None, c.argv, "Node form: the command a worker execs (default: this program again, "
+        "sys.orig_argv)", cli=False)
+    env: Mapping[str, str] = _setting(
+        {}, c.env, "Node form: environment variables added for the exec'd workers", cli=False)
+    pure: Optional[bool] = _setting(
+        None, c.tristate, "true: the pure-Python dispatcher; false: the Cython one; none: "
+        "the Cython one unless FASTFORK_NO_EXTENSIONS=1", cli=False)
+    hooks: Any = _setting(
+        {}, c.hooks(HOOKS), "gunicorn's server hooks: name -> callable (on_starting, "
+        "post_fork, ...)", cli=False)
 
     def __post_init__(self) -> None:
         for field in dataclasses.fields(self):
