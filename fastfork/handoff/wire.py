@@ -74,6 +74,16 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, SCM_MAX_FD)
 # cost stops mattering (see benchmarks/test_benchmarks_fdpass.py).
 DEFAULT_WINDOW = 8
 
+# Stall detection (the scheduler's rules 12 and 13): a worker whose loop has
+# not ticked (the Cython build's credit page) or taken what it was sent for
+# this long is sent nothing, and what waits unread in its channel is taken
+# back and sent to another.  Its loop ticks every STALL_MS / 3 while it holds
+# connections.  A stalled worker that shows no sign of life for STALL_PROBE_MS
+# is tried again (it may be picked; what it does not take comes back after
+# STALL_MS), since a worker that was idle when it froze has nothing to tick.
+DEFAULT_STALL_MS = 5
+STALL_PROBE_MS = 50
+
 
 class ProtocolError(Exception):
     """A peer sent something the data-channel protocol does not allow."""
@@ -174,6 +184,14 @@ def check_window(window):
     if window < 1:
         raise ValueError(f"credit window must be >= 1, got {window}")
     return window
+
+
+def check_stall_ms(stall_ms):
+    """The stall threshold in ms; 0: no stall detection."""
+    stall_ms = int(stall_ms)
+    if stall_ms < 0:
+        raise ValueError(f"stall_ms must be >= 0, got {stall_ms}")
+    return stall_ms
 
 
 def check_worker_connections(worker_connections):
