@@ -20,7 +20,8 @@ import types
 from typing import Any, Mapping, Optional, Tuple, Union
 
 from .addresses import parse_address, parse_networks
-from .handoff.wire import DEFAULT_BATCH_MAX, DEFAULT_WINDOW, check_batch_max, check_window
+from .handoff.wire import (DEFAULT_BATCH_MAX, DEFAULT_STALL_MS, DEFAULT_WINDOW, check_batch_max,
+                           check_window)
 from .cpus import parse_workers
 from .loops import LOOPS
 
@@ -221,6 +222,15 @@ class Settings:
         "worker has this many, new ones wait in the kernel's backlog (0: no cap)",
         metavar="N")
     batch_max: int = _setting(DEFAULT_BATCH_MAX, check_batch_max, cli=False)
+    stall_ms: int = _setting(
+        DEFAULT_STALL_MS, _count, "rr and least: a worker whose event loop is blocked this "
+        "many ms (a synchronous call in an async handler) is sent nothing until it runs "
+        "again, and what it was sent and has not taken goes to another worker; 0 disables "
+        f"(default {DEFAULT_STALL_MS})", metavar="MS")
+    stall_log_ms: int = _setting(
+        100, _count, "a worker logs, at most once in 10 s, where its event loop was (file "
+        "and line) when it was blocked this many ms; 0 disables (default 100)",
+        "operations", "MS")
 
     # -- operations ------------------------------------------------------------------
     graceful_timeout: float = _setting(

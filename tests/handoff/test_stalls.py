@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from fastfork.handoff.wire import STALL_PROBE_MS
+from fastfork.handoff.wire import STALL_PROBE_MS, STALL_UNTAKEN_FACTOR
 from tests.handoff.rig import recv_exactly, wait_for
 
 STALL_MS = 20
@@ -44,11 +44,12 @@ def test_what_a_blocked_worker_left_unread_goes_to_another(stalls):
     sent = time.monotonic()   # a's first was sent within the last poll(5) before this
     b.receive()
     assert len(b.conns) == 2
-    # a never reads: after STALL_MS its two come back and go to b.
+    # a never reads: after STALL_UNTAKEN_FACTOR * STALL_MS its two come back
+    # and go to b.
     b.receive_until(4)
-    assert time.monotonic() - sent >= (STALL_MS - 5) / 1000.0
+    assert time.monotonic() - sent >= (STALL_UNTAKEN_FACTOR * STALL_MS - 5) / 1000.0
     assert rig.d.worker_stalls(a.slot) == (True, 1, 2)
-    assert rig.d.worker_stats(a.slot) == (2, 0)        # dispatched 2, none in flight
+    assert rig.d.worker_stats(a.slot) == (0, 0)        # both taken back: none its
     stats = rig.d.stats()
     assert (stats["stalls"], stats["taken_back"], stats["stalled"]) == (1, 2, 1)
     assert stats["redispatched"] == 2 and rig.d.held_fds() == 0
@@ -69,7 +70,7 @@ def test_a_stalled_worker_is_sent_nothing(stalls):
     assert rig.d.worker_stalls(a.slot)[0]
     rig.connect(4)
     b.receive_until(6)
-    assert rig.d.worker_stats(a.slot) == (1, 0)
+    assert rig.d.worker_stats(a.slot) == (0, 0)
     assert a.receive() == ([], False)
 
 
@@ -137,9 +138,23 @@ def test_no_stall_detection_at_0(rig_factory):
     b.receive()
     rig.connect(2)
     rig.poll_until(lambda: rig.d.dispatched == 2, "2 dispatched")
-    deadline = time.monotonic() + 3 * STALL_MS / 1000.0
+    deadline = time.monotonic() + 2 * STALL_UNTAKEN_FACTOR * STALL_MS / 1000.0
     while time.monotonic() < deadline:
         rig.d.poll(5)
     assert rig.d.worker_stalls(a.slot) == (False, 0, 0)
     assert rig.d.worker_stats(a.slot) == (1, 1)
     assert len(a.receive()[0]) == 1
+
+
+def test_with_no_other_worker_what_it_left_stays_until_one_can_take_it(stalls):
+    rig = stalls(window=4)
+    a = rig.add_worker()
+    rig.connect(1)
+    rig.poll_until(lambda: rig.d.worker_stalls(a.slot)[0], "a found stalled")
+    # Nobody else could serve it: it stays in a's channel, not in the primary.
+    assert rig.d.worker_stats(a.slot) == (1, 1) and rig.d.held_fds() == 0
+    assert rig.d.worker_stalls(a.slot) == (True, 1, 0)
+    b = rig.add_worker()
+    b.receive_until(1)
+    assert rig.d.worker_stalls(a.slot)[2] == 1
+    assert a.receive() == ([], False)

@@ -48,7 +48,8 @@ cdef class Dispatcher:
     cdef readonly int stall_ms           # 0: no stall detection
     cdef readonly long long stalls       # workers found stalled, all together
     cdef readonly long long taken_back   # connections read back from a stalled worker
-    cdef uint64_t _stall_ns
+    cdef uint64_t _stall_ns             # a tick this late: stalled
+    cdef uint64_t _untaken_ns           # a message left unread this long: stalled
     cdef uint64_t _next_stall_check      # when a verdict may change (ns), 0: none due
 
     cdef pid_t _pid
@@ -106,6 +107,7 @@ cdef class Dispatcher:
         self.window = check_window(window)
         self.stall_ms = check_stall_ms(stall_ms)
         self._stall_ns = <uint64_t>self.stall_ms * 1000000
+        self._untaken_ns = self._stall_ns * STALL_UNTAKEN_FACTOR
         self.batch_max = check_batch_max(batch_max)
         pause_ms = int(pause_ms)
         if pause_ms < 0:
@@ -393,7 +395,8 @@ cdef class Dispatcher:
         return closed
 
     def worker_stats(self, int slot):
-        """``(dispatched, inflight)`` for one worker."""
+        """``(dispatched, inflight)`` for one worker (dispatched: sent, less
+        what was taken back from its channel)."""
         self._check()
         if not self._is_present(slot):
             raise KeyError(f"no worker in slot {slot}")
@@ -702,8 +705,8 @@ cdef class Dispatcher:
             if w.count == 0 and self._stall_ns:
                 w.since_ns = _monotonic_ns()    # its clock starts with the first
                 if self._next_stall_check == 0 or (self._next_stall_check
-                                                   > w.since_ns + self._stall_ns):
-                    self._next_stall_check = w.since_ns + self._stall_ns
+                                                   > w.since_ns + self._untaken_ns):
+                    self._next_stall_check = w.since_ns + self._untaken_ns
             w.count += m
             w.dispatched += m
             self.dispatched += m
@@ -974,6 +977,8 @@ cdef class Dispatcher:
                     self._unstall(slot, True)    # no tick, no sign either way: try it
                 else:
                     # Its tick still late (it stays stalled), or no sign yet.
+                    if w.count and self._another_can_take(slot):
+                        self._take_back(slot)   # none could when it stalled
                     due = now + self._stall_ns
                     if tick == 0:
                         due = min(due, w.stalled_ns + STALL_PROBE_MS * 1000000)
@@ -981,11 +986,11 @@ cdef class Dispatcher:
                         next_check = due
                     continue
             if (tick and now > tick + self._stall_ns) or (
-                    w.count and now > w.since_ns + self._stall_ns):
+                    w.count and now > w.since_ns + self._untaken_ns):
                 self._stall(slot, now, tick)
                 due = now + self._stall_ns
             elif w.count:
-                due = w.since_ns + self._stall_ns + 1
+                due = w.since_ns + self._untaken_ns + 1
             else:
                 continue
             if next_check == 0 or due < next_check:
@@ -1004,12 +1009,32 @@ cdef class Dispatcher:
             w.stalls += 1
             self.stalls += 1
         self._sched.c_set_reason(slot, FF_STALLED, True)
-        back = self._recover(slot)
+        if w.count and self._another_can_take(slot):
+            self._take_back(slot)
+        return 0
+
+    cdef bint _another_can_take(self, int slot) noexcept:
+        # Taking back is for another worker to serve them: with none that
+        # may be sent anything, they would only wait in the primary instead.
+        cdef int other
+        cdef worker_t *o
+        for other in range(self._nslots):
+            o = &self._workers[other]
+            if (other != slot and o.open and not o.retired and not o.stalled
+                    and not o.at_limit):
+                return True
+        return False
+
+    cdef int _take_back(self, int slot) except -1:
+        # What it has not read, read back from its channel to go to another.
+        cdef worker_t *w = &self._workers[slot]
+        cdef int back = self._recover(slot)
         if back:
             if self._sched.c_try_withdraw(slot, back) < 0 or back > w.count:
                 self._close_worker(slot)    # it had fewer in flight: not our channel
                 return 0
             w.count -= back
+            w.dispatched -= back            # it never got them
             w.taken_back += back
             self.taken_back += back
         return 0
@@ -1024,8 +1049,8 @@ cdef class Dispatcher:
         if w.count:
             w.since_ns = _monotonic_ns()
             if self._next_stall_check == 0 or (self._next_stall_check
-                                               > w.since_ns + self._stall_ns):
-                self._next_stall_check = w.since_ns + self._stall_ns
+                                               > w.since_ns + self._untaken_ns):
+                self._next_stall_check = w.since_ns + self._untaken_ns
         return 0
 
     cdef int _ms_until(self, uint64_t when) noexcept:

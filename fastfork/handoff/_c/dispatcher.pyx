@@ -46,7 +46,9 @@ Design notes (they apply to the twin too)
   Without a page (``add_worker(credit_fd=-1)``, the twin) ACKs carry the counts.
 * A worker whose loop is blocked is found out and routed around: its loop
   ticks on the page while it holds connections, and a tick older than
-  ``stall_ms``, or a message it has left unread that long, marks it stalled
+  ``stall_ms``, or a message it has left unread ``STALL_UNTAKEN_FACTOR`` times
+  that long (a loop that was idle when it froze, or one not yet scheduled
+  on a busy machine), marks it stalled
   (the scheduler's rule 12: it is sent nothing); what waits unread in its
   channel is read back from its end, exactly as from a dead worker's (each
   message is taken by one reader only), and sent to another (rule 13).  It
@@ -67,7 +69,8 @@ from .scheduler cimport (RoundRobinScheduler, LeastConnectionsScheduler, FF_MAX_
 from .scheduler import scheduler_for
 
 from fastfork.handoff.wire import (BATCH_BUCKETS, DEFAULT_BATCH_MAX, DEFAULT_STALL_MS,
-                                   DEFAULT_WINDOW, STALL_PROBE_MS, check_batch_max,
+                                   DEFAULT_WINDOW, STALL_PROBE_MS, STALL_UNTAKEN_FACTOR,
+                                   check_batch_max,
                                    check_stall_ms, check_window)
 
 include "common.pxi"

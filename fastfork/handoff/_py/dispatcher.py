@@ -8,9 +8,9 @@ so acks are read one ``recv`` at a time, until EAGAIN.  And one more: no
 shared credit page (``CREDIT_SIZE`` is 0), because Python has no atomics and
 no memory barrier to make the page's wake-up handshake safe; credit comes back
 in ACK messages; so no tick either, and a blocked worker is found out only
-by what it leaves unread for ``stall_ms`` (a worker blocked while it holds
+by what it leaves unread for ``STALL_UNTAKEN_FACTOR * stall_ms`` (a worker blocked while it holds
 connections, with nothing in flight, is still sent one, which comes back
-after ``stall_ms``).
+after that).
 EINTR needs no code here: Python's socket and epoll calls retry it after
 running the signal handlers (PEP 475).
 
@@ -29,9 +29,9 @@ import time
 
 from ..fdpass import cmsg_space, rights, unpack_fds
 from ..wire import (BATCH_BUCKETS, MAX_LISTENERS, MSG_CLOSED, MSG_LIMIT, RECV_BUF, SCM_MAX_FD,
-                    STALL_PROBE_MS, ProtocolError, check_batch_max, check_stall_ms,
-                    check_window, encode_end, encode_fds, parse_to_primary, parse_to_worker,
-                    DEFAULT_BATCH_MAX, DEFAULT_STALL_MS, DEFAULT_WINDOW)
+                    STALL_PROBE_MS, STALL_UNTAKEN_FACTOR, ProtocolError, check_batch_max,
+                    check_stall_ms, check_window, encode_end, encode_fds, parse_to_primary,
+                    parse_to_worker, DEFAULT_BATCH_MAX, DEFAULT_STALL_MS, DEFAULT_WINDOW)
 from .receiver import _no_credit, borrow
 from .scheduler import LeastConnectionsScheduler, scheduler_for
 
@@ -310,7 +310,8 @@ class Dispatcher:
         return closed
 
     def worker_stats(self, slot):
-        """``(dispatched, inflight)`` for one worker."""
+        """``(dispatched, inflight)`` for one worker (dispatched: sent, less
+        what was taken back from its channel)."""
         self._check()
         if slot not in self._workers:
             raise KeyError(f"no worker in slot {slot}")
@@ -510,7 +511,7 @@ class Dispatcher:
                 os.close(fd)
             if not self._unacked[slot] and self.stall_ms:
                 self._since[slot] = now = time.monotonic()   # its clock starts with the first
-                due = now + self.stall_ms / 1000.0
+                due = now + self._untaken()
                 if not self._next_stall_check or self._next_stall_check > due:
                     self._next_stall_check = due
             self._unacked[slot] += len(part)
@@ -633,7 +634,7 @@ class Dispatcher:
         if not self._next_stall_check:
             return
         now = time.monotonic()
-        stall = self.stall_ms / 1000.0
+        stall = self._untaken()
         probe = STALL_PROBE_MS / 1000.0
         next_check = 0.0
         for slot, is_open in list(self._open.items()):
@@ -643,6 +644,8 @@ class Dispatcher:
                 if now >= self._stalled_at[slot] + probe:
                     self._unstall(slot, True)   # no sign either way: try it
                 else:
+                    if self._unacked[slot] and self._another_can_take(slot):
+                        self._take_back(slot)   # none could when it stalled
                     due = self._stalled_at[slot] + probe
                     next_check = due if not next_check else min(next_check, due)
                     continue
@@ -656,6 +659,10 @@ class Dispatcher:
             next_check = due if not next_check else min(next_check, due)
         self._next_stall_check = next_check
 
+    def _untaken(self):
+        # Seconds a message may wait unread before its worker counts as stalled.
+        return self.stall_ms * STALL_UNTAKEN_FACTOR / 1000.0
+
     def _stall(self, slot, now):
         # Send it nothing, and take back what it has not read.
         self._stalled_at[slot] = now
@@ -663,6 +670,18 @@ class Dispatcher:
             self._stalls[slot] += 1
             self.stalls += 1
         self._sched.set_stalled(slot, True)
+        if self._unacked[slot] and self._another_can_take(slot):
+            self._take_back(slot)
+
+    def _another_can_take(self, slot):
+        # Taking back is for another worker to serve them: with none that
+        # may be sent anything, they would only wait in the primary instead.
+        return any(is_open and other != slot and other not in self._retired
+                   and other not in self._stalled_at and not self._at_limit[other]
+                   for other, is_open in self._open.items())
+
+    def _take_back(self, slot):
+        # What it has not read, read back from its channel to go to another.
         back = self._recover(slot)
         if back:
             try:
@@ -673,6 +692,7 @@ class Dispatcher:
                 self._close_worker(slot)    # it had fewer in flight: not our channel
                 return
             self._unacked[slot] -= back
+            self._dispatched[slot] -= back  # it never got them
             self._taken_back[slot] += back
             self.taken_back += back
 
@@ -687,6 +707,6 @@ class Dispatcher:
         self._sched.set_stalled(slot, False)
         if self._unacked[slot]:
             self._since[slot] = now = time.monotonic()
-            due = now + self.stall_ms / 1000.0
+            due = now + self._untaken()
             if not self._next_stall_check or self._next_stall_check > due:
                 self._next_stall_check = due
