@@ -69,20 +69,16 @@ def many_whoami(address, n):
 def test_a_worker_blocked_in_a_handler_is_routed_around(cluster_factory, impl, ctl_path,
                                                         policy):
     cluster, address, pids = start(cluster_factory, ctl_path, policy)
-    first = whoami(address)
-    blocked = next(i for i in pids if i != first)
-    # rr: the next connection goes to the other worker; least too, whether
-    # first's close is counted yet (a tie, round-robin) or not (fewer open).
-    blocker = socket.create_connection(address, timeout=30)
-    blocker.sendall(b"block 3\n")
-    cluster.wait_event("message", data={"blocking": blocked})
-    answers = many_whoami(address, 20)
-    # All served by the worker whose loop runs, none waiting out the block.
-    assert [who for who, _ in answers] == [first] * 20
-    assert max(took for _, took in answers) < 2.0, answers
-    view = stall_view(ctl_path)
-    assert view[blocked][:2] == (True, 1), view
-    with blocker:
+    with socket.create_connection(address, timeout=30) as blocker:
+        blocker.sendall(b"block 3\n")
+        blocked = cluster.wait_event("message")["data"]["blocking"]
+        other = next(i for i in pids if i != blocked)
+        answers = many_whoami(address, 20)
+        # All served by the worker whose loop runs, none waiting out the block.
+        assert [who for who, _ in answers] == [other] * 20
+        assert max(took for _, took in answers) < 2.0, answers
+        view = stall_view(ctl_path)
+        assert view[blocked][:2] == (True, 1), view
         assert blocker.makefile().readline().split() == [str(blocked), "unblocked"]
     # Its loop runs again: it is picked again.
     wait_until(lambda: not stall_view(ctl_path)[blocked][0], 10, "the stall to end")
@@ -130,12 +126,13 @@ def test_no_stall_detection_with_stall_ms_0(cluster_factory, impl, ctl_path):
     os.kill(pids[frozen], signal.SIGSTOP)
     try:
         wait_until(lambda: proc_state(pids[frozen]) in ("T", "t"), 5, "the worker to stop")
-        stuck = socket.create_connection(address, timeout=30)
-        stuck.sendall(b"whoami\n")
-        assert whoami(address) == other     # rr: the first went to the frozen one
-        wait_until(lambda: queued(ctl_path)[frozen] == 1, 10, "one queued to the frozen worker")
-        assert stall_view(ctl_path)[frozen][:3] == (False, 0, 0)
+        with socket.create_connection(address, timeout=30) as stuck:
+            stuck.sendall(b"whoami\n")
+            assert whoami(address) == other     # rr: the first went to the frozen one
+            wait_until(lambda: queued(ctl_path)[frozen] == 1, 10,
+                       "one queued to the frozen worker")
+            assert stall_view(ctl_path)[frozen][:3] == (False, 0, 0)
+            os.kill(pids[frozen], signal.SIGCONT)
+            assert int(stuck.makefile().readline().split()[0]) == frozen
     finally:
         os.kill(pids[frozen], signal.SIGCONT)
-    with stuck:
-        assert int(stuck.makefile().readline().split()[0]) == frozen

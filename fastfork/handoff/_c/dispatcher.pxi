@@ -1016,8 +1016,14 @@ cdef class Dispatcher:
     cdef bint _another_can_take(self, int slot) noexcept:
         # Taking back is for another worker to serve them: with none that
         # may be sent anything, they would only wait in the primary instead.
+        # And only with every spare fd in hand (room for a window, all that
+        # can wait in a channel): a primary short of fds would receive them
+        # cut off, and the kernel would close what did not fit, where in the
+        # live worker's channel they are safe.
         cdef int other
         cdef worker_t *o
+        if self._nspare < self._spare_cap:
+            return False
         for other in range(self._nslots):
             o = &self._workers[other]
             if (other != slot and o.open and not o.retired and not o.stalled

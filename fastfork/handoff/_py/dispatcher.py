@@ -676,6 +676,12 @@ class Dispatcher:
     def _another_can_take(self, slot):
         # Taking back is for another worker to serve them: with none that
         # may be sent anything, they would only wait in the primary instead.
+        # And only with every spare fd in hand (room for a window, all that
+        # can wait in a channel): a primary short of fds would receive them
+        # cut off, and the kernel would close what did not fit, where in the
+        # live worker's channel they are safe.
+        if len(self._spares) < self._spare_cap:
+            return False
         return any(is_open and other != slot and other not in self._retired
                    and other not in self._stalled_at and not self._at_limit[other]
                    for other, is_open in self._open.items())
