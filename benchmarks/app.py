@@ -152,7 +152,8 @@ def serve_single(port, stats_dir):
     asyncio.run(main())
 
 
-def serve_fastfork(port, stats_dir, workers, policy, impl, window=None, worker_connections=0):
+def serve_fastfork(port, stats_dir, workers, policy, impl, window=None, worker_connections=0,
+                   stall_ms=None):
     import fastfork
 
     def worker_main():
@@ -165,6 +166,8 @@ def serve_fastfork(port, stats_dir, workers, policy, impl, window=None, worker_c
     options = {} if window is None else {"window": window}
     if worker_connections:
         options["worker_connections"] = worker_connections
+    if stall_ms is not None:
+        options["stall_ms"] = stall_ms
     cluster = fastfork.Cluster(worker_main, workers, policy=policy, pure=pure,
                                graceful_timeout=5.0, **options)
     print(json.dumps({"primary": os.getpid(), "policy": policy,
@@ -183,6 +186,8 @@ def main(argv=None):
                         help="credit window of the rr/least policies (default: fastfork's)")
     parser.add_argument("--worker-connections", type=int, default=0,
                         help="least policy: cap on a worker's open connections (0: none)")
+    parser.add_argument("--stall-ms", type=int, default=None,
+                        help="rr/least: stall detection threshold, 0: off (default: fastfork's)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--stats-dir", required=True)
     args = parser.parse_args(argv)
@@ -193,7 +198,7 @@ def main(argv=None):
         serve_single(args.port, args.stats_dir)
         return 0
     return serve_fastfork(args.port, args.stats_dir, args.workers, args.policy, args.impl,
-                          args.window, args.worker_connections)
+                          args.window, args.worker_connections, args.stall_ms)
 
 
 if __name__ == "__main__":

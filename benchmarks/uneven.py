@@ -56,8 +56,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 APP = os.path.join(HERE, "app.py")
 LUA = os.path.join(HERE, "uneven.lua")
-ALL_ROWS = ("least", "least-cap", "rr", "none", "reuseport", "uvicorn", "least-even",
-            "rr-even")
+ALL_ROWS = ("least", "least-cap", "rr", "none", "reuseport", "uvicorn", "granian", "least-even",
+            "rr-even", "rr-nostall", "least-nostall", "rr-even-nostall")
 READY_TIMEOUT = 20.0
 
 
@@ -102,6 +102,11 @@ def start_server(row, port, workers, stats_dir, cap):
                 str(port), "--workers", str(workers), "--log-level", "warning",
                 "--lifespan", "off", "--app-dir", ROOT]
         name = f"uvicorn {uvicorn_version()} --workers {workers}"
+    elif policy == "granian":
+        argv = [sys.executable, "-m", "granian", "--interface", "asgi", "--host", "127.0.0.1",
+                "--port", str(port), "--workers", str(workers), "--log-level", "warning",
+                "--no-ws", "benchmarks.uneven:asgi_app"]
+        name = f"granian {granian_version()} --workers {workers}"
     else:
         argv = [sys.executable, APP, "--server", "fastfork", "--policy", policy,
                 "--workers", str(workers), "--port", str(port), "--stats-dir", stats_dir]
@@ -109,6 +114,9 @@ def start_server(row, port, workers, stats_dir, cap):
         if row == "least-cap":
             argv += ["--worker-connections", str(cap)]
             name += f" --worker-connections {cap}"
+        if row.endswith("-nostall"):
+            argv += ["--stall-ms", "0"]
+            name += " --stall-ms 0"
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     return proc, name
@@ -137,6 +145,14 @@ def uvicorn_version():
     except ImportError:
         return None
     return uvicorn.__version__
+
+
+def granian_version():
+    try:
+        import granian
+    except ImportError:
+        return None
+    return granian.__version__
 
 
 def slow_path(args):
@@ -182,7 +198,7 @@ def measure_loadgen(port, seconds, args, share):
 
 
 def run_row(row, args):
-    share = 0.0 if row.endswith("-even") else args.share
+    share = 0.0 if "-even" in row else args.share
     port = free_port()
     stats_dir = tempfile.mkdtemp(prefix="uneven")
     proc, name = start_server(row, port, args.workers, stats_dir, args.cap)
@@ -266,6 +282,9 @@ def main(argv=None):
         parser.error("--procs must be >= 1 and at most --connections")
     if args.client == "wrk" and shutil.which("wrk") is None:
         parser.error("wrk is not installed (apt-get install -y wrk)")
+    if "granian" in rows and granian_version() is None:
+        print("granian is not installed: its row is left out", file=sys.stderr)
+        rows.remove("granian")
     if "uvicorn" in rows and uvicorn_version() is None:
         print("uvicorn is not installed: its row is skipped", file=sys.stderr)
         rows.remove("uvicorn")

@@ -22,6 +22,16 @@
  * connections to `taken`, and the primary loads `at_limit` after `taken`, so
  * a primary that sees that credit come back also sees the flag.  When it has
  * room again the worker stores 0 and then takes `want`, as after adding.
+ *
+ * `tick`: the worker's event loop proves it runs.  While the loop holds
+ * connections it stores CLOCK_MONOTONIC in nanoseconds here, from its data
+ * reader and from a callback every few ms; when it holds none it stores 0
+ * (idle: waiting for events, so anything sent wakes it at once).  A tick
+ * older than the primary's stall threshold means the loop is blocked (a
+ * synchronous call in an async handler): the primary sends that worker
+ * nothing and takes back what it sent and the worker has not read (the
+ * scheduler's rules 12 and 13).  One writer, one reader, a single aligned
+ * 64-bit store: no handshake needed, a stale read only delays the verdict.
  */
 #ifndef FASTFORK_CREDIT_H
 #define FASTFORK_CREDIT_H
@@ -32,7 +42,9 @@ typedef struct {
     uint64_t taken;           /* fds the worker received, ever */
     uint64_t closed;          /* of those, connections closed (policy least) */
     uint32_t at_limit;        /* 1: the worker is at its fd limit: send it nothing */
-    char _line0[44];
+    uint32_t _pad0;
+    uint64_t tick;            /* the loop's last tick (CLOCK_MONOTONIC ns), 0: idle */
+    char _line0[32];
     uint32_t want;            /* 1: the primary sleeps until a counter moves */
     char _line1[60];
 } ff_credit_t;
@@ -61,6 +73,14 @@ static inline void ff_credit_store_flag(uint32_t *p, uint32_t v) {
 
 static inline uint32_t ff_credit_load_flag(const uint32_t *p) {
     return __atomic_load_n(p, __ATOMIC_SEQ_CST);
+}
+
+static inline void ff_credit_store_tick(uint64_t *p, uint64_t v) {
+    __atomic_store_n(p, v, __ATOMIC_RELAXED);
+}
+
+static inline uint64_t ff_credit_load_tick(const uint64_t *p) {
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
 }
 
 /* The layout the comments above rely on: the counters and the flag on the

@@ -276,24 +276,30 @@ class _StandIn:
     family it yields has a sample (and so its labels) to show."""
 
     class Dispatcher:
-        def stats(self):
-            return {"accepted": 0, "dispatched": 0, "redispatched": 0, "pending": 0,
-                    "pauses": 0}
+        """A real dispatcher with one worker slot, so every figure the collector
+        reads of it exists as the running primary has it."""
 
-        def batch_counts(self):
-            from fastfork.handoff.wire import BATCH_BUCKETS
-            return [0] * len(BATCH_BUCKETS)
+        def __init__(self):
+            import socket
 
-        def worker_stats(self, slot):
-            return (0, 0)
+            from fastfork.handoff import backend
+            self._ends = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            self._d = backend.load(pure=True).dispatcher.Dispatcher()
+            self._d.add_worker(self._ends[0].fileno(), self._ends[1].fileno())
 
-        def worker_at_fd_limit(self, slot):
-            return False
+        def __getattr__(self, name):
+            return getattr(self._d, name)
+
+        def close(self):
+            self._d.close()
+            for end in self._ends:
+                end.close()
 
     class Worker:
         index = id = slot = 0
         stop_requested = False
-        requests = head_timeouts = open_connections = 0
+        requests = head_timeouts = open_connections = blocked = 0
+        lag = ((), 0.0)
         heartbeats = 1
         last_heartbeat = 0.0
         uptime = 0.0
@@ -304,8 +310,10 @@ class _StandIn:
         def rss(self):
             return 0
 
-    dispatcher = Dispatcher()
     size = 1
+
+    def __init__(self):
+        self.dispatcher = self.Dispatcher()
     restarts_by_cause = {(0, "crash"): 0}
 
     def alive_workers(self):
@@ -324,7 +332,11 @@ class _StandIn:
 def metrics_page():
     from fastfork.operations.metrics import ClusterCollector
 
-    families = list(ClusterCollector(_StandIn()).collect())
+    cluster = _StandIn()
+    try:
+        families = list(ClusterCollector(cluster).collect())
+    finally:
+        cluster.dispatcher.close()
     out = [HEADER, "# Metrics\n\n",
            "What `--metrics HOST:PORT` serves at `/metrics`, in Prometheus' text format "
            "(`pip install 'fastfork[metrics]'`, or `pip install -e '.[metrics]'` in a "

@@ -20,7 +20,8 @@ from typing import Any, Mapping, Optional, Tuple, Union
 
 from . import converters as c
 from .converters import SettingError, parse_size
-from .handoff.wire import DEFAULT_BATCH_MAX, DEFAULT_WINDOW, check_batch_max, check_window
+from .handoff.wire import (DEFAULT_BATCH_MAX, DEFAULT_STALL_MS, DEFAULT_WINDOW, check_batch_max,
+                           check_window)
 from .loops import LOOPS
 
 POLICIES = ("rr", "least", "none", "reuseport")
@@ -92,6 +93,16 @@ class Settings:
     batch_max: int = _setting(
         DEFAULT_BATCH_MAX, check_batch_max, "most connections passed to a worker in one "
         f"sendmsg (default {DEFAULT_BATCH_MAX})", cli=False)
+    stall_ms: int = _setting(
+        DEFAULT_STALL_MS, c.count, "rr and least: a worker whose event loop is blocked this "
+        "many ms (a synchronous call in an async handler) is sent nothing until it runs "
+        "again, and what it was sent and has not taken goes to another worker; 0 disables "
+        f"(default {DEFAULT_STALL_MS}: off until it pays on a loaded machine; 5 is the value "
+        "the tests use)", metavar="MS")
+    stall_log_ms: int = _setting(
+        100, c.count, "a worker logs, at most once in 10 s, where its event loop was (file "
+        "and line) when it was blocked this many ms; 0 disables (default 100)",
+        "operations", "MS")
 
     # -- operations ------------------------------------------------------------------
     graceful_timeout: float = _setting(

@@ -67,12 +67,34 @@ DEFAULT_BATCH_MAX = 64
 # sendmsg): what the metrics show as a histogram.
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, SCM_MAX_FD)
 
+# Upper bounds (seconds) of a worker's loop-lag histogram (how late its tick
+# ran, fastfork.worker.liveness), which its heartbeat carries, a count per
+# bucket and one more for +Inf, to the primary's metrics.
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
 # Credit window: how many connections a worker may hold unacknowledged.
 # 8 bounds what a frozen worker can strand (at most 8 connections, and those
 # go to another worker as soon as the frozen one is killed) while a busy
 # primary still sends up to 8 fds per sendmsg, which is where the per-message
 # cost stops mattering (see benchmarks/test_benchmarks_fdpass.py).
 DEFAULT_WINDOW = 8
+
+# Stall detection (the scheduler's rules 12 and 13): a worker whose loop has
+# not ticked (the Cython build's credit page) for stall_ms, or has left what
+# it was sent unread STALL_UNTAKEN_FACTOR times as long, is sent nothing, and
+# what waits unread in its channel is taken back and sent to another.  Its
+# loop ticks every stall_ms / 3 while it holds connections; the longer wait
+# for what is unread is for a loop that was idle (no tick) and is merely not
+# scheduled yet on a busy machine.  A stalled worker that shows no sign of
+# life for STALL_PROBE_MS is tried again (it may be picked; what it leaves
+# unread comes back), since a worker that was idle when it froze has nothing
+# to tick.  Off by default (0) until it pays: on a loaded 2-core machine,
+# 5 ms (the value the tests use) cost 30-40% of the throughput and did not
+# improve p99, since what a worker took before its loop blocked still waits
+# with it (issue 25's adaptive limit is not built yet).
+DEFAULT_STALL_MS = 0
+STALL_UNTAKEN_FACTOR = 4
+STALL_PROBE_MS = 50
 
 
 class ProtocolError(Exception):
@@ -174,6 +196,14 @@ def check_window(window):
     if window < 1:
         raise ValueError(f"credit window must be >= 1, got {window}")
     return window
+
+
+def check_stall_ms(stall_ms):
+    """The stall threshold in ms; 0: no stall detection."""
+    stall_ms = int(stall_ms)
+    if stall_ms < 0:
+        raise ValueError(f"stall_ms must be >= 0, got {stall_ms}")
+    return stall_ms
 
 
 def check_worker_connections(worker_connections):

@@ -14,7 +14,7 @@ import math
 import time
 
 from ..extras import require
-from ..handoff.wire import BATCH_BUCKETS
+from ..handoff.wire import BATCH_BUCKETS, LAG_BUCKETS
 
 def _client():
     purpose = "serve --metrics"
@@ -53,6 +53,12 @@ class ClusterCollector:
                       "acknowledged, handed to another one.", value=stats["redispatched"])
         yield gauge("fastfork_connections_pending", "Connections the primary holds with no "
                     "worker to take them yet.", value=stats["pending"])
+        yield counter("fastfork_stalls", "Times a worker's event loop was found blocked "
+                      "(--stall-ms): it was sent nothing until it ran again.",
+                      value=stats["stalls"])
+        yield counter("fastfork_connections_taken_back", "Connections sent to a blocked "
+                      "worker and not yet taken, read back from its channel and handed "
+                      "to another.", value=stats["taken_back"])
         yield counter("fastfork_accept_pauses", "Times accepting paused for lack of fds or "
                       "memory.", value=stats["pauses"])
         yield self._batches(dispatcher.batch_counts(), stats["dispatched"])
@@ -78,16 +84,10 @@ class ClusterCollector:
         yield from self._workers(time.monotonic())
 
     def _batches(self, counts, total):
-        # Cumulative buckets, as a Prometheus histogram wants; the sum of all
-        # batch sizes is the number of connections sent.
-        buckets, running = [], 0
-        for bound, count in zip(BATCH_BUCKETS, counts):
-            running += count
-            buckets.append((str(bound), running))
-        buckets.append(("+Inf", running))
+        # The sum of all batch sizes is the number of connections sent.
         return self._core.HistogramMetricFamily(
             "fastfork_dispatch_batch_size", "Connections sent per sendmsg to a worker.",
-            buckets=buckets, sum_value=total)
+            buckets=_cumulative(BATCH_BUCKETS, counts), sum_value=total)
 
     def _workers(self, now):
         gauge, counter = self._core.GaugeMetricFamily, self._core.CounterMetricFamily
@@ -108,6 +108,21 @@ class ClusterCollector:
             "at_fd_limit": gauge("fastfork_worker_at_fd_limit", "1 while a worker is at its "
                                  "file-descriptor limit (RLIMIT_NOFILE): it is sent no "
                                  "connection until it has room again.", labels=labels),
+            "stalled": gauge("fastfork_worker_stalled", "1 while a worker's event loop is "
+                             "blocked (--stall-ms): it is sent nothing meanwhile.",
+                             labels=labels),
+            "stalls": counter("fastfork_worker_stalls", "Times a worker's event loop was "
+                              "found blocked (--stall-ms).", labels=labels),
+            "taken_back": counter("fastfork_worker_connections_taken_back", "Connections "
+                                  "read back unread from a worker while it was blocked, and "
+                                  "handed to another.", labels=labels),
+            "blocked": counter("fastfork_worker_loop_blocked", "Times a worker's event loop "
+                               "was blocked past --stall-log-ms (each logged where it was, "
+                               "at most once in 10 s), as it reported.", labels=labels),
+            "lag": self._core.HistogramMetricFamily(
+                "fastfork_worker_loop_lag_seconds", "How late a worker's loop ran its tick "
+                "(every --stall-ms / 3 while it holds connections), as it reported.",
+                labels=labels),
             "beat": gauge("fastfork_worker_heartbeat_age_seconds", "Seconds since a worker's "
                           "loop last beat (NaN before its first beat).", labels=labels),
             "rss": gauge("fastfork_worker_rss_bytes", "Resident memory of a worker.",
@@ -130,6 +145,15 @@ class ClusterCollector:
             families["queued"].add_metric(index, dispatcher.worker_stats(worker.slot)[1])
             families["at_fd_limit"].add_metric(
                 index, 1 if dispatcher.worker_at_fd_limit(worker.slot) else 0)
+            stalled, stalls, taken_back = dispatcher.worker_stalls(worker.slot)
+            families["stalled"].add_metric(index, 1 if stalled else 0)
+            families["stalls"].add_metric(index, stalls)
+            families["taken_back"].add_metric(index, taken_back)
+            if worker.blocked is not None:
+                families["blocked"].add_metric(index, worker.blocked)
+            if worker.lag is not None:
+                families["lag"].add_metric(index, _cumulative(LAG_BUCKETS, worker.lag[0]),
+                                           sum_value=worker.lag[1])
             families["beat"].add_metric(index, now - worker.last_heartbeat
                                         if worker.heartbeats else math.nan)
             rss = worker.rss()
@@ -137,6 +161,18 @@ class ClusterCollector:
                 families["rss"].add_metric(index, rss)
             families["uptime"].add_metric(index, worker.uptime)
         yield from families.values()
+
+
+def _cumulative(bounds, counts):
+    """Cumulative buckets, as a Prometheus histogram wants, from a count per
+    bucket (``counts`` may have one more, for +Inf)."""
+    buckets, running = [], 0
+    for bound, count in zip(bounds, counts):
+        running += count
+        buckets.append((str(bound), running))
+    running += sum(counts[len(bounds):])
+    buckets.append(("+Inf", running))
+    return buckets
 
 
 def registry_for(cluster):

@@ -361,7 +361,7 @@ class Cluster:
         # Under none/reuseport the dispatcher only watches fds: any scheduler does.
         self.dispatcher = self.backend.dispatcher.Dispatcher(
             s.window, s.batch_max, policy=s.policy if s.policy in DISPATCHED else "rr",
-            worker_connections=s.worker_connections)
+            worker_connections=s.worker_connections, stall_ms=s.stall_ms)
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.dispatcher.watch(self._wake_r)
         log.info("primary %d started (policy %s, %s dispatcher, window %d)",
@@ -519,7 +519,8 @@ class Cluster:
             # window: how much fd room the worker wants before it asks for more
             # connections after running out of fds (WorkerRuntime.window).
             worker.control.send({"t": "config", "window": s.window,
-                                 "heartbeat": health.heartbeat_interval(s.timeout)})
+                                 "heartbeat": health.heartbeat_interval(s.timeout),
+                                 "stall_ms": s.stall_ms, "stall_log_ms": s.stall_log_ms})
         except OSError:
             pass          # it died already: reap_workers will say so
         self.dispatcher.watch(ctl_primary.fileno())

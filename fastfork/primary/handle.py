@@ -37,6 +37,8 @@ class Worker:
         self.served = None           # connections its loop has taken, as reported
         self.requests = None         # requests answered, as reported (HTTP apps)
         self.head_timeouts = None    # closed at the request-head deadline, as reported
+        self.lag = None              # (loop-lag counts per wire.LAG_BUCKETS, sum), as reported
+        self.blocked = None          # loop blocked past --stall-log-ms, times, as reported
         self.replaces = None         # the worker this one replaces, until it is ready
         self.request_limit = 0       # max-requests plus this worker's jitter; 0: none
         self.restarts = 0            # workers forked at this index before this one
@@ -87,6 +89,14 @@ class Worker:
         if self.slot is None or self.is_dead():
             return 0
         return self._cluster.dispatcher.worker_stats(self.slot)[1]
+
+    def stalls(self):
+        """``(stalled, stalls, taken_back)``: whether its event loop is blocked
+        now (it is sent nothing), how many times it was found so, and how many
+        connections were taken back from it meanwhile."""
+        if self.slot is None or self.is_dead():
+            return False, 0, 0
+        return self._cluster.dispatcher.worker_stalls(self.slot)
 
     def open(self):
         """Its open connections: the dispatcher's exact count under ``least``

@@ -14,6 +14,7 @@ import time
 
 from ..addresses import DEFAULT_BACKLOG, parse_address
 from ..handoff.control import MessageError
+from ..handoff.wire import LAG_BUCKETS
 from ..settings import DISPATCHED
 
 log = logging.getLogger("fastfork")
@@ -93,6 +94,10 @@ def on_heartbeat(cluster, worker, message):
     worker.requests = None if requests is None else int(requests)
     head_timeouts = message.get("head_timeouts")
     worker.head_timeouts = None if head_timeouts is None else int(head_timeouts)
+    lag, blocked = message.get("lag"), message.get("blocked")
+    if isinstance(lag, list) and len(lag) == len(LAG_BUCKETS) + 1:
+        worker.lag = ([int(count) for count in lag], float(message.get("lag_sum") or 0.0))
+    worker.blocked = None if blocked is None else int(blocked)
 
 
 def on_unlisten(cluster, worker, message):

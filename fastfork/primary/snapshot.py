@@ -9,11 +9,14 @@ def status(cluster):
     """The primary, each worker (by index, then id) and the totals."""
     workers = []
     for w in sorted(cluster.workers.values(), key=lambda w: (w.index, w.id)):
+        stalled, stalls, taken_back = w.stalls()
         workers.append({"id": w.id, "index": w.index, "pid": w.pid,
                         "uptime": round(w.uptime, 3), "restarts": w.restarts,
                         "dispatched": w.handled(), "requests": w.requests,
                         "head_timeouts": w.head_timeouts,
                         "open": w.open(), "queued": w.queued(),
+                        "stalled": stalled, "stalls": stalls, "taken_back": taken_back,
+                        "blocked": w.blocked,
                         "rss": w.rss(), "state": w.state})
     replacing = None
     current = cluster.replacements.current

@@ -19,6 +19,7 @@ back to an ordinary protocol of the factory (a WebSocket upgrade).
 
 import asyncio
 import socket
+import threading
 from typing import Any, Awaitable, Callable, Iterable, List, Optional, Union
 
 from ..addresses import DEFAULT_BACKLOG, Address
@@ -27,6 +28,7 @@ from . import proxy_protocol
 from .listener import AcceptedFd, Listener
 from .runtime import runtime as _get_runtime
 from .connection import CloseReporter, Connection, Tracker
+from .liveness import Ticker, Watchdog
 
 _STREAM_LIMIT = 2 ** 16
 ACCEPT_BATCH = 64          # accepts per readiness, so one busy listener cannot starve the loop
@@ -288,6 +290,10 @@ def _ensure_data_reader(loop):
     runtime = _get_runtime()
     ended = state.data_ended = asyncio.Event()
     fd = runtime.receiver.fileno()
+    # The loop's tick (the primary routes around it when it is late) and the
+    # thread that says where it was blocked.
+    ticker = runtime.ticker = Ticker(loop, runtime.receiver, state.tracker, runtime)
+    runtime.watchdog = Watchdog(ticker, runtime, threading.get_ident())
 
     def on_readable():
         # Acknowledging from the loop itself is what makes credit honest: a
@@ -295,6 +301,8 @@ def _ensure_data_reader(loop):
         if runtime.pump():
             loop.remove_reader(fd)
             ended.set()
+        else:
+            ticker.kick()
 
     loop.add_reader(fd, on_readable)
     on_readable()

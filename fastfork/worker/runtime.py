@@ -22,7 +22,7 @@ from typing import Any, Callable, List, Optional, Tuple
 
 from ..addresses import DEFAULT_BACKLOG, Address, parse_address
 from ..handoff.control import ControlChannel, MessageError
-from ..handoff.wire import DEFAULT_WINDOW
+from ..handoff.wire import DEFAULT_STALL_MS, DEFAULT_WINDOW
 from .listener import Listener
 
 log = logging.getLogger("fastfork.worker")
@@ -57,6 +57,12 @@ class WorkerRuntime:
         # send before this worker takes them, so the room to have before
         # asking for more after running out of fds.
         self.window = DEFAULT_WINDOW
+        # The primary's stall threshold (its config says), which sets how
+        # often the loop ticks, and the watchdog's (fastfork.worker.liveness).
+        self.stall_ms = DEFAULT_STALL_MS
+        self.stall_log_ms = 100
+        self.ticker = None                # set by the loop that reads the data channel
+        self.watchdog = None
         self._lost_seen = 0               # receiver.lost already logged and reported
         self._unreported = 0              # closes a full channel held back (least)
         self.stopping = threading.Event()
@@ -139,6 +145,8 @@ class WorkerRuntime:
             elif kind == "config":
                 self.heartbeat_interval = float(message.get("heartbeat") or self.heartbeat_interval)
                 self.window = int(message.get("window") or self.window)
+                self.stall_ms = int(message.get("stall_ms", self.stall_ms))
+                self.stall_log_ms = int(message.get("stall_log_ms", self.stall_log_ms))
 
     def _begin_stop(self):
         if self.stopping.is_set():
@@ -178,6 +186,10 @@ class WorkerRuntime:
                    "requests": requests}
         if self.head_timeout_counter is not None:
             message["head_timeouts"] = self.head_timeout_counter()
+        if self.ticker is not None:
+            message["lag"], message["lag_sum"] = self.ticker.lag()
+        if self.watchdog is not None:
+            message["blocked"] = self.watchdog.stalls
         self.control.send(message)
 
     def unlisten(self, lid: int) -> None:

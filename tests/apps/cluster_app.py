@@ -37,6 +37,7 @@ parser.add_argument("--form", choices=("function", "node"), default="function")
 parser.add_argument("--address", default="127.0.0.1:0")
 parser.add_argument("--window", type=int, default=8)
 parser.add_argument("--worker-connections", type=int, default=0)
+parser.add_argument("--stall-ms", type=int, default=None, help="default: the Cluster's")
 parser.add_argument("--control-socket", default=None, help="serve `fastfork status` here")
 parser.add_argument("--graceful-timeout", type=float, default=10.0)
 parser.add_argument("--max-restarts", type=int, default=10)
@@ -169,13 +170,15 @@ def _children():
 
 def primary_main():
     fds_before = len(os.listdir("/proc/self/fd"))
+    extra = {} if args.stall_ms is None else {"stall_ms": args.stall_ms}
     cluster = fastfork.Cluster(worker_main if args.form == "function" else None, args.workers,
                                policy=args.policy, window=args.window,
                                worker_connections=args.worker_connections,
                                control_socket=args.control_socket,
                                graceful_timeout=args.graceful_timeout,
                                max_restarts=args.max_restarts, min_uptime=args.min_uptime,
-                               timeout=args.timeout, proxy_protocol=args.proxy_protocol)
+                               timeout=args.timeout, proxy_protocol=args.proxy_protocol,
+                               **extra)
     emit("primary", pid=os.getpid(), implementation=cluster.implementation, size=cluster.size)
     cluster.on("fork", lambda w: emit("fork", id=w.id, index=w.index, pid=w.pid))
     cluster.on("online", lambda w: emit("online", id=w.id, pid=w.pid))

@@ -130,7 +130,9 @@ class Rig:
     """A dispatcher, a listener, and fake workers (``add_worker``).
 
     ``credit``: each worker gets a shared credit page; by default where the
-    build has one (the Cython build), as in production.
+    build has one (the Cython build), as in production.  No stall detection
+    unless a test asks for it (``stall_ms``): these workers' "loop" is the
+    test, which leaves what it was sent unread as long as it likes.
     """
 
     def __init__(self, stack, build, receiver_build=None, credit=None, **options):
@@ -143,6 +145,7 @@ class Rig:
         self.listener = socket.create_server(("127.0.0.1", 0), backlog=64)
         stack.callback(self.listener.close)
         self.address = self.listener.getsockname()
+        options.setdefault("stall_ms", 0)
         self.d = build.dispatcher.Dispatcher(**options)
         stack.callback(self.d.close)
         self.lid = self.d.add_listener(self.listener.fileno())

@@ -383,7 +383,7 @@ def test_close_leaves_no_fd_behind(stack, build):
     for client in clients:
         stack.callback(client.close)
     baseline = open_fds()
-    d = build.dispatcher.Dispatcher(window=2)
+    d = build.dispatcher.Dispatcher(window=2, stall_ms=0)    # nobody reads: no stalls
     stack.callback(d.close)
     lid = d.add_listener(listener.fileno())
     slots = [d.add_worker(a.fileno(), b.fileno()) for a, b in ends]
@@ -422,7 +422,7 @@ def test_dropping_an_unclosed_dispatcher_keeps_the_callers_fds(stack, build):
     client = socket.create_connection(listener.getsockname(), timeout=DEADLINE)
     stack.callback(client.close)
     baseline = open_fds()
-    d = build.dispatcher.Dispatcher(window=4)
+    d = build.dispatcher.Dispatcher(window=4, stall_ms=0)    # nobody reads: no stalls
     slot = d.add_worker(a.fileno(), b.fileno())
     d.subscribe(slot, d.add_listener(listener.fileno()))
     wait_for(lambda: d.dispatched == 1, "1 dispatched", step=lambda: d.poll(5))  # noqa: F821 (read before the del)
@@ -442,6 +442,8 @@ def test_bad_arguments(stack, build):
         build.dispatcher.Dispatcher(batch_max=254)
     with pytest.raises(ValueError):
         build.dispatcher.Dispatcher(pause_ms=-1)
+    with pytest.raises(ValueError, match="stall_ms must be >= 0"):
+        build.dispatcher.Dispatcher(stall_ms=-1)
     rig = Rig(stack, build)
     worker = rig.add_worker()
     with pytest.raises(FileExistsError):
@@ -634,7 +636,7 @@ def test_interop(stack, dispatcher, receiver):
         assert worker.receive() == ([], True)
     assert rig.d.stats() == {"accepted": 6, "dispatched": 6, "redispatched": 0,
                              "pending": 0, "pauses": 0, "last_pause_errno": 0,
-                             "paused": False}
+                             "paused": False, "stalls": 0, "taken_back": 0, "stalled": 0}
 
 
 @pytest.mark.parametrize("dispatcher, receiver", [("c", "py"), ("py", "c")],

@@ -22,7 +22,7 @@ def sched_mod(impl):
 
 METHODS = {"add": "add", "remove": "remove", "sub": "subscribe", "unsub": "unsubscribe",
            "retire": "retire",
-           "full": "set_full",
+           "full": "set_full", "stalled": "set_stalled", "withdraw": "withdraw",
            "pick": "pick", "ack": "ack", "available": "available", "inflight": "inflight",
            "closed": "closed", "open": "open_connections"}
 ERRORS = {"ValueError": ValueError, "KeyError": KeyError}
@@ -109,9 +109,31 @@ CASES = {
         "pick 0 -> 1", "pick 0 -> 1", "pick 0 -> -1",
         "full 1 1", "remove 1 -> 2", "add 1", "sub 1 0", "pick 0 -> 1",
     ]),
+    "a stalled worker gets nothing until its loop runs again (rule 12)": (2, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0",
+        "pick 0 -> 0", "stalled 0 1", "available 0 -> 2",
+        "pick 0 -> 1", "pick 0 -> 1", "pick 0 -> -1",
+        "ack 0 1", "inflight 0 -> 0", "available 0 -> 0",    # it still acknowledges
+        "stalled 0 1", "stalled 0 0", "available 0 -> 2", "pick 0 -> 0",
+    ]),
+    "a stall and the fd limit are separate reasons; neither undoes a retire": (2, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0",
+        "stalled 0 1", "full 0 1", "stalled 0 0", "pick 0 -> 1",   # still full
+        "full 0 0", "pick 0 -> 0",
+        "full 0 1", "stalled 0 1", "full 0 0", "pick 0 -> 1",      # still stalled
+        "retire 0", "stalled 0 0", "pick 0 -> -1", "available 0 -> 0",
+    ]),
+    "withdraw takes back what is in flight, as if never sent (rule 13)": (3, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0",
+        "pick 0 -> 0", "pick 0 -> 1", "pick 0 -> 0", "inflight 0 -> 2",
+        "withdraw 0 3 -> ValueError", "withdraw 0 -1 -> ValueError", "inflight 0 -> 2",
+        "stalled 0 1", "withdraw 0 2", "inflight 0 -> 0", "available 0 -> 2",
+        "ack 0 1 -> ValueError", "withdraw 0 0", "withdraw 2 0 -> KeyError",
+        "stalled 0 0", "available 0 -> 5",
+    ]),
     "bad arguments": (1, [
         "add -1 -> ValueError", "sub 0 0 -> KeyError", "retire 0 -> KeyError",
-        "full 0 1 -> KeyError",
+        "full 0 1 -> KeyError", "stalled 0 1 -> KeyError", "withdraw 0 0 -> KeyError",
         "ack 0 1 -> KeyError", "inflight 0 -> KeyError", "remove 0 -> KeyError",
         "add 0", "sub 0 64 -> ValueError", "sub 0 -1 -> ValueError",
     ]),
@@ -188,6 +210,15 @@ LEAST_CASES = {
         "pick 0 -> 0", "ack 0 1", "closed 0 1", "full 0 1",
         "pick 0 -> 1", "pick 0 -> 1", "available 0 -> 2",
         "ack 1 2", "full 0 0", "pick 0 -> 0", "open 0 -> 1", "open 1 -> 2",
+    ]),
+    "withdrawn connections were never open (rule 13)": (4, 2, [
+        "add 0", "add 1", "sub 0 0", "sub 1 0",
+        "pick 0 -> 0", "pick 0 -> 1", "pick 0 -> 0", "pick 0 -> 1",
+        "pick 0 -> -1",                                      # both at the cap of 2
+        "stalled 0 1", "withdraw 0 2", "open 0 -> 0", "inflight 0 -> 0",
+        "closed 0 1 -> ValueError",                          # nothing it took is open
+        "stalled 0 0", "pick 0 -> 0", "open 0 -> 1",
+        "ack 1 1", "withdraw 1 1", "open 1 -> 1", "closed 1 1", "open 1 -> 0",
     ]),
     "listeners and sparse slots as in round-robin": (1, 0, [
         "add 5", "add 2", "sub 5 1", "sub 2 0",
@@ -271,6 +302,7 @@ def test_many_slots(sched_mod):
 
 ERROR_CALLS = [("add", (-1,)), ("add", (0,)), ("remove", (9,)), ("subscribe", (0, 64)),
                ("subscribe", (9, 0)), ("retire", (9,)), ("set_full", (9, True)), ("ack", (0, 1)),
+               ("set_stalled", (9, True)), ("withdraw", (9, 1)), ("withdraw", (0, 1)),
                ("ack", (0, -1)), ("inflight", (9,))]
 
 
@@ -295,6 +327,8 @@ OPS = st.one_of(
     st.tuples(st.just("subscribe"), st.integers(0, 6), st.integers(0, 63)),
     st.tuples(st.just("retire"), st.integers(0, 6)),
     st.tuples(st.just("set_full"), st.integers(0, 6), st.booleans()),
+    st.tuples(st.just("set_stalled"), st.integers(0, 6), st.booleans()),
+    st.tuples(st.just("withdraw"), st.integers(0, 6), st.integers(-1, 3)),
     st.tuples(st.just("pick"), st.integers(0, 63)),
     st.tuples(st.just("pick"), st.integers(0, 2)),
     st.tuples(st.just("ack"), st.integers(0, 6), st.integers(0, 3)),

@@ -25,7 +25,7 @@ from .includes.system cimport (
     epoll_ctl, epoll_event, epoll_wait, ff_recv_fds_batch, ff_recv_many, ff_send_fds,
     getsockopt, send, socklen_t, would_block, ff_credit_t, FF_CREDIT_SIZE, ff_credit_load,
     ff_credit_add, ff_credit_want, ff_credit_take_want, ff_credit_store_flag,
-    ff_credit_load_flag)
+    ff_credit_load_flag, ff_credit_store_tick, ff_credit_load_tick)
 from .includes.python cimport (PyInterpreterState_ThreadHead, PyThreadState, PyThreadState_Get,
                                PyThreadState_GetInterpreter, PyThreadState_Next)
 from fastfork.handoff import wire
@@ -176,6 +176,13 @@ cdef inline double _monotonic() noexcept nogil:
     cdef timespec ts
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
+cdef inline uint64_t _monotonic_ns() noexcept nogil:
+    # The clock of the credit page's tick, in both processes (time.monotonic_ns()).
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000 + <uint64_t>ts.tv_nsec
 
 
 cdef int _check_socket(int fd) except -1:

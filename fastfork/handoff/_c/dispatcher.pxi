@@ -18,6 +18,14 @@ ctypedef struct worker_t:
     ff_credit_t *credit # the counters shared with the worker (credit.h), or NULL
     uint64_t taken_seen     # credit.taken as last applied
     uint64_t closed_seen    # credit.closed as last applied
+    bint retired        # sent END: nothing is taken back from its channel
+    bint stalled        # its loop is blocked (scheduler rule 12)
+    bint probing        # tried again after a stall with no sign of life
+    uint64_t since_ns   # when what it has in flight last moved (count > 0)
+    uint64_t stalled_ns # when it was found stalled
+    uint64_t stall_tick # its page's tick then
+    long long stalls        # times found stalled
+    long long taken_back    # connections read back from its channel while it lived
 
 
 # no_gc_clear: __dealloc__ closes what _pending holds, so the garbage collector
@@ -37,6 +45,12 @@ cdef class Dispatcher:
     cdef readonly int last_pause_errno
     cdef long long _batches[NBATCH_BUCKETS]   # sendmsg count by fds sent, for the metrics
     cdef readonly str policy             # "rr" or "least": which scheduler
+    cdef readonly int stall_ms           # 0: no stall detection
+    cdef readonly long long stalls       # workers found stalled, all together
+    cdef readonly long long taken_back   # connections read back from a stalled worker
+    cdef uint64_t _stall_ns             # a tick this late: stalled
+    cdef uint64_t _untaken_ns           # a message left unread this long: stalled
+    cdef uint64_t _next_stall_check      # when a verdict may change (ns), 0: none due
 
     cdef pid_t _pid
     cdef int _epfd
@@ -89,8 +103,11 @@ cdef class Dispatcher:
             self._backlog[i] = False
 
     def __init__(self, window=DEFAULT_WINDOW, batch_max=DEFAULT_BATCH_MAX, pause_ms=100,
-                 policy="rr", worker_connections=0):
+                 policy="rr", worker_connections=0, stall_ms=DEFAULT_STALL_MS):
         self.window = check_window(window)
+        self.stall_ms = check_stall_ms(stall_ms)
+        self._stall_ns = <uint64_t>self.stall_ms * 1000000
+        self._untaken_ns = self._stall_ns * STALL_UNTAKEN_FACTOR
         self.batch_max = check_batch_max(batch_max)
         pause_ms = int(pause_ms)
         if pause_ms < 0:
@@ -260,6 +277,7 @@ cdef class Dispatcher:
         if not self._is_open(slot):
             return
         self._sched.c_retire(slot)
+        self._workers[slot].retired = True
         _put_header(buf, MSG_END, 0)
         while True:
             r = send(self._workers[slot].fd, buf, HEADER_SIZE, MSG_NOSIGNAL | MSG_DONTWAIT)
@@ -336,6 +354,10 @@ cdef class Dispatcher:
             if self._paused_until > now:
                 pause_left = <int>((self._paused_until - now) * 1000) + 1
                 timeout = pause_left if timeout < 0 else min(timeout, pause_left)
+            if self._next_stall_check:
+                # A verdict on a stall may change then: wake up to make it.
+                pause_left = self._ms_until(self._next_stall_check)
+                timeout = pause_left if timeout < 0 else min(timeout, pause_left)
             # Release the GIL only here: this is where the primary blocks, and
             # while it waits the rest of the process (threads, the caller's
             # helpers) must be able to run.  All other work is short and
@@ -382,7 +404,8 @@ cdef class Dispatcher:
         return closed
 
     def worker_stats(self, int slot):
-        """``(dispatched, inflight)`` for one worker."""
+        """``(dispatched, inflight)`` for one worker (dispatched: sent, less
+        what was taken back from its channel)."""
         self._check()
         if not self._is_present(slot):
             raise KeyError(f"no worker in slot {slot}")
@@ -413,7 +436,21 @@ cdef class Dispatcher:
         return {"accepted": self.accepted, "dispatched": self.dispatched,
                 "redispatched": self.redispatched, "pending": self._pending.length,
                 "pauses": self.pauses, "last_pause_errno": self.last_pause_errno,
-                "paused": self._paused_until > _monotonic()}
+                "paused": self._paused_until > _monotonic(),
+                "stalls": self.stalls, "taken_back": self.taken_back,
+                "stalled": sum([1 for i in range(self._nslots)
+                                if self._workers[i].open and self._workers[i].stalled])}
+
+    def worker_stalls(self, int slot):
+        """``(stalled, stalls, taken_back)`` for one worker: whether its loop is
+        blocked now (it is sent nothing), how many times it was found so, and
+        how many connections were read back from its channel meanwhile."""
+        cdef worker_t *w
+        self._check()
+        if not self._is_present(slot):
+            raise KeyError(f"no worker in slot {slot}")
+        w = &self._workers[slot]
+        return bool(w.open and w.stalled), w.stalls, w.taken_back
 
     def batch_counts(self):
         """How many sendmsg calls carried 1, 2, 3-4, ... fds: one count per bucket of
@@ -521,6 +558,8 @@ cdef class Dispatcher:
         # for it, then accept what the listeners hold.
         if self._nshared:
             self._sync_all()
+        if self._stall_ns:
+            self._check_stalls()
         self._flush_pending()
         if self._nspare < self._spare_cap and self._pending.length == 0:
             # Taken again only once what they made room for has gone on.
@@ -672,6 +711,11 @@ cdef class Dispatcher:
             for i in range(m):
                 close(items[start + i].fd)
             self._held -= m
+            if w.count == 0 and self._stall_ns:
+                w.since_ns = _monotonic_ns()    # its clock starts with the first
+                if self._next_stall_check == 0 or (self._next_stall_check
+                                                   > w.since_ns + self._untaken_ns):
+                    self._next_stall_check = w.since_ns + self._untaken_ns
             w.count += m
             w.dispatched += m
             self.dispatched += m
@@ -740,12 +784,19 @@ cdef class Dispatcher:
         self._sync(slot)
         return 0
 
-    cdef int _acked(self, int slot, int count) noexcept:
+    cdef int _acked(self, int slot, int count) except -2:
         # The worker took ``count`` more: its credit back.  -1: it never had
         # that many.
+        cdef worker_t *w = &self._workers[slot]
         if self._sched.c_try_ack(slot, count) < 0:
             return -1
-        self._workers[slot].count -= count
+        w.count -= count
+        if count and self._stall_ns:
+            w.probing = False
+            if w.stalled:
+                self._unstall(slot, False)      # it took something: its loop runs
+            elif w.count:
+                w.since_ns = _monotonic_ns()    # it moves: the rest's clock restarts
         return 0
 
     cdef int _set_limit(self, int slot, bint at_limit) except -1:
@@ -853,6 +904,8 @@ cdef class Dispatcher:
         return 0
 
     cdef int _recover(self, int slot) except -1:
+        # Returns how many connections the messages read back announced
+        # (those a cut-off message lost included).
         """Read back what the worker never received: it waits, in order, on the
         worker's end of the channel, which the caller keeps open for exactly this.
 
@@ -870,6 +923,7 @@ cdef class Dispatcher:
         cdef conn_t c
         cdef ConnQueue found = ConnQueue()
         cdef int peer = self._workers[slot].peer
+        cdef int announced = 0
         self._release_spares()              # room for them even at the fd limit
         try:
             while True:
@@ -892,6 +946,7 @@ cdef class Dispatcher:
                         for i in range(nfds[k]):
                             close(got[i])
                         continue
+                    announced += _get_u16(buf + 2)
                     found.reserve(count)
                     for i in range(count):
                         c.fd = got[i]
@@ -907,7 +962,117 @@ cdef class Dispatcher:
                 self._pending.push_front(found.items[(found.head + i) % found.capacity])
             if self._pending.length == 0:
                 self._refill_spares()       # else once the pending have gone on (poll)
+        return announced
+
+    # -- stalls (scheduler rules 12 and 13) ----------------------------------------
+    cdef int _check_stalls(self) except -1:
+        """Find the workers whose loop is blocked, and those that run again;
+        note when the next verdict may change (``_next_stall_check``)."""
+        cdef int slot
+        cdef uint64_t now, tick, due, next_check = 0
+        cdef worker_t *w
+        if self._next_stall_check == 0 and self._nshared == 0:
+            return 0                        # nothing in flight, no page to read
+        now = _monotonic_ns()
+        for slot in range(self._nslots):
+            w = &self._workers[slot]
+            if not w.open or w.retired:
+                continue
+            tick = ff_credit_load_tick(&w.credit.tick) if w.credit != NULL else 0
+            if w.stalled:
+                if tick != w.stall_tick and (tick == 0 or now <= tick + self._stall_ns):
+                    self._unstall(slot, False)   # its loop runs again (or went idle)
+                elif tick == 0 and now >= w.stalled_ns + STALL_PROBE_MS * 1000000:
+                    self._unstall(slot, True)    # no tick, no sign either way: try it
+                else:
+                    # Its tick still late (it stays stalled), or no sign yet.
+                    if w.count and self._another_can_take(slot):
+                        self._take_back(slot)   # none could when it stalled
+                    due = now + self._stall_ns
+                    if tick == 0:
+                        due = min(due, w.stalled_ns + STALL_PROBE_MS * 1000000)
+                    if next_check == 0 or due < next_check:
+                        next_check = due
+                    continue
+            if (tick and now > tick + self._stall_ns) or (
+                    w.count and now > w.since_ns + self._untaken_ns):
+                self._stall(slot, now, tick)
+                due = now + self._stall_ns
+            elif w.count:
+                due = w.since_ns + self._untaken_ns + 1
+            else:
+                continue
+            if next_check == 0 or due < next_check:
+                next_check = due
+        self._next_stall_check = next_check
         return 0
+
+    cdef int _stall(self, int slot, uint64_t now, uint64_t tick) except -1:
+        # Send it nothing, and take back what it has not read.
+        cdef worker_t *w = &self._workers[slot]
+        cdef int back
+        w.stalled = True
+        w.stalled_ns = now
+        w.stall_tick = tick
+        if not w.probing:                   # else the same stall, still on
+            w.stalls += 1
+            self.stalls += 1
+        self._sched.c_set_reason(slot, FF_STALLED, True)
+        if w.count and self._another_can_take(slot):
+            self._take_back(slot)
+        return 0
+
+    cdef bint _another_can_take(self, int slot) noexcept:
+        # Taking back is for another worker to serve them: with none that
+        # may be sent anything, they would only wait in the primary instead.
+        # And only with every spare fd in hand (room for a window, all that
+        # can wait in a channel): a primary short of fds would receive them
+        # cut off, and the kernel would close what did not fit, where in the
+        # live worker's channel they are safe.
+        cdef int other
+        cdef worker_t *o
+        if self._nspare < self._spare_cap:
+            return False
+        for other in range(self._nslots):
+            o = &self._workers[other]
+            if (other != slot and o.open and not o.retired and not o.stalled
+                    and not o.at_limit):
+                return True
+        return False
+
+    cdef int _take_back(self, int slot) except -1:
+        # What it has not read, read back from its channel to go to another.
+        cdef worker_t *w = &self._workers[slot]
+        cdef int back = self._recover(slot)
+        if back:
+            if self._sched.c_try_withdraw(slot, back) < 0 or back > w.count:
+                self._close_worker(slot)    # it had fewer in flight: not our channel
+                return 0
+            w.count -= back
+            w.dispatched -= back            # it never got them
+            w.taken_back += back
+            self.taken_back += back
+        return 0
+
+    cdef int _unstall(self, int slot, bint probe) except -1:
+        # probe: with no sign that it runs (a worker frozen while idle has no
+        # tick): what it is sent now comes back if it stays untaken.
+        cdef worker_t *w = &self._workers[slot]
+        w.stalled = False
+        w.probing = probe
+        self._sched.c_set_reason(slot, FF_STALLED, False)
+        if w.count:
+            w.since_ns = _monotonic_ns()
+            if self._next_stall_check == 0 or (self._next_stall_check
+                                               > w.since_ns + self._untaken_ns):
+                self._next_stall_check = w.since_ns + self._untaken_ns
+        return 0
+
+    cdef int _ms_until(self, uint64_t when) noexcept:
+        cdef uint64_t now = _monotonic_ns()
+        if when <= now:
+            return 0
+        return <int>((when - now + 999999) // 1000000)
 
     cdef int _verify(self) except -1:
         # Debug builds: the counter must match what the structures hold.

@@ -44,6 +44,17 @@ Design notes (they apply to the twin too)
   what closed), the primary reads the counters when it schedules; an ACK
   message is sent only to wake a primary about to sleep for want of credit.
   Without a page (``add_worker(credit_fd=-1)``, the twin) ACKs carry the counts.
+* A worker whose loop is blocked is found out and routed around: its loop
+  ticks on the page while it holds connections, and a tick older than
+  ``stall_ms``, or a message it has left unread ``STALL_UNTAKEN_FACTOR`` times
+  that long (a loop that was idle when it froze, or one not yet scheduled
+  on a busy machine), marks it stalled
+  (the scheduler's rule 12: it is sent nothing); what waits unread in its
+  channel is read back from its end, exactly as from a dead worker's (each
+  message is taken by one reader only), and sent to another (rule 13).  It
+  is picked again once its tick moves or it takes something, or, showing no
+  sign at all, after ``STALL_PROBE_MS``.  The twin has no page: it sees a
+  stall only by what waits unread.
 * Acks are read with one ``recvmmsg`` per readiness (fewer messages than asked
   for means drained: no call wasted on EAGAIN); the worker reads fd batches
   the same way.
@@ -53,11 +64,14 @@ Design notes (they apply to the twin too)
   runs Python's signal handlers before the retry.
 """
 
-from .scheduler cimport RoundRobinScheduler, LeastConnectionsScheduler, FF_MAX_LISTENERS
+from .scheduler cimport (RoundRobinScheduler, LeastConnectionsScheduler, FF_MAX_LISTENERS,
+                         FF_STALLED)
 from .scheduler import scheduler_for
 
-from fastfork.handoff.wire import (BATCH_BUCKETS, DEFAULT_BATCH_MAX, DEFAULT_WINDOW,
-                                   check_batch_max, check_window)
+from fastfork.handoff.wire import (BATCH_BUCKETS, DEFAULT_BATCH_MAX, DEFAULT_STALL_MS,
+                                   DEFAULT_WINDOW, STALL_PROBE_MS, STALL_UNTAKEN_FACTOR,
+                                   check_batch_max,
+                                   check_stall_ms, check_window)
 
 include "common.pxi"
 include "connqueue.pxi"

@@ -226,6 +226,15 @@ cdef class Receiver:
         self._send_owed()
         return self._owed > 0 or self._told_limit != self.at_fd_limit
 
+    def tick(self, bint running):
+        """The event loop proves it runs (``running``: it holds connections,
+        and a late tick would mean it is blocked) or says it is idle (waiting
+        for events: what is sent wakes it).  Stored on the shared page for the
+        primary's stall detection; without a page (the twin's way) nothing."""
+        self._check_usable()
+        if self._credit != NULL:
+            ff_credit_store_tick(&self._credit.tick, _monotonic_ns() if running else 0)
+
     def room_again(self):
         """The caller found room for fds again: tell the primary it may send.
         Returns False if this receiver was not at its fd limit."""

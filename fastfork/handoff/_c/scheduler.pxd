@@ -8,6 +8,7 @@ cdef enum:
 cdef enum:
     FF_RETIRED = 1           # retire(): for good
     FF_FULL = 2              # set_full(): until set_full(slot, False)
+    FF_STALLED = 4           # set_stalled(): until set_stalled(slot, False)
 
 
 cdef class RoundRobinScheduler:
@@ -29,11 +30,13 @@ cdef class RoundRobinScheduler:
     cdef int c_subscribe(self, int slot, int lid) except -1
     cdef int c_retire(self, int slot) except -1
     cdef int c_set_full(self, int slot, bint full) except -1
+    cdef int c_set_reason(self, int slot, int reason, bint on) except -1
     # Hot path: no exceptions.  lid must be in 0..FF_MAX_LISTENERS-1.
     cdef int c_pick(self, int lid) noexcept
     cdef int c_available(self, int lid) noexcept
     cdef int c_try_ack(self, int slot, int count) noexcept   # 0, or -1 if invalid
     cdef int c_try_closed(self, int slot, int count) noexcept  # 0, or -1 if invalid
+    cdef int c_try_withdraw(self, int slot, int count) noexcept  # 0, or -1 if invalid
     cdef bint c_has(self, int slot) noexcept
 
 

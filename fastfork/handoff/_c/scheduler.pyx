@@ -141,12 +141,16 @@ cdef class RoundRobinScheduler:
         return 0
 
     cdef int c_set_full(self, int slot, bint full) except -1:
-        # Rule 11.  Kept apart from active so that the hot path reads one byte.
+        # Rule 11.
+        return self.c_set_reason(slot, FF_FULL, full)
+
+    cdef int c_set_reason(self, int slot, int reason, bint on) except -1:
+        # Rules 11 and 12.  Kept apart from active so that the hot path reads one byte.
         self._check(slot)
-        if full:
-            self.why_not[slot] |= FF_FULL
+        if on:
+            self.why_not[slot] |= reason
         else:
-            self.why_not[slot] &= ~FF_FULL
+            self.why_not[slot] &= ~reason
         self.active[slot] = self.why_not[slot] == 0
         return 0
 
@@ -184,6 +188,10 @@ cdef class RoundRobinScheduler:
     cdef int c_try_closed(self, int slot, int count) noexcept:
         return -1                    # rule 10: round-robin counts no closes
 
+    cdef int c_try_withdraw(self, int slot, int count) noexcept:
+        # Rule 13 (least's override also takes them off the open count).
+        return self.c_try_ack(slot, count)
+
     # -- Python interface (same as _py/scheduler.py) ------------------
     def add(self, int slot):
         self.c_add(slot)
@@ -208,6 +216,19 @@ cdef class RoundRobinScheduler:
     def set_full(self, int slot, bint full):
         """Rule 11: a worker at its fd limit is not picked until it has room."""
         self.c_set_full(slot, full)
+
+    def set_stalled(self, int slot, bint stalled):
+        """Rule 12: a worker whose loop is blocked is not picked until it runs again."""
+        self.c_set_reason(slot, FF_STALLED, stalled)
+
+    def withdraw(self, int slot, long long count):
+        """Rule 13: ``count`` connections in flight were taken back unread."""
+        self._check(slot)
+        if count < 0 or count > self.inflight_[slot]:
+            raise ValueError(
+                f"slot {slot}: {count} connections taken back "
+                f"but {self.inflight_[slot]} in flight")
+        self.c_try_withdraw(slot, <int>count)
 
     def pick(self, int lid):
         """The slot that gets the next connection on ``lid``, or -1."""
@@ -318,6 +339,12 @@ cdef class LeastConnectionsScheduler(RoundRobinScheduler):
                 or count > self.open_[slot] - self.inflight_[slot]):
             return -1
         self.open_[slot] -= count
+        return 0
+
+    cdef int c_try_withdraw(self, int slot, int count) noexcept:
+        if RoundRobinScheduler.c_try_withdraw(self, slot, count) < 0:
+            return -1
+        self.open_[slot] -= count    # never sent: never open
         return 0
 
     def closed(self, int slot, long long count):

@@ -7,7 +7,10 @@ design notes, which apply to both, except one: Python has no ``recvmmsg``,
 so acks are read one ``recv`` at a time, until EAGAIN.  And one more: no
 shared credit page (``CREDIT_SIZE`` is 0), because Python has no atomics and
 no memory barrier to make the page's wake-up handshake safe; credit comes back
-in ACK messages.
+in ACK messages; so no tick either, and a blocked worker is found out only
+by what it leaves unread for ``STALL_UNTAKEN_FACTOR * stall_ms`` (a worker blocked while it holds
+connections, with nothing in flight, is still sent one, which comes back
+after that).
 EINTR needs no code here: Python's socket and epoll calls retry it after
 running the signal handlers (PEP 475).
 
@@ -26,8 +29,9 @@ import time
 
 from ..fdpass import cmsg_space, rights, unpack_fds
 from ..wire import (BATCH_BUCKETS, MAX_LISTENERS, MSG_CLOSED, MSG_LIMIT, RECV_BUF, SCM_MAX_FD,
-                    ProtocolError, check_batch_max, check_window, encode_end, encode_fds,
-                    parse_to_primary, parse_to_worker, DEFAULT_BATCH_MAX, DEFAULT_WINDOW)
+                    STALL_PROBE_MS, STALL_UNTAKEN_FACTOR, ProtocolError, check_batch_max,
+                    check_stall_ms, check_window, encode_end, encode_fds, parse_to_primary,
+                    parse_to_worker, DEFAULT_BATCH_MAX, DEFAULT_STALL_MS, DEFAULT_WINDOW)
 from .receiver import _no_credit, borrow
 from .scheduler import LeastConnectionsScheduler, scheduler_for
 
@@ -56,8 +60,9 @@ class Dispatcher:
     """The primary's hot path: accept, pick a worker, pass the fd, track acks."""
 
     def __init__(self, window=DEFAULT_WINDOW, batch_max=DEFAULT_BATCH_MAX,
-                 pause_ms=100, policy="rr", worker_connections=0):
+                 pause_ms=100, policy="rr", worker_connections=0, stall_ms=DEFAULT_STALL_MS):
         self.window = check_window(window)
+        self.stall_ms = check_stall_ms(stall_ms)   # 0: no stall detection
         self.batch_max = check_batch_max(batch_max)
         pause_ms = int(pause_ms)
         if pause_ms < 0:
@@ -77,6 +82,18 @@ class Dispatcher:
         self._open = {}           # slot -> True while the channel is usable
         self._at_limit = {}       # slot -> True while the worker is at its fd limit
         self._dispatched = {}     # slot -> count
+        self._retired = set()     # slots sent END: nothing is taken back from them
+        # Stalls (scheduler rules 12 and 13), by slot: when what it has in
+        # flight last moved, when it was found stalled (absent: it is not),
+        # how many times it was, and how many connections came back from it.
+        self._since = {}
+        self._stalled_at = {}
+        self._probing = set()     # tried again after a stall, with no sign of life yet
+        self._stalls = {}
+        self._taken_back = {}
+        self._next_stall_check = 0.0
+        self.stalls = 0
+        self.taken_back = 0
         self._closed_slots = []   # slots whose channel broke, for pop_closed()
         self._pending = collections.deque()  # (fd, lid) waiting for credit
         self._paused_until = 0.0
@@ -169,6 +186,9 @@ class Dispatcher:
         self._open[slot] = True
         self._at_limit[slot] = False
         self._dispatched[slot] = 0
+        self._since[slot] = 0.0
+        self._stalls[slot] = 0
+        self._taken_back[slot] = 0
         self._fdmap[fd] = (_KIND_WORKER, slot)
         return slot
 
@@ -200,6 +220,7 @@ class Dispatcher:
         if not self._open.get(slot):
             return
         self._sched.retire(slot)
+        self._retired.add(slot)
         try:
             self._workers[slot].send(encode_end())
         except OSError:
@@ -219,6 +240,11 @@ class Dispatcher:
         del self._open[slot]
         del self._at_limit[slot]
         del self._dispatched[slot]
+        self._retired.discard(slot)
+        self._probing.discard(slot)
+        self._stalled_at.pop(slot, None)
+        for counts in (self._since, self._stalls, self._taken_back):
+            del counts[slot]
         self._flush_pending()
 
     def watch(self, fd):
@@ -250,6 +276,8 @@ class Dispatcher:
         while True:
             # Connections re-queued by a failed send go out now, not after
             # the next event.
+            if self.stall_ms:
+                self._check_stalls()
             self._flush_pending()
             if len(self._spares) < self._spare_cap and not self._pending:
                 # Taken again only once what they made room for has gone on.
@@ -260,6 +288,10 @@ class Dispatcher:
             if self._paused_until > now:
                 pause_left = self._paused_until - now + 0.001
                 timeout = pause_left if timeout < 0 else min(timeout, pause_left)
+            if self._next_stall_check:
+                # A verdict on a stall may change then: wake up to make it.
+                left = max(0.0, self._next_stall_check - now) + 0.0005
+                timeout = left if timeout < 0 else min(timeout, left)
             try:
                 events = self._epoll.poll(timeout)
             except InterruptedError:
@@ -272,6 +304,8 @@ class Dispatcher:
                     ready.append(fd)
                 elif kind == _KIND_LISTENER:
                     self._backlog[ident] = True
+            if self.stall_ms:
+                self._check_stalls()
             self._flush_pending()
             self._accept_backlogged()
             if ready or (deadline is not None and time.monotonic() >= deadline):
@@ -285,11 +319,22 @@ class Dispatcher:
         return closed
 
     def worker_stats(self, slot):
-        """``(dispatched, inflight)`` for one worker."""
+        """``(dispatched, inflight)`` for one worker (dispatched: sent, less
+        what was taken back from its channel)."""
         self._check()
         if slot not in self._workers:
             raise KeyError(f"no worker in slot {slot}")
         return self._dispatched[slot], self._unacked[slot]
+
+    def worker_stalls(self, slot):
+        """``(stalled, stalls, taken_back)`` for one worker: whether its loop is
+        blocked now (it is sent nothing), how many times it was found so, and
+        how many connections were read back from its channel meanwhile."""
+        self._check()
+        if slot not in self._workers:
+            raise KeyError(f"no worker in slot {slot}")
+        return (bool(self._open[slot] and slot in self._stalled_at), self._stalls[slot],
+                self._taken_back[slot])
 
     def worker_at_fd_limit(self, slot):
         """True while the worker in ``slot`` says it is at its file-descriptor
@@ -325,7 +370,9 @@ class Dispatcher:
         return {"accepted": self.accepted, "dispatched": self.dispatched,
                 "redispatched": self.redispatched, "pending": len(self._pending),
                 "pauses": self.pauses, "last_pause_errno": self.last_pause_errno,
-                "paused": self._paused_until > time.monotonic()}
+                "paused": self._paused_until > time.monotonic(),
+                "stalls": self.stalls, "taken_back": self.taken_back,
+                "stalled": sum(1 for slot in self._stalled_at if self._open.get(slot))}
 
     def close(self):
         """Close the epoll fd and every connection the primary still holds.
@@ -471,6 +518,11 @@ class Dispatcher:
             # end (kept open) holds the message until the worker takes it.
             for fd in fds:
                 os.close(fd)
+            if not self._unacked[slot] and self.stall_ms:
+                self._since[slot] = now = time.monotonic()   # its clock starts with the first
+                due = now + self._untaken()
+                if not self._next_stall_check or self._next_stall_check > due:
+                    self._next_stall_check = due
             self._unacked[slot] += len(part)
             self._dispatched[slot] += len(part)
             self.dispatched += len(part)
@@ -505,6 +557,12 @@ class Dispatcher:
                 self._close_worker(slot)
                 return
             self._unacked[slot] -= count
+            if count and self.stall_ms:
+                self._probing.discard(slot)
+                if slot in self._stalled_at:
+                    self._unstall(slot, False)      # it took something: its loop runs
+                elif self._unacked[slot]:
+                    self._since[slot] = time.monotonic()   # it moves: the rest's clock restarts
 
     def _set_limit(self, slot, at_limit):
         # The worker is at its fd limit (or has room again): the scheduler
@@ -535,11 +593,14 @@ class Dispatcher:
         """Read back what the worker never received: it waits, in order, on the
         worker's end of the channel, which the caller keeps open for exactly this.
 
-        Safe while the worker still runs (a broken protocol): each message is
-        taken by one reader only, so whatever is read here the worker never had.
+        Safe while the worker still runs (a broken protocol, a stall): each
+        message is taken by one reader only, so whatever is read here the
+        worker never had.  Returns how many connections the messages read back
+        announced (those a cut-off message lost included).
         """
         peer = self._peers[slot]
         found = []
+        announced = 0
         self._release_spares()              # room for them even at the fd limit
         try:
             while True:
@@ -565,9 +626,102 @@ class Dispatcher:
                     for fd in fds:
                         os.close(fd)
                     continue
+                announced += len(lids)
                 found.extend(zip(fds, lids))
         finally:
             # First in the pending queue, in the order they were accepted.
             self._pending.extendleft(reversed(found))
             if not self._pending:
                 self._refill_spares()       # else once the pending have gone on (poll)
+        return announced
+
+    # -- stalls (scheduler rules 12 and 13) ------------------------------------
+    def _check_stalls(self):
+        """Find the workers whose loop is blocked (without a page: what they
+        were sent waits unread) and those that run again; note when the next
+        verdict may change (``_next_stall_check``)."""
+        if not self._next_stall_check:
+            return
+        now = time.monotonic()
+        stall = self._untaken()
+        probe = STALL_PROBE_MS / 1000.0
+        next_check = 0.0
+        for slot, is_open in list(self._open.items()):
+            if not is_open or slot in self._retired:
+                continue
+            if slot in self._stalled_at:
+                if now >= self._stalled_at[slot] + probe:
+                    self._unstall(slot, True)   # no sign either way: try it
+                else:
+                    if self._unacked[slot] and self._another_can_take(slot):
+                        self._take_back(slot)   # none could when it stalled
+                    due = self._stalled_at[slot] + probe
+                    next_check = due if not next_check else min(next_check, due)
+                    continue
+            if self._unacked[slot] and now > self._since[slot] + stall:
+                self._stall(slot, now)
+                due = self._stalled_at.get(slot, now) + probe
+            elif self._unacked[slot]:
+                due = self._since[slot] + stall + 0.0005
+            else:
+                continue
+            next_check = due if not next_check else min(next_check, due)
+        self._next_stall_check = next_check
+
+    def _untaken(self):
+        # Seconds a message may wait unread before its worker counts as stalled.
+        return self.stall_ms * STALL_UNTAKEN_FACTOR / 1000.0
+
+    def _stall(self, slot, now):
+        # Send it nothing, and take back what it has not read.
+        self._stalled_at[slot] = now
+        if slot not in self._probing:       # else the same stall, still on
+            self._stalls[slot] += 1
+            self.stalls += 1
+        self._sched.set_stalled(slot, True)
+        if self._unacked[slot] and self._another_can_take(slot):
+            self._take_back(slot)
+
+    def _another_can_take(self, slot):
+        # Taking back is for another worker to serve them: with none that
+        # may be sent anything, they would only wait in the primary instead.
+        # And only with every spare fd in hand (room for a window, all that
+        # can wait in a channel): a primary short of fds would receive them
+        # cut off, and the kernel would close what did not fit, where in the
+        # live worker's channel they are safe.
+        if len(self._spares) < self._spare_cap:
+            return False
+        return any(is_open and other != slot and other not in self._retired
+                   and other not in self._stalled_at and not self._at_limit[other]
+                   for other, is_open in self._open.items())
+
+    def _take_back(self, slot):
+        # What it has not read, read back from its channel to go to another.
+        back = self._recover(slot)
+        if back:
+            try:
+                if back > self._unacked[slot]:
+                    raise ValueError(back)
+                self._sched.withdraw(slot, back)
+            except ValueError:
+                self._close_worker(slot)    # it had fewer in flight: not our channel
+                return
+            self._unacked[slot] -= back
+            self._dispatched[slot] -= back  # it never got them
+            self._taken_back[slot] += back
+            self.taken_back += back
+
+    def _unstall(self, slot, probe):
+        # probe: with no sign that it runs: what it is sent now comes back if
+        # it stays untaken.
+        del self._stalled_at[slot]
+        if probe:
+            self._probing.add(slot)
+        else:
+            self._probing.discard(slot)
+        self._sched.set_stalled(slot, False)
+        if self._unacked[slot]:
+            self._since[slot] = now = time.monotonic()
+            due = now + self._untaken()
+            if not self._next_stall_check or self._next_stall_check > due:
+                self._next_stall_check = due

@@ -161,6 +161,13 @@ class Receiver:
         self._send_owed()
         return self._owed > 0 or self._told_limit != self.at_fd_limit
 
+    def tick(self, running):
+        """The event loop proves it runs, or says it is idle: stored on the
+        Cython build's shared page for the primary's stall detection.  This
+        twin has no page, so nothing: its primary sees a stall only by what
+        waits untaken in the channel (see ``Dispatcher``)."""
+        self._check_usable()
+
     def room_again(self):
         """The caller found room for fds again: tell the primary it may send.
         Returns False if this receiver was not at its fd limit."""

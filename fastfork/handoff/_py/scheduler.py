@@ -92,6 +92,7 @@ class RoundRobinScheduler:
 
     _RETIRED = 1         # retire(): for good
     _FULL = 2            # set_full(): until set_full(slot, False)
+    _STALLED = 4         # set_stalled(): until set_stalled(slot, False)
 
     def __init__(self, window):
         self.window = check_window(window)
@@ -146,11 +147,18 @@ class RoundRobinScheduler:
 
     def set_full(self, slot, full):
         """Rule 11: a worker at its fd limit is not picked until it has room."""
+        self._set_reason(slot, self._FULL, full)
+
+    def set_stalled(self, slot, stalled):
+        """Rule 12: a worker whose loop is blocked is not picked until it runs again."""
+        self._set_reason(slot, self._STALLED, stalled)
+
+    def _set_reason(self, slot, reason, on):
         self._check(slot)
-        if full:
-            self._why_not[slot] |= self._FULL
+        if on:
+            self._why_not[slot] |= reason
         else:
-            self._why_not[slot] &= ~self._FULL
+            self._why_not[slot] &= ~reason
         self._active[slot] = self._why_not[slot] == 0
 
     # -- decisions ------------------------------------------------------
@@ -178,6 +186,15 @@ class RoundRobinScheduler:
             raise ValueError(
                 f"slot {slot} acknowledged {count} connections "
                 f"but has {self._inflight[slot]} in flight")
+        self._inflight[slot] -= count
+
+    def withdraw(self, slot, count):
+        """Rule 13: ``count`` connections in flight were taken back unread."""
+        self._check(slot)
+        if count < 0 or count > self._inflight[slot]:
+            raise ValueError(
+                f"slot {slot}: {count} connections taken back "
+                f"but {self._inflight[slot]} in flight")
         self._inflight[slot] -= count
 
     def closed(self, slot, count):
@@ -244,6 +261,10 @@ class LeastConnectionsScheduler(RoundRobinScheduler):
             self._open[best] += 1
             self._cursor[lid] = best
         return best
+
+    def withdraw(self, slot, count):
+        super().withdraw(slot, count)
+        self._open[slot] -= count       # never sent: never open
 
     def _before(self, a, b):
         # Rule 7's order: nothing in flight first, then fewer open.

@@ -80,6 +80,7 @@ cdef extern from "credit.h" nogil:
         uint64_t taken
         uint64_t closed
         uint32_t at_limit
+        uint64_t tick
         uint32_t want
     enum:
         FF_CREDIT_SIZE
@@ -89,3 +90,5 @@ cdef extern from "credit.h" nogil:
     int ff_credit_take_want(uint32_t *p) noexcept
     void ff_credit_store_flag(uint32_t *p, uint32_t v) noexcept
     uint32_t ff_credit_load_flag(const uint32_t *p) noexcept
+    void ff_credit_store_tick(uint64_t *p, uint64_t v) noexcept
+    uint64_t ff_credit_load_tick(const uint64_t *p) noexcept

@@ -1,0 +1,171 @@
+"""A worker's event loop proves it runs: the tick the primary routes by, the
+loop-lag histogram, and the log line that names where a blocked loop was.
+
+``Ticker``: while the loop holds connections it stores a timestamp on the
+credit page shared with the primary (``Receiver.tick``, ``csrc/credit.h``)
+from the data reader and from a callback every ``stall_ms / 3``; a late tick
+tells the primary that the loop is blocked, so it sends this worker nothing
+and takes back what waits unread in its channel (the scheduler's rules 12
+and 13).  Holding none, it says it is idle (0) and stops: an idle loop wakes
+for whatever is sent.  How late each callback ran is the loop's lag, counted
+in ``LAG_BUCKETS`` for the metrics.
+
+``Watchdog``: a thread that looks at the tick every ``stall_log_ms / 2``;
+when the loop has not ticked for ``stall_log_ms`` it reads the loop thread's
+frame (``sys._current_frames()``) and logs the file and line it is blocked
+at, at most once per ``LOG_EVERY`` seconds (the others counted in the next
+line).
+"""
+
+import logging
+import os
+import sys
+import sysconfig
+import threading
+import time
+import traceback
+
+from ..handoff.wire import LAG_BUCKETS
+
+log = logging.getLogger("fastfork.worker")
+
+LOG_EVERY = 10.0
+
+
+class Ticker:
+    """The loop's tick on the credit page, and its lag (see the module)."""
+
+    def __init__(self, loop, receiver, tracker, runtime):
+        self._loop = loop
+        self._receiver = receiver
+        self._tracker = tracker
+        self._runtime = runtime           # its stall_ms and stall_log_ms (the primary's config)
+        self._handle = None
+        self._due = 0.0
+        self.last = 0.0                   # time.monotonic() of the last tick; 0: idle
+        self.lag_counts = [0] * (len(LAG_BUCKETS) + 1)
+        self.lag_sum = 0.0
+
+    def _period(self):
+        stall_ms = self._runtime.stall_ms
+        if stall_ms:
+            return stall_ms / 3000.0
+        return self._runtime.stall_log_ms / 4000.0   # 0: no ticks at all
+
+    def kick(self):
+        """From the data reader: the loop runs and may hold connections now."""
+        period = self._period()
+        if not period:
+            return
+        now = time.monotonic()
+        self._store(True)
+        self.last = now
+        if self._handle is None:
+            self._due = now + period
+            self._handle = self._loop.call_later(period, self._run)
+
+    def _run(self):
+        now = time.monotonic()
+        lag = max(0.0, now - self._due)
+        self.lag_sum += lag
+        bucket = 0
+        while bucket < len(LAG_BUCKETS) and lag > LAG_BUCKETS[bucket]:
+            bucket += 1
+        self.lag_counts[bucket] += 1
+        period = self._period()
+        if self._tracker.active and period:
+            self._store(True)
+            self.last = now
+            self._due = now + period
+            self._handle = self._loop.call_later(period, self._run)
+        else:
+            self._store(False)            # idle: what is sent wakes it
+            self.last = 0.0
+            self._handle = None
+
+    def _store(self, running):
+        try:
+            self._receiver.tick(running)
+        except (OSError, ValueError):
+            pass                          # the channel is closed: nobody reads the page
+
+    def lag(self):
+        """``(counts per LAG_BUCKETS and +Inf, sum of seconds)`` so far."""
+        return list(self.lag_counts), self.lag_sum
+
+
+class Watchdog:
+    """Logs where the loop thread is when its ticks stop (see the module)."""
+
+    def __init__(self, ticker, runtime, loop_thread_id):
+        self._ticker = ticker
+        self._runtime = runtime
+        self._loop_thread = loop_thread_id
+        self._stop = threading.Event()
+        self._reported = 0.0              # the tick whose lateness was counted
+        self._last_log = -LOG_EVERY
+        self._unlogged = 0
+        self.stalls = 0                   # stalls over stall_log_ms, logged or not
+        self._thread = threading.Thread(target=self._watch, name="fastfork-watchdog",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self):
+        self._stop.set()
+
+    def _watch(self):
+        while True:
+            threshold = self._runtime.stall_log_ms / 1000.0
+            if self._stop.wait(threshold / 2 if threshold else 1.0):
+                return
+            last = self._ticker.last
+            if not threshold or not last or last == self._reported:
+                continue
+            late = time.monotonic() - last
+            if late >= threshold:
+                self._reported = last
+                self.stalls += 1
+                self._log(late)
+
+    def _log(self, late):
+        now = time.monotonic()
+        if now - self._last_log < LOG_EVERY:
+            self._unlogged += 1
+            return
+        self._last_log = now
+        where = blocked_at(sys._current_frames().get(self._loop_thread))
+        more = (f" ({self._unlogged} more since the last such line)" if self._unlogged
+                else "")
+        self._unlogged = 0
+        log.warning("worker %s: event loop blocked for %.0f ms so far, at %s%s",
+                    self._runtime.id, late * 1000.0, where, more)
+
+
+# Not the application's: the standard library, site-packages, fastfork itself.
+_LIBRARY_DIRS = tuple(os.path.normcase(os.path.realpath(path)) + os.sep for path in {
+    *(sysconfig.get_paths().get(name) for name in ("stdlib", "platstdlib", "purelib",
+                                                     "platlib")),
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__)))} if path)
+
+
+def _is_library(filename):
+    return os.path.normcase(os.path.realpath(filename)).startswith(_LIBRARY_DIRS)
+
+
+def blocked_at(frame):
+    """Where a thread is, for a log line: the innermost frame, and the
+    innermost one in the application's code (outside the standard library
+    and site-packages) if that is another."""
+    if frame is None:
+        return "an unknown place (no frame for the loop's thread)"
+    stack = traceback.extract_stack(frame)
+    if not stack:
+        return "an unknown place"
+    inner = stack[-1]
+    text = f"{inner.filename}:{inner.lineno} in {inner.name}"
+    for entry in reversed(stack):
+        if not _is_library(entry.filename):
+            if entry is not inner:
+                text = f"{entry.filename}:{entry.lineno} in {entry.name} (innermost: {text})"
+            break
+    return text
