@@ -26,6 +26,7 @@ import asyncio
 import copy
 import logging
 import os
+import ssl as _ssl
 import time
 import weakref
 from email.utils import formatdate
@@ -92,12 +93,15 @@ class AsgiServer:
     ``graceful_timeout`` bounds ``stop()``; None: the primary's graceful
     timeout (it kills the worker after it anyway).  ``timeout_request_head``:
     seconds a request head may take to arrive (0: no deadline; see ``deadline``).
+    ``ssl``: a server-side ``ssl.SSLContext`` (or uvicorn's ``ssl_certfile``,
+    ``ssl_keyfile``... keywords, passed to ``uvicorn.Config``): HTTPS.
     """
 
     addresses: List[Address]
     backlog: int
     graceful_timeout: Optional[float]
     config: Any                   # uvicorn.Config
+    ssl: Optional[_ssl.SSLContext]  # TLS terminated here, or None
     state: Any                    # uvicorn.server.ServerState
     lifespan: Any                 # the lifespan protocol, once started
     servers: List[Server]
@@ -119,6 +123,7 @@ class AsgiServer:
                  graceful_timeout: Optional[float] = None, backlog: int = 2048,
                  on_close: Optional[Callable[[], object]] = None,
                  timeout_request_head: float = DEFAULT_HEAD_TIMEOUT,
+                 ssl: Optional[_ssl.SSLContext] = None,
                  **config_options: Any) -> None:
         uvicorn = require("uvicorn", "speak HTTP")
         server_module = require("uvicorn.server", "keep its per-server state")
@@ -146,6 +151,9 @@ class AsgiServer:
             access_log=access_log, log_level=log_level, log_config=log_config,
             backlog=backlog, **config_options)
         self.config.load()
+        # TLS in this worker: a context given, or the one uvicorn built from its
+        # own ssl_certfile/ssl_keyfile... options (Config.load above).
+        self.ssl = ssl if ssl is not None else getattr(self.config, "ssl", None)
         self.head_timeouts = 0
         self._protocol_class = self.config.http_protocol_class
         if timeout_request_head:
@@ -185,7 +193,7 @@ class AsgiServer:
             raise StartupFailed(STARTUP_FAILURE)
         for address in self.addresses:
             self.servers.append(await fastfork.create_server(
-                self._make_protocol, address, backlog=self.backlog))
+                self._make_protocol, address, backlog=self.backlog, ssl=self.ssl))
         self._ticker = self.loop.create_task(self._tick())
         _servers.append(self)
 

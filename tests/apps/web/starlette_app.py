@@ -49,6 +49,10 @@ async def client(request):
     return JSONResponse({"host": host, "port": port})
 
 
+async def scheme(request):
+    return JSONResponse({"scheme": request.url.scheme, "id": common.whoami("starlette")["id"]})
+
+
 async def requests(request):
     return JSONResponse(common.requests_served())
 
@@ -63,7 +67,7 @@ async def lifespan(app):
 app = Starlette(routes=[
     Route("/whoami", whoami), Route("/echo", echo, methods=["POST"]), Route("/stream", stream),
     Route("/slow", slow), Route("/requests", requests), Route("/block", block),
-    Route("/client", client),
+    Route("/client", client), Route("/scheme", scheme),
 ], lifespan=lifespan)
 
 
