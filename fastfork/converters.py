@@ -189,6 +189,15 @@ def paths(value):
     return tuple(path(v.strip()) for v in values if not isinstance(v, str) or v.strip())
 
 
+def patterns(value):
+    """Glob patterns (or paths), each given once or as a list."""
+    values = [value] if isinstance(value, str) else list(value or ())
+    for v in values:
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(f"{v!r} is not a glob pattern")
+    return tuple(v.strip() for v in values)
+
+
 def header(value):
     """A response header as uvicorn's ``--header``: ``"name:value"`` -> ``(name, value)``."""
     if isinstance(value, (tuple, list)) and len(value) == 2:

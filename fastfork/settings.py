@@ -126,6 +126,27 @@ class Settings:
         "runs its own): uvloop (required: pip install 'fastfork[uvloop]'), asyncio, or auto "
         "(uvloop when installed) (default auto)", "serving", "|".join(LOOPS))
 
+    # -- development -------------------------------------------------------------------
+    reload: bool = _setting(
+        False, c.flag, "watch the app's files and reload every worker, one at a time, new "
+        "before old, when one changes; code that fails to import keeps the old workers "
+        "(needs pip install 'fastfork[reload]')", "development", flag=True)
+    reload_dir: Tuple[str, ...] = _setting(
+        (), c.paths, "with --reload: watch this directory; repeat for several (default: the "
+        "current directory, and the app file's if it is elsewhere)", "development", "DIR",
+        repeat=True)
+    reload_include: Tuple[str, ...] = _setting(
+        (), c.patterns, "with --reload: also watch files matching this glob pattern; repeat "
+        "for several (default *.py)", "development", "PATTERN", repeat=True)
+    reload_exclude: Tuple[str, ...] = _setting(
+        (), c.patterns, "with --reload: ignore files matching this glob pattern, or this "
+        "directory; repeat for several (default .*, .py[cod], .sw.*, ~*)", "development",
+        "PATTERN|DIR", repeat=True)
+    reload_delay: float = _setting(
+        0.25, c.seconds, "with --reload: reload once the files have been quiet this long, so "
+        "that one save of several files is one reload (default 0.25)", "development",
+        "SECONDS")
+
     # -- loading the app ---------------------------------------------------------------
     chdir: Optional[str] = _setting(
         None, c.path, "change to this directory before loading the app (it goes first on "
@@ -323,6 +344,10 @@ class Settings:
                 raise SettingError(field.name, str(exc)) from None
             object.__setattr__(self, field.name, converted)
         self._check_tls()
+        if self.reload and self.preload:
+            raise SettingError("reload", "cannot be used with preload (--preload): the app is "
+                                         "then imported once in the primary, so no reload "
+                                         "would run the code that changed")
         if self.worker_connections and self.policy != "least":
             # Only least counts open connections; a cap rr cannot keep must not
             # look as if it were kept.

@@ -47,7 +47,6 @@ ALIASES = {
     "ssl_ciphers": ("--ciphers",),
 }
 
-_RELOAD = "not supported yet: send SIGHUP to the primary for a rolling reload of the new code"
 _TLS_DONE = ("not needed: asyncio's TLS transport does the handshake as each connection is "
              "attached, and ends a connection closed without TLS's close alert as a close")
 _SYSLOG = "log to stderr (--error-logfile FILE) and let systemd's journal or syslog collect it"
@@ -55,12 +54,11 @@ _LIMITS = ("the request head is limited by --h11-max-incomplete-event-size (with
            "and --timeout-request-head")
 REFUSED = {
     # uvicorn
-    "--reload": _RELOAD, "--reload-dir": _RELOAD, "--reload-include": _RELOAD,
-    "--reload-exclude": _RELOAD, "--reload-delay": _RELOAD,
     "--http2": "HTTP/2 is not supported: serve HTTP/2 from the proxy in front",
     "--reset-contextvars": "not supported: each request runs in a copy of the worker's context",
     # gunicorn
-    "--reload-engine": _RELOAD, "--reload-extra-file": _RELOAD,
+    "--reload-engine": "not needed: --reload watches the files with watchfiles (inotify)",
+    "--reload-extra-file": "spelled --reload-dir DIR and --reload-include PATTERN here",
     "--ssl-context": "not supported: the context is built from --ssl-certfile, --ssl-keyfile "
                      "and the other --ssl-* options",
     "--do-handshake-on-connect": _TLS_DONE, "--suppress-ragged-eofs": _TLS_DONE,

@@ -34,10 +34,12 @@ SETTINGS = {
     "proxy_protocol": "proxy_protocol", "proxy_allow_ips": "proxy_allow_from",
     "certfile": "ssl_certfile", "keyfile": "ssl_keyfile", "ca_certs": "ssl_ca_certs",
     "cert_reqs": "ssl_cert_reqs", "ciphers": "ssl_ciphers", "ssl_version": "ssl_version",
+    "reload": "reload",
 }
 REFUSED = {
     "daemon": "run fastfork under systemd (see README 'Under systemd')",
-    "reload": "send SIGHUP to the primary for a rolling reload of the new code",
+    "reload_engine": "--reload watches the files with watchfiles (inotify)",
+    "reload_extra_files": "give directories in --reload-dir and patterns in --reload-include",
     "worker_connections": "for a cap on each worker's connections use --limit-concurrency "
                           "(or --worker-connections with --policy least)",
     "statsd_host": "serve Prometheus metrics with --metrics ADDRESS",

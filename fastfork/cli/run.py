@@ -164,6 +164,10 @@ def parse_all(argv):
         settings = options.build(cli, tables=tables, toml=False)    # that file only
     else:
         settings = options.build(cli, config_path, tables=tables)
+    if not settings.reload and (settings.reload_dir or settings.reload_include
+                                or settings.reload_exclude):
+        notes.append("--reload-dir, --reload-include and --reload-exclude do nothing without "
+                     "--reload")
     if not settings.app and not actions["version"]:
         raise options.ConfigError("no app given: python -m fastfork run MODULE:CALLABLE")
     return settings, notes, actions
@@ -300,6 +304,10 @@ def _main(argv, start):
                 raise options.ConfigError("--ssl-certfile: an app of type main serves its "
                                           "sockets itself, so it cannot be given TLS here")
             tls.from_settings(settings)   # the files and the password, once, before any fork
+        reloader = None
+        if settings.reload:
+            from .reloader import Reloader
+            reloader = Reloader(settings, lambda: cluster.request_reload())
         if actions["check_config"]:
             print(f"fastfork run: {settings.app} ({kind}): the configuration is good")
             return 0
@@ -361,7 +369,13 @@ def _main(argv, start):
         log.error("%s; stopping", exc)
         start.close()
         return EXIT_USAGE
-    code = cluster.run()
+    if reloader is not None:
+        reloader.start()                      # a thread of the primary, never a worker's
+    try:
+        code = cluster.run()
+    finally:
+        if reloader is not None:
+            reloader.stop()
     hooks.exiting()                           # on_exit
     return code
 

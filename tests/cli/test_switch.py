@@ -130,8 +130,9 @@ def test_switches_turn_off_and_levels_take_any_case(monkeypatch, tmp_path):
 
 
 REFUSED = [
-    (["--reload"], "--reload is not supported yet: send SIGHUP to the primary"),
-    (["--reload-dir", "src"], "--reload-dir is not supported yet"),
+    (["--reload", "--preload"], "argument --reload: cannot be used with preload (--preload)"),
+    (["--reload-engine", "inotify"], "--reload-engine is not needed: --reload watches the "
+                                     "files with watchfiles"),
     (["--do-handshake-on-connect"], "--do-handshake-on-connect is not needed: asyncio's TLS "
                                     "transport does the handshake"),
     (["--ssl-keyfile", "k.pem"], "argument --ssl-keyfile: needs ssl_certfile (--ssl-certfile)"),
@@ -200,12 +201,13 @@ def test_gunicorn_config_file_reads_as_gunicorn_names_it(tmp_path):
     assert list(settings.hooks) == ["post_fork"]
     path.write_text("import ssl\ncertfile = 'c.pem'\nkeyfile = 'k.pem'\nca_certs = 'ca.pem'\n"
                     "cert_reqs = ssl.CERT_REQUIRED\nssl_version = ssl.PROTOCOL_TLS\n"
-                    "ciphers = 'ECDHE+AESGCM'\n")
+                    "ciphers = 'ECDHE+AESGCM'\nreload = True\n")
     where, values, names = gunicorn_config.read(str(path), notes)
     settings = options.build({}, tables=[(where, values, names)], toml=False)
     assert (settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs,
             settings.ssl_cert_reqs, settings.ssl_version, settings.ssl_ciphers) == \
         ("c.pem", "k.pem", "ca.pem", 2, 2, "ECDHE+AESGCM")
+    assert settings.reload is True
     path.write_text("def ssl_context(config, default_ssl_context_factory):\n    pass\n")
     with pytest.raises(options.ConfigError, match="ssl_context is not supported here: the "
                                                   "context is built from the TLS settings"):
