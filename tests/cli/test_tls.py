@@ -145,6 +145,32 @@ def test_a_renewed_certificate_is_served_after_a_reload(runner_factory, certs):
     assert {served_serial(address, context) for _ in range(4)} == {0x1002}
 
 
+@pytest.mark.parametrize("policy", ["rr", "reuseport"])
+def test_a_proxy_header_comes_before_the_handshake(runner_factory, certs, policy):
+    # HAProxy's send-proxy in front of TLS passthrough: the header in the clear,
+    # then the handshake; the app sees HTTPS from the client the header names.
+    cert, key = certs.server("server", 0x1001)
+    runner = runner_factory(os.path.join(WEB, "starlette_app.py:app"), "--workers", "1",
+                            "--bind", "127.0.0.1:0", "--policy", policy, "--proxy-protocol",
+                            *tls_args(cert, key))
+    runner.wait_serving(1)
+    address = runner.address()
+    context = client_context(certs)
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"PROXY TCP4 198.51.100.7 127.0.0.1 40000 443\r\n")
+        with context.wrap_socket(sock, server_hostname=address[0]) as tls:
+            tls.sendall(b"GET /client HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            reply = b""
+            while True:
+                chunk = tls.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+    head, _, body = reply.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), reply
+    assert json.loads(body) == {"host": "198.51.100.7", "port": 40000}
+
+
 LOOPS = [("rr", "asyncio"), ("rr", "uvloop"), ("reuseport", "auto")]
 
 
