@@ -77,7 +77,8 @@ GROUP_TITLES = {
     "serving": "Serving", "operations": "Operations", "loading the app": "Loading the app",
     "http apps": "HTTP apps (ASGI, WSGI)", "proxy": "Behind a load balancer",
     "observability": "Observability", "crash loop": "Crash loop", "privileges": "Privileges",
-    "status": "Status", "logging": "Logging",
+    "status": "Status", "logging": "Logging", "tls": "HTTPS (TLS in the workers)",
+    "development": "Development (reload on save)",
 }
 
 

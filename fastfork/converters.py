@@ -189,6 +189,15 @@ def paths(value):
     return tuple(path(v.strip()) for v in values if not isinstance(v, str) or v.strip())
 
 
+def patterns(value):
+    """Glob patterns (or paths), each given once or as a list."""
+    values = [value] if isinstance(value, str) else list(value or ())
+    for v in values:
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError(f"{v!r} is not a glob pattern")
+    return tuple(v.strip() for v in values)
+
+
 def header(value):
     """A response header as uvicorn's ``--header``: ``"name:value"`` -> ``(name, value)``."""
     if isinstance(value, (tuple, list)) and len(value) == 2:
@@ -235,3 +244,62 @@ def hooks(names):
 
 def text_or_none(value):
     return None if value is None else text_or_empty(value)
+
+
+# -- TLS (fastfork.tls builds the context from these) ----------------------------------
+# ssl.PROTOCOL_* numbers a server may name, as uvicorn's and gunicorn's --ssl-version
+# take them: 2 (PROTOCOL_TLS) and 17 (PROTOCOL_TLS_SERVER) negotiate; 3, 4 and 5
+# pin TLS 1.0, 1.1 and 1.2.
+SSL_VERSIONS = {"PROTOCOL_TLS": 2, "PROTOCOL_SSLv23": 2, "PROTOCOL_TLSv1": 3,
+                "PROTOCOL_TLSv1_1": 4, "PROTOCOL_TLSv1_2": 5, "PROTOCOL_TLS_SERVER": 17}
+CERT_REQS = {"CERT_NONE": 0, "CERT_OPTIONAL": 1, "CERT_REQUIRED": 2}
+TLS_VERSIONS = ("TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3")
+
+
+def _named_number(value, names, what, choices):
+    """``value`` as one of ``names``' numbers: the number, its name, or the name
+    without its prefix and in any case (``TLS_SERVER``, ``required``)."""
+    numbers = set(names.values())
+    if isinstance(value, int) and not isinstance(value, bool) and value in numbers:
+        return int(value)
+    if isinstance(value, str):
+        text = value.strip()
+        if text.isdigit() and int(text) in numbers:
+            return int(text)
+        for name, number in names.items():
+            if text.upper() in (name.upper(), name.partition("_")[2].upper()):
+                return number
+    shown = value.strip() if isinstance(value, str) else repr(value)
+    raise ValueError(f"{shown} is not {what} ({choices})")
+
+
+def ssl_version(value):
+    """uvicorn's ``--ssl-version``: an ``ssl.PROTOCOL_*`` number or name a server can use."""
+    if str(value).strip() in ("16", "PROTOCOL_TLS_CLIENT", "TLS_CLIENT"):
+        raise ValueError(f"{str(value).strip()} is PROTOCOL_TLS_CLIENT, a client's: a server "
+                         f"takes 17 (PROTOCOL_TLS_SERVER)")
+    return _named_number(value, SSL_VERSIONS, "a server's ssl.PROTOCOL_* version",
+                         "2 or 17 negotiate; 3, 4, 5 pin TLS 1.0, 1.1, 1.2; or the "
+                         "PROTOCOL_* name")
+
+
+def cert_reqs(value):
+    """``--ssl-cert-reqs``: 0, 1, 2 or ``CERT_NONE``/``optional``/``required``..."""
+    return _named_number(value, CERT_REQS, "a client certificate requirement",
+                         "0 none, 1 optional, 2 required, or the CERT_* name")
+
+
+def tls_version(value):
+    """A TLS protocol version: ``TLSv1.2``, ``1.2``, ``tls1.3`` (granian's), or None."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        text = value.strip().lower().replace("_", ".")
+        text = text[4:] if text.startswith("tlsv") else text[3:] if text.startswith("tls") \
+            else text
+        if text == "1.0":
+            text = "1"
+        for version in TLS_VERSIONS:
+            if text == version[4:]:
+                return version
+    raise ValueError(f"{value!r} is not a TLS version ({', '.join(TLS_VERSIONS)})")

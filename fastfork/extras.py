@@ -16,6 +16,7 @@ EXTRAS = {
     "wsproto": "wsproto",
     "uvloop": "uvloop",
     "prometheus_client": "metrics",
+    "watchfiles": "reload",
 }
 
 

@@ -139,6 +139,27 @@ class Settings:
         "runs its own): uvloop (required: pip install 'fastfork[uvloop]'), asyncio, or auto "
         "(uvloop when installed) (default auto)", "serving", "|".join(LOOPS))
 
+    # -- development -------------------------------------------------------------------
+    reload: bool = _setting(
+        False, c.flag, "watch the app's files and reload every worker, one at a time, new "
+        "before old, when one changes; code that fails to import keeps the old workers "
+        "(needs pip install 'fastfork[reload]')", "development", flag=True)
+    reload_dir: Tuple[str, ...] = _setting(
+        (), c.paths, "with --reload: watch this directory; repeat for several (default: the "
+        "current directory, and the app file's if it is elsewhere)", "development", "DIR",
+        repeat=True)
+    reload_include: Tuple[str, ...] = _setting(
+        (), c.patterns, "with --reload: also watch files matching this glob pattern; repeat "
+        "for several (default *.py)", "development", "PATTERN", repeat=True)
+    reload_exclude: Tuple[str, ...] = _setting(
+        (), c.patterns, "with --reload: ignore files matching this glob pattern, or this "
+        "directory; repeat for several (default .*, .py[cod], .sw.*, ~*)", "development",
+        "PATTERN|DIR", repeat=True)
+    reload_delay: float = _setting(
+        0.25, c.seconds, "with --reload: reload once the files have been quiet this long, so "
+        "that one save of several files is one reload (default 0.25)", "development",
+        "SECONDS")
+
     # -- loading the app ---------------------------------------------------------------
     chdir: Optional[str] = _setting(
         None, c.path, "change to this directory before loading the app (it goes first on "
@@ -222,6 +243,32 @@ class Settings:
     ws_per_message_deflate: bool = _setting(
         True, c.boolean, "WebSocket per-message-deflate compression (default true)",
         "http apps", "true|false")
+
+    # -- TLS, terminated in each worker ------------------------------------------------
+    ssl_certfile: Optional[str] = _setting(
+        None, c.path, "serve HTTPS (TLS) with this PEM certificate (chain); each worker reads "
+        "it as it starts, so a reload (SIGHUP) serves a renewed one", "tls", "FILE")
+    ssl_keyfile: Optional[str] = _setting(
+        None, c.path, "the certificate's PEM private key (default: in --ssl-certfile)", "tls",
+        "FILE")
+    ssl_keyfile_password: Optional[str] = _setting(
+        None, c.text_or_none, "password of an encrypted --ssl-keyfile", "tls", "PASSWORD")
+    ssl_version: int = _setting(
+        17, c.ssl_version, "ssl.PROTOCOL_* number or name, as uvicorn takes it: 2 or 17 "
+        "negotiate the highest version both sides have (from --ssl-min-version up); 3, 4, 5 "
+        "pin TLS 1.0, 1.1, 1.2 (default 17, PROTOCOL_TLS_SERVER)", "tls", "N")
+    ssl_min_version: Optional[str] = _setting(
+        None, c.tls_version, "lowest TLS version a client may use: TLSv1.2 or TLSv1.3 "
+        "(TLSv1, TLSv1.1 are deprecated) (default TLSv1.2)", "tls", "VERSION")
+    ssl_cert_reqs: int = _setting(
+        0, c.cert_reqs, "client certificates: 0 none asked, 1 optional, 2 required; 1 and 2 "
+        "verify them against --ssl-ca-certs (default 0)", "tls", "0|1|2")
+    ssl_ca_certs: Optional[str] = _setting(
+        None, c.path, "PEM file of the CA certificates that client certificates are verified "
+        "against", "tls", "FILE")
+    ssl_ciphers: Optional[str] = _setting(
+        None, c.text_or_none, "OpenSSL cipher list for TLS 1.2 and below (default: "
+        "Python's)", "tls", "CIPHERS")
 
     # -- behind a load balancer ---------------------------------------------------------
     proxy_protocol: bool = _setting(
@@ -319,6 +366,11 @@ class Settings:
             except ValueError as exc:
                 raise SettingError(field.name, str(exc)) from None
             object.__setattr__(self, field.name, converted)
+        self._check_tls()
+        if self.reload and self.preload:
+            raise SettingError("reload", "cannot be used with preload (--preload): the app is "
+                                         "then imported once in the primary, so no reload "
+                                         "would run the code that changed")
         if self.worker_connections and self.policy != "least":
             # Only least counts open connections; a cap rr cannot keep must not
             # look as if it were kept.
@@ -326,6 +378,23 @@ class Settings:
                                f"needs policy least (policy is {self.policy}); for a cap "
                                f"on each worker's connections under any policy (gunicorn's "
                                f"worker_connections), use --limit-concurrency")
+
+    def _check_tls(self):
+        if not self.ssl_certfile:
+            given = [name for name in ("ssl_keyfile", "ssl_keyfile_password", "ssl_ca_certs",
+                                       "ssl_ciphers", "ssl_min_version")
+                     if getattr(self, name) is not None] + (
+                ["ssl_cert_reqs"] if self.ssl_cert_reqs else [])
+            if given:
+                raise SettingError(given[0], "needs ssl_certfile (--ssl-certfile): the "
+                                             "certificate to serve")
+        elif self.ssl_cert_reqs and not self.ssl_ca_certs:
+            raise SettingError("ssl_cert_reqs", "client certificates are verified against "
+                                                "ssl_ca_certs (--ssl-ca-certs): give the CA "
+                                                "file")
+        elif self.http == "engine":
+            raise SettingError("http", "the engine does not do TLS yet: serve --ssl-certfile "
+                                       "with --http httptools (or auto)")
 
     def replace(self, **changes: Any) -> "Settings":
         """A copy with ``changes`` applied (and checked)."""

@@ -73,6 +73,7 @@ CLUSTER_METHODS = [
     "__init__", "on", "emit", "fork", "set_workers", "stop", "alive_workers", "bind",
     "inherited_addresses", "open_control_socket", "open_endpoints", "readiness",
     "note_restart", "status", "close", "endpoint_addresses", "restarts_total", "run", "reload",
+    "request_reload",
 ]
 
 

@@ -23,6 +23,7 @@ ALLOWED = {
     # Leaves: the standard library only.
     "fastfork._version": set(),
     "fastfork.extras": set(),
+    "fastfork.tls": set(),
     "fastfork.cpus": set(),
     "fastfork.addresses": set(),
     "fastfork.privileges": set(),
@@ -52,7 +53,7 @@ ALLOWED = {
     "fastfork.demo": {"fastfork", "fastfork.settings", "fastfork.worker"},
     "fastfork.cli": {"fastfork", "fastfork.operations", "fastfork.extras", "fastfork.loops",
                      "fastfork.primary", "fastfork.privileges", "fastfork.settings",
-                     "fastfork.web"},
+                     "fastfork.tls", "fastfork.web"},
     "fastfork.__main__": {"fastfork.cli"},
 }
 

@@ -39,28 +39,29 @@ ALIASES = {
     "pidfile": ("-p", "--pid", "--pid-file"),
     "error_logfile": ("--log-file",),
     "raw_env": ("-e", "--env"),
+    # gunicorn's TLS options (uvicorn's are the fields' own names)
+    "ssl_certfile": ("--certfile", "--ssl-certificate"),     # --ssl-certificate: granian's
+    "ssl_keyfile": ("--keyfile",),
+    "ssl_ca_certs": ("--ca-certs",),
+    "ssl_cert_reqs": ("--cert-reqs",),
+    "ssl_ciphers": ("--ciphers",),
 }
 
-_RELOAD = "not supported yet: send SIGHUP to the primary for a rolling reload of the new code"
-_TLS = ("TLS is not supported yet: terminate TLS in front of fastfork (nginx, HAProxy, a load "
-        "balancer) and see --proxy-headers or --proxy-protocol")
+_TLS_DONE = ("not needed: asyncio's TLS transport does the handshake as each connection is "
+             "attached, and ends a connection closed without TLS's close alert as a close")
 _SYSLOG = "log to stderr (--error-logfile FILE) and let systemd's journal or syslog collect it"
 _LIMITS = ("the request head is limited by --h11-max-incomplete-event-size (with --http h11) "
            "and --timeout-request-head")
 REFUSED = {
     # uvicorn
-    "--reload": _RELOAD, "--reload-dir": _RELOAD, "--reload-include": _RELOAD,
-    "--reload-exclude": _RELOAD, "--reload-delay": _RELOAD,
-    "--ssl-keyfile": _TLS, "--ssl-certfile": _TLS, "--ssl-keyfile-password": _TLS,
-    "--ssl-version": _TLS, "--ssl-cert-reqs": _TLS, "--ssl-ca-certs": _TLS,
-    "--ssl-ciphers": _TLS,
     "--http2": "HTTP/2 is not supported: serve HTTP/2 from the proxy in front",
     "--reset-contextvars": "not supported: each request runs in a copy of the worker's context",
     # gunicorn
-    "--reload-engine": _RELOAD, "--reload-extra-file": _RELOAD,
-    "--certfile": _TLS, "--keyfile": _TLS, "--ca-certs": _TLS, "--cert-reqs": _TLS,
-    "--ssl-context": _TLS, "--ciphers": _TLS, "--do-handshake-on-connect": _TLS,
-    "--suppress-ragged-eofs": _TLS,
+    "--reload-engine": "not needed: --reload watches the files with watchfiles (inotify)",
+    "--reload-extra-file": "spelled --reload-dir DIR and --reload-include PATTERN here",
+    "--ssl-context": "not supported: the context is built from --ssl-certfile, --ssl-keyfile "
+                     "and the other --ssl-* options",
+    "--do-handshake-on-connect": _TLS_DONE, "--suppress-ragged-eofs": _TLS_DONE,
     "-D": "not supported: run fastfork under systemd (see README 'Under systemd')",
     "--daemon": "not supported: run fastfork under systemd (see README 'Under systemd')",
     "--statsd-host": "not supported: serve Prometheus metrics with --metrics ADDRESS",
@@ -90,7 +91,6 @@ REFUSED = {
     "--preload-app": "spelled --preload here",
     # granian
     "--workers-lifetime": "not supported: recycle workers with --max-requests or --max-memory",
-    "--ssl-certificate": _TLS,
 }
 
 # -k/--worker-class: what a gunicorn worker class becomes here.

@@ -32,15 +32,19 @@ SETTINGS = {
     "preload_app": "preload", "user": "user", "group": "group", "proc_name": "name",
     "backlog": "backlog", "raw_env": "raw_env", "forwarded_allow_ips": "forwarded_allow_ips",
     "proxy_protocol": "proxy_protocol", "proxy_allow_ips": "proxy_allow_from",
+    "certfile": "ssl_certfile", "keyfile": "ssl_keyfile", "ca_certs": "ssl_ca_certs",
+    "cert_reqs": "ssl_cert_reqs", "ciphers": "ssl_ciphers", "ssl_version": "ssl_version",
+    "reload": "reload",
 }
-_TLS = "TLS is not supported yet: terminate TLS in front of fastfork"
 REFUSED = {
     "daemon": "run fastfork under systemd (see README 'Under systemd')",
-    "reload": "send SIGHUP to the primary for a rolling reload of the new code",
+    "reload_engine": "--reload watches the files with watchfiles (inotify)",
+    "reload_extra_files": "give directories in --reload-dir and patterns in --reload-include",
     "worker_connections": "for a cap on each worker's connections use --limit-concurrency "
                           "(or --worker-connections with --policy least)",
     "statsd_host": "serve Prometheus metrics with --metrics ADDRESS",
-    "certfile": _TLS, "keyfile": _TLS, "ca_certs": _TLS,
+    "ssl_context": "the context is built from the TLS settings (certfile, keyfile, "
+                   "ca_certs, cert_reqs, ciphers, ssl_version)",
     "worker_tmp_dir": "workers send heartbeats to the primary (see --timeout)",
     "pre_request": "wrap the app in a middleware", "post_request": "wrap the app in a middleware",
     "pre_exec": "workers are forked, never exec'd: use on_reload",

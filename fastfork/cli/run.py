@@ -16,7 +16,7 @@ import sys
 
 import fastfork
 
-from .. import privileges
+from .. import privileges, tls
 from ..operations.status_socket import default_dir, default_path
 from ..primary import Cluster
 from ..primary.hooks import HookFailed, Hooks
@@ -82,11 +82,19 @@ def serve_worker(settings, binds, app, kind, hooks):
         hooks.app_loaded()
         if kind == "main":
             app(list(binds))
-        elif kind in ("asgi", "wsgi"):
+            return
+        try:
+            # Each worker reads the files anew: a reload serves a renewed certificate.
+            context = tls.from_settings(settings)
+        except tls.TLSError as exc:
+            print(f"fastfork worker {fastfork.worker_id}: {exc}", file=sys.stderr)
+            sys.exit(1)
+        if kind in ("asgi", "wsgi"):
             from .. import web
-            web.serve(app, *binds, kind=kind, **web_options(settings))
+            web.serve(app, *binds, kind=kind, ssl=context, **web_options(settings))
         else:
-            fastfork.serve(app, *binds, protocol=(kind == "protocol"), loop=settings.loop)
+            fastfork.serve(app, *binds, protocol=(kind == "protocol"), loop=settings.loop,
+                           ssl=context)
     finally:
         hooks.exited()
 
@@ -156,6 +164,10 @@ def parse_all(argv):
         settings = options.build(cli, tables=tables, toml=False)    # that file only
     else:
         settings = options.build(cli, config_path, tables=tables)
+    if not settings.reload and (settings.reload_dir or settings.reload_include
+                                or settings.reload_exclude):
+        notes.append("--reload-dir, --reload-include and --reload-exclude do nothing without "
+                     "--reload")
     if not settings.app and not actions["version"]:
         raise options.ConfigError("no app given: python -m fastfork run MODULE:CALLABLE")
     return settings, notes, actions
@@ -196,6 +208,8 @@ def print_settings(settings):
             value = getattr(settings, name)
             if name == "hooks":
                 value = sorted(value)
+            elif name == "ssl_keyfile_password" and value is not None:
+                value = "(hidden)"
             print(f"{name:<28} = {value!r}")
 
 
@@ -285,6 +299,15 @@ def _main(argv, start):
             deps.check(kind, settings.http, settings.ws, settings.loop)
         elif kind != "main":          # main runs a loop of its own choosing
             loops.check(settings.loop)
+        if settings.ssl_certfile:
+            if kind == "main":
+                raise options.ConfigError("--ssl-certfile: an app of type main serves its "
+                                          "sockets itself, so it cannot be given TLS here")
+            tls.from_settings(settings)   # the files and the password, once, before any fork
+        reloader = None
+        if settings.reload:
+            from .reloader import Reloader
+            reloader = Reloader(settings, lambda: cluster.request_reload())
         if actions["check_config"]:
             print(f"fastfork run: {settings.app} ({kind}): the configuration is good")
             return 0
@@ -346,7 +369,13 @@ def _main(argv, start):
         log.error("%s; stopping", exc)
         start.close()
         return EXIT_USAGE
-    code = cluster.run()
+    if reloader is not None:
+        reloader.start()                      # a thread of the primary, never a worker's
+    try:
+        code = cluster.run()
+    finally:
+        if reloader is not None:
+            reloader.stop()
     hooks.exiting()                           # on_exit
     return code
 

@@ -198,7 +198,15 @@ class Cluster:
     def stop(self) -> None:
         """Begin a graceful shutdown (what SIGTERM does).  Safe from any thread,
         also while or after ``run()`` returns."""
-        self._signals.push(signal.SIGTERM)
+        self._post(signal.SIGTERM)
+
+    def request_reload(self) -> None:
+        """Begin a rolling reload (what SIGHUP does), from any thread: ``reload``
+        runs in the primary's loop, which this wakes."""
+        self._post(signal.SIGHUP)
+
+    def _post(self, signum):
+        self._signals.push(signum)
         # Under the lock, so that a stop from another thread never writes to
         # a wake-up fd that run() has just closed (or whose number was reused).
         with self._wake_lock:

@@ -31,6 +31,7 @@ import asyncio
 import copy
 import logging
 import os
+import ssl as _ssl
 import time
 import weakref
 from email.utils import formatdate
@@ -106,12 +107,15 @@ class AsgiServer:
     ``wsgi_app`` (with ``http="engine"``): a WSGI app the engine calls on the
     loop thread instead of ``app``, its request bodies read whole first, up
     to ``wsgi_body_limit`` bytes.
+    ``ssl``: a server-side ``ssl.SSLContext`` (or uvicorn's ``ssl_certfile``,
+    ``ssl_keyfile``... keywords, passed to ``uvicorn.Config``): HTTPS.
     """
 
     addresses: List[Address]
     backlog: int
     graceful_timeout: Optional[float]
     config: Any                   # uvicorn.Config
+    ssl: Optional[_ssl.SSLContext]  # TLS terminated here, or None
     state: Any                    # uvicorn.server.ServerState
     lifespan: Any                 # the lifespan protocol, once started
     servers: List[Server]
@@ -134,6 +138,7 @@ class AsgiServer:
                  on_close: Optional[Callable[[], object]] = None,
                  timeout_request_head: float = DEFAULT_HEAD_TIMEOUT,
                  wsgi_app: Optional[object] = None, wsgi_body_limit: int = 1 << 20,
+                 ssl: Optional[_ssl.SSLContext] = None,
                  **config_options: Any) -> None:
         if http not in HTTP_CHOICES:
             raise ValueError(f"http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
@@ -144,6 +149,8 @@ class AsgiServer:
             raise ValueError("wsgi_app (a WSGI app on the loop thread) needs http='engine'")
         if self._use_engine:
             unsupported = [name for name in ENGINE_UNSUPPORTED if config_options.get(name)]
+            if ssl is not None:
+                unsupported.append("ssl")
             if limit_concurrency is not None:
                 unsupported.append("limit_concurrency")
             if unsupported:
@@ -180,6 +187,9 @@ class AsgiServer:
         self._head_timeouts = 0
         self._head_timeout = timeout_request_head
         self.engine = None
+        # TLS in this worker: a context given, or the one uvicorn built from its
+        # own ssl_certfile/ssl_keyfile... options (Config.load above).
+        self.ssl = ssl if ssl is not None else getattr(self.config, "ssl", None)
         self._protocol_class = self.config.http_protocol_class
         if timeout_request_head:
             self._protocol_class = with_head_deadline(
@@ -229,7 +239,7 @@ class AsgiServer:
             factory = EngineFactory(self._start_engine(), self._make_protocol)
         for address in self.addresses:
             self.servers.append(await fastfork.create_server(
-                factory, address, backlog=self.backlog))
+                factory, address, backlog=self.backlog, ssl=self.ssl))
         self._ticker = self.loop.create_task(self._tick())
         _servers.append(self)
 

@@ -19,6 +19,7 @@ back to an ordinary protocol of the factory (a WebSocket upgrade).
 
 import asyncio
 import socket
+import ssl as _ssl
 import threading
 from typing import Any, Awaitable, Callable, Iterable, List, Optional, Union
 
@@ -39,9 +40,11 @@ class Server:
 
     listener: Listener
     address: str
+    ssl: Optional[_ssl.SSLContext]
 
-    def __init__(self, listener, loop, protocol_factory, tracker, reporter=None):
+    def __init__(self, listener, loop, protocol_factory, tracker, reporter=None, ssl=None):
         self.listener = listener
+        self.ssl = ssl               # an ssl.SSLContext: TLS is terminated here
         self.address = listener.address
         self._loop = loop
         self._protocol_factory = protocol_factory
@@ -60,6 +63,8 @@ class Server:
     def _pick_attach(self, loop):
         if self.listener.proxy_allow is not None:
             return self._attach_task     # the PROXY header is awaited first
+        if self.ssl is not None:
+            return self._attach_task     # the transport is TLS's, made after its handshake
         if (isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
                 and hasattr(loop, "_make_socket_transport")):
             return self._attach_selector
@@ -75,7 +80,7 @@ class Server:
             _ensure_data_reader(self._loop)
         elif self.listener.proxy_allow is None and not self._takes_fd:
             self._asyncio_server = await self._loop.create_server(
-                self._factory, sock=sock, backlog=backlog)
+                self._factory, sock=sock, backlog=backlog, ssl=self.ssl)
         else:
             # A PROXY header must be read before the app's protocol exists,
             # and an fd-taking factory wants no transport, neither of which
@@ -168,7 +173,7 @@ class Server:
                 if factory is None:
                     conn.finish()     # refused: under least, the primary counts it closed
                     return
-            await self._loop.connect_accepted_socket(factory, sock)
+            await self._loop.connect_accepted_socket(factory, sock, ssl=self.ssl)
         except Exception as exc:
             conn.fail(exc)
         else:
@@ -329,8 +334,10 @@ def _ensure_heartbeat(loop):
 
 
 async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol], address: Address,
-                        *, backlog: int = DEFAULT_BACKLOG) -> Server:
-    """Serve ``address`` (shared with the other workers) with ``protocol_factory``."""
+                        *, backlog: int = DEFAULT_BACKLOG,
+                        ssl: Optional[_ssl.SSLContext] = None) -> Server:
+    """Serve ``address`` (shared with the other workers) with ``protocol_factory``;
+    with ``ssl`` (a server-side context), over TLS, as ``loop.create_server`` does."""
     loop = asyncio.get_running_loop()
     runtime = _get_runtime()
     reply, fds = await asyncio.wrap_future(runtime.request_listen(address, backlog))
@@ -338,7 +345,7 @@ async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol], ad
     state = _state(loop)
     if runtime.policy == "least" and state.reporter is None:
         state.reporter = CloseReporter(loop, runtime.receiver)
-    server = Server(listener, loop, protocol_factory, state.tracker, state.reporter)
+    server = Server(listener, loop, protocol_factory, state.tracker, state.reporter, ssl)
     await server._start(backlog)
     _ensure_heartbeat(loop)
     return server
@@ -347,7 +354,8 @@ async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol], ad
 async def start_server(client_connected_cb: Callable[[asyncio.StreamReader, asyncio.StreamWriter],
                                                      Optional[Awaitable[None]]],
                        address: Address, *, limit: int = _STREAM_LIMIT,
-                       backlog: int = DEFAULT_BACKLOG) -> Server:
+                       backlog: int = DEFAULT_BACKLOG,
+                       ssl: Optional[_ssl.SSLContext] = None) -> Server:
     """Like ``asyncio.start_server``: ``client_connected_cb(reader, writer)`` per connection."""
     loop = asyncio.get_running_loop()
 
@@ -355,7 +363,7 @@ async def start_server(client_connected_cb: Callable[[asyncio.StreamReader, asyn
         reader = asyncio.StreamReader(limit=limit, loop=loop)
         return asyncio.StreamReaderProtocol(reader, client_connected_cb, loop=loop)
 
-    return await create_server(factory, address, backlog=backlog)
+    return await create_server(factory, address, backlog=backlog, ssl=ssl)
 
 
 async def wait_stopping() -> None:
@@ -390,10 +398,11 @@ async def drain(servers: Iterable[Server], timeout: Optional[float] = None) -> N
 
 async def serve_async(handler: Callable[..., Any], *addresses: Address, protocol: bool = False,
                       backlog: int = DEFAULT_BACKLOG,
-                      on_started: Optional[Callable[[List[Server]], object]] = None) -> None:
+                      on_started: Optional[Callable[[List[Server]], object]] = None,
+                      ssl: Optional[_ssl.SSLContext] = None) -> None:
     """Serve ``addresses`` until the primary says stop, then drain and return."""
     make = create_server if protocol else start_server
-    servers = [await make(handler, address, backlog=backlog) for address in addresses]
+    servers = [await make(handler, address, backlog=backlog, ssl=ssl) for address in addresses]
     if on_started is not None:
         result = on_started(servers)
         if asyncio.iscoroutine(result):
@@ -405,7 +414,7 @@ async def serve_async(handler: Callable[..., Any], *addresses: Address, protocol
 def serve(handler: Callable[..., Any], *addresses: Address, protocol: bool = False,
           backlog: int = DEFAULT_BACKLOG,
           on_started: Optional[Callable[[List[Server]], object]] = None,
-          loop: str = "auto") -> None:
+          loop: str = "auto", ssl: Optional[_ssl.SSLContext] = None) -> None:
     """Blocking: run an event loop serving ``addresses`` until told to stop.
 
     ``handler`` is a ``(reader, writer)`` callback (coroutine or plain), or a
@@ -413,9 +422,11 @@ def serve(handler: Callable[..., Any], *addresses: Address, protocol: bool = Fal
     when installed, else asyncio's), ``"uvloop"`` (required: a missing one
     raises ``fastfork.web.MissingExtraError``, an ImportError naming
     ``pip install 'fastfork[uvloop]'``, before serving) or ``"asyncio"``.
+    ``ssl``: a server-side ``ssl.SSLContext``: every connection is TLS, its
+    handshake done in this worker.
     """
     if not addresses:
         raise ValueError("serve() needs at least one address")
     loops.check(loop)
     loops.run(serve_async(handler, *addresses, protocol=protocol, backlog=backlog,
-                          on_started=on_started), loop)
+                          on_started=on_started, ssl=ssl), loop)

@@ -98,6 +98,14 @@ SAME = [
     (["--worker-class", "gthread"], []),
     (["--ws-per-message-deflate", "false"], ["--ws-per-message-deflate", "no"]),
     (["--preload"], ["--preload"]),
+    (["--certfile", "c.pem", "--keyfile", "k.pem", "--ca-certs", "ca.pem", "--cert-reqs", "2",
+      "--ciphers", "ECDHE+AESGCM"],
+     ["--ssl-certfile", "c.pem", "--ssl-keyfile", "k.pem", "--ssl-ca-certs", "ca.pem",
+      "--ssl-cert-reqs", "CERT_REQUIRED", "--ssl-ciphers", "ECDHE+AESGCM"]),   # gunicorn's
+    (["--ssl-certificate", "c.pem", "--ssl-version", "PROTOCOL_TLS_SERVER"],
+     ["--ssl-certfile", "c.pem", "--ssl-version", "17"]),                    # granian's
+    (["--ssl-certfile", "c.pem", "--ssl-min-version", "1.3"],
+     ["--ssl-certfile", "c.pem", "--ssl-min-version", "TLSv1.3"]),
     (["--interface", "asgi", "--url-path-prefix", "/p", "--working-dir", "/srv",
       "--pid-file", "/tmp/p", "--workers-kill-timeout", "4", "--blocking-threads", "8"],
      ["--app-type", "asgi", "--root-path", "/p", "--chdir", "/srv", "--pidfile", "/tmp/p",
@@ -122,9 +130,18 @@ def test_switches_turn_off_and_levels_take_any_case(monkeypatch, tmp_path):
 
 
 REFUSED = [
-    (["--reload"], "--reload is not supported yet: send SIGHUP to the primary"),
-    (["--reload-dir", "src"], "--reload-dir is not supported yet"),
-    (["--ssl-keyfile", "k.pem"], "--ssl-keyfile is not supported: TLS is not supported yet"),
+    (["--reload", "--preload"], "argument --reload: cannot be used with preload (--preload)"),
+    (["--reload-engine", "inotify"], "--reload-engine is not needed: --reload watches the "
+                                     "files with watchfiles"),
+    (["--do-handshake-on-connect"], "--do-handshake-on-connect is not needed: asyncio's TLS "
+                                    "transport does the handshake"),
+    (["--ssl-keyfile", "k.pem"], "argument --ssl-keyfile: needs ssl_certfile (--ssl-certfile)"),
+    (["--ssl-certfile", "c.pem", "--ssl-cert-reqs", "maybe"],
+     "argument --ssl-cert-reqs: maybe is not a client certificate requirement (0 none, 1 "
+     "optional, 2 required, or the CERT_* name)"),
+    (["--ssl-certfile", "c.pem", "--ssl-min-version", "SSLv3"],
+     "argument --ssl-min-version: 'SSLv3' is not a TLS version (TLSv1, TLSv1.1, TLSv1.2, "
+     "TLSv1.3)"),
     (["--daemon"], "--daemon is not supported: run fastfork under systemd (see README "
                    "'Under systemd')"),
     (["-D"], "-D is not supported: run fastfork under systemd"),
@@ -182,6 +199,19 @@ def test_gunicorn_config_file_reads_as_gunicorn_names_it(tmp_path):
     assert (settings.access_logfile, settings.log_level, settings.http, settings.preload) == \
         ("-", "warning", "h11", True)
     assert list(settings.hooks) == ["post_fork"]
+    path.write_text("import ssl\ncertfile = 'c.pem'\nkeyfile = 'k.pem'\nca_certs = 'ca.pem'\n"
+                    "cert_reqs = ssl.CERT_REQUIRED\nssl_version = ssl.PROTOCOL_TLS\n"
+                    "ciphers = 'ECDHE+AESGCM'\nreload = True\n")
+    where, values, names = gunicorn_config.read(str(path), notes)
+    settings = options.build({}, tables=[(where, values, names)], toml=False)
+    assert (settings.ssl_certfile, settings.ssl_keyfile, settings.ssl_ca_certs,
+            settings.ssl_cert_reqs, settings.ssl_version, settings.ssl_ciphers) == \
+        ("c.pem", "k.pem", "ca.pem", 2, 2, "ECDHE+AESGCM")
+    assert settings.reload is True
+    path.write_text("def ssl_context(config, default_ssl_context_factory):\n    pass\n")
+    with pytest.raises(options.ConfigError, match="ssl_context is not supported here: the "
+                                                  "context is built from the TLS settings"):
+        gunicorn_config.read(str(path), notes)
     path.write_text("daemon = True\n")
     with pytest.raises(options.ConfigError, match="daemon is not supported here: run fastfork "
                                                   "under systemd"):

@@ -14,6 +14,8 @@ Every app serves the same routes so one test can drive any of them:
     GET  /client        {"host", "port"}: the client as the app sees it (ASGI's
                         scope["client"], WSGI's REMOTE_ADDR and REMOTE_PORT); not
                         in the Django app
+    GET  /scheme        {"scheme", "id"}: http or https, as the app sees it (Starlette
+                        and Flask apps only)
 """
 
 import asyncio

@@ -49,6 +49,11 @@ def requests():
     return jsonify(common.requests_served())
 
 
+@app.get("/scheme")
+def scheme():
+    return jsonify({"scheme": request.scheme, "id": common.whoami("flask")["id"]})
+
+
 @app.get("/client")
 def client():
     return jsonify({"host": request.environ["REMOTE_ADDR"],

@@ -78,6 +78,8 @@ async def late_body(request):
 async def release_body(request):
     _release.set()
     return JSONResponse({"released": True})
+async def scheme(request):
+    return JSONResponse({"scheme": request.url.scheme, "id": common.whoami("starlette")["id"]})
 
 
 async def requests(request):
@@ -95,7 +97,7 @@ app = Starlette(routes=[
     Route("/whoami", whoami), Route("/echo", echo, methods=["POST"]), Route("/stream", stream),
     Route("/slow", slow), Route("/requests", requests), Route("/block", block),
     Route("/client", client), Route("/disconnect", disconnect), Route("/late-body", late_body),
-    Route("/release-body", release_body),
+    Route("/release-body", release_body), Route("/scheme", scheme),
 ], lifespan=lifespan)
 
 
