@@ -13,6 +13,11 @@ person writes (``"512M"``, ``"30"``, ``"max"``) as well as Python values, and
 raise ValueError saying what is wrong (they are in ``fastfork.converters``);
 ``Settings`` reports it as ``SettingError`` naming the field.  The spellings
 uvicorn and gunicorn give the same settings are in ``fastfork.cli.aliases``.
+
+Just over 400 lines on purpose: it is the one table of every option (one
+field each, with its help), and the generated reference, ``--help`` and the
+config file all read it; split across files, a reader could no longer see
+every setting in one place, which is this file's whole job.
 """
 
 import dataclasses

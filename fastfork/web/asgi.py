@@ -25,6 +25,9 @@ did not arrive within ``timeout_request_head`` (see ``deadline``);
 passed fd to the app) instead of uvicorn's protocol; a WebSocket upgrade is
 handed to uvicorn's httptools protocol on the same fd.  What the engine does
 not cover (``limit_concurrency``, TLS) is refused up front with that choice.
+
+Just over 400 lines: ``AsgiServer`` is one object (as ``uvicorn.Server`` is)
+whose start, tick, drain and stop share its uvicorn state and its servers.
 """
 
 import asyncio

@@ -20,7 +20,6 @@ back to an ordinary protocol of the factory (a WebSocket upgrade).
 import asyncio
 import socket
 import ssl as _ssl
-import threading
 from typing import Any, Awaitable, Callable, Iterable, List, Optional, Union
 
 from ..addresses import DEFAULT_BACKLOG, Address
@@ -28,8 +27,8 @@ from .. import loops
 from . import proxy_protocol
 from .listener import AcceptedFd, Listener
 from .runtime import runtime as _get_runtime
-from .connection import CloseReporter, Connection, Tracker
-from .liveness import Ticker, Watchdog
+from .connection import CloseReporter, Connection
+from .loopstate import ensure_data_reader, ensure_heartbeat, state_of
 
 _STREAM_LIMIT = 2 ** 16
 ACCEPT_BATCH = 64          # accepts per readiness, so one busy listener cannot starve the loop
@@ -77,7 +76,7 @@ class Server:
         if sock is None:
             bare = self._attach_now in (self._attach_driven, self._attach_fd)
             self.listener.on_connection(self.attach, bare=bare)
-            _ensure_data_reader(self._loop)
+            ensure_data_reader(self._loop)
         elif self.listener.proxy_allow is None and not self._takes_fd:
             self._asyncio_server = await self._loop.create_server(
                 self._factory, sock=sock, backlog=backlog, ssl=self.ssl)
@@ -262,77 +261,6 @@ class _Prefed:
             received(data)
 
 
-class _LoopState:
-    """What one event loop serving in this worker keeps."""
-
-    def __init__(self):
-        self.tracker = Tracker()       # its open connections, for the drain
-        self.heartbeat = None           # the task that proves it runs
-        self.data_ended = None          # an Event, if this loop reads the data channel
-        self.reporter = None            # its CloseReporter, under policy least
-
-
-_states: "dict[asyncio.AbstractEventLoop, _LoopState]" = {}
-
-
-def _state(loop):
-    # A worker may run loops one after another (asyncio.run twice): forget
-    # the closed ones, so nothing of theirs is kept or mistaken for live.
-    for closed in [other for other in _states if other.is_closed()]:
-        del _states[closed]
-    state = _states.get(loop)
-    if state is None:
-        state = _states[loop] = _LoopState()
-    return state
-
-
-def _ensure_data_reader(loop):
-    state = _state(loop)
-    if state.data_ended is not None:
-        return
-    if any(other.data_ended is not None for other in _states.values()):
-        raise RuntimeError("the data channel is already read by another event loop")
-    runtime = _get_runtime()
-    ended = state.data_ended = asyncio.Event()
-    fd = runtime.receiver.fileno()
-    # The loop's tick (the primary routes around it when it is late) and the
-    # thread that says where it was blocked.
-    ticker = runtime.ticker = Ticker(loop, runtime.receiver, state.tracker, runtime)
-    runtime.watchdog = Watchdog(ticker, runtime, threading.get_ident())
-
-    def on_readable():
-        # Acknowledging from the loop itself is what makes credit honest: a
-        # worker whose loop is blocked stops acking, so it stops receiving.
-        if runtime.pump():
-            loop.remove_reader(fd)
-            ended.set()
-        else:
-            ticker.kick()
-
-    loop.add_reader(fd, on_readable)
-    on_readable()
-
-
-def _ensure_heartbeat(loop):
-    # The loop itself beats, not a side thread: a handler that blocks the loop
-    # silences it, and the primary replaces a worker silent past its timeout.
-    state = _state(loop)
-    if state.heartbeat is not None:
-        return
-    runtime = _get_runtime()
-    tracker = state.tracker
-
-    async def beat():
-        while True:
-            try:
-                runtime.heartbeat(tracker.active, tracker.total)
-            except OSError:
-                return        # the primary is gone; this worker exits on its own
-            await asyncio.sleep(runtime.heartbeat_interval)
-
-    state.heartbeat = loop.create_task(beat())
-
-
 async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol], address: Address,
                         *, backlog: int = DEFAULT_BACKLOG,
                         ssl: Optional[_ssl.SSLContext] = None) -> Server:
@@ -342,12 +270,12 @@ async def create_server(protocol_factory: Callable[[], asyncio.BaseProtocol], ad
     runtime = _get_runtime()
     reply, fds = await asyncio.wrap_future(runtime.request_listen(address, backlog))
     listener = runtime.make_listener(address, reply, fds)
-    state = _state(loop)
+    state = state_of(loop)
     if runtime.policy == "least" and state.reporter is None:
         state.reporter = CloseReporter(loop, runtime.receiver)
     server = Server(listener, loop, protocol_factory, state.tracker, state.reporter, ssl)
     await server._start(backlog)
-    _ensure_heartbeat(loop)
+    ensure_heartbeat(loop)
     return server
 
 
@@ -381,7 +309,7 @@ async def drain(servers: Iterable[Server], timeout: Optional[float] = None) -> N
     if timeout is None:
         timeout = runtime.stop_timeout
 
-    state = _state(loop)
+    state = state_of(loop)
 
     async def finish():
         if state.data_ended is not None:

@@ -15,7 +15,7 @@ import weakref
 import pytest
 
 from fastfork import loops
-from fastfork.worker import aio
+from fastfork.worker import connection
 from tests.worker.fakes import FakeReceiver, nonblocking_pair, server_on
 
 LOOPS = ["asyncio", "uvloop"]
@@ -72,7 +72,7 @@ async def settle(until):
 @pytest.mark.parametrize("loop_name", LOOPS)
 def test_a_passed_connection_leaves_no_cycle(loop_name, no_gc):
     async def main():
-        tracker = aio.Tracker()
+        tracker = connection.Tracker()
         server = server_on(asyncio.get_running_loop(), Echo, tracker, FakeReceiver())
         ours, theirs = nonblocking_pair()
         server.attach(theirs)
@@ -89,7 +89,7 @@ def test_a_connection_the_worker_accepts_leaves_no_cycle(loop_name, no_gc):
     # Tracker.wrap.
     async def main():
         loop = asyncio.get_running_loop()
-        tracker = aio.Tracker()
+        tracker = connection.Tracker()
         server = await loop.create_server(tracker.wrap(Echo), "127.0.0.1", 0)
         try:
             port = server.sockets[0].getsockname()[1]

@@ -8,7 +8,7 @@ import socket
 import pytest
 
 from fastfork import loops
-from fastfork.worker import aio
+from fastfork.worker import aio, connection
 
 
 def run_on(loop_name, coro):
@@ -77,4 +77,5 @@ def nonblocking_pair():
 
 
 def server_on(loop, protocol, tracker, receiver):
-    return aio.Server(FakeListener(), loop, protocol, tracker, aio.CloseReporter(loop, receiver))
+    return aio.Server(FakeListener(), loop, protocol, tracker,
+                      connection.CloseReporter(loop, receiver))

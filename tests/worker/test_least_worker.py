@@ -9,7 +9,7 @@ the reports; real socketpairs stand for the connections.
 import asyncio
 import socket
 
-from fastfork.worker import aio
+from fastfork.worker import aio, connection
 from tests.worker.fakes import Echo, FakeListener, FakeReceiver, Slotted, settle
 
 
@@ -21,9 +21,9 @@ def test_served_connections_are_reported_once_batched_per_iteration():
     async def main():
         loop = asyncio.get_running_loop()
         receiver = FakeReceiver()
-        tracker = aio.Tracker()
+        tracker = connection.Tracker()
         server = aio.Server(FakeListener(), loop, Echo, tracker,
-                            aio.CloseReporter(loop, receiver))
+                            connection.CloseReporter(loop, receiver))
         clients = []
         for _ in range(3):
             ours, theirs = socket.socketpair()
@@ -50,8 +50,8 @@ def test_connections_never_attached_are_reported_too():
     async def main():
         loop = asyncio.get_running_loop()
         receiver = FakeReceiver()
-        server = aio.Server(FakeListener(), loop, Echo, aio.Tracker(),
-                            aio.CloseReporter(loop, receiver))
+        server = aio.Server(FakeListener(), loop, Echo, connection.Tracker(),
+                            connection.CloseReporter(loop, receiver))
         # A socket that fails to attach: closed underneath.
         broken = socket.socket()
         broken.close()
@@ -71,8 +71,8 @@ def test_a_protocol_that_cannot_be_instrumented_counts_closed_at_once():
     async def main():
         loop = asyncio.get_running_loop()
         receiver = FakeReceiver()
-        server = aio.Server(FakeListener(), loop, Slotted, aio.Tracker(),
-                            aio.CloseReporter(loop, receiver))
+        server = aio.Server(FakeListener(), loop, Slotted, connection.Tracker(),
+                            connection.CloseReporter(loop, receiver))
         ours, theirs = socket.socketpair()
         theirs.setblocking(False)
         server.attach(theirs)
@@ -88,7 +88,7 @@ def test_a_report_the_buffer_refused_is_sent_later():
     async def main():
         loop = asyncio.get_running_loop()
         receiver = FakeReceiver(refuse=2)
-        reporter = aio.CloseReporter(loop, receiver)
+        reporter = connection.CloseReporter(loop, receiver)
         reporter.closed()
         reporter.closed()
         await settle(lambda: len(receiver.reports) == 3, "the retries")

@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from fastfork.operations.status_socket import request as control_request
-from fastfork.worker import aio
+from fastfork.worker import connection
 from fastfork.worker.listener import AcceptedFd, Listener
 from tests.harness import fd_count, request, wait_until
 from tests.runner_harness import APPS
@@ -35,7 +35,7 @@ LOOP_MODULE = {"asyncio": "asyncio.unix_events", "uvloop": "uvloop"}
 def test_connections_attach_without_a_task_and_close_counted(loop_name):
     async def main():
         loop = asyncio.get_running_loop()
-        tracker, receiver = aio.Tracker(), FakeReceiver()
+        tracker, receiver = connection.Tracker(), FakeReceiver()
         server = server_on(loop, Echo, tracker, receiver)
         tasks = len(asyncio.all_tasks())
         clients = []
@@ -71,7 +71,7 @@ def test_a_factory_that_raises_closes_the_socket_and_is_reported(loop_name):
         loop = asyncio.get_running_loop()
         errors = []
         loop.set_exception_handler(lambda _, context: errors.append(context))
-        tracker, receiver = aio.Tracker(), FakeReceiver()
+        tracker, receiver = connection.Tracker(), FakeReceiver()
         server = server_on(loop, Broken, tracker, receiver)
         ours, theirs = nonblocking_pair()
         server.attach(theirs)
@@ -93,7 +93,7 @@ def test_a_factory_that_raises_closes_the_socket_and_is_reported(loop_name):
 def test_a_protocol_with_slots_is_served_and_counted_closed_at_once(loop_name):
     async def main():
         loop = asyncio.get_running_loop()
-        tracker, receiver = aio.Tracker(), FakeReceiver()
+        tracker, receiver = connection.Tracker(), FakeReceiver()
         server = server_on(loop, Slotted, tracker, receiver)
         ours, theirs = nonblocking_pair()
         server.attach(theirs)
@@ -109,7 +109,7 @@ def test_a_protocol_with_slots_is_served_and_counted_closed_at_once(loop_name):
 def test_a_connection_after_close_is_closed_and_reported(loop_name):
     async def main():
         loop = asyncio.get_running_loop()
-        tracker, receiver = aio.Tracker(), FakeReceiver()
+        tracker, receiver = connection.Tracker(), FakeReceiver()
         server = server_on(loop, Echo, tracker, receiver)
         server.close()
         ours, theirs = nonblocking_pair()
@@ -135,7 +135,7 @@ def test_uvloop_takes_a_bare_fd_and_leaves_a_reused_number_alone():
     # number may be another file's, which AcceptedFd must not close.
     async def main():
         loop = asyncio.get_running_loop()
-        tracker, receiver = aio.Tracker(), FakeReceiver()
+        tracker, receiver = connection.Tracker(), FakeReceiver()
         server = server_on(loop, Echo, tracker, receiver)
         assert server._attach_now == server._attach_driven
         ours, theirs = socket.socketpair()
@@ -167,7 +167,7 @@ def test_uvloop_attach_that_fails_closes_the_bare_fd():
     async def main():
         loop = asyncio.get_running_loop()
         loop.set_exception_handler(lambda _, context: None)
-        tracker, receiver = aio.Tracker(), FakeReceiver()
+        tracker, receiver = connection.Tracker(), FakeReceiver()
         server = server_on(loop, Broken, tracker, receiver)
         ours, theirs = socket.socketpair()
         os.set_blocking(theirs.fileno(), False)
