@@ -206,6 +206,11 @@ cdef class HttpConn:
                 or len(name) + len(value) + 2 > LIMIT_REQUEST_FIELD_SIZE):
             self.refused = 431
             raise _LimitExceeded(FIELDS_TOO_LARGE)
+        if bad_name(name):
+            # A newer llhttp refuses these itself; the one in httptools 0.6.0
+            # (the lowest supported) lets them through: the engine checks too.
+            self.refused = 400
+            raise _LimitExceeded(BAD_HEADER_NAME)
         name = ascii_lower(name)
         value = rstrip_ows(value)
         if name == b"expect" and value.lower() == b"100-continue":

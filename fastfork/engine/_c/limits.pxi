@@ -22,6 +22,8 @@ LINE_TOO_LONG = "Request Line is too large"
 FIELDS_TOO_LARGE = "Request Header Fields Too Large"
 # WSGI on the loop reads a body whole before the call: past its limit, a 413.
 BODY_TOO_LARGE = "Request body is too large"
+# A header name with a byte no token may hold: gunicorn's answer.
+BAD_HEADER_NAME = "Invalid HTTP Header"
 
 cdef list STATUS_LINES = []
 for _code in range(600):
