@@ -31,6 +31,15 @@ def need_web_extra():
                                            "pip install -e '.[web,webtest]' to run the web tests")
 
 
+def need_engine():
+    """Skip unless the installed httptools is one the engine runs on."""
+    from fastfork.engine import MIN_HTTPTOOLS, httptools_version
+    found = httptools_version()
+    if found is not None and found < MIN_HTTPTOOLS:
+        pytest.skip(f"httptools {found} is older than the engine needs ({MIN_HTTPTOOLS})",
+                    allow_module_level=True)
+
+
 def need_framework(app):
     framework = FRAMEWORKS.get(app)
     if framework:
@@ -56,6 +65,7 @@ def _starter(started, http=None):
         if http == "engine":
             if "--http" in args:
                 pytest.skip("the test names its own --http: run once, on the uvicorn path")
+            need_engine()
             env = dict(env or {}, FASTFORK_TEST_HTTP="engine")
         proc = ClusterProcess(args, impl=DEFAULT, env=env, script=WEB_CLUSTER)
         started.append(proc)

@@ -15,15 +15,38 @@ object ``create_server`` gets there: a protocol factory (uvicorn's protocol,
 for the hand-offs) that also takes bare fds.
 """
 
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Tuple
 
 from ..extras import require
+
+# The oldest httptools whose llhttp refuses what the engine's fuzz finds two
+# readings of (an obs-folded " Transfer-Encoding: chunked", a header name with
+# a space): 0.6.0 to 0.6.2 let them through.  uvicorn's own protocol on those
+# versions has the same exposure; the engine refuses to run on them.
+MIN_HTTPTOOLS = (0, 6, 3)
+
+
+def httptools_version() -> Optional[Tuple[int, ...]]:
+    """The installed httptools' version, or None if it is not installed."""
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+        text = version("httptools")
+    except PackageNotFoundError:
+        return None
+    return tuple(int(part) for part in text.split(".")[:3] if part.isdigit())
 
 
 def load() -> Any:
     """The compiled engine module (``fastfork.engine._c.http``); ImportError if it
     was not built or httptools is missing."""
     require("httptools", "parse HTTP in the engine (http='engine')")
+    found = httptools_version()
+    if found is not None and found < MIN_HTTPTOOLS:
+        wanted = ".".join(map(str, MIN_HTTPTOOLS))
+        raise ImportError(f"http='engine' needs httptools >= {wanted} (its parser refuses "
+                          f"requests that read two ways); this is "
+                          f"{'.'.join(map(str, found))}: pip install -U 'httptools>={wanted}'",
+                          name="httptools")
     from ._c import http
     return http
 

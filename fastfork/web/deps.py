@@ -1,6 +1,7 @@
 """What the web layer will import, asked for up front, so a missing package is
 named before serving (``fastfork.extras`` says which extra brings it)."""
 
+from ..engine import load as load_engine
 from ..extras import available, require
 from .. import loops
 
@@ -10,7 +11,9 @@ def check(kind, http="auto", ws="auto", loop="auto"):
     require("uvicorn", "speak HTTP (its protocols serve every request)")
     if kind == "wsgi":
         require("a2wsgi", "run a WSGI app (its WSGIMiddleware adapts it to ASGI)")
-    if http in ("httptools", "engine"):
+    if http == "engine":
+        load_engine()         # its build, and an httptools it runs on
+    elif http == "httptools":
         require("httptools", f"parse HTTP with http={http!r}")
     elif http == "h11":
         require("h11", "parse HTTP with http='h11'")

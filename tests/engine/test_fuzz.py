@@ -21,7 +21,9 @@ pytest.importorskip("httptools", reason="the web extra is not installed")
 from hypothesis import given, settings, strategies as st
 
 from fastfork.engine import load
+from tests.web_harness import need_engine
 
+need_engine()
 Engine = load().Engine
 ANSWER_TIMEOUT = 5.0
 

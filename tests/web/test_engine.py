@@ -15,9 +15,10 @@ import socket
 
 import pytest
 
-from tests.web_harness import need_web_extra
+from tests.web_harness import need_engine, need_web_extra
 
 need_web_extra()
+need_engine()
 
 
 @pytest.fixture

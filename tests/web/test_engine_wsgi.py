@@ -12,9 +12,10 @@ import socket
 
 import pytest
 
-from tests.web_harness import call, connect, fetch, get_json, need_web_extra
+from tests.web_harness import call, connect, fetch, get_json, need_engine, need_web_extra
 
 need_web_extra()
+need_engine()
 
 ON_LOOP = ("--http", "engine", "--threads", "0", "--workers", "1")
 BODY_LIMIT = 1 << 20          # fastfork.web's default body_buffer

@@ -26,6 +26,7 @@ import pytest
 
 from tests.harness import PY, wait_until
 from tests.runner_harness import APPS
+from tests.web_harness import need_engine
 
 pytest.importorskip("uvicorn", reason="the web extra is not installed")
 pytest.importorskip("starlette", reason="the webtest extra is not installed")
@@ -120,6 +121,8 @@ def open_sockets():
 
 @pytest.mark.parametrize("parser", ["httptools", "h11", "engine"])
 def test_slow_and_idle_heads_are_closed_at_the_deadline(runner_factory, open_sockets, parser):
+    if parser == "engine":
+        need_engine()
     runner = runner_factory(os.path.join(WEB, "starlette_app.py:app"), "--workers", "1",
                             "--bind", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
                             "--http", parser, "--timeout-request-head", str(DEADLINE),
@@ -175,6 +178,8 @@ def test_slow_and_idle_heads_are_closed_at_the_deadline(runner_factory, open_soc
 def test_the_deadline_ends_with_the_head(runner_factory, open_sockets, parser):
     # A request answered slowly, and a WebSocket, outlive the deadline: the
     # clock stops once the head is complete (or the connection upgraded).
+    if parser == "engine":
+        need_engine()
     pytest.importorskip("fastapi", reason="the webtest extra is not installed")
     client = pytest.importorskip("websockets.sync.client",
                                  reason="the websockets package is not installed")
