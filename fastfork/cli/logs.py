@@ -14,6 +14,9 @@ be opened, the log config parses), and set up once nothing else can fail
   inherits: fastfork's log, uvicorn's error log and tracebacks all go there.
 * ``--access-logfile``/``--access-logformat`` are written by the workers
   (``fastfork.web.access``); here the file is only checked.
+* ``--log-format json``: every line of the primary's and the workers' logs
+  is one JSON object naming the worker (``fastfork.jsonlog``); ``setup``
+  turns it on before any fork, so the workers inherit it.
 
 Without ``--preload`` the app is checked by the workers themselves, after
 the fork (``fastfork.cli.startup``): ``setup(settings, hold=True)`` holds
@@ -28,6 +31,7 @@ import logging.config
 import os
 import sys
 
+from .. import jsonlog
 from .options import ConfigError
 
 TRACE = 5        # uvicorn's "trace" level, below DEBUG
@@ -149,6 +153,7 @@ def setup(settings, hold=False):
     """The primary's logging, once every check passed (see the module's docstring);
     ``hold``: keep the records until ``release``."""
     global _held
+    jsonlog.enable(settings.log_format == "json")
     if settings.error_logfile not in (None, "-"):
         sys.stderr.flush()
         fd = os.open(settings.error_logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -156,7 +161,8 @@ def setup(settings, hold=False):
         os.close(fd)
     logging.addLevelName(TRACE, "TRACE")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
+    # --log-format json: jsonlog.enable() was called before, for the workers too.
+    handler.setFormatter(jsonlog.formatter(
         "%(asctime)s fastfork[%(process)d] %(levelname)s %(message)s"))
     root = logging.getLogger("fastfork")
     if hold:
