@@ -378,6 +378,9 @@ EVENT_WHEN = {
               "`on_reload`)",
     "resize": "the number of workers wanted changed (SIGTTIN, SIGTTOU or "
               "`cluster.set_workers()`; gunicorn's `nworkers_changed`)",
+    "loaded": "a worker that imports its app itself said what it loaded (`kind`) or why it "
+              "could not (`error`, then it exits): `fastfork run` without `--preload` starts "
+              "on the first one",
 }
 
 

@@ -35,6 +35,7 @@ POLICIES = ("rr", "least", "none", "reuseport")
 DISPATCHED = ("rr", "least")
 APP_TYPES = ("auto", "asgi", "wsgi", "stream", "protocol", "main")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
+LOG_FORMATS = ("text", "json")
 # gunicorn's server hooks (``-c gunicorn.conf.py``), called where gunicorn calls
 # them (``fastfork.primary.hooks``).
 HOOKS = ("on_starting", "when_ready", "pre_fork", "post_fork", "post_worker_init",
@@ -346,6 +347,11 @@ class Settings:
     access_logformat: Optional[str] = _setting(
         None, c.text_or_none, "access log lines in gunicorn's atoms, e.g. '%%(h)s "
         "\"%%(r)s\" %%(s)s %%(b)s %%(D)s' (default gunicorn's)", "logging", "FORMAT")
+    log_format: str = _setting(
+        "text", c.lower_choice(LOG_FORMATS), "text, or json: every log line of the primary "
+        "and the workers (uvicorn's access lines too) is one JSON object with time, level, "
+        "logger, message, pid and worker (the worker's index; null in the primary)",
+        "logging", "FORMAT")
     use_colors: Optional[bool] = _setting(
         None, c.tristate, "colors in the log (default: when it is a terminal)", "logging",
         flag=True)

@@ -44,16 +44,20 @@ ALLOWED = {
                          "fastfork.settings", "fastfork.worker"},
     "fastfork": {"fastfork._version", "fastfork.addresses", "fastfork.cpus", "fastfork.handoff",
                  "fastfork.primary", "fastfork.settings", "fastfork.worker"},
-    # Built on the public face, as a user's program is.
     # The worker's HTTP engine: below the web layer, beside the worker (it is
     # handed connections through aio.Server, never imports it).
     "fastfork.engine": {"fastfork.extras"},
+    # --log-format json: each line names the worker it comes from.
+    "fastfork.jsonlog": {"fastfork.worker"},
+    # Built on the public face, as a user's program is.
     "fastfork.web": {"fastfork", "fastfork.addresses", "fastfork.engine", "fastfork.extras",
-                     "fastfork.loops", "fastfork.worker"},
+                     "fastfork.jsonlog", "fastfork.loops", "fastfork.worker"},
     "fastfork.demo": {"fastfork", "fastfork.settings", "fastfork.worker"},
-    "fastfork.cli": {"fastfork", "fastfork.operations", "fastfork.extras", "fastfork.loops",
-                     "fastfork.primary", "fastfork.privileges", "fastfork.settings",
-                     "fastfork.tls", "fastfork.web"},
+    # The command line wires both roles: the worker's side of `fastfork run`
+    # (loading the app in the worker) is in it too.
+    "fastfork.cli": {"fastfork", "fastfork.operations", "fastfork.extras", "fastfork.jsonlog",
+                     "fastfork.loops", "fastfork.primary", "fastfork.privileges",
+                     "fastfork.settings", "fastfork.tls", "fastfork.web", "fastfork.worker"},
     "fastfork.__main__": {"fastfork.cli"},
 }
 

@@ -1,11 +1,13 @@
 """Loading the app ``fastfork run`` serves, and telling what kind of callable it is.
 
 Everything that can be wrong with the app itself (a missing callable, an
-import error, a callable fastfork cannot serve) is found here, before any
-worker is forked.  Without ``--preload`` the app is imported once in a
-short-lived checking child (``check_app``) so that the primary stays small and
-never holds the app's code, and then in each worker, which is what lets a
-reload pick up new code.
+import error, a callable fastfork cannot serve, a package its kind needs) is
+found here and reported as one line.  With ``--preload`` the primary imports
+the app before any fork.  Without it the primary never holds the app's code:
+each worker imports it (``load_in_worker``), which is what lets a reload pick
+up new code, and the first one tells the primary what it found
+(``fastfork.cli.startup``); ``--check-config`` imports it once in a
+short-lived checking child (``check_app``).
 """
 
 import asyncio
@@ -164,6 +166,37 @@ def app_kind(app, app_type, spec):
 def resolve_app(spec, app_type, factory=False):
     app = load_app(spec, factory)
     return app, app_kind(app, app_type, spec)
+
+
+def check_kind(settings, kind):
+    """What serving an app of ``kind`` needs, checked now: AppError, or ImportError
+    naming the extra to install, or ValueError."""
+    if kind in ("asgi", "wsgi"):
+        from ..web import deps
+        deps.check(kind, settings.http, settings.ws, settings.loop)
+    elif kind != "main":          # main runs a loop of its own choosing
+        from .. import loops
+        loops.check(settings.loop)
+    if settings.ssl_certfile and kind == "main":
+        raise AppError("--ssl-certfile: an app of type main serves its sockets itself, so "
+                       "it cannot be given TLS here")
+
+
+def load_in_worker(settings, runtime):
+    """In a worker, the app not preloaded: import it, check it, and tell the primary
+    (``runtime.loaded``) its kind or, exiting, the one line saying why not."""
+    runtime.loading = True            # a stop meanwhile ends this worker at once
+    try:
+        app, kind = resolve_app(settings.app, settings.app_type, settings.factory)
+        check_kind(settings, kind)
+    except (AppError, ImportError, ValueError) as exc:
+        runtime.loaded(error=str(exc))
+        sys.exit(1)
+    except Exception as exc:
+        runtime.loaded(error=f"checking {settings.app} failed: {type(exc).__name__}: {exc}")
+        sys.exit(1)
+    runtime.loaded(kind)
+    return app, kind
 
 
 def check_app(spec, app_type, credentials, factory=False):

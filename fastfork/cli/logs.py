@@ -14,6 +14,14 @@ be opened, the log config parses), and set up once nothing else can fail
   inherits: fastfork's log, uvicorn's error log and tracebacks all go there.
 * ``--access-logfile``/``--access-logformat`` are written by the workers
   (``fastfork.web.access``); here the file is only checked.
+* ``--log-format json``: every line of the primary's and the workers' logs
+  is one JSON object naming the worker (``fastfork.jsonlog``); ``setup``
+  turns it on before any fork, so the workers inherit it.
+
+Without ``--preload`` the app is checked by the workers themselves, after
+the fork (``fastfork.cli.startup``): ``setup(settings, hold=True)`` holds
+the primary's records until ``release``, which writes them (the app is
+good) or drops them (it is not: its one line is all there is to say).
 """
 
 import configparser
@@ -23,6 +31,7 @@ import logging.config
 import os
 import sys
 
+from .. import jsonlog
 from .options import ConfigError
 
 TRACE = 5        # uvicorn's "trace" level, below DEBUG
@@ -103,8 +112,48 @@ def level_number(name):
     return TRACE if name == "trace" else getattr(logging, name.upper())
 
 
-def setup(settings):
-    """The primary's logging, once every check passed (see the module's docstring)."""
+class Held(logging.Handler):
+    """Holds this process's records for ``target`` until ``release``; those of a
+    process forked meanwhile (a worker) go to ``target`` at once."""
+
+    def __init__(self, target):
+        super().__init__()
+        self.target = target
+        self.pid = os.getpid()
+        self.records = []
+        self.holding = True
+
+    def emit(self, record):
+        if self.holding and os.getpid() == self.pid:
+            self.records.append(record)
+        else:
+            self.target.handle(record)
+
+    def let_go(self, write):
+        self.holding = False
+        records, self.records = self.records, []
+        if write:
+            for record in records:
+                self.target.handle(record)
+
+
+_held = None
+
+
+def release(write=True):
+    """Stop holding the primary's log (``setup(hold=True)``): write what was held,
+    or drop it (``write=False``); does nothing when nothing is held."""
+    global _held
+    if _held is not None:
+        _held.let_go(write)
+        _held = None
+
+
+def setup(settings, hold=False):
+    """The primary's logging, once every check passed (see the module's docstring);
+    ``hold``: keep the records until ``release``."""
+    global _held
+    jsonlog.enable(settings.log_format == "json")
     if settings.error_logfile not in (None, "-"):
         sys.stderr.flush()
         fd = os.open(settings.error_logfile, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
@@ -112,10 +161,15 @@ def setup(settings):
         os.close(fd)
     logging.addLevelName(TRACE, "TRACE")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter(
+    # --log-format json: jsonlog.enable() was called before, for the workers too.
+    handler.setFormatter(jsonlog.formatter(
         "%(asctime)s fastfork[%(process)d] %(levelname)s %(message)s"))
     root = logging.getLogger("fastfork")
-    root.handlers[:] = [handler]
+    if hold:
+        _held = Held(handler)
+        root.handlers[:] = [_held]
+    else:
+        root.handlers[:] = [handler]
     root.setLevel(level_number(settings.log_level))
     root.propagate = False
     if settings.log_config:

@@ -1,11 +1,14 @@
 """``python -m fastfork run MODULE:CALLABLE``: serve an app on all workers, for production.
 
 Everything that can be wrong with the command line, the config file or the
-app itself (an option, a missing callable, an import error) is found before
-any worker is forked, and reported as one line with exit code 2: the options
-become one ``Settings`` (``options.build``), the app is checked
-(``apps.check_app``), the addresses are bound in the primary, and only then
-does the primary fork.
+app itself (an option, a missing callable, an import error) is reported as
+one line with exit code 2, and nothing is left running: the options become
+one ``Settings`` (``options.build``) and the addresses are bound in the
+primary before any fork; the app is imported once per worker, as uvicorn
+does, and the first worker that has imported it says what it is or why it
+cannot be served (``startup.Gate``): an error stops the workers and ends
+the run with that line.  With ``--preload`` the primary imports it before
+forking.
 """
 
 import argparse
@@ -20,12 +23,12 @@ from .. import privileges, tls
 from ..operations.status_socket import default_dir, default_path
 from ..primary import Cluster
 from ..primary.hooks import HookFailed, Hooks
-from .. import loops
-from . import aliases, envfile, gunicorn_config, logs, options
-from .apps import AppError, check_app, resolve_app
+from ..worker import runtime as worker_runtime
+from . import aliases, envfile, gunicorn_config, logs, options, startup
+from .apps import AppError, check_app, check_kind, load_in_worker, resolve_app
 
 EXIT_USAGE = 2
-EXIT_INTERRUPTED = 130         # Ctrl-C before the workers started (128 + SIGINT)
+EXIT_INTERRUPTED = 130         # Ctrl-C before a worker loaded the app (128 + SIGINT)
 DEFAULT_BIND = "127.0.0.1:8000"
 
 EPILOG = """\
@@ -35,8 +38,9 @@ signals to the primary:
   SIGTERM/SIGINT    graceful stop (a second one kills the workers at once)
   SIGQUIT           stop now
 
-exit codes: 0 stopped cleanly, 1 forced stop, 2 bad option or app (nothing started),
-3 crash loop (workers kept dying right after start).
+exit codes: 0 stopped cleanly, 1 forced stop, 2 bad option or app (nothing served),
+3 crash loop (workers kept dying right after start), 130 stopped before a worker
+had loaded the app.
 
 Options may also be set in pyproject.toml as [tool.fastfork] (keys as the long
 options, e.g. max-requests = 1000, bind = ["0.0.0.0:80"]) or in the TOML file
@@ -74,11 +78,7 @@ def serve_worker(settings, binds, app, kind, hooks):
     hooks.forked(fastfork.worker_id, fastfork.worker_index)
     try:
         if app is None:       # not preloaded: import now, so a reload runs the new code
-            try:
-                app, kind = resolve_app(settings.app, settings.app_type, settings.factory)
-            except AppError as exc:
-                print(f"fastfork worker {fastfork.worker_id}: {exc}", file=sys.stderr)
-                sys.exit(1)
+            app, kind = load_in_worker(settings, worker_runtime.runtime())
         hooks.app_loaded()
         if kind == "main":
             app(list(binds))
@@ -129,7 +129,7 @@ def web_options(settings):
 
 
 def default_name(spec):
-    target = spec.rpartition(":")[0]
+    target = spec.rpartition(":")[0] or spec     # MODULE alone: gunicorn's MODULE:application
     if target.endswith(".py") or os.sep in target:
         return os.path.splitext(os.path.basename(target))[0]
     return target
@@ -288,21 +288,14 @@ def _main(argv, start):
             from ..web.access import check_format
             check_format(settings.access_logformat)
         credentials = privileges.resolve_credentials(settings.user, settings.group)
+        app, kind = None, None       # the workers import it (see the module's docstring)
         if settings.preload:
             app, kind = resolve_app(settings.app, settings.app_type, settings.factory)
-        else:
-            app, kind = None, check_app(settings.app, settings.app_type, credentials,
-                                        settings.factory)
-        # What the workers import must be there before any worker is forked.
-        if kind in ("asgi", "wsgi"):
-            from ..web import deps
-            deps.check(kind, settings.http, settings.ws, settings.loop)
-        elif kind != "main":          # main runs a loop of its own choosing
-            loops.check(settings.loop)
+        elif actions["check_config"]:
+            kind = check_app(settings.app, settings.app_type, credentials, settings.factory)
+        if kind is not None:
+            check_kind(settings, kind)
         if settings.ssl_certfile:
-            if kind == "main":
-                raise options.ConfigError("--ssl-certfile: an app of type main serves its "
-                                          "sockets itself, so it cannot be given TLS here")
             tls.from_settings(settings)   # the files and the password, once, before any fork
         reloader = None
         if settings.reload:
@@ -335,8 +328,9 @@ def _main(argv, start):
         if settings.pidfile:
             write_pidfile(settings.pidfile)
             start.pidfile = settings.pidfile
-        # Logging starts once nothing else can fail: bad input gets its one line only.
-        logs.setup(settings)
+        # Logging starts once nothing else can fail: bad input gets its one line only
+        # (until a worker has loaded the app, the primary's log is held).
+        logs.setup(settings, hold=kind is None)
     # ImportError: an optional part (the web or metrics extra) is missing; the message
     # names the extra to install.
     except (options.ConfigError, AppError, ImportError, ValueError, OSError) as exc:
@@ -356,26 +350,47 @@ def _main(argv, start):
         log.info("%s", note)
     for address in set(wanted) & set(inherited):
         log.info("using the socket systemd passed for %s", address)
-    log.info(
-        "primary %d serving %s (%s) on %s with %d workers, policy %s (%s dispatcher); "
-        "status: python -m fastfork status%s",
-        cluster.pid, settings.app, kind, ", ".join(cluster.status()["primary"]["addresses"]),
-        cluster.size, cluster.policy, cluster.implementation,
-        "" if os.path.dirname(control) == os.path.abspath(default_dir())
-        else f" --socket {control}")
+
+    def serving(kind):
+        logs.release()
+        log.info(
+            "primary %d serving %s (%s) on %s with %d workers, policy %s (%s dispatcher); "
+            "status: python -m fastfork status%s",
+            cluster.pid, settings.app, kind, ", ".join(cluster.status()["primary"]["addresses"]),
+            cluster.size, cluster.policy, cluster.implementation,
+            "" if os.path.dirname(control) == os.path.abspath(default_dir())
+            else f" --socket {control}")
+        if gate is not None and reloader is not None:
+            # Only now: a thread that imports (watchfiles does, as it starts) while
+            # the workers are forked leaves them a module lock held forever.
+            reloader.start()
+
+    gate = None
+    if kind is None:
+        gate = startup.Gate(cluster, settings.app, serving)
+    else:
+        serving(kind)
     try:
         hooks.ready()                         # when_ready: bound, before the first fork
     except HookFailed as exc:
+        logs.release()
         log.error("%s; stopping", exc)
         start.close()
         return EXIT_USAGE
-    if reloader is not None:
+    if reloader is not None and gate is None:
         reloader.start()                      # a thread of the primary, never a worker's
     try:
         code = cluster.run()
     finally:
         if reloader is not None:
             reloader.stop()
+        logs.release(write=gate is None or gate.error is None)
+    if gate is not None and gate.error is not None:
+        # As bad input before any fork: the one line, every worker gone already.
+        print(f"fastfork run: error: {gate.error}", file=sys.stderr)
+        return EXIT_USAGE
+    if gate is not None and gate.kind is None:
+        return EXIT_INTERRUPTED               # stopped while the workers were importing
     hooks.exiting()                           # on_exit
     return code
 

@@ -61,7 +61,7 @@ DATA_CHANNEL_GRACE = 1.0
 ABORT_GRACE = 5.0
 
 EVENTS = ("fork", "online", "listening", "ready", "message", "disconnect", "exit",
-          "prefork", "reload", "resize")
+          "prefork", "reload", "resize", "loaded")
 
 _FROM_SETTINGS = object()      # Cluster(workers=...) not given: the settings say
 
@@ -169,7 +169,9 @@ class Cluster:
         fork(worker), online(worker), listening(worker, address),
         ready(worker), message(worker, data), disconnect(worker),
         exit(worker, code, signal); and gunicorn's moments: prefork(worker)
-        before its fork, reload() on SIGHUP, resize(new, old) on SIGTTIN/SIGTTOU.
+        before its fork, reload() on SIGHUP, resize(new, old) on SIGTTIN/SIGTTOU;
+        loaded(worker, kind, error) when a worker says it loaded its app
+        (``WorkerRuntime.loaded``: ``fastfork run`` without --preload).
         """
         if event not in self._handlers:
             raise ValueError(f"unknown event {event!r}; events are {', '.join(EVENTS)}")

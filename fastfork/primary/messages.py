@@ -77,6 +77,20 @@ def on_ready(cluster, worker, message):
     cluster.emit("ready", worker)
 
 
+def on_loaded(cluster, worker, message):
+    # A worker that imports its app itself says what it loaded, or why it could
+    # not; it waits for the answer, so this is read before it may exit.
+    kind, error = message.get("kind"), message.get("error")
+    if not all(value is None or isinstance(value, str) for value in (kind, error)):
+        raise ValueError(f"kind {kind!r}, error {error!r}")
+    cluster.emit("loaded", worker, kind, error)
+    if worker.control is not None:
+        try:
+            worker.control.send({"t": "loaded"})
+        except OSError:
+            pass              # killed meanwhile (a start that failed)
+
+
 def on_stopping(cluster, worker, message):
     # The worker got SIGTERM: retire it like any graceful stop; as a stop
     # nobody here asked for, its index is re-forked.
@@ -147,6 +161,7 @@ def on_listen(cluster, worker, message):
 HANDLERS = {
     "online": on_online,
     "ready": on_ready,
+    "loaded": on_loaded,
     "heartbeat": on_heartbeat,
     "msg": on_msg,
     "listen": on_listen,

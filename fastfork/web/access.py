@@ -20,6 +20,8 @@ import sys
 import time
 from typing import Any, Optional
 
+from .. import jsonlog
+
 DEFAULT_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 LOGGER = "fastfork.access"
 
@@ -111,7 +113,7 @@ def logger(path: Optional[str]) -> logging.Logger:
     log = logging.getLogger(LOGGER)
     handler = (logging.StreamHandler(sys.stdout) if path in (None, "-")
                else logging.FileHandler(path))
-    handler.setFormatter(logging.Formatter("%(message)s"))
+    handler.setFormatter(jsonlog.formatter("%(message)s"))   # the line, or a JSON object
     log.handlers[:] = [handler]
     log.setLevel(logging.INFO)
     log.propagate = False

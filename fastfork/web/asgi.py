@@ -42,6 +42,7 @@ from typing import Any, Callable, List, Optional, Sequence, Union
 
 import fastfork
 
+from .. import jsonlog
 from ..addresses import Address
 from ..engine import EngineFactory, hand_over, load as load_engine
 from ..extras import require
@@ -87,9 +88,14 @@ def servers() -> List["AsgiServer"]:
 
 
 def log_config(access_format: Optional[str] = None) -> "dict[str, Any]":
-    """uvicorn's logging config with each line naming this worker (id, index, pid)."""
+    """uvicorn's logging config with each line naming this worker (id, index, pid);
+    with ``fastfork.jsonlog`` enabled, each line a JSON object naming it."""
     uvicorn_config = require("uvicorn.config", "configure its logging")
     config = copy.deepcopy(uvicorn_config.LOGGING_CONFIG)
+    if jsonlog.enabled():
+        for name in config["formatters"]:
+            config["formatters"][name] = {"()": jsonlog.JsonFormatter}
+        return config
     who = f"worker {fastfork.worker_id} (index {fastfork.worker_index}, pid {os.getpid()})"
     formatters = config["formatters"]
     formatters["default"]["fmt"] = f"%(levelprefix)s {who}: %(message)s"

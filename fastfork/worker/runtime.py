@@ -29,6 +29,9 @@ log = logging.getLogger("fastfork.worker")
 
 LISTEN_TIMEOUT = 30.0
 EXIT_PRIMARY_GONE = 70
+# How long ``loaded`` waits for the primary's answer (it answers at once; a
+# primary gone ends this worker anyway).
+LOADED_TIMEOUT = 10.0
 
 
 class WorkerRuntime:
@@ -66,6 +69,10 @@ class WorkerRuntime:
         self._lost_seen = 0               # receiver.lost already logged and reported
         self._unreported = 0              # closes a full channel held back (least)
         self.stopping = threading.Event()
+        # True while this worker imports its app (``fastfork run`` without
+        # --preload): a stop then ends it at once, as it has nothing to drain.
+        self.loading = False
+        self._loaded_answer = threading.Event()
         self._last_beat = 0.0
         self.accepted = 0                 # connections blocking accept() returned
         # Set by a server that counts requests (fastfork.web): heartbeats report
@@ -139,6 +146,8 @@ class WorkerRuntime:
                     handlers = list(self._message_handlers)
                 for callback, loop in handlers:
                     _call(loop, callback, message.get("data"))
+            elif kind == "loaded":
+                self._loaded_answer.set()
             elif kind == "stop":
                 self.stop_timeout = message.get("timeout")
                 self._begin_stop()
@@ -149,6 +158,10 @@ class WorkerRuntime:
                 self.stall_log_ms = int(message.get("stall_log_ms", self.stall_log_ms))
 
     def _begin_stop(self):
+        if self.loading:
+            # Still importing the app: no connection to finish, and the import
+            # may take long (Ctrl-C during the start must not wait for it).
+            os._exit(0)
         if self.stopping.is_set():
             return
         self.stopping.set()
@@ -175,6 +188,15 @@ class WorkerRuntime:
 
     def ready(self) -> None:
         self.control.send({"t": "ready"})
+
+    def loaded(self, kind: Optional[str] = None, error: Optional[str] = None) -> None:
+        """Tell the primary this worker has loaded its app, of ``kind``, or why it
+        could not (``error``; the worker then exits); waits for the primary's answer,
+        so the word is read before this worker can exit (the ``loaded`` event)."""
+        self._loaded_answer.clear()
+        self.control.send({"t": "loaded", "kind": kind, "error": error})
+        self._loaded_answer.wait(LOADED_TIMEOUT)
+        self.loading = False
 
     def heartbeat(self, open_connections: Optional[int] = None,
                   served: Optional[int] = None) -> None:

@@ -84,9 +84,12 @@ def test_one_slot_in_a_crash_loop_leaves_the_others_serving(runner_factory, tmp_
     assert runner.proc.proc.poll() is None
 
 
-def test_broken_code_at_start_up_still_exits_3(tmp_path):
-    # `run` imports the app once before forking, to check it: this one
-    # imports there and fails in every worker, so no worker ever serves.
+def test_broken_code_at_start_up_exits_2_naming_it(tmp_path):
+    # No check imports the app before the fork any more: each worker imports it,
+    # and the first one's word on it decides (fastfork.cli.startup).  Code that
+    # fails in every worker is then bad input: the one line, exit 2, nothing
+    # re-forked (a crash loop at start-up, exit 3, is an app that imports and
+    # then dies: test_run_web's lifespan failure).
     app = tmp_path / "broken_app.py"
     app.write_text("import fastfork\n"
                    "if fastfork.is_worker:\n"
@@ -95,5 +98,7 @@ def test_broken_code_at_start_up_still_exits_3(tmp_path):
                           "2", "--bind", "127.0.0.1:0", "--health", "127.0.0.1:0", *CRASH_LOOP,
                           "--control-socket", str(tmp_path / "c.sock")],
                          env=PY.env(NO_PYC), capture_output=True, text=True, timeout=50)
-    assert out.returncode == 3, out.stderr[-3000:]
-    assert "not re-forking" in out.stderr and "broken on purpose" in out.stderr
+    assert out.returncode == 2, out.stderr[-3000:]
+    assert out.stderr.splitlines() == [
+        f"fastfork run: error: importing {app} failed: RuntimeError: broken on purpose: a "
+        f"deploy that cannot import ({app}, line 3)"]
