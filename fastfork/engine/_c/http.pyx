@@ -31,11 +31,12 @@ from libc.string cimport memchr
 from posix.unistd cimport read, write, close
 from posix.uio cimport iovec, writev
 
+from fastfork.handoff._c.includes.epoll cimport (
+    EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLL_CTL_MOD, EPOLLERR, EPOLLHUP, EPOLLIN,
+    EPOLLOUT, epoll_create1, epoll_ctl, epoll_event, epoll_wait)
 from .includes.system cimport (
-    AF_INET, AF_INET6, CLOCK_MONOTONIC, EINTR, EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL,
-    EPOLL_CTL_MOD, EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, INET6_ADDRSTRLEN, clock_gettime,
-    epoll_create1, epoll_ctl, epoll_event, epoll_wait, errno, getpeername, getsockname,
-    inet_ntop, ntohs, SHUT_WR, shutdown, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socklen_t,
+    AF_INET, AF_INET6, CLOCK_MONOTONIC, EINTR, INET6_ADDRSTRLEN, clock_gettime, errno,
+    getpeername, getsockname, inet_ntop, ntohs, SHUT_WR, shutdown, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socklen_t,
     timespec, would_block)
 
 import collections

@@ -18,11 +18,12 @@ from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 from posix.types cimport pid_t
 from posix.unistd cimport close, getpid
 
+from .includes.epoll cimport (EPOLL_CLOEXEC, EPOLL_CTL_ADD, EPOLL_CTL_DEL, EPOLLET, EPOLLIN,
+                              epoll_create1, epoll_ctl, epoll_event, epoll_wait)
 from .includes.system cimport (
-    FASTFORK_DEBUG, FF_BATCH_MAX_MSGS, FF_SCM_MAX_FD, INT_MAX, EPOLL_CLOEXEC, EPOLL_CTL_ADD,
-    EPOLL_CTL_DEL, EPOLLET, EPOLLIN, MSG_CMSG_CLOEXEC, MSG_CTRUNC, MSG_DONTWAIT, MSG_NOSIGNAL,
-    MSG_TRUNC, SO_TYPE, SOCK_CLOEXEC, SOCK_NONBLOCK, SOL_SOCKET, accept4, epoll_create1,
-    epoll_ctl, epoll_event, epoll_wait, ff_recv_fds_batch, ff_recv_many, ff_send_fds,
+    FASTFORK_DEBUG, FF_BATCH_MAX_MSGS, FF_SCM_MAX_FD, INT_MAX, MSG_CMSG_CLOEXEC, MSG_CTRUNC,
+    MSG_DONTWAIT, MSG_NOSIGNAL, MSG_TRUNC, SO_TYPE, SOCK_CLOEXEC, SOCK_NONBLOCK, SOL_SOCKET,
+    accept4, ff_recv_fds_batch, ff_recv_many, ff_send_fds,
     getsockopt, send, socklen_t, would_block, ff_credit_t, FF_CREDIT_SIZE, ff_credit_load,
     ff_credit_add, ff_credit_want, ff_credit_take_want, ff_credit_store_flag,
     ff_credit_load_flag, ff_credit_store_tick, ff_credit_load_tick)

@@ -1,7 +1,7 @@
 # POSIX and Linux declarations the HTTP engine uses, in one place (as
 # fastfork/handoff/_c/includes/system.pxd for the hand-off).  Every block is
 # nogil: none of these touch Python.  read/close/writev come from Cython's
-# bundled posix/ .pxd files.
+# bundled posix/ .pxd files; epoll is the hand-off's (includes/epoll.pxd there).
 
 from libc.stdint cimport uint16_t, uint32_t, uint64_t
 
@@ -42,29 +42,6 @@ cdef extern from "<arpa/inet.h>" nogil:
     const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
     enum:
         INET6_ADDRSTRLEN
-
-cdef extern from "<sys/epoll.h>" nogil:
-    ctypedef union epoll_data_t:
-        void *ptr
-        int fd
-        uint32_t u32
-        uint64_t u64
-    struct epoll_event:
-        uint32_t events
-        epoll_data_t data
-    int epoll_create1(int flags)
-    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
-    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
-    enum:
-        EPOLL_CLOEXEC
-        EPOLL_CTL_ADD
-        EPOLL_CTL_MOD
-        EPOLL_CTL_DEL
-        EPOLLIN
-        EPOLLOUT
-        EPOLLRDHUP
-        EPOLLHUP
-        EPOLLERR
 
 cdef extern from "<time.h>" nogil:
     struct timespec:

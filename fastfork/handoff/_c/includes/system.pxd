@@ -25,26 +25,6 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_CTRUNC
         MSG_CMSG_CLOEXEC
 
-cdef extern from "<sys/epoll.h>" nogil:
-    ctypedef union epoll_data_t:
-        void *ptr
-        int fd
-        uint32_t u32
-        uint64_t u64
-    struct epoll_event:
-        uint32_t events
-        epoll_data_t data
-    int epoll_create1(int flags)
-    int epoll_ctl(int epfd, int op, int fd, epoll_event *event)
-    int epoll_wait(int epfd, epoll_event *events, int maxevents, int timeout)
-    enum:
-        EPOLL_CLOEXEC
-        EPOLL_CTL_ADD
-        EPOLL_CTL_MOD
-        EPOLL_CTL_DEL
-        EPOLLIN
-        EPOLLET
-
 cdef extern from "<limits.h>" nogil:
     enum:
         INT_MAX
