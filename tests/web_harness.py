@@ -137,6 +137,17 @@ def read_response(sock):
     return head, body
 
 
+def read_until_closed(sock):
+    """Everything the server sends until it closes (the socket's timeout bounds
+    the wait: socket.timeout if it holds on)."""
+    data = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 def closed_by_peer(sock):
     """Block (up to the socket's timeout) until the server closes ``sock``."""
     return sock.recv(1) == b""

@@ -15,7 +15,7 @@ import socket
 
 import pytest
 
-from tests.web_harness import need_engine, need_web_extra
+from tests.web_harness import need_engine, need_web_extra, read_until_closed
 
 need_web_extra()
 need_engine()
@@ -36,15 +36,6 @@ def recv_until(sock, marker):
         data += chunk
     return data
 
-
-def read_all(sock):
-    """Everything until the server closes (the socket's timeout bounds it)."""
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
 
 
 def responses(data):
@@ -77,7 +68,7 @@ def test_pipelined_requests_are_answered_in_order(engine):
         sock.sendall(b"GET /slow?s=0.3 HTTP/1.1\r\nHost: x\r\n\r\n"
                      b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n\r\nhello"
                      b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        answers = responses(read_all(sock))
+        answers = responses(read_until_closed(sock))
     assert [status for status, _, _ in answers] == [200, 200, 200]
     assert json.loads(answers[0][2])["slept"] == 0.3
     assert json.loads(answers[1][2])["length"] == 5
@@ -127,14 +118,14 @@ def test_requests_over_the_limits_are_refused_and_closed(engine, request_bytes, 
             sock.sendall(request_bytes)
         except ConnectionResetError:
             pass          # refused and closed before the client finished sending
-        data = read_all(sock)
+        data = read_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 %d " % status), data[:200]
     assert b"connection: close" in data
     # At the limits, not one byte less: the largest allowed is served.
     with socket.create_connection(address, timeout=10) as sock:
         sock.sendall(b"GET /whoami HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 8000 + b"\r\n"
                      + b"X-N: 1\r\n" * 97 + b"Connection: close\r\n\r\n")   # 100 fields
-        assert read_all(sock).startswith(b"HTTP/1.1 200 ")
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 200 ")
 
 
 def test_a_client_that_leaves_is_an_http_disconnect(engine):
@@ -156,5 +147,5 @@ def test_headers_go_out_before_a_delayed_first_body_part(engine):
         assert head.startswith(b"HTTP/1.1 200 ") and b"released" not in head
         with socket.create_connection(address, timeout=10) as other:
             other.sendall(b"GET /release-body HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-            assert read_all(other).startswith(b"HTTP/1.1 200 ")
+            assert read_until_closed(other).startswith(b"HTTP/1.1 200 ")
         assert b"released" in recv_until(sock, b"released")

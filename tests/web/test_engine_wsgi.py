@@ -12,7 +12,8 @@ import socket
 
 import pytest
 
-from tests.web_harness import call, connect, fetch, get_json, need_engine, need_web_extra
+from tests.web_harness import (call, connect, fetch, get_json, need_engine, need_web_extra,
+                               read_until_closed)
 
 need_web_extra()
 need_engine()
@@ -34,14 +35,6 @@ def flask(one_web_cluster):
     address, _ = cluster.wait_listening(1)
     return address
 
-
-def read_until_closed(sock):
-    data = b""
-    while True:
-        piece = sock.recv(65536)
-        if not piece:
-            return data
-        data += piece
 
 
 def test_pep3333_corners_on_the_loop(bare):

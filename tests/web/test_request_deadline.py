@@ -26,7 +26,7 @@ import pytest
 
 from tests.harness import PY, wait_until
 from tests.runner_harness import APPS
-from tests.web_harness import need_engine
+from tests.web_harness import need_engine, read_until_closed
 
 pytest.importorskip("uvicorn", reason="the web extra is not installed")
 pytest.importorskip("starlette", reason="the webtest extra is not installed")
@@ -64,15 +64,6 @@ def read_response(sock):
         body += chunk
     return head, body
 
-
-def read_until_closed(sock):
-    """Everything the server sends until it closes; raises socket.timeout if it holds on."""
-    data = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return data
-        data += chunk
 
 
 def metric(address, name, index=0):

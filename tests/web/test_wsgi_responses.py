@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.web_harness import fetch, get_json, need_web_extra
+from tests.web_harness import fetch, get_json, need_web_extra, read_until_closed
 
 need_web_extra()
 
@@ -25,14 +25,6 @@ def bare(web_cluster):
     address, listening = cluster.wait_listening(1)
     return cluster, address, listening[0]["pid"]
 
-
-def read_until_closed(sock):
-    data = b""
-    while True:
-        piece = sock.recv(65536)
-        if not piece:
-            return data
-        data += piece
 
 
 def test_start_response_again_with_exc_info_replaces_the_unsent_start(bare):
