@@ -148,6 +148,37 @@ def read_until_closed(sock):
         data += chunk
 
 
+def parse_responses(data):
+    """``(answers, rest)``: ``[(status, headers, body)]`` of the whole responses
+    (Content-Length or chunked) at the front of ``data``, and what follows them."""
+    found = []
+    while b"\r\n\r\n" in data:
+        head, _, rest = data.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        status = int(lines[0].split()[1])
+        headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
+        if headers.get(b"transfer-encoding") == b"chunked":
+            body = b""
+            while True:
+                if b"\r\n" not in rest:
+                    return found, data
+                size, _, after = rest.partition(b"\r\n")
+                size = int(size, 16)
+                if len(after) < size + 2:
+                    return found, data
+                body, rest = body + after[:size], after[size + 2:]
+                if size == 0:
+                    break
+        else:
+            length = int(headers.get(b"content-length", b"0"))
+            if len(rest) < length:
+                return found, data
+            body, rest = rest[:length], rest[length:]
+        found.append((status, headers, body))
+        data = rest
+    return found, data
+
+
 def closed_by_peer(sock):
     """Block (up to the socket's timeout) until the server closes ``sock``."""
     return sock.recv(1) == b""

@@ -21,7 +21,7 @@ pytest.importorskip("httptools", reason="the web extra is not installed")
 from hypothesis import given, settings, strategies as st
 
 from fastfork.engine import load
-from tests.web_harness import need_engine
+from tests.web_harness import need_engine, parse_responses
 
 need_engine()
 Engine = load().Engine
@@ -64,36 +64,6 @@ class Owner:
         self.finished += 1
 
 
-def parse_responses(data):
-    """``(answers, rest)``: ``[(status, body)]`` of the whole responses at the front."""
-    found = []
-    while b"\r\n\r\n" in data:
-        head, _, rest = data.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
-        if headers.get(b"transfer-encoding") == b"chunked":
-            body = b""
-            while True:
-                if b"\r\n" not in rest:
-                    return found, data
-                size, _, after = rest.partition(b"\r\n")
-                size = int(size, 16)
-                if len(after) < size + 2:
-                    return found, data
-                body, rest = body + after[:size], after[size + 2:]
-                if size == 0:
-                    break
-        else:
-            length = int(headers.get(b"content-length", b"0"))
-            if len(rest) < length:
-                return found, data
-            body, rest = rest[:length], rest[length:]
-        found.append((status, body))
-        data = rest
-    return found, data
-
-
 async def exchange(pieces, want):
     """Send ``pieces`` (yielding to the loop between them, so the engine reads
     them apart), then read until ``want`` answers came or the server closed."""
@@ -126,7 +96,7 @@ async def exchange(pieces, want):
                 break
             data += chunk
         answers, rest = parse_responses(data)
-        return answers, rest, closed, owner
+        return [(status, body) for status, _, body in answers], rest, closed, owner
     finally:
         client.close()
         engine.close()

@@ -15,7 +15,7 @@ import socket
 
 import pytest
 
-from tests.web_harness import need_engine, need_web_extra, read_until_closed
+from tests.web_harness import need_engine, need_web_extra, parse_responses, read_until_closed
 
 need_web_extra()
 need_engine()
@@ -39,26 +39,11 @@ def recv_until(sock, marker):
 
 
 def responses(data):
-    """``[(status, headers, body)]`` of Content-Length or chunked responses in ``data``."""
-    found = []
-    while data:
-        head, _, data = data.partition(b"\r\n\r\n")
-        lines = head.split(b"\r\n")
-        status = int(lines[0].split()[1])
-        headers = dict(line.lower().split(b": ", 1) for line in lines[1:])
-        if headers.get(b"transfer-encoding") == b"chunked":
-            body = b""
-            while True:
-                size, _, data = data.partition(b"\r\n")
-                size = int(size, 16)
-                body, data = body + data[:size], data[size + 2:]
-                if size == 0:
-                    break
-        else:
-            length = int(headers.get(b"content-length", b"0"))
-            body, data = data[:length], data[length:]
-        found.append((status, headers, body))
-    return found
+    """``[(status, headers, body)]`` of the whole responses in ``data``, which
+    holds nothing else."""
+    answers, rest = parse_responses(data)
+    assert rest == b"", (answers, rest)
+    return answers
 
 
 def test_pipelined_requests_are_answered_in_order(engine):
