@@ -184,31 +184,28 @@ def check_build(module, constants):
         raise ImportError(f"{module} was built for another wire format: {', '.join(wrong)}")
 
 
+def _bounded(value, what, low, high=None):
+    # The one shape of every check below: an int within [low, high].
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bound = f"in {low}..{high}" if high is not None else f">= {low}"
+        raise ValueError(f"{what} must be {bound}, got {value}")
+    return value
+
+
 def check_batch_max(batch_max):
-    batch_max = int(batch_max)
-    if not 1 <= batch_max <= SCM_MAX_FD:
-        raise ValueError(f"batch_max must be in 1..{SCM_MAX_FD}, got {batch_max}")
-    return batch_max
+    return _bounded(batch_max, "batch_max", 1, SCM_MAX_FD)
 
 
 def check_window(window):
-    window = int(window)
-    if window < 1:
-        raise ValueError(f"credit window must be >= 1, got {window}")
-    return window
+    return _bounded(window, "credit window", 1)
 
 
 def check_stall_ms(stall_ms):
     """The stall threshold in ms; 0: no stall detection."""
-    stall_ms = int(stall_ms)
-    if stall_ms < 0:
-        raise ValueError(f"stall_ms must be >= 0, got {stall_ms}")
-    return stall_ms
+    return _bounded(stall_ms, "stall_ms", 0)
 
 
 def check_worker_connections(worker_connections):
     """A per-worker cap on open connections (policy least); 0: no cap."""
-    worker_connections = int(worker_connections)
-    if worker_connections < 0:
-        raise ValueError(f"worker_connections must be >= 0, got {worker_connections}")
-    return worker_connections
+    return _bounded(worker_connections, "worker_connections", 0)
