@@ -202,11 +202,14 @@ class Rig:
 @contextlib.contextmanager
 def fd_room(room):
     """Within the block this process can open only ``room`` more fds: its soft
-    RLIMIT_NOFILE just above its highest fd, every hole below it filled."""
+    RLIMIT_NOFILE ``room`` above its highest fd, every free number below it
+    filled, then ``room`` of the fillers closed.  (The limit has room of its
+    own: a process whose fds have no holes would otherwise have no filler to
+    close.)"""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     fillers = []
     try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 1, hard))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 1 + room, hard))
         while True:
             try:
                 fillers.append(os.open("/dev/null", os.O_RDONLY))

@@ -520,16 +520,7 @@ def test_out_of_fds_pauses_without_spinning(rig_factory):
     worker = rig.add_worker()
     rig.connect(2)
     wait_for(lambda: backlog_len(rig.listener) == 2, "2 connections in the backlog")
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    fillers = []
-    try:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (max(open_fds()) + 1, hard))
-        while True:                         # fill the holes below the limit
-            try:
-                fillers.append(os.open("/dev/null", os.O_RDONLY))
-            except OSError as exc:
-                assert exc.errno == errno.EMFILE
-                break
+    with fd_room(0):
         rig.d.poll(100)
         assert rig.d.pauses == 1 and rig.d.last_pause_errno == errno.EMFILE
         assert rig.d.stats()["paused"] and rig.d.accepted == 0
@@ -542,10 +533,6 @@ def test_out_of_fds_pauses_without_spinning(rig_factory):
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
         assert cpu < 0.1, f"poll used {cpu:.3f}s of CPU while paused"
         assert rig.d.pauses == 1 and rig.d.accepted == 0
-    finally:
-        for fd in fillers:
-            os.close(fd)
-        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
     assert backlog_len(rig.listener) == 2
     worker.receive_until(2)
     assert rig.d.accepted == 2 and rig.d.stats()["last_pause_errno"] == errno.EMFILE
