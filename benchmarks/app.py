@@ -153,7 +153,7 @@ def serve_single(port, stats_dir):
 
 
 def serve_fastfork(port, stats_dir, workers, policy, impl, window=None, worker_connections=0,
-                   stall_ms=None):
+                   stall_ms=None, defer_accept=True):
     import fastfork
 
     def worker_main():
@@ -168,8 +168,9 @@ def serve_fastfork(port, stats_dir, workers, policy, impl, window=None, worker_c
         options["worker_connections"] = worker_connections
     if stall_ms is not None:
         options["stall_ms"] = stall_ms
+    options.update(json.loads(os.environ.get("FF_BENCH_OPTS", "{}")))   # EXPERIMENT
     cluster = fastfork.Cluster(worker_main, workers, policy=policy, pure=pure,
-                               graceful_timeout=5.0, **options)
+                               graceful_timeout=5.0, defer_accept=defer_accept, **options)
     print(json.dumps({"primary": os.getpid(), "policy": policy,
                       "implementation": cluster.implementation}), flush=True)
     return cluster.run()
@@ -188,6 +189,9 @@ def main(argv=None):
                         help="least policy: cap on a worker's open connections (0: none)")
     parser.add_argument("--stall-ms", type=int, default=None,
                         help="rr/least: stall detection threshold, 0: off (default: fastfork's)")
+    parser.add_argument("--no-defer-accept", dest="defer_accept", action="store_false",
+                        help="accept connections before their request arrives (the "
+                             "library's default; fastfork run defers, as this app does)")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--stats-dir", required=True)
     args = parser.parse_args(argv)
@@ -198,7 +202,8 @@ def main(argv=None):
         serve_single(args.port, args.stats_dir)
         return 0
     return serve_fastfork(args.port, args.stats_dir, args.workers, args.policy, args.impl,
-                          args.window, args.worker_connections, args.stall_ms)
+                          args.window, args.worker_connections, args.stall_ms,
+                          args.defer_accept)
 
 
 if __name__ == "__main__":

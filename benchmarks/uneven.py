@@ -57,8 +57,10 @@ ROOT = os.path.dirname(HERE)
 APP = os.path.join(HERE, "app.py")
 LUA = os.path.join(HERE, "uneven.lua")
 ALL_ROWS = ("least", "least-cap", "rr", "none", "reuseport", "uvicorn", "granian", "least-even",
-            "rr-even", "rr-nostall", "least-nostall", "rr-even-nostall")
+            "rr-even", "rr-nostall", "least-nostall", "rr-even-nostall", "rr-stall",
+            "least-stall", "rr-even-stall")
 READY_TIMEOUT = 20.0
+STALL_MS = 5              # the -stall rows' --stall-ms
 
 
 # -- the uvicorn row's app: the same bytes and the same burn, as ASGI ------------------------
@@ -117,6 +119,9 @@ def start_server(row, port, workers, stats_dir, cap):
         if row.endswith("-nostall"):
             argv += ["--stall-ms", "0"]
             name += " --stall-ms 0"
+        elif row.endswith("-stall"):
+            argv += ["--stall-ms", str(STALL_MS)]
+            name += f" --stall-ms {STALL_MS}"
     proc = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
     return proc, name

@@ -98,9 +98,30 @@ def describe(family: int, sockaddr: SockAddr) -> str:
     return f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
 
 
+# Seconds a connection that has sent nothing waits in the kernel before it is
+# accepted all the same (the kernel rounds it to its SYN-ACK retransmissions).
+DEFER_ACCEPT_SECONDS = 1
+
+
+def set_defer_accept(sock: socket.socket) -> None:
+    """Accept a TCP connection only once its first bytes have arrived
+    (``TCP_DEFER_ACCEPT``, nginx's ``deferred``): for protocols in which the
+    client speaks first, as HTTP and TLS do.  A connection then never waits
+    inside a worker for a request that has not come: it waits in the
+    kernel, where it is nobody's yet, so a worker whose loop blocks holds
+    only requests it has begun.  A client that sends nothing is accepted
+    after about ``DEFER_ACCEPT_SECONDS`` all the same.  No-op for unix
+    sockets."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
+
+
 def bind_listener(family: int, sockaddr: SockAddr, backlog: int = DEFAULT_BACKLOG,
-                  reuseport: bool = False, listen: bool = True) -> socket.socket:
+                  reuseport: bool = False, listen: bool = True,
+                  defer_accept: bool = False) -> socket.socket:
     """A bound, non-blocking, close-on-exec listening socket.
+
+    ``defer_accept``: see ``set_defer_accept``.
 
     Raises OSError with the address in its message (``EADDRINUSE``,
     ``EACCES``, ``EADDRNOTAVAIL``...), errno preserved.
@@ -116,6 +137,8 @@ def bind_listener(family: int, sockaddr: SockAddr, backlog: int = DEFAULT_BACKLO
         if family == socket.AF_UNIX:
             _remove_stale_unix_socket(cast(str, sockaddr))
         sock.bind(sockaddr)
+        if defer_accept:
+            set_defer_accept(sock)
         if listen:
             sock.listen(backlog)
         sock.setblocking(False)

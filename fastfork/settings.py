@@ -86,6 +86,14 @@ class Settings:
     factory: bool = _setting(
         False, c.flag, "CALLABLE is a factory: call it with no arguments to get the app",
         flag=True)
+    # Off for the library (its protocols may have the server speak first);
+    # on for `fastfork run`, whose apps speak HTTP.
+    defer_accept: bool = _setting(
+        False, c.flag, "accept a TCP connection only once its first bytes arrive "
+        "(TCP_DEFER_ACCEPT): a connection waits in the kernel, not in a worker, until its "
+        "request comes, so a worker whose loop blocks holds only requests it has begun; one "
+        "that sends nothing is accepted after about a second.  For protocols in which the "
+        "client speaks first, as HTTP does (default on)", flag=True, cli_default=True)
     backlog: int = _setting(
         2048, c.positive, "most connections waiting to be accepted, per address (default "
         "2048)", metavar="N")
@@ -102,9 +110,9 @@ class Settings:
     stall_ms: int = _setting(
         DEFAULT_STALL_MS, c.count, "rr and least: a worker whose event loop is blocked this "
         "many ms (a synchronous call in an async handler) is sent nothing until it runs "
-        "again, and what it was sent and has not taken goes to another worker; 0 disables "
-        f"(default {DEFAULT_STALL_MS}: off until it pays on a loaded machine; 5 is the value "
-        "the tests use)", metavar="MS")
+        "again, and what it was sent and has not taken goes to another worker; while on, a "
+        "worker takes new connections one batch per pass of its loop; 0 disables "
+        f"(default {DEFAULT_STALL_MS})", metavar="MS")
     stall_log_ms: int = _setting(
         100, c.count, "a worker logs, at most once in 10 s, where its event loop was (file "
         "and line) when it was blocked this many ms; 0 disables (default 100)",

@@ -88,11 +88,11 @@ DEFAULT_WINDOW = 8
 # scheduled yet on a busy machine.  A stalled worker that shows no sign of
 # life for STALL_PROBE_MS is tried again (it may be picked; what it leaves
 # unread comes back), since a worker that was idle when it froze has nothing
-# to tick.  Off by default (0) until it pays: on a loaded 2-core machine,
-# 5 ms (the value the tests use) cost 30-40% of the throughput and did not
-# improve p99, since what a worker took before its loop blocked still waits
-# with it (issue 25's adaptive limit is not built yet).
-DEFAULT_STALL_MS = 0
+# to tick.  With it on, a worker takes one message a pass (worker/loopstate.py)
+# so that what it has not begun stays take-back-able; with TCP_DEFER_ACCEPT
+# (addresses.set_defer_accept) nothing reaches it before its request, so a
+# blocked loop holds little more than the request that blocked it.
+DEFAULT_STALL_MS = 5
 STALL_UNTAKEN_FACTOR = 4
 STALL_PROBE_MS = 50
 

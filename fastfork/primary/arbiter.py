@@ -139,7 +139,7 @@ class Cluster:
         self.backend = backend.default() if settings.pure is None else backend.load(settings.pure)
         self.implementation = self.backend.name
         self.dispatcher = None            # created by _ensure_started
-        self.listeners = Listeners(settings.policy)
+        self.listeners = Listeners(settings.policy, settings.defer_accept)
         self.crash_loop = backoff.CrashLoop(settings.min_uptime, settings.max_restarts,
                                             settings.backoff_base, settings.backoff_max)
         self.replacements = replacement.Replacements(settings.ready_timeout,

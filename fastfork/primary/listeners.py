@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 
-from ..addresses import bind_listener, describe
+from ..addresses import bind_listener, describe, set_defer_accept
 from ..settings import DISPATCHED
 from .activation import inherited_sockets
 
@@ -42,8 +42,9 @@ class SharedListener:
 class Listeners:
     """Every address of one primary, keyed by ``(family, sockaddr)`` as asked."""
 
-    def __init__(self, policy):
+    def __init__(self, policy, defer_accept=False):
         self.policy = policy
+        self.defer_accept = defer_accept  # TCP_DEFER_ACCEPT on each TCP listener
         self._shared = {}
         self._reserved = []               # reuseport: bound, not listening, holds the port
         self._inherited = inherited_sockets()   # systemd: (family, sockaddr) -> socket
@@ -88,12 +89,16 @@ class Listeners:
         if self.policy == "reuseport":
             # Hold the port with a bound, non-listening socket: it joins the
             # reuseport group but never receives connections.
-            sock = bind_listener(family, sockaddr, backlog, reuseport=True, listen=False)
+            sock = bind_listener(family, sockaddr, backlog, reuseport=True, listen=False,
+                                 defer_accept=self.defer_accept)
             self._reserved.append(sock)
             shared = SharedListener(family, sockaddr, sock, -1)
         else:
             inherited = self._inherited.pop(key, None)
-            sock = inherited or bind_listener(family, sockaddr, backlog)
+            sock = inherited or bind_listener(family, sockaddr, backlog,
+                                              defer_accept=self.defer_accept)
+            if inherited is not None and self.defer_accept:
+                set_defer_accept(inherited)
             lid = dispatcher.add_listener(sock.fileno()) if self.policy in DISPATCHED else -1
             shared = SharedListener(family, sockaddr, sock, lid)
             if inherited is not None:
@@ -113,7 +118,8 @@ class Listeners:
             return shared, [], None
         if self.policy == "none":
             return shared, [shared.sock.fileno()], None
-        own = bind_listener(family, shared.sockaddr, backlog, reuseport=True)
+        own = bind_listener(family, shared.sockaddr, backlog, reuseport=True,
+                            defer_accept=self.defer_accept)
         return shared, [own.fileno()], own
 
     def close(self, dispatcher):

@@ -288,9 +288,10 @@ class WorkerRuntime:
         return self.make_listener(address, reply, fds)
 
     # -- data channel -----------------------------------------------------------------
-    def pump(self):
-        """Receive what the primary sent and route it to listeners; True at END."""
-        pairs, ended = self.receiver.receive()
+    def pump(self, max_msgs=0):
+        """Receive what the primary sent (at most ``max_msgs`` messages, 0: all)
+        and route it to listeners; True at END."""
+        pairs, ended = self.receiver.receive(max_msgs)
         dropped = 0
         for lid, fd in pairs:
             listener = self.listeners.get(lid)

@@ -266,6 +266,43 @@ def test_receiver_acks_once_for_everything_drained(channel):
     assert receiver.ended
 
 
+# max_msgs per receive() -> the listener ids each call takes, from 20
+# one-connection messages (ids 0..19) then END.  20 is more than one recvmmsg
+# reads (16), so a limit is kept across calls of the syscall too.
+BOUNDED = {
+    "one at a time": ([1, 1, 1], [[0], [1], [2]]),
+    "past one recvmmsg": ([18, 0], [list(range(18)), [18, 19]]),
+    "all, then the END is read": ([0], [list(range(20))]),
+    "the END is a message too": ([20, 1], [list(range(20)), []]),
+}
+
+
+@pytest.mark.parametrize("limits, taken", list(BOUNDED.values()), ids=list(BOUNDED))
+def test_receiver_takes_at_most_max_msgs_and_leaves_the_rest_queued(channel, limits, taken):
+    # A worker whose loop is busy takes one message a pass: the rest stay in
+    # the channel, where the primary can take them back if the loop blocks.
+    a, receiver = channel
+    pipes = [os.pipe() for _ in range(20)]
+    try:
+        for lid, (r, _) in enumerate(pipes):
+            a.sendmsg(*raw_fds_message(fds_payload([lid]), [r]))
+        a.send(encode_end())
+        for limit, expected in zip(limits, taken):
+            pairs, ended = receiver.receive(limit)
+            for _, fd in pairs:
+                os.close(fd)
+            assert [lid for lid, _ in pairs] == expected
+            assert receiver.received == sum(len(t) for t in taken[:taken.index(expected) + 1])
+            assert ended == (limit == 0 or expected == [])
+            assert sent_back(a) == ([(MSG_ACK, len(expected))] if expected else [])
+    finally:
+        for r, w in pipes:
+            os.close(r)
+            os.close(w)
+    with pytest.raises(ValueError, match="max_msgs must be >= 0"):
+        receiver.receive(-1)
+
+
 def sent_back(sock):
     """The messages a receiver sent to the primary's end ``sock``, as (type, count)."""
     sock.setblocking(False)

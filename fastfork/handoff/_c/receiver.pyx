@@ -60,7 +60,7 @@ cdef class Receiver:
     def fileno(self):
         return self._fd
 
-    def receive(self):
+    def receive(self, int max_msgs=0):
         """Drain the channel without blocking and acknowledge what arrived.
 
         Returns ``(pairs, ended)``: ``pairs`` is a list of ``(listener_id, fd)``
@@ -69,6 +69,9 @@ cdef class Receiver:
         connections included (see the class).  Messages are read with one
         ``recvmmsg`` per readiness: fewer than asked for means the channel is
         empty, so no call is spent on EAGAIN.
+
+        ``max_msgs``: read at most that many messages (0: all).  What is left
+        stays the primary's to take back if this worker's loop then blocks.
         """
         cdef uint8_t bufs[FF_BATCH_MAX_MSGS * RECV_BUF]
         cdef int fds[FF_BATCH_MAX_MSGS * FF_SCM_MAX_FD]
@@ -76,14 +79,19 @@ cdef class Receiver:
         cdef int mflags[FF_BATCH_MAX_MSGS]
         cdef int nfds[FF_BATCH_MAX_MSGS]
         cdef int n, k, err, i, j, code
+        cdef int want = FF_BATCH_MAX_MSGS, left = max_msgs
         cdef long long cut = 0               # connections cut off in this drain
         cdef uint8_t *buf
         cdef int *got
         cdef list pairs = []
         self._check_usable()
         try:
+            if max_msgs < 0:
+                raise ValueError(f"max_msgs must be >= 0 (0: all), not {max_msgs}")
             while not self.ended:
-                n = ff_recv_fds_batch(self._fd, bufs, RECV_BUF, FF_BATCH_MAX_MSGS, lens,
+                if max_msgs:
+                    want = min(FF_BATCH_MAX_MSGS, left)
+                n = ff_recv_fds_batch(self._fd, bufs, RECV_BUF, want, lens,
                                       mflags, fds, nfds, MSG_CMSG_CLOEXEC | MSG_DONTWAIT)
                 if n < 0:
                     err = errno
@@ -126,8 +134,12 @@ cdef class Receiver:
                         # clients see a reset.  Say so before the credit goes back.
                         cut += _get_u16(buf + 2) - nfds[k]
                         self._at_limit()
-                if n < FF_BATCH_MAX_MSGS:
-                    break
+                if n < want:
+                    break                   # drained
+                if max_msgs:
+                    left -= n
+                    if left == 0:
+                        break
             if pairs or cut:
                 self.lost += cut
                 if self._credit != NULL:

@@ -58,19 +58,29 @@ class Receiver:
     def fileno(self):
         return self._sock.fileno()
 
-    def receive(self):
+    def receive(self, max_msgs=0):
         """Drain the channel without blocking and acknowledge what arrived.
 
         Returns ``(pairs, ended)``: ``pairs`` is a list of ``(listener_id, fd)``
         (the caller owns each fd), ``ended`` is True once the primary said END
         or closed the channel.  One ACK covers everything drained, cut-off
         connections included (see the class).
+
+        ``max_msgs``: read at most that many messages (0: all).  What is left
+        stays the primary's to take back if this worker's loop then blocks.
         """
         self._check_usable()
         pairs = []
         cut = 0                             # connections cut off in this drain
+        left = max_msgs
         try:
+            if max_msgs < 0:
+                raise ValueError(f"max_msgs must be >= 0 (0: all), not {max_msgs}")
             while not self.ended:
+                if max_msgs:
+                    if left == 0:
+                        break
+                    left -= 1
                 try:
                     data, ancdata, flags, _ = self._sock.recvmsg(
                         RECV_BUF, _CMSG_SPACE, socket.MSG_CMSG_CLOEXEC)
