@@ -136,3 +136,39 @@ def test_no_stall_detection_with_stall_ms_0(cluster_factory, impl, ctl_path):
             assert int(stuck.makefile().readline().split()[0]) == frozen
     finally:
         os.kill(pids[frozen], signal.SIGCONT)
+
+
+def test_a_worker_takes_one_message_a_pass_and_leaves_the_rest_unread(cluster_factory, impl,
+                                                                      ctl_path):
+    # Late binding: a worker whose loop then blocks holds only what it began;
+    # what waits behind stays in the channel, the primary's to take back.
+    # One worker (nowhere to take them back to) and a stall_ms far longer than
+    # the test, so the channel is all there is to see.
+    cluster = cluster_factory("--workers", "1", "--control-socket", ctl_path,
+                              "--stall-ms", "60000")
+    address, listening = cluster.wait_listening(1)
+    (wid, pid), = [(e["id"], e["pid"]) for e in listening]
+    os.kill(pid, signal.SIGSTOP)
+    clients = []
+    try:
+        wait_until(lambda: proc_state(pid) in ("T", "t"), 5, "the worker to stop")
+        # Three messages in its channel, one connection each, sent one by one.
+        for n, line in enumerate((b"block 2\n", b"whoami\n", b"whoami\n"), 1):
+            client = socket.create_connection(address, timeout=30)
+            clients.append(client)
+            client.sendall(line)
+            wait_until(lambda: queued(ctl_path)[wid] == n, 10, f"{n} queued to the worker")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        assert cluster.wait_event("message")["data"]["blocking"] == wid
+        # Blocked on the first: what was behind it is still unread (a worker
+        # that drained its channel would show 0).
+        assert queued(ctl_path)[wid] >= 1
+        assert clients[0].makefile().readline().split() == [str(wid), "unblocked"]
+        for client in clients[1:]:
+            assert int(client.makefile().readline().split()[0]) == wid
+        assert queued(ctl_path)[wid] == 0
+    finally:
+        for client in clients:
+            client.close()
