@@ -7,7 +7,8 @@
 Every request gets the same 13-byte body; ``Connection: close`` in a request
 makes the answer carry it too and the server close after writing.
 ``GET /stall?s=2`` blocks the serving process's event loop for 2 s before
-answering (the stall test); ``GET /burn?ms=20`` burns 20 ms of CPU in the
+answering (the stall test); ``GET /await?s=0.01`` answers 10 ms later while
+the loop runs on (an app awaiting I/O); ``GET /burn?ms=20`` burns 20 ms of CPU in the
 loop before answering (``benchmarks/uneven.py``).  ``benchmarks/node_cluster.js``
 answers with the same bytes under the same rules (it has no ``/burn``).
 
@@ -115,6 +116,12 @@ class HTTP(asyncio.Protocol):
             head = buf[:end]
             buf = buf[end + 4:]
             STATS.reqs += 1
+            if head.startswith(b"GET /await"):
+                # Awaits I/O: the answer comes later, the loop runs meanwhile.
+                asyncio.get_running_loop().call_later(_stall_seconds(head), self._answer,
+                                                      b"connection: close" in head.lower())
+                self.buffer = buf
+                return
             if head.startswith(b"GET /stall"):
                 time.sleep(_stall_seconds(head))      # blocks this process's event loop
             elif head.startswith(b"GET /burn"):
@@ -126,6 +133,15 @@ class HTTP(asyncio.Protocol):
                 return
             self.transport.write(RESPONSE_KEEP)
         self.buffer = buf
+
+    def _answer(self, close):
+        if self.transport is None:
+            return                                    # the client left meanwhile
+        if close:
+            self.transport.write(RESPONSE_CLOSE)
+            self.transport.close()
+        else:
+            self.transport.write(RESPONSE_KEEP)
 
     def connection_lost(self, exc):
         self.transport = None

@@ -9,7 +9,11 @@ Most requests are answered at once; a share (``--share``, default 0.5%) burn
 loop for as long without using CPU instead (``GET /stall``: a blocking call
 in an async handler, such as a synchronous database driver), so that on a
 machine with few cores the stalled worker leaves its core to the others and
-only the dispatch decides how long the connections behind it wait.  Each
+only the dispatch decides how long the connections behind it wait.  With
+``--work await`` they await that long while the loop runs on (``GET /await``):
+``--work await --share 1 --burn-ms 10 --connections 256`` is an app that
+awaits 10 ms of I/O on every request, where a worker must hold many
+connections at once.  Each
 request is a new connection (``Connection: close``), so each is a dispatch
 decision.  Under ``rr`` a connection may be dealt to the worker that is
 burning while the other idles; ``least`` sends it to the worker with fewer
@@ -35,6 +39,7 @@ the ratios the issue sets as targets.
 """
 
 import argparse
+import asyncio
 import collections
 import json
 import os
@@ -74,6 +79,9 @@ async def asgi_app(scope, receive, send):
     elif scope["path"] == "/stall":
         seconds = scope["query_string"].partition(b"s=")[2] or b"2"
         time.sleep(float(seconds))                  # blocks the loop, as app.py's does
+    elif scope["path"] == "/await":
+        seconds = scope["query_string"].partition(b"s=")[2] or b"2"
+        await asyncio.sleep(float(seconds))         # awaits I/O, as app.py's does
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-type", b"text/plain"),
                             (b"content-length", str(len(BODY)).encode())]})
@@ -164,6 +172,8 @@ def slow_path(args):
     """The path of the slow requests: CPU burnt, or the loop blocked without CPU."""
     if args.work == "stall":
         return f"/stall?s={args.burn_ms / 1000.0:g}"
+    if args.work == "await":
+        return f"/await?s={args.burn_ms / 1000.0:g}"
     return f"/burn?ms={args.burn_ms:g}"
 
 
@@ -272,9 +282,11 @@ def main(argv=None):
                         help="share of requests that burn CPU (default 0.005)")
     parser.add_argument("--burn-ms", type=float, default=20.0,
                         help="how long each slow request takes, in ms (default 20)")
-    parser.add_argument("--work", choices=("burn", "stall"), default="burn",
+    parser.add_argument("--work", choices=("burn", "stall", "await"), default="burn",
                         help="burn: the slow requests burn CPU in the loop (default); "
-                             "stall: they block the loop without CPU")
+                             "stall: they block the loop without CPU; await: they await "
+                             "that long while the loop runs (with --share 1: an app "
+                             "awaiting I/O on every request)")
     parser.add_argument("--json", metavar="PATH", help="also write every row's figures here")
     parser.add_argument("--cap", type=int, default=2,
                         help="--worker-connections of the least-cap row (default 2)")
