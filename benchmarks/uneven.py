@@ -255,10 +255,19 @@ def targets(by_row):
                      f"{least['p99_us'] / best_p99:.2f} (target <= 0.5)")
         lines.append(f"- uneven: least req/s / best of none, reuseport = "
                      f"{least['rps'] / best_rps:.3f} (target >= 0.97)")
-        if "fast_p99_us" in least:
-            best_fast = min(r["fast_p99_us"] for r in kernel)
+        best_fast = min(r.get("fast_p99_us", 0) for r in kernel)
+        if "fast_p99_us" in least and best_fast:      # 0: every request was slow
             lines.append(f"- uneven: least p99 of the fast requests / best of none, "
                          f"reuseport = {least['fast_p99_us'] / best_fast:.2f}")
+    # Issue 25: the default (rr, stall detection on) against the best of the
+    # servers a user would otherwise run.
+    others = [by_row[r] for r in ("none", "uvicorn", "granian") if r in by_row]
+    if "rr" in by_row and others:
+        rr = by_row["rr"]
+        lines.append(f"- stall-aware: default p99 / best of none, uvicorn, granian = "
+                     f"{rr['p99_us'] / min(r['p99_us'] for r in others):.2f} (target <= 0.4); "
+                     f"req/s / best = {rr['rps'] / max(r['rps'] for r in others):.3f} "
+                     "(target >= 0.95)")
     if "least-even" in by_row and "rr-even" in by_row:
         lines.append(f"- even: least req/s / rr req/s = "
                      f"{by_row['least-even']['rps'] / by_row['rr-even']['rps']:.3f} "
