@@ -184,7 +184,6 @@ def serve_fastfork(port, stats_dir, workers, policy, impl, window=None, worker_c
         options["worker_connections"] = worker_connections
     if stall_ms is not None:
         options["stall_ms"] = stall_ms
-    options.update(json.loads(os.environ.get("FF_BENCH_OPTS", "{}")))   # EXPERIMENT
     cluster = fastfork.Cluster(worker_main, workers, policy=policy, pure=pure,
                                graceful_timeout=5.0, defer_accept=defer_accept, **options)
     print(json.dumps({"primary": os.getpid(), "policy": policy,

@@ -89,8 +89,7 @@ class Listeners:
         if self.policy == "reuseport":
             # Hold the port with a bound, non-listening socket: it joins the
             # reuseport group but never receives connections.
-            sock = bind_listener(family, sockaddr, backlog, reuseport=True, listen=False,
-                                 defer_accept=self.defer_accept)
+            sock = bind_listener(family, sockaddr, backlog, reuseport=True, listen=False)
             self._reserved.append(sock)
             shared = SharedListener(family, sockaddr, sock, -1)
         else:

@@ -52,12 +52,9 @@ def ensure_data_reader(loop):
     ticker = runtime.ticker = Ticker(loop, runtime.receiver, state.tracker, runtime)
     runtime.watchdog = Watchdog(ticker, runtime, threading.get_ident())
 
-    reading = True
-
     def on_readable():
         # Acknowledging from the loop itself is what makes credit honest: a
         # worker whose loop is blocked stops acking, so it stops receiving.
-        nonlocal reading
         before = runtime.receiver.received
         if runtime.pump(1 if runtime.stall_ms else 0):
             loop.remove_reader(fd)
@@ -72,14 +69,12 @@ def ensure_data_reader(loop):
             # that then blocks holds at most these; the rest stay unread in
             # the channel, where the primary takes them back (rules 12, 13).
             # An idle loop turns passes over fast: no fixed cap.
-            reading = False
             loop.remove_reader(fd)
             loop.call_soon(loop.call_soon, resume)
 
     def resume():
-        nonlocal reading
-        if not reading and not ended.is_set() and not loop.is_closed():
-            reading = True
+        # Only ever scheduled by the removal above, once per removal.
+        if not ended.is_set() and not loop.is_closed():
             loop.add_reader(fd, on_readable)
 
     loop.add_reader(fd, on_readable)
