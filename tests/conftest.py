@@ -1,3 +1,4 @@
+import os
 import shutil
 import tempfile
 
@@ -29,6 +30,12 @@ def rundir():
     path = tempfile.mkdtemp(prefix="ffops", dir="/tmp")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def ctl_path(rundir):
+    """A control socket's path for a test's primary (short, in ``rundir``)."""
+    return os.path.join(rundir, "ctl.sock")
 
 
 @pytest.fixture

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
@@ -24,16 +23,6 @@ from tests.harness import PY, request, wait_until
 from tests.loadgen import Load
 from tests.runner_harness import OPS_APP
 from test_faults import held_client_ports, proc_state
-
-
-@pytest.fixture
-def ctl_path():
-    # Short: a Unix socket path must fit in 108 bytes.
-    path = tempfile.mkdtemp(prefix="ffleast", dir="/tmp")
-    yield os.path.join(path, "ctl.sock")
-    for name in os.listdir(path):
-        os.unlink(os.path.join(path, name))
-    os.rmdir(path)
 
 
 def start_least(cluster_factory, ctl_path, workers, *extra):

@@ -14,7 +14,6 @@ import concurrent.futures
 import os
 import signal
 import socket
-import tempfile
 import time
 
 import pytest
@@ -22,16 +21,6 @@ import pytest
 from fastfork.operations.status_socket import request as control_request
 from tests.harness import request, wait_until
 from test_faults import proc_state
-
-
-@pytest.fixture
-def ctl_path():
-    # Short: a Unix socket path must fit in 108 bytes.
-    path = tempfile.mkdtemp(prefix="ffstall", dir="/tmp")
-    yield os.path.join(path, "ctl.sock")
-    for name in os.listdir(path):
-        os.unlink(os.path.join(path, name))
-    os.rmdir(path)
 
 
 def start(cluster_factory, ctl_path, policy="rr", *extra):

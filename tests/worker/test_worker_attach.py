@@ -227,11 +227,6 @@ def open_counts(ctl_path):
     return {w["id"]: w["open"] for w in control_request(ctl_path)["workers"]}
 
 
-@pytest.fixture
-def ctl_path(rundir):
-    return os.path.join(rundir, "ctl.sock")
-
-
 def test_least_open_counts_return_to_zero(cluster_factory, loop_name, ctl_path):
     cluster, address, pids = start(cluster_factory, loop_name, "--policy", "least",
                                    "--control-socket", ctl_path, workers=2)
