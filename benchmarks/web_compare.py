@@ -14,9 +14,9 @@ ratio to fastfork rr for the same app, and the CPU the server's processes
 primary's or master's share in brackets) and on keep-alive.  ``--repeat N`` runs the rows
 alternately N times and reports medians.
 
-    fastfork rr / none      fastfork.web.serve (uvicorn's protocols; loop and
-                            parser "auto": uvloop and httptools when installed)
-    fastfork rr engine      the same with http="engine" (fastfork.engine, C)
+    fastfork rr / none      fastfork.web.serve, defaults (http "auto": fastfork's
+                            engine, C; loop "auto": uvloop when installed)
+    fastfork rr httptools   the same on uvicorn's httptools protocol
     ..., WSGI on the loop   and threads=0: the engine calls the WSGI app itself
     uvicorn --workers N     uvicorn's own process manager
     gunicorn + uvicorn      gunicorn -k uvicorn_worker.UvicornWorker
@@ -58,12 +58,12 @@ def configurations(args):
                          [py, me, "--serve", policy, "--app", app, "--port", "{port}",
                           "--workers", w, "--threads", t]
                          + ([] if args.window is None else ["--window", str(args.window)])))
-        rows.append((app, "fastfork rr engine",
+        rows.append((app, "fastfork rr httptools",
                      [py, me, "--serve", "rr", "--app", app, "--port", "{port}", "--workers", w,
-                      "--threads", t, "--http", "engine"]
+                      "--threads", t, "--http", "httptools"]
                      + ([] if args.window is None else ["--window", str(args.window)])))
         if kind == "wsgi":
-            rows.append((app, "fastfork rr engine, WSGI on the loop",
+            rows.append((app, "fastfork rr, WSGI on the loop",
                          [py, me, "--serve", "rr", "--app", app, "--port", "{port}",
                           "--workers", w, "--threads", "0", "--http", "engine"]
                          + ([] if args.window is None else ["--window", str(args.window)])))

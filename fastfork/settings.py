@@ -193,9 +193,10 @@ class Settings:
 
     # -- HTTP apps (asgi, wsgi), served by uvicorn's protocols --------------------------
     http: str = _setting(
-        "auto", c.choice(("auto", "httptools", "h11", "engine")), "HTTP/1.1 server: uvicorn's "
-        "protocol on httptools or h11, engine (fastfork's own, in C), or auto (httptools when "
-        "installed) (default auto)", "http apps", "auto|httptools|h11|engine")
+        "auto", c.choice(("auto", "httptools", "h11", "engine")), "HTTP/1.1 server: engine "
+        "(fastfork's own, in C), uvicorn's protocol on httptools or h11, or auto (the engine "
+        "where it can serve, else httptools when installed; the engine does not do TLS) "
+        "(default auto)", "http apps", "auto|httptools|h11|engine")
     ws: str = _setting(
         "auto", c.choice(("auto", "websockets", "wsproto", "none")), "WebSocket "
         "implementation, or none (default auto)", "http apps", "auto|websockets|wsproto|none")

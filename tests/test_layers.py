@@ -45,8 +45,9 @@ ALLOWED = {
     "fastfork": {"fastfork._version", "fastfork.addresses", "fastfork.cpus", "fastfork.handoff",
                  "fastfork.primary", "fastfork.settings", "fastfork.worker"},
     # The worker's HTTP engine: below the web layer, beside the worker (it is
-    # handed connections through aio.Server, never imports it).
-    "fastfork.engine": {"fastfork.extras"},
+    # handed connections through aio.Server, never imports it); it honours the
+    # hand-off's switch for the compiled parts.
+    "fastfork.engine": {"fastfork.extras", "fastfork.handoff"},
     # --log-format json: each line names the worker it comes from.
     "fastfork.jsonlog": {"fastfork.worker"},
     # Built on the public face, as a user's program is.

@@ -54,7 +54,8 @@ def lifespan_dir():
 
 
 # The two HTTP paths every web test runs on: uvicorn's protocols (--http
-# auto) and fastfork's engine (--http engine, fastfork.engine).
+# httptools, unless the test names its own) and fastfork's engine (--http
+# engine, fastfork.engine; what --http auto picks where it can serve).
 HTTP_PATHS = ("uvicorn", "engine")
 
 
@@ -67,6 +68,9 @@ def _starter(started, http=None):
                 pytest.skip("the test names its own --http: run once, on the uvicorn path")
             need_engine()
             env = dict(env or {}, FASTFORK_TEST_HTTP="engine")
+        elif http == "uvicorn":
+            # auto is the engine where it can serve: name uvicorn's protocol.
+            env = dict(env or {}, FASTFORK_TEST_HTTP="httptools")
         proc = ClusterProcess(args, impl=DEFAULT, env=env, script=WEB_CLUSTER)
         started.append(proc)
         return proc

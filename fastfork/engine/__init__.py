@@ -18,6 +18,7 @@ for the hand-offs) that also takes bare fds.
 from typing import Any, Callable, Optional, Tuple
 
 from ..extras import require
+from ..handoff.backend import forced_pure
 
 # The oldest httptools whose llhttp refuses what the engine's fuzz finds two
 # readings of (an obs-folded " Transfer-Encoding: chunked", a header name with
@@ -49,6 +50,19 @@ def load() -> Any:
                           name="httptools")
     from ._c import http
     return http
+
+
+def unavailable() -> Optional[str]:
+    """Why ``http="auto"`` may not use the engine here, or None: the compiled
+    parts are switched off (``FASTFORK_NO_EXTENSIONS``), or ``load()`` fails
+    (not built, httptools missing or too old; its error says which)."""
+    if forced_pure():
+        return "FASTFORK_NO_EXTENSIONS is set"
+    try:
+        load()
+    except ImportError as exc:
+        return str(exc)
+    return None
 
 
 class EngineFactory:

@@ -21,10 +21,12 @@ Life of one worker's server::
 did not arrive within ``timeout_request_head`` (see ``deadline``);
 ``head_timeouts()`` sums those.
 
-``http="engine"``: HTTP/1.1 is served by ``fastfork.engine`` (C, from the
-passed fd to the app) instead of uvicorn's protocol; a WebSocket upgrade is
-handed to uvicorn's httptools protocol on the same fd.  What the engine does
-not cover (``limit_concurrency``, TLS) is refused up front with that choice.
+``http="engine"`` (and ``"auto"`` wherever the engine can serve, see
+``choice``): HTTP/1.1 is served by ``fastfork.engine`` (C, from the passed fd
+to the app) instead of uvicorn's protocol; a WebSocket upgrade is handed to
+uvicorn's httptools protocol on the same fd.  What the engine does not cover
+(TLS) makes auto pick uvicorn's protocol, and is refused up front with
+``http="engine"``.
 
 Just over 400 lines: ``AsgiServer`` is one object (as ``uvicorn.Server`` is)
 whose start, tick, drain and stop share its uvicorn state and its servers.
@@ -47,11 +49,12 @@ from ..addresses import Address
 from ..engine import EngineFactory, hand_over, load as load_engine
 from ..extras import require
 from ..worker.aio import Server
+from . import choice
 from .deadline import with_head_deadline
 
-HTTP_CHOICES = ("auto", "httptools", "h11", "engine")
-# uvicorn.Config options the engine does not implement: with http="engine"
-# they are refused rather than silently ignored.
+HTTP_CHOICES = choice.CHOICES
+# uvicorn.Config's TLS options: the engine does not do TLS, so with any of
+# them auto picks uvicorn's protocol and http="engine" is refused.
 ENGINE_UNSUPPORTED = ("ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_ca_certs")
 
 # A connection the primary handed over after the stop began (rr sends what it
@@ -131,6 +134,8 @@ class AsgiServer:
     loop: Any                     # the running loop, set by start()
     stopping: bool
     engine: Any                   # fastfork.engine's Engine with http="engine", else None
+    http: str                     # what serves HTTP/1.1: "engine", "httptools" or "h11"
+    engine_passed_over: Optional[str]  # why http="auto" did not pick the engine
     _ticker: "Optional[asyncio.Task[None]]"
     _late: "set[asyncio.TimerHandle]"
 
@@ -149,22 +154,20 @@ class AsgiServer:
                  wsgi_app: Optional[object] = None, wsgi_body_limit: int = 1 << 20,
                  ssl: Optional[_ssl.SSLContext] = None,
                  **config_options: Any) -> None:
-        if http not in HTTP_CHOICES:
-            raise ValueError(f"http must be one of {', '.join(HTTP_CHOICES)}, got {http!r}")
+        tls = ssl is not None or any(config_options.get(name) for name in ENGINE_UNSUPPORTED)
+        http, self.engine_passed_over = choice.resolve(http, tls)
+        self.http = http
         self._use_engine = http == "engine"
         self._wsgi_app = wsgi_app
         self._wsgi_body_limit = wsgi_body_limit
+        self._limit_concurrency = limit_concurrency
         if wsgi_app is not None and not self._use_engine:
-            raise ValueError("wsgi_app (a WSGI app on the loop thread) needs http='engine'")
+            raise ValueError("wsgi_app (a WSGI app on the loop thread) needs the engine, "
+                             + (f"which cannot serve here: {self.engine_passed_over}"
+                                if self.engine_passed_over else f"not http={http!r}"))
         if self._use_engine:
-            unsupported = [name for name in ENGINE_UNSUPPORTED if config_options.get(name)]
-            if ssl is not None:
-                unsupported.append("ssl")
-            if limit_concurrency is not None:
-                unsupported.append("limit_concurrency")
-            if unsupported:
-                raise ValueError(f"http='engine' does not support {', '.join(unsupported)}: "
-                                 f"use http='httptools'")
+            if tls:
+                raise ValueError("http='engine' does not support TLS: use http='httptools'")
             load_engine()         # a missing build or httptools fails here, before serving
             http = "httptools"    # uvicorn's protocol: what an upgrade is handed to
         uvicorn = require("uvicorn", "speak HTTP")
@@ -251,6 +254,17 @@ class AsgiServer:
                 factory, address, backlog=self.backlog, ssl=self.ssl))
         self._ticker = self.loop.create_task(self._tick())
         _servers.append(self)
+        log.info("worker %s (pid %d): HTTP/1.1 served by %s", fastfork.worker_id, os.getpid(),
+                 self.describe_http())
+
+    def describe_http(self) -> str:
+        """What serves HTTP/1.1 here, and why auto passed the engine over if it did."""
+        if self._use_engine:
+            return "fastfork's engine"
+        named = f"uvicorn's {self.http} protocol"
+        if self.engine_passed_over:
+            return f"{named} (not the engine: {self.engine_passed_over})"
+        return named
 
     def _start_engine(self):
         access = logging.getLogger("uvicorn.access")
@@ -261,7 +275,8 @@ class AsgiServer:
             # As uvicorn: no access log without a handler to write it.
             access_logger=access if self.config.access_log and access.hasHandlers() else None,
             on_upgrade=None if self.config.ws_protocol_class is None else hand_over,
-            wsgi_app=self._wsgi_app, body_limit=self._wsgi_body_limit)
+            wsgi_app=self._wsgi_app, body_limit=self._wsgi_body_limit,
+            limit_concurrency=self._limit_concurrency or 0)
         self.engine.set_default_headers(self.state.default_headers)
         return self.engine
 

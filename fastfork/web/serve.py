@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional, cast
 
 import fastfork
 
-from . import access, deps
+from . import access, choice, deps
 from .. import loops
 from ..addresses import Address
 from ..worker import runtime as _runtime
@@ -36,9 +36,13 @@ def prepare(app: object, *addresses: Address, kind: str = "auto", threads: int =
         interface = "asgi3"     # the caller knows better: an ASGI app that looks like WSGI
     deps.check(kind, options.get("http", "auto"), options.get("ws", "auto"))
     on_loop = kind == "wsgi" and threads == 0
-    if on_loop and options.get("http") != "engine":
-        raise ValueError("threads=0 (a WSGI app called on the loop thread) needs "
-                         "http='engine'")
+    if on_loop:
+        tls = options.get("ssl") is not None or bool(options.get("ssl_certfile"))
+        http, gap = choice.resolve(options.get("http", "auto"), tls)
+        if http != "engine":
+            raise ValueError("threads=0 (a WSGI app called on the loop thread) needs the "
+                             "engine, " + (f"which cannot serve here: {gap}" if gap
+                                           else f"not http={http!r}"))
     if not fastfork.is_worker:
         raise RuntimeError("fastfork.web serves from a fastfork worker: call it from the target "
                            "of fastfork.run()/Cluster(), or in the worker branch of the Node form")
@@ -103,7 +107,7 @@ def serve(app: object, *addresses: Address, kind: str = "auto", loop: str = "aut
     ``kind``: ``"auto"`` (detect), ``"asgi"`` or ``"wsgi"``.  ``loop``:
     ``"uvloop"`` (required), ``"auto"`` (uvloop when installed) or ``"asyncio"``.
     ``threads``: WSGI calls run on that many threads per worker (0: on the
-    loop thread, with ``http="engine"``: for apps that do not block);
+    loop thread, by the engine: for apps that do not block);
     ``body_buffer``: a WSGI request body is read on the loop up to that many
     bytes before a thread is taken (0: off; on the loop thread: the largest
     body, past which a 413).  Other options

@@ -86,5 +86,20 @@ def test_threads_0_needs_the_engine():
         return [b""]
 
     # Refused before anything is served (and before the worker-only check).
-    with pytest.raises(ValueError, match="needs http='engine'"):
+    with pytest.raises(ValueError, match="needs the engine, not http='httptools'"):
+        fastfork.web.prepare(app, "127.0.0.1:0", threads=0, http="httptools")
+    # auto is the engine here: past that check, to the worker-only one.
+    with pytest.raises(RuntimeError, match="serves from a fastfork worker"):
+        fastfork.web.prepare(app, "127.0.0.1:0", threads=0)
+
+
+def test_threads_0_says_why_auto_cannot_pick_the_engine(monkeypatch):
+    import fastfork.web
+
+    def app(environ, start_response):
+        start_response("200 OK", [])
+        return [b""]
+
+    monkeypatch.setenv("FASTFORK_NO_EXTENSIONS", "1")
+    with pytest.raises(ValueError, match="which cannot serve here: FASTFORK_NO_EXTENSIONS"):
         fastfork.web.prepare(app, "127.0.0.1:0", threads=0)

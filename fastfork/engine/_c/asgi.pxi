@@ -6,6 +6,14 @@ cdef dict DISCONNECT_TEMPLATE = {"type": "http.disconnect"}
 cdef bytes CHUNK_END = b"0\r\n\r\n"
 
 
+async def _service_unavailable(scope, receive, send):
+    """uvicorn's answer past ``limit_concurrency``."""
+    await send({"type": "http.response.start", "status": 503,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", b"19"), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": b"Service Unavailable", "more_body": False})
+
+
 @cython.final
 cdef class AsgiExchange:
     cdef HttpConn conn
@@ -74,6 +82,13 @@ cdef class AsgiExchange:
 
     cdef start(self):
         cdef Engine engine = self.conn.engine
+        if engine.limit_concurrency and (len(engine.conns) >= engine.limit_concurrency
+                                         or len(engine.tasks) >= engine.limit_concurrency):
+            # uvicorn's rule and answer (httptools_impl's on_headers_complete).
+            engine.logger.warning("Exceeded concurrency limit.")
+            self.task = engine.loop.create_task(self.run(_service_unavailable))
+            engine.tasks.add(self.task)
+            return
         if engine.wsgi_app is not None:
             if self.message_complete:
                 self.wsgi_due = False

@@ -75,7 +75,9 @@ cdef class Engine:
     a connection whose request is a WebSocket upgrade (None: upgrades are
     answered as plain requests); ``wsgi_app``: a WSGI app called on the loop
     thread instead of ``app`` (``wsgi.pxi``), its bodies read whole first, up
-    to ``body_limit`` bytes (413 past it).  ``requests`` counts responses completed,
+    to ``body_limit`` bytes (413 past it).  ``limit_concurrency`` (0: none):
+    as uvicorn's, a request that arrives while this many connections are open
+    or app calls run is answered 503 instead.  ``requests`` counts responses completed,
     ``head_timeouts`` connections closed at the head deadline.
     """
 
@@ -101,13 +103,15 @@ cdef class Engine:
     cdef object on_upgrade
     cdef object wsgi_app                # a WSGI app called on the loop thread, or None
     cdef Py_ssize_t body_limit          # its request bodies are read whole up to this
+    cdef Py_ssize_t limit_concurrency   # uvicorn's: 503 at this many connections or tasks
     cdef object ticker
     cdef double tick
     cdef epoll_event events[EVENTS]
 
     def __init__(self, loop, app, app_state, *, double keep_alive=5.0, double head_timeout=60.0,
                  str root_path="", access_logger=None, logger=None, on_upgrade=None,
-                 wsgi_app=None, Py_ssize_t body_limit=1 << 20):
+                 wsgi_app=None, Py_ssize_t body_limit=1 << 20,
+                 Py_ssize_t limit_concurrency=0):
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
@@ -128,6 +132,7 @@ cdef class Engine:
         self.on_upgrade = on_upgrade
         self.wsgi_app = wsgi_app
         self.body_limit = body_limit
+        self.limit_concurrency = limit_concurrency
         shortest = min([t for t in (keep_alive, head_timeout) if t > 0] or [1.0])
         # Deadlines are checked on a tick: a tenth of the shortest timeout,
         # within [50 ms, 1 s], is precise enough for either and costs nothing.
