@@ -51,6 +51,7 @@ from ..extras import require
 from ..worker.aio import Server
 from . import choice
 from .deadline import with_head_deadline
+from .proxy_headers import scope_filter
 
 HTTP_CHOICES = choice.CHOICES
 # uvicorn.Config's TLS options: the engine does not do TLS, so with any of
@@ -276,7 +277,8 @@ class AsgiServer:
             access_logger=access if self.config.access_log and access.hasHandlers() else None,
             on_upgrade=None if self.config.ws_protocol_class is None else hand_over,
             wsgi_app=self._wsgi_app, body_limit=self._wsgi_body_limit,
-            limit_concurrency=self._limit_concurrency or 0)
+            limit_concurrency=self._limit_concurrency or 0,
+            scope_filter=None if self._wsgi_app is None else scope_filter(self.config))
         self.engine.set_default_headers(self.state.default_headers)
         return self.engine
 

@@ -103,3 +103,27 @@ def test_threads_0_says_why_auto_cannot_pick_the_engine(monkeypatch):
     monkeypatch.setenv("FASTFORK_NO_EXTENSIONS", "1")
     with pytest.raises(ValueError, match="which cannot serve here: FASTFORK_NO_EXTENSIONS"):
         fastfork.web.prepare(app, "127.0.0.1:0", threads=0)
+
+
+@pytest.mark.parametrize("trusted", [True, False], ids=["trusted-proxy", "untrusted-peer"])
+def test_proxy_headers_reach_a_wsgi_app_on_the_loop(one_web_cluster, trusted):
+    # uvicorn's rules, as on every other path: X-Forwarded-For/-Proto count
+    # only from a peer in forwarded_allow_ips (here from uvicorn's own
+    # FORWARDED_ALLOW_IPS; 127.0.0.1 when it is not set).
+    env = None if trusted else {"FORWARDED_ALLOW_IPS": "192.0.2.1"}
+    cluster = one_web_cluster("--app", "flask", *ON_LOOP, env=env)
+    address, _ = cluster.wait_listening(1)
+    forwarded = {"X-Forwarded-For": "203.0.113.9, 127.0.0.1", "X-Forwarded-Proto": "https"}
+    conn = connect(address)
+    try:
+        _, client = call(conn, "GET", "/client", headers=forwarded)
+        _, scheme = call(conn, "GET", "/scheme", headers=forwarded)
+        _, plain = call(conn, "GET", "/client")
+    finally:
+        conn.close()
+    client, scheme, plain = json.loads(client), json.loads(scheme), json.loads(plain)
+    if trusted:
+        assert (client["host"], scheme["scheme"]) == ("203.0.113.9", "https")
+    else:
+        assert (client["host"], scheme["scheme"]) == ("127.0.0.1", "http")
+    assert plain["host"] == "127.0.0.1" and plain["port"] > 0

@@ -77,7 +77,10 @@ cdef class Engine:
     thread instead of ``app`` (``wsgi.pxi``), its bodies read whole first, up
     to ``body_limit`` bytes (413 past it).  ``limit_concurrency`` (0: none):
     as uvicorn's, a request that arrives while this many connections are open
-    or app calls run is answered 503 instead.  ``requests`` counts responses completed,
+    or app calls run is answered 503 instead.  ``scope_filter(scope)``: called
+    on each WSGI request's scope before its environ is built (the client and
+    scheme a trusted proxy's headers give; an ASGI app has that middleware
+    around it already).  ``requests`` counts responses completed,
     ``head_timeouts`` connections closed at the head deadline.
     """
 
@@ -104,6 +107,7 @@ cdef class Engine:
     cdef object wsgi_app                # a WSGI app called on the loop thread, or None
     cdef Py_ssize_t body_limit          # its request bodies are read whole up to this
     cdef Py_ssize_t limit_concurrency   # uvicorn's: 503 at this many connections or tasks
+    cdef object scope_filter            # WSGI: rewrites a scope in place before its environ
     cdef object ticker
     cdef double tick
     cdef epoll_event events[EVENTS]
@@ -111,7 +115,7 @@ cdef class Engine:
     def __init__(self, loop, app, app_state, *, double keep_alive=5.0, double head_timeout=60.0,
                  str root_path="", access_logger=None, logger=None, on_upgrade=None,
                  wsgi_app=None, Py_ssize_t body_limit=1 << 20,
-                 Py_ssize_t limit_concurrency=0):
+                 Py_ssize_t limit_concurrency=0, scope_filter=None):
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
@@ -133,6 +137,7 @@ cdef class Engine:
         self.wsgi_app = wsgi_app
         self.body_limit = body_limit
         self.limit_concurrency = limit_concurrency
+        self.scope_filter = scope_filter
         shortest = min([t for t in (keep_alive, head_timeout) if t > 0] or [1.0])
         # Deadlines are checked on a tick: a tenth of the shortest timeout,
         # within [50 ms, 1 s], is precise enough for either and costs nothing.

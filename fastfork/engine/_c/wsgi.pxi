@@ -40,7 +40,7 @@ cdef dict build_environ(AsgiExchange ex, bytes body):
         "SERVER_PORT": str(server[1]),
         "SERVER_PROTOCOL": "HTTP/" + scope["http_version"],
         "wsgi.version": (1, 0),
-        "wsgi.url_scheme": "http",
+        "wsgi.url_scheme": scope["scheme"],
         "wsgi.input": io.BytesIO(body),
         "wsgi.errors": sys.stderr,
         "wsgi.multithread": False,
@@ -50,7 +50,7 @@ cdef dict build_environ(AsgiExchange ex, bytes body):
         # Werkzeug reads a chunked body (no CONTENT_LENGTH) as empty.
         "wsgi.input_terminated": True,
     }
-    client = conn.client
+    client = scope["client"]      # the PROXY header's, or X-Forwarded-For's (scope_filter)
     if client is not None:
         environ["REMOTE_ADDR"] = client[0]
         environ["REMOTE_PORT"] = str(client[1])
@@ -104,6 +104,8 @@ cdef run_wsgi(AsgiExchange ex):
     ex.buffered = 0
     start.ex = ex
     try:
+        if engine.scope_filter is not None:
+            engine.scope_filter(ex.scope)
         iterable = engine.wsgi_app(build_environ(ex, body), start)
         try:
             if type(iterable) is list and len(<list>iterable) == 1 and not start.sent:
