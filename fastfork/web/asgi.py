@@ -117,9 +117,11 @@ class AsgiServer:
     ``graceful_timeout`` bounds ``stop()``; None: the primary's graceful
     timeout (it kills the worker after it anyway).  ``timeout_request_head``:
     seconds a request head may take to arrive (0: no deadline; see ``deadline``).
-    ``wsgi_app`` (with ``http="engine"``): a WSGI app the engine calls on the
-    loop thread instead of ``app``, its request bodies read whole first, up
-    to ``wsgi_body_limit`` bytes.
+    ``wsgi_app`` (with the engine): a WSGI app the engine calls instead of
+    ``app``, its request bodies read whole first, up to ``wsgi_body_limit``
+    bytes, on the loop thread (``wsgi_threads=0``) or on a pool of
+    ``wsgi_threads`` threads fed by the engine (``app``, the WSGI adapter,
+    then serves a body past the limit).
     ``ssl``: a server-side ``ssl.SSLContext`` (or uvicorn's ``ssl_certfile``,
     ``ssl_keyfile``... keywords, passed to ``uvicorn.Config``): HTTPS.
     """
@@ -152,7 +154,8 @@ class AsgiServer:
                  graceful_timeout: Optional[float] = None, backlog: int = 2048,
                  on_close: Optional[Callable[[], object]] = None,
                  timeout_request_head: float = DEFAULT_HEAD_TIMEOUT,
-                 wsgi_app: Optional[object] = None, wsgi_body_limit: int = 1 << 20,
+                 wsgi_app: Optional[object] = None, wsgi_threads: int = 0,
+                 wsgi_body_limit: int = 1 << 20,
                  ssl: Optional[_ssl.SSLContext] = None,
                  **config_options: Any) -> None:
         tls = ssl is not None or any(config_options.get(name) for name in ENGINE_UNSUPPORTED)
@@ -160,6 +163,7 @@ class AsgiServer:
         self.http = http
         self._use_engine = http == "engine"
         self._wsgi_app = wsgi_app
+        self._wsgi_threads = wsgi_threads
         self._wsgi_body_limit = wsgi_body_limit
         self._limit_concurrency = limit_concurrency
         if wsgi_app is not None and not self._use_engine:
@@ -278,7 +282,8 @@ class AsgiServer:
             on_upgrade=None if self.config.ws_protocol_class is None else hand_over,
             wsgi_app=self._wsgi_app, body_limit=self._wsgi_body_limit,
             limit_concurrency=self._limit_concurrency or 0,
-            scope_filter=None if self._wsgi_app is None else scope_filter(self.config))
+            scope_filter=None if self._wsgi_app is None else scope_filter(self.config),
+            wsgi_threads=self._wsgi_threads)
         self.engine.set_default_headers(self.state.default_headers)
         return self.engine
 

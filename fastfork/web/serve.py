@@ -36,10 +36,12 @@ def prepare(app: object, *addresses: Address, kind: str = "auto", threads: int =
         interface = "asgi3"     # the caller knows better: an ASGI app that looks like WSGI
     deps.check(kind, options.get("http", "auto"), options.get("ws", "auto"))
     on_loop = kind == "wsgi" and threads == 0
-    if on_loop:
+    by_engine = False
+    if kind == "wsgi":
         tls = options.get("ssl") is not None or bool(options.get("ssl_certfile"))
         http, gap = choice.resolve(options.get("http", "auto"), tls)
-        if http != "engine":
+        by_engine = http == "engine"
+        if on_loop and not by_engine:
             raise ValueError("threads=0 (a WSGI app called on the loop thread) needs the "
                              "engine, " + (f"which cannot serve here: {gap}" if gap
                                            else f"not http={http!r}"))
@@ -47,10 +49,13 @@ def prepare(app: object, *addresses: Address, kind: str = "auto", threads: int =
         raise RuntimeError("fastfork.web serves from a fastfork worker: call it from the target "
                            "of fastfork.run()/Cluster(), or in the worker branch of the Node form")
     if kind == "wsgi":
-        if on_loop:
-            # The engine calls the app itself; the adapter below is only
-            # what uvicorn's config is built with (its pool never starts).
+        if by_engine:
+            # The engine calls the app itself, on the loop thread or on its
+            # own pool; the adapter below serves what the pool does not take
+            # (a body too large to read first), and is what uvicorn's config
+            # is built with (its pool starts only if it is used).
             options["wsgi_app"] = app
+            options["wsgi_threads"] = threads
             options["wsgi_body_limit"] = body_buffer
         app, close = wrap(app, max(threads, 1), body_buffer)
         # WSGI has no lifespan and no WebSockets: do not offer either.

@@ -58,11 +58,12 @@ def wrap(app, threads=DEFAULT_THREADS, body_buffer=DEFAULT_BODY_BUFFER):
                 if receive is None:
                     return          # the client left before its body came: nobody to answer
             exchange = _Exchange()
+            receive = _BodyEnd(receive, not _has_body(scope["headers"]))
             environ = a2wsgi.wsgi.build_environ(scope, a2wsgi.wsgi.Body(exchange.loop, receive))
             environ.setdefault("wsgi.input_terminated", True)
             context = contextvars.copy_context()
             self.executor.submit(context.run, exchange.call, self.app, environ)
-            await exchange.pump(send)
+            await exchange.pump(send, receive)
 
     # Only `workers`: a2wsgi's other knobs (send_queue_size) came after 1.10.0.
     middleware = Middleware(app, workers=threads)
@@ -107,6 +108,29 @@ async def _read_ahead(receive, limit):
         message, first = first, None
         return message
     return replay
+
+
+class _BodyEnd:
+    """``receive`` that notes when the request body has all been received: after
+    that, one more ``receive()`` waits for the client to leave (uvicorn's
+    ``http.disconnect``), which is how ``pump`` learns that a streamed response
+    has nobody to go to (uvicorn's ``send`` then returns as if it had sent)."""
+
+    __slots__ = ("_receive", "done")
+
+    def __init__(self, receive, done):
+        self._receive = receive
+        self.done = done
+
+    async def __call__(self):
+        message = await self._receive()
+        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+            self.done = True
+        return message
+
+
+class _ClientGone(ConnectionError):
+    """The client left while its response was streamed: the thread stops there."""
 
 
 _END = object()
@@ -229,23 +253,43 @@ class _Exchange:
         if not self._wakeup.done():
             self._wakeup.set_result(None)
 
-    async def pump(self, send):
-        """Send what the thread queues until it ends; re-raise what the call raised."""
+    async def pump(self, send, receive=None):
+        """Send what the thread queues until it ends; re-raise what the call raised.
+
+        ``receive`` (a ``_BodyEnd``): once the response is streaming and the
+        request body is in, a task waits on it for the client to leave, and
+        then stops the thread at its next part."""
         messages = self._messages
-        while True:
-            await self._wakeup
-            self._wakeup = self.loop.create_future()
-            self._woken = False     # before looking: a message queued after this wakes us again
-            while messages:
-                message = messages.popleft()
-                if message is _END:
-                    return await self._end(send)
-                if (messages and messages[0] is _END and self._error is None
-                        and message["type"] == "http.response.body"):
-                    # The last part: say so on it instead of sending an empty one after
-                    # (not when the call failed: then the response must not look complete).
-                    message["more_body"] = False
-                await self._send(send, message)
+        watch = None
+        try:
+            while True:
+                await self._wakeup
+                self._wakeup = self.loop.create_future()
+                self._woken = False     # before looking: a message queued after this wakes us
+                while messages:
+                    message = messages.popleft()
+                    if message is _END:
+                        return await self._end(send)
+                    if (messages and messages[0] is _END and self._error is None
+                            and message["type"] == "http.response.body"):
+                        # The last part: say so on it instead of sending an empty one
+                        # after (not when the call failed: then the response must not
+                        # look complete).
+                        message["more_body"] = False
+                    await self._send(send, message)
+                    if (watch is None and receive is not None and receive.done
+                            and message.get("more_body") and not self._complete):
+                        watch = self.loop.create_task(self._watch(receive))
+        finally:
+            if watch is not None:
+                watch.cancel()
+
+    async def _watch(self, receive):
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        if not self._complete:
+            self._failed = _ClientGone("the client left")
+            self._room.set()
 
     async def _send(self, send, message):
         size = len(message.get("body", b""))
@@ -274,6 +318,8 @@ class _Exchange:
     async def _end(self, send):
         if self._error is not None:
             error, self._error = self._error, None
+            if isinstance(error.__cause__, _ClientGone):
+                return      # nobody to answer: not the app's failure
             raise error
         if not self._complete:
             await send({"type": "http.response.body", "body": b"", "more_body": False})

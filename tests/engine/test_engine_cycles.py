@@ -101,21 +101,23 @@ CASES = {
 }
 
 
-# A WSGI app on the loop thread is called with its whole request, and answers
-# at once: it is never waiting when the client leaves.
-RUNS = [(case, False) for case in CASES] + [
-    (case, True) for case in CASES if case != "client gone mid-request"]
+# How the app is called: ASGI, WSGI on the loop thread, WSGI on the engine's
+# pool.  A WSGI app is called with its whole request and answers at once: it
+# is never waiting when the client leaves.
+MODES = {"asgi": {}, "wsgi-loop": {"wsgi_app": wsgi_app},
+         "wsgi-pool": {"wsgi_app": wsgi_app, "wsgi_threads": 2}}
+RUNS = [(case, mode) for mode in MODES for case in CASES
+        if mode == "asgi" or case != "client gone mid-request"]
 
 
-@pytest.mark.parametrize("case, wsgi", RUNS,
-                         ids=[f"{case}-{'wsgi' if wsgi else 'asgi'}" for case, wsgi in RUNS])
-def test_a_closed_connection_leaves_nothing_for_the_collector(no_gc, case, wsgi):
+@pytest.mark.parametrize("case, mode", RUNS, ids=[f"{case}-{mode}" for case, mode in RUNS])
+def test_a_closed_connection_leaves_nothing_for_the_collector(no_gc, case, mode):
     sent, statuses = CASES[case]
 
     async def main():
         loop = asyncio.get_running_loop()
         engine = engine_module.Engine(loop, asgi_app, {}, keep_alive=5, head_timeout=5,
-                                      wsgi_app=wsgi_app if wsgi else None)
+                                      **MODES[mode])
         owners = []
         try:
             for _ in range(5):
@@ -131,10 +133,10 @@ def test_a_closed_connection_leaves_nothing_for_the_collector(no_gc, case, wsgi)
                     await asyncio.sleep(0.01)         # the app is waiting in receive()
                 client.close()
             for _ in range(200):
-                if engine.open == 0 and not engine.tasks:
+                if engine.open == 0 and not engine.tasks and not engine.in_threads:
                     break
                 await asyncio.sleep(0.005)
-            assert engine.open == 0 and not engine.tasks
+            assert engine.open == 0 and not engine.tasks and not engine.in_threads
             assert [owner.finished for owner in owners] == [1] * 5
             await asyncio.sleep(0)                    # finished tasks' callbacks run
             return len(alive())

@@ -2,19 +2,26 @@
 the flow control between a pool thread and the loop.
 
 The bare app (tests/apps/web/pep3333_app.py) runs in a real cluster of one
-worker, so /release reaches the worker that holds /hold.  The flow-control
-tests drive ``_Exchange`` on a real loop and a real thread pool, with a
-``send`` the test holds back the way a slow client holds back uvicorn's.
+worker, so /release reaches the worker that holds /hold; each such test runs
+on both paths (the engine's own pool, and uvicorn's protocol with the WSGI
+adapter).  The last tests drive the adapter's ``_Exchange`` on a real loop
+and a real thread pool, with a ``send`` the test holds back the way a slow
+client holds back uvicorn's.
 """
 
 import asyncio
+import hashlib
+import json
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from tests.web_harness import fetch, get_json, need_web_extra, read_until_closed
+from tests.harness import wait_until
+from tests.web_harness import (call, connect, fetch, get_json, need_web_extra, read_response,
+                               read_until_closed)
 
 need_web_extra()
 
@@ -76,6 +83,67 @@ def test_each_part_reaches_the_client_before_the_next_is_made(bare):
             assert piece, "the server closed before the end"
             data += piece
     assert b"second\n" in data
+
+
+def made_once_still(address, timeout=15):
+    """/made once it has stopped growing for half a second (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    last, same = None, 0
+    while time.monotonic() < deadline and same < 10:
+        made = get_json(address, "/made")["made"]
+        same = same + 1 if made == last else 0
+        last = made
+        time.sleep(0.05)
+    return last
+
+
+def test_a_streaming_call_waits_for_a_client_that_does_not_read(bare):
+    cluster, address, _ = bare
+    parts = 2048                  # 32 MiB: far more than the sockets' buffers hold
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % parts)
+        made = made_once_still(address)
+        # Without flow control the thread makes every part into memory at once.
+        assert 0 < made < parts // 2, f"{made} of {parts} parts made for a client reading none"
+        head, body = read_response(sock)
+    assert head.startswith("HTTP/1.1 200 ")
+    assert len(body) == parts * 16384
+    assert body == b"".join(bytes([i % 256]) * 16384 for i in range(parts))
+
+
+def test_a_client_that_leaves_mid_stream_ends_the_call(bare):
+    cluster, address, pid = bare
+    before = get_json(address, "/closed")["closed"]
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET /endless HTTP/1.1\r\nHost: t\r\n\r\n")
+        received = 0
+        while received < 1 << 20:
+            received += len(sock.recv(65536))
+    wait_until(lambda: get_json(address, "/closed")["closed"] == before + 1, 10,
+               "the endless response's close() after its client left")
+    assert get_json(address, "/whoami")["pid"] == pid
+
+
+def test_a_body_too_large_to_read_first_is_streamed_to_the_app(web_cluster):
+    # Past --body-buffer (or chunked), the request is not read whole before
+    # the call: the app reads it as it arrives (the engine gives it to the
+    # WSGI adapter); a small one is read first.
+    cluster = web_cluster("--app", "flask", "--workers", "1", "--body-buffer", "1024")
+    address, _ = cluster.wait_listening(1)
+    conn = connect(address)
+    try:
+        for size in (0, 1000, 200_000):
+            body = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+            response, answer = call(conn, "POST", "/echo", body=body)
+            assert response.status == 200
+            assert json.loads(answer) == {"length": size,
+                                          "sha256": hashlib.sha256(body).hexdigest()}
+        pieces = [b"a" * 5000, b"b" * 70000]
+        response, answer = call(conn, "POST", "/echo", body=iter(pieces), encode_chunked=True)
+        assert response.status == 200
+        assert json.loads(answer)["length"] == 75000
+    finally:
+        conn.close()
 
 
 def run_exchange(app, send):

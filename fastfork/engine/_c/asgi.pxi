@@ -36,6 +36,7 @@ cdef class AsgiExchange:
     cdef long long unsent_length
     cdef bytes head               # the response head, written with the first body part
     cdef object task
+    cdef bint wsgi                # served as WSGI by the engine (else the ASGI app)
     cdef bint wsgi_due            # WSGI: called once its body is complete
 
     cdef setup(self, HttpConn conn, bytes method, bytes url, list headers, str version,
@@ -79,20 +80,27 @@ cdef class AsgiExchange:
             "headers": headers,
             "state": engine.app_state.copy(),
         }
+        if engine.wsgi_app is not None:
+            # On the loop thread every request is WSGI (a body past the limit:
+            # 413).  On the pool, one whose body is too large to read first,
+            # or of unknown length, goes to the ASGI app instead: the WSGI
+            # adapter, which streams it to the thread as it arrives.
+            self.wsgi = engine.wsgi_queue is None or _body_fits(headers, engine.body_limit)
 
     cdef start(self):
         cdef Engine engine = self.conn.engine
         if engine.limit_concurrency and (len(engine.conns) >= engine.limit_concurrency
-                                         or len(engine.tasks) >= engine.limit_concurrency):
+                                         or len(engine.tasks) + engine.in_threads
+                                         >= engine.limit_concurrency):
             # uvicorn's rule and answer (httptools_impl's on_headers_complete).
             engine.logger.warning("Exceeded concurrency limit.")
             self.task = engine.loop.create_task(self.run(_service_unavailable))
             engine.tasks.add(self.task)
             return
-        if engine.wsgi_app is not None:
+        if self.wsgi:
             if self.message_complete:
                 self.wsgi_due = False
-                run_wsgi(self)
+                call_wsgi(self)
             else:
                 self.wsgi_due = True      # the engine reads the body first
                 if self.expect_continue:
@@ -143,7 +151,7 @@ cdef class AsgiExchange:
         cdef Engine engine = self.conn.engine
         if self.complete or self.disconnected:
             return                    # answered already: the rest is read and dropped
-        if engine.wsgi_app is not None:
+        if self.wsgi:
             # Read whole before the call, so bounded: past the limit, a 413.
             if self.buffered + len(body) > engine.body_limit:
                 self.conn.refused = 413
@@ -322,6 +330,20 @@ cdef class AsgiExchange:
             start.sent = True     # only now: a failure before may still become a 500
         if not self.complete and not self.disconnected:
             self.send_body(data, more)
+
+
+cdef bint _body_fits(list headers, Py_ssize_t limit):
+    """Does the request's body (by its head) fit in ``limit`` bytes?  A chunked
+    one cannot be known to."""
+    for name, value in headers:
+        if name == b"transfer-encoding":
+            return False
+        if name == b"content-length":
+            try:
+                return int(value) <= limit
+            except ValueError:
+                return False              # llhttp refuses it: answered 400 anyway
+    return True
 
 
 cdef str _client_addr(client):

@@ -41,6 +41,8 @@ from .includes.system cimport (
 
 import collections
 import logging
+import queue
+import threading
 import urllib.parse
 
 from httptools import HttpParserError, HttpParserUpgrade, HttpRequestParser, parse_url
@@ -73,9 +75,11 @@ cdef class Engine:
     ``head_timeout``: seconds a request head may take (0: no deadline; see
     ``fastfork.web.deadline``); ``on_upgrade(fd, data, owner, server)``: takes
     a connection whose request is a WebSocket upgrade (None: upgrades are
-    answered as plain requests); ``wsgi_app``: a WSGI app called on the loop
-    thread instead of ``app`` (``wsgi.pxi``), its bodies read whole first, up
-    to ``body_limit`` bytes (413 past it).  ``limit_concurrency`` (0: none):
+    answered as plain requests); ``wsgi_app``: a WSGI app the engine calls
+    instead of ``app`` (``wsgi.pxi``), its bodies read whole first, up to
+    ``body_limit`` bytes: on the loop thread (``wsgi_threads=0``; 413 past
+    the limit), or on a pool of ``wsgi_threads`` threads fed from here (a
+    body past the limit, or chunked, goes to ``app``, the WSGI adapter).  ``limit_concurrency`` (0: none):
     as uvicorn's, a request that arrives while this many connections are open
     or app calls run is answered 503 instead.  ``scope_filter(scope)``: called
     on each WSGI request's scope before its environ is built (the client and
@@ -104,7 +108,10 @@ cdef class Engine:
     cdef readonly bint stopping
     cdef readonly set tasks
     cdef object on_upgrade
-    cdef object wsgi_app                # a WSGI app called on the loop thread, or None
+    cdef object wsgi_app                # a WSGI app the engine calls, or None
+    cdef object wsgi_queue              # its pool's queue of calls (None: on the loop thread)
+    cdef list wsgi_pool                 # the pool's threads
+    cdef readonly Py_ssize_t in_threads # WSGI calls given to the pool and not finished
     cdef Py_ssize_t body_limit          # its request bodies are read whole up to this
     cdef Py_ssize_t limit_concurrency   # uvicorn's: 503 at this many connections or tasks
     cdef object scope_filter            # WSGI: rewrites a scope in place before its environ
@@ -115,7 +122,7 @@ cdef class Engine:
     def __init__(self, loop, app, app_state, *, double keep_alive=5.0, double head_timeout=60.0,
                  str root_path="", access_logger=None, logger=None, on_upgrade=None,
                  wsgi_app=None, Py_ssize_t body_limit=1 << 20,
-                 Py_ssize_t limit_concurrency=0, scope_filter=None):
+                 Py_ssize_t limit_concurrency=0, scope_filter=None, int wsgi_threads=0):
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
@@ -138,6 +145,14 @@ cdef class Engine:
         self.body_limit = body_limit
         self.limit_concurrency = limit_concurrency
         self.scope_filter = scope_filter
+        self.wsgi_pool = []
+        if wsgi_app is not None and wsgi_threads > 0:
+            self.wsgi_queue = queue.SimpleQueue()
+            for i in range(wsgi_threads):
+                thread = threading.Thread(target=_pool_thread, args=(self.wsgi_queue,),
+                                          name=f"fastfork-wsgi-{i}", daemon=True)
+                thread.start()
+                self.wsgi_pool.append(thread)
         shortest = min([t for t in (keep_alive, head_timeout) if t > 0] or [1.0])
         # Deadlines are checked on a tick: a tenth of the shortest timeout,
         # within [50 ms, 1 s], is precise enough for either and costs nothing.
@@ -219,8 +234,12 @@ cdef class Engine:
             conn.close()
 
     def close(self):
-        """Close every connection and the engine's epoll set."""
+        """Close every connection and the engine's epoll set; the pool's threads end
+        after the call they are in."""
         self.close_all()
+        for _ in self.wsgi_pool:
+            self.wsgi_queue.put(None)
+        self.wsgi_pool = []
         if self.ticker is not None:
             self.ticker.cancel()
             self.ticker = None

@@ -1,9 +1,19 @@
-# A WSGI app called on the loop thread (``Engine(wsgi_app=...)``): the request
-# body is read whole by the engine first (up to ``body_limit``, else 413),
-# the environ built here, the response written from here.  No thread, no
-# loop round trip, no Task: for apps that do not block (a blocking one
-# stalls every connection of the worker; those keep the thread pool, the
-# default).
+# A WSGI app called by the engine (``Engine(wsgi_app=...)``): the request
+# body read whole by the engine first, the environ built here, the response
+# written from here.  Two models:
+#
+# - on the loop thread (``wsgi_threads=0``): no thread, no loop round trip,
+#   no Task; for apps that do not block (one that blocks stalls every
+#   connection of the worker).  A body past ``body_limit`` is a 413.
+# - on a pool of ``wsgi_threads`` threads, fed from here: the environ is
+#   built on the loop, the call and the iteration of its response run on a
+#   pool thread, which queues the response's parts on the request and wakes
+#   the loop once for however many it queued (``call_soon_threadsafe``);
+#   the loop writes them.  A one-part response is one hand-off each way and
+#   no Python-level queue, future, Task or coroutine.  A thread streaming a
+#   body waits when it gets more than HIGH_WATER ahead of the client.  A
+#   request whose body does not fit ``body_limit`` (or is chunked) is not
+#   served here but by the ASGI app (the WSGI adapter), which streams it.
 
 import io
 import sys
@@ -70,16 +80,31 @@ cdef dict build_environ(AsgiExchange ex, bytes body):
 
 @cython.final
 cdef class StartResponse:
-    """PEP 3333's ``start_response`` for one request; ``write`` is its write()."""
+    """PEP 3333's ``start_response`` for one request; ``write`` is its write().
+
+    On the pool, the response's parts go through here from the thread to the
+    loop: ``push`` (thread) queues one and wakes the loop, ``drain`` (loop)
+    writes what is queued."""
     cdef AsgiExchange ex
     cdef object status
     cdef list headers
-    cdef bint sent                # the head went out: start_response is final
+    cdef bint sent                # the head went out (loop side): a failure is an abort
+    cdef bint committed           # the app's side: a body part was given (exc_info re-raises)
+    # The pool's hand-off; parts, done and failed are set by the thread.
+    cdef bint threaded
+    cdef list parts
+    cdef bint done                # the app's response is all in parts
+    cdef bint failed              # the app raised (logged by the thread)
+    cdef bint wake_posted         # a drain is on its way to the loop
+    cdef bint finished            # the loop has seen done or failed
+    cdef Py_ssize_t ahead         # bytes pushed since the thread last waited for the client
+    cdef Py_ssize_t pushed        # body parts pushed: a response of one is framed by length
+    cdef object room              # a threading.Event the thread waits on, or None
 
     def __call__(self, status, headers, exc_info=None):
         if exc_info is not None:
             try:
-                if self.sent:
+                if self.committed:
                     raise exc_info[1].with_traceback(exc_info[2])
             finally:
                 exc_info = None
@@ -93,31 +118,153 @@ cdef class StartResponse:
         if self.status is None:
             raise RuntimeError("write() was called before start_response")
         if data:
-            self.ex.wsgi_part(self, bytes(data), True)
+            if self.threaded:
+                self.push(bytes(data))
+            else:
+                self.committed = True
+                self.ex.wsgi_part(self, bytes(data), True)
+
+    # -- the pool's hand-off -----------------------------------------------------
+    cdef push(self, bytes data):
+        """(thread) Queue a body part for the loop; wait while too far ahead."""
+        self.committed = True
+        self.parts.append(data)
+        self.pushed += 1
+        self.ahead += len(data)
+        if self.ahead > HIGH_WATER:
+            self.room = threading.Event()
+            self.wake()
+            self.room.wait()
+            self.room = None
+            self.ahead = 0
+        else:
+            self.wake()
+
+    cdef wake(self):
+        """(thread) Make sure a drain is on its way to the loop."""
+        if not self.wake_posted:
+            self.wake_posted = True
+            try:
+                self.ex.conn.engine.loop.call_soon_threadsafe(self.drain)
+            except RuntimeError:
+                pass              # the loop is closed: the worker is exiting
+
+    def drain(self):
+        """(loop) Write what the thread queued; finish the request once it is done."""
+        cdef AsgiExchange ex = self.ex
+        cdef Engine engine = ex.conn.engine
+        cdef bint done, failed
+        self.wake_posted = False
+        parts, self.parts = self.parts, []
+        done, failed = self.done, self.failed      # read after the swap: nothing is lost
+        if (done or failed) and not self.finished:
+            self.finished = True
+            engine.in_threads -= 1
+        if not (ex.complete or ex.disconnected):
+            try:
+                data = b"".join(parts) if len(parts) != 1 else parts[0]
+                if done and not failed:
+                    # One part, none sent yet: Content-Length, as on the loop
+                    # thread for a list of one; a stream stays chunked.
+                    ex.wsgi_part(self, data, False, not self.sent and self.pushed <= 1)
+                elif data:
+                    ex.wsgi_part(self, data, True)
+                    if ex.has_length and ex.unsent_length == 0 and not ex.complete:
+                        # All the Content-Length promised is out: the response
+                        # is complete now, not when the thread says it is done
+                        # (a client that has it all may close first).
+                        ex.send_body(b"", False)
+                if failed:
+                    wsgi_failed(ex, self)
+            except BaseException as exc:
+                engine.logger.error("Exception in WSGI application\n", exc_info=exc)
+                wsgi_failed(ex, self)
+        self.let_thread_on()
+
+    cdef let_thread_on(self):
+        """(loop) Wake a thread waiting for room once the client has taken enough."""
+        cdef HttpConn conn = self.ex.conn
+        if self.room is None:
+            return
+        if len(conn.out) <= HIGH_WATER or conn.closed or self.ex.disconnected:
+            self.room.set()
+        else:
+            conn.wait_drained().add_done_callback(self._room_made)
+
+    def _room_made(self, _):
+        self.let_thread_on()
 
 
-cdef run_wsgi(AsgiExchange ex):
+cdef call_wsgi(AsgiExchange ex):
+    """The request's body is in: call the app, here or on the pool."""
     cdef Engine engine = ex.conn.engine
     cdef StartResponse start = StartResponse.__new__(StartResponse)
-    body = b"".join(ex.body)
+    body = b"".join(ex.body) if len(ex.body) != 1 else ex.body[0]
     ex.body = []
     ex.buffered = 0
     start.ex = ex
+    if engine.scope_filter is not None:
+        engine.scope_filter(ex.scope)
+    environ = build_environ(ex, body)
+    if engine.wsgi_queue is None:
+        run_wsgi(ex, start, environ)
+        return
+    environ["wsgi.multithread"] = True
+    start.threaded = True
+    start.parts = []
+    engine.in_threads += 1
+    engine.wsgi_queue.put((start, environ))
+
+
+def _pool_thread(queue):
+    """A pool thread: call the WSGI app for each request queued, until None."""
+    while True:
+        item = queue.get()
+        if item is None:
+            return
+        run_in_thread(<StartResponse>item[0], <dict>item[1])
+        item = None           # hold nothing of a finished request while waiting
+
+
+cdef run_in_thread(StartResponse start, dict environ):
+    cdef AsgiExchange ex = start.ex
+    cdef Engine engine = ex.conn.engine
     try:
-        if engine.scope_filter is not None:
-            engine.scope_filter(ex.scope)
-        iterable = engine.wsgi_app(build_environ(ex, body), start)
+        iterable = engine.wsgi_app(environ, start)
+        try:
+            for chunk in iterable:
+                if chunk:
+                    start.push(bytes(chunk))
+                if ex.disconnected:
+                    break
+        finally:
+            close = getattr(iterable, "close", None)
+            if close is not None:
+                close()
+    except BaseException as exc:
+        engine.logger.error("Exception in WSGI application\n", exc_info=exc)
+        start.failed = True
+    else:
+        start.done = True
+    start.wake()
+
+
+cdef run_wsgi(AsgiExchange ex, StartResponse start, dict environ):
+    """Call the app on the loop thread and write its response."""
+    cdef Engine engine = ex.conn.engine
+    try:
+        iterable = engine.wsgi_app(environ, start)
         try:
             if type(iterable) is list and len(<list>iterable) == 1 and not start.sent:
+                start.committed = True
                 ex.wsgi_part(start, bytes((<list>iterable)[0]), False, True)
             else:
                 for chunk in iterable:
                     if chunk:
+                        start.committed = True
                         ex.wsgi_part(start, bytes(chunk), True)
                     if ex.disconnected:
                         break
-                if start.status is None:
-                    raise RuntimeError("the WSGI app returned without calling start_response")
                 ex.wsgi_part(start, b"", False)
         finally:
             close = getattr(iterable, "close", None)
@@ -125,16 +272,22 @@ cdef run_wsgi(AsgiExchange ex):
                 close()
     except BaseException as exc:
         engine.logger.error("Exception in WSGI application\n", exc_info=exc)
-        if ex.disconnected or ex.complete:
-            return
-        if not start.sent:
-            ex.head = None
-            ex.started = False
-            ex.has_length = ex.chunked = False
-            ex.keep_alive = False
-            ex.start_response({"type": "http.response.start", "status": 500,
-                               "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                           (b"content-length", b"21")]})
-            ex.send_body(b"Internal Server Error", False)
-        else:
-            ex.abort()
+        wsgi_failed(ex, start)
+
+
+cdef wsgi_failed(AsgiExchange ex, StartResponse start):
+    """The app (or its response) failed: a 500 if nothing was sent yet, else the
+    connection is cut (a response cut short must not look complete)."""
+    if ex.disconnected or ex.complete:
+        return
+    if not start.sent:
+        ex.head = None
+        ex.started = False
+        ex.has_length = ex.chunked = False
+        ex.keep_alive = False
+        ex.start_response({"type": "http.response.start", "status": 500,
+                           "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                                       (b"content-length", b"21")]})
+        ex.send_body(b"Internal Server Error", False)
+    else:
+        ex.abort()

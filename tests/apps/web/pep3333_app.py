@@ -10,6 +10,9 @@
                             "second\\n": the first part must reach the client meanwhile
     GET /release            lets /hold go on
     GET /closed             how many response iterables the server has closed
+    GET /big?n=N            N parts of 16 KiB (part i: the byte i % 256), made as they are
+                            asked for; GET /made: how many were made so far
+    GET /endless            16 KiB parts until the server stops asking (then close())
     GET /whoami             {"id", "index", "pid", "kind"}
     GET /requests-served    {"requests": fastfork.web.requests_served()} of this worker
 """
@@ -22,6 +25,8 @@ import common
 
 _released = threading.Event()
 _closed = []
+_made = [0]
+PART = 16384
 
 
 class _Closing:
@@ -73,6 +78,15 @@ def app(environ, start_response):
         _released.clear()
         start_response("200 OK", [("Content-Type", "text/plain")])
         return _held()
+    if path == "/big":
+        _made[0] = 0
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return _big(int(environ["QUERY_STRING"].partition("=")[2]))
+    if path == "/made":
+        return _json(start_response, {"made": _made[0]})
+    if path == "/endless":
+        start_response("200 OK", [("Content-Type", "application/octet-stream")])
+        return _Closing(_endless())
     if path == "/release":
         _released.set()
         return _json(start_response, {"released": True})
@@ -93,3 +107,14 @@ def _held():
     yield b"first\n"
     _released.wait(10)
     yield b"second\n" if _released.is_set() else b"never released\n"
+
+
+def _big(n):
+    for i in range(n):
+        _made[0] = i + 1
+        yield bytes([i % 256]) * PART
+
+
+def _endless():
+    while True:
+        yield b"x" * PART

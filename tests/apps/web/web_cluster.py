@@ -38,6 +38,7 @@ parser.add_argument("--loop", default="asyncio")
 parser.add_argument("--http", default=os.environ.get("FASTFORK_TEST_HTTP", "auto"))
 parser.add_argument("--ws", default="auto")
 parser.add_argument("--threads", type=int, default=4)
+parser.add_argument("--body-buffer", type=int, default=1 << 20)
 parser.add_argument("--no-access-log", action="store_true")
 parser.add_argument("--check-in-worker", action="store_true",
                     help="skip the primary's detect(): the worker's serve() must refuse the app")
@@ -80,7 +81,8 @@ APP = load_app(args.app)
 
 def worker_main():
     fastfork.web.serve(APP, args.address, loop=args.loop, http=args.http, ws=args.ws,
-                       threads=args.threads, access_log=not args.no_access_log,
+                       threads=args.threads, body_buffer=args.body_buffer,
+                       access_log=not args.no_access_log,
                        graceful_timeout=args.graceful_timeout)
 
 
