@@ -265,6 +265,8 @@ def main():
         for app, label, command in rows:
             print(f"{app:9} {label} (run {rep + 1}/{args.repeat}) ...", file=sys.stderr,
                   flush=True)
+            if isinstance(runs.get((app, label)), str):
+                continue            # failed in an earlier run: not tried again
             try:
                 runs.setdefault((app, label), []).append(measure(command, args))
             except (RuntimeError, OSError, subprocess.SubprocessError, StopIteration) as exc:

@@ -52,9 +52,13 @@ def ensure_data_reader(loop):
     ticker = runtime.ticker = Ticker(loop, runtime.receiver, state.tracker, runtime)
     runtime.watchdog = Watchdog(ticker, runtime, threading.get_ident())
 
+    held = [False]          # a message was taken this pass or the next: wait
+
     def on_readable():
         # Acknowledging from the loop itself is what makes credit honest: a
         # worker whose loop is blocked stops acking, so it stops receiving.
+        if held[0]:
+            return
         before = runtime.receiver.received
         if runtime.pump(1 if runtime.stall_ms else 0):
             loop.remove_reader(fd)
@@ -68,14 +72,16 @@ def ensure_data_reader(loop):
             # pass; one added there runs at the end of the next), so a loop
             # that then blocks holds at most these; the rest stay unread in
             # the channel, where the primary takes them back (rules 12, 13).
-            # An idle loop turns passes over fast: no fixed cap.
-            loop.remove_reader(fd)
+            # An idle loop turns passes over fast: no fixed cap.  The reader
+            # stays registered (no epoll_ctl per message): a readiness that
+            # comes while held is let pass, and comes again.
+            held[0] = True
             loop.call_soon(loop.call_soon, resume)
 
     def resume():
-        # Only ever scheduled by the removal above, once per removal.
-        if not ended.is_set() and not loop.is_closed():
-            loop.add_reader(fd, on_readable)
+        # The channel is level-triggered: what came while held is reported
+        # again on the next pass.
+        held[0] = False
 
     loop.add_reader(fd, on_readable)
     on_readable()
