@@ -39,6 +39,8 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--workers", default="2")
 parser.add_argument("--form", choices=("function", "node"), default="function")
 parser.add_argument("--window", type=int, default=8)
+parser.add_argument("--stall-ms", type=int, default=None,
+                    help="the primary's stall detection (default: fastfork's; 0: off)")
 parser.add_argument("--min-uptime", type=float, default=1.0)
 parser.add_argument("--max-restarts", type=int, default=10)
 parser.add_argument("--graceful-timeout", type=float, default=10.0)
@@ -169,7 +171,8 @@ def primary_main():
                                window=args.window, min_uptime=args.min_uptime,
                                max_restarts=args.max_restarts,
                                graceful_timeout=args.graceful_timeout,
-                               metrics=args.metrics)
+                               metrics=args.metrics,
+                               **({} if args.stall_ms is None else {"stall_ms": args.stall_ms}))
     emit("primary", pid=os.getpid(), implementation=cluster.implementation, size=cluster.size)
     if args.metrics:
         emit("endpoint", address=cluster.open_endpoints()[0])

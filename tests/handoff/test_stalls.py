@@ -61,6 +61,25 @@ def test_what_a_blocked_worker_left_unread_goes_to_another(stalls):
     assert a.receive() == ([], False)
 
 
+def test_nothing_is_taken_back_that_no_other_worker_has_room_for(stalls):
+    # Taken back, a connection waits in the primary's queue until a worker
+    # can take it, on an fd the primary needs to read a dying worker's
+    # channel back whole (at its fd limit the kernel closes what does not
+    # fit): so what a stalled worker holds stays in its channel until another
+    # has room for all of it.
+    rig = stalls(window=2)
+    a, b = rig.add_worker(), rig.add_worker()
+    rig.connect(4)                          # a, b, a, b: both windows full
+    rig.poll_until(lambda: rig.d.dispatched == 4, "4 dispatched")
+    rig.poll_until(lambda: rig.d.worker_stalls(a.slot)[0] and rig.d.worker_stalls(b.slot)[0],
+                   "both found stalled")
+    assert rig.d.stats()["taken_back"] == 0 and rig.d.held_fds() == 0
+    # b runs again and takes its two: now it has room for a's two.
+    b.receive_until(4)
+    assert rig.d.worker_stalls(a.slot)[2] == 2 and rig.d.held_fds() == 0
+    assert a.receive() == ([], False)
+
+
 def test_a_stalled_worker_is_sent_nothing(stalls):
     rig = stalls(window=8)
     a, b = rig.add_worker(), rig.add_worker()

@@ -390,9 +390,12 @@ def test_soak(cluster_factory, impl, figures):
 def test_out_of_fds(cluster_factory, impl, figures):
     # The primary sends each connection on and keeps no copy, so what a dead
     # worker never read comes back to it as new fds: fewer free fds than a
-    # window must still be enough (the spares the dispatcher keeps).
+    # window must still be enough (the spares the dispatcher keeps).  Stall
+    # detection is off: a frozen worker would be found stalled and sent
+    # nothing, where this test needs each to hold a window (stalls and fds:
+    # tests/handoff/test_stalls.py).
     proc = fault_cluster(cluster_factory, "--workers", "2", "--nofile", str(NOFILE), "--log",
-                         "--min-uptime", "0")
+                         "--min-uptime", "0", "--stall-ms", "0")
     address, events = proc.wait_listening(2)
     workers = [e["pid"] for e in events]
     base = fd_count(proc.pid)

@@ -1028,17 +1028,20 @@ cdef class Dispatcher:
         # And only with every spare fd in hand (room for a window, all that
         # can wait in a channel): a primary short of fds would receive them
         # cut off, and the kernel would close what did not fit, where in the
-        # live worker's channel they are safe.
+        # live worker's channel they are safe.  And only where the others have
+        # room for all of them now: what waited in the primary's queue would
+        # hold fds it needs to read back a dying worker's channel whole.
         cdef int other
+        cdef long room = 0
         cdef worker_t *o
         if self._nspare < self._spare_cap:
             return False
         for other in range(self._nslots):
             o = &self._workers[other]
             if (other != slot and o.open and not o.retired and not o.stalled
-                    and not o.at_limit):
-                return True
-        return False
+                    and not o.at_limit and o.count < self.window):
+                room += self.window - o.count
+        return room >= self._workers[slot].count
 
     cdef int _take_back(self, int slot) except -1:
         # What it has not read, read back from its channel to go to another.

@@ -688,12 +688,17 @@ class Dispatcher:
         # And only with every spare fd in hand (room for a window, all that
         # can wait in a channel): a primary short of fds would receive them
         # cut off, and the kernel would close what did not fit, where in the
-        # live worker's channel they are safe.
+        # live worker's channel they are safe.  And only where the others have
+        # room for all of them now: what waited in the primary's queue would
+        # hold fds it needs to read back a dying worker's channel whole.
         if len(self._spares) < self._spare_cap:
             return False
-        return any(is_open and other != slot and other not in self._retired
+        room = sum(self.window - self._unacked[other]
+                   for other, is_open in self._open.items()
+                   if is_open and other != slot and other not in self._retired
                    and other not in self._stalled_at and not self._at_limit[other]
-                   for other, is_open in self._open.items())
+                   and self._unacked[other] < self.window)
+        return room >= self._unacked[slot]
 
     def _take_back(self, slot):
         # What it has not read, read back from its channel to go to another.
