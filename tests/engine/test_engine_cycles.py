@@ -21,6 +21,7 @@ pytest.importorskip("httptools", reason="the web extra is not installed")
 
 from fastfork import loops
 from fastfork.engine import load
+from tests.engine.parts import Owner, read_body
 from tests.web_harness import need_engine, parse_responses
 
 need_engine()
@@ -28,25 +29,12 @@ engine_module = load()
 ENGINE_TYPES = ("HttpConn", "AsgiExchange")
 
 
-class Owner:
-    def __init__(self):
-        self.finished = 0
-
-    def finish(self):
-        self.finished += 1
-
-
 async def asgi_app(scope, receive, send):
     if scope["path"] == "/wait-for-disconnect":
         while (await receive())["type"] != "http.disconnect":
             pass
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     await send({"type": "http.response.start", "status": 200,
                 "headers": [(b"content-length", b"%d" % len(body))]})
     await send({"type": "http.response.body", "body": body})

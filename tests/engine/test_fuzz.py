@@ -21,6 +21,7 @@ pytest.importorskip("httptools", reason="the web extra is not installed")
 from hypothesis import given, settings, strategies as st
 
 from fastfork.engine import load
+from tests.engine.parts import Owner, read_body
 from tests.web_harness import need_engine, parse_responses
 
 need_engine()
@@ -29,12 +30,7 @@ ANSWER_TIMEOUT = 5.0
 
 
 async def echo_app(scope, receive, send):
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     target = scope["raw_path"] + (b"?" + scope["query_string"] if scope["query_string"] else b"")
     answer = b"%s %s %d %s" % (scope["method"].encode(), target, len(body),
                               hashlib.sha256(body).hexdigest()[:16].encode())
@@ -52,16 +48,6 @@ async def echo_app(scope, receive, send):
 def expected(method, path, body):
     return b"%s %s %d %s" % (method, path, len(body),
                              hashlib.sha256(body).hexdigest()[:16].encode())
-
-
-class Owner:
-    """The worker's Connection, as the engine sees it: told once when closed."""
-
-    def __init__(self):
-        self.finished = 0
-
-    def finish(self):
-        self.finished += 1
 
 
 async def exchange(pieces, want):
