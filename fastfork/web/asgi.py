@@ -54,9 +54,6 @@ from .deadline import with_head_deadline
 from .proxy_headers import scope_filter
 
 HTTP_CHOICES = choice.CHOICES
-# uvicorn.Config's TLS options: the engine does not do TLS, so with any of
-# them auto picks uvicorn's protocol and http="engine" is refused.
-ENGINE_UNSUPPORTED = ("ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_ca_certs")
 
 # A connection the primary handed over after the stop began (rr sends what it
 # accepted before it stopped) may take this long to send its request before
@@ -158,7 +155,9 @@ class AsgiServer:
                  wsgi_body_limit: int = 1 << 20,
                  ssl: Optional[_ssl.SSLContext] = None,
                  **config_options: Any) -> None:
-        tls = ssl is not None or any(config_options.get(name) for name in ENGINE_UNSUPPORTED)
+        # The engine does not do TLS: auto then picks uvicorn's protocol, and
+        # http="engine" is refused.
+        tls = choice.asks_tls(ssl, config_options)
         http, self.engine_passed_over = choice.resolve(http, tls)
         self.http = http
         self._use_engine = http == "engine"
@@ -167,9 +166,8 @@ class AsgiServer:
         self._wsgi_body_limit = wsgi_body_limit
         self._limit_concurrency = limit_concurrency
         if wsgi_app is not None and not self._use_engine:
-            raise ValueError("wsgi_app (a WSGI app on the loop thread) needs the engine, "
-                             + (f"which cannot serve here: {self.engine_passed_over}"
-                                if self.engine_passed_over else f"not http={http!r}"))
+            raise ValueError(choice.needs_engine("wsgi_app (a WSGI app the engine calls)",
+                                                 http, self.engine_passed_over))
         if self._use_engine:
             if tls:
                 raise ValueError("http='engine' does not support TLS: use http='httptools'")

@@ -16,12 +16,25 @@ An explicit ``http`` is taken as given (``engine`` then fails loudly where
 it cannot serve).
 """
 
-from typing import Optional, Tuple
+from typing import Any, Mapping, Optional, Tuple
 
 from ..engine import unavailable
 from ..extras import available
 
 CHOICES = ("auto", "httptools", "h11", "engine")
+# uvicorn.Config's TLS options: any of them (or an ssl context) asks for TLS.
+TLS_OPTIONS = ("ssl_keyfile", "ssl_certfile", "ssl_keyfile_password", "ssl_ca_certs")
+
+
+def asks_tls(ssl: Any, options: Mapping[str, Any]) -> bool:
+    """Is TLS asked for: a server-side context, or one of uvicorn's TLS options?"""
+    return ssl is not None or any(options.get(name) for name in TLS_OPTIONS)
+
+
+def needs_engine(what: str, http: str, gap: Optional[str]) -> str:
+    """The error for ``what``, which only the engine serves, resolved to ``http``."""
+    return f"{what} needs the engine, " + (f"which cannot serve here: {gap}" if gap
+                                           else f"not http={http!r}")
 
 
 def engine_gap(tls: bool) -> Optional[str]:

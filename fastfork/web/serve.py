@@ -38,13 +38,12 @@ def prepare(app: object, *addresses: Address, kind: str = "auto", threads: int =
     on_loop = kind == "wsgi" and threads == 0
     by_engine = False
     if kind == "wsgi":
-        tls = options.get("ssl") is not None or bool(options.get("ssl_certfile"))
-        http, gap = choice.resolve(options.get("http", "auto"), tls)
+        http, gap = choice.resolve(options.get("http", "auto"),
+                                   choice.asks_tls(options.get("ssl"), options))
         by_engine = http == "engine"
         if on_loop and not by_engine:
-            raise ValueError("threads=0 (a WSGI app called on the loop thread) needs the "
-                             "engine, " + (f"which cannot serve here: {gap}" if gap
-                                           else f"not http={http!r}"))
+            raise ValueError(choice.needs_engine(
+                "threads=0 (a WSGI app called on the loop thread)", http, gap))
     if not fastfork.is_worker:
         raise RuntimeError("fastfork.web serves from a fastfork worker: call it from the target "
                            "of fastfork.run()/Cluster(), or in the worker branch of the Node form")

@@ -52,12 +52,13 @@ def ensure_data_reader(loop):
     ticker = runtime.ticker = Ticker(loop, runtime.receiver, state.tracker, runtime)
     runtime.watchdog = Watchdog(ticker, runtime, threading.get_ident())
 
-    held = [False]          # a message was taken this pass or the next: wait
+    held = False            # a message was taken this pass or the next: wait
 
     def on_readable():
         # Acknowledging from the loop itself is what makes credit honest: a
         # worker whose loop is blocked stops acking, so it stops receiving.
-        if held[0]:
+        nonlocal held
+        if held:
             return
         before = runtime.receiver.received
         if runtime.pump(1 if runtime.stall_ms else 0):
@@ -75,13 +76,14 @@ def ensure_data_reader(loop):
             # An idle loop turns passes over fast: no fixed cap.  The reader
             # stays registered (no epoll_ctl per message): a readiness that
             # comes while held is let pass, and comes again.
-            held[0] = True
+            held = True
             loop.call_soon(loop.call_soon, resume)
 
     def resume():
         # The channel is level-triggered: what came while held is reported
         # again on the next pass.
-        held[0] = False
+        nonlocal held
+        held = False
 
     loop.add_reader(fd, on_readable)
     on_readable()
