@@ -3,7 +3,8 @@
     python benchmarks/web_compare.py                       # the documented run
     python benchmarks/web_compare.py --duration 1          # a quick look
 
-The same Starlette app (ASGI) and Flask app (WSGI), ``benchmarks/web_apps.py``,
+The same answer from a Starlette app (ASGI), a Flask app and a Django app (WSGI),
+``benchmarks/web_apps.py`` and ``benchmarks/web_django.py``,
 served with ``--workers`` workers on loopback by each configuration below,
 one at a time, loaded by ``wrk -t1 -c32 -dNs`` twice: a new connection per
 request (``-H 'Connection: close'``) and keep-alive.  Each server gets a 1 s
@@ -11,8 +12,9 @@ wrk warm-up after it answers its first request, so every worker is up.  Writes
 ``benchmarks/results/web_compare.md`` and prints the table: req/s and the
 ratio to fastfork rr for the same app, and the CPU the server's processes
 (utime + stime from ``/proc``) spent per request, on new connections (the
-primary's or master's share in brackets) and on keep-alive.  ``--repeat N`` runs the rows
-alternately N times and reports medians.
+primary's or master's share in brackets) and on keep-alive, and below it
+what each app costs alone, called in a loop without a server (``--cost``).
+``--repeat N`` runs the rows alternately N times and reports medians.
 
     fastfork rr / none      fastfork.web.serve, defaults (http "auto": fastfork's
                             engine, C; loop "auto": uvloop when installed)
@@ -44,15 +46,21 @@ from benchmarks.loadgen import free_port  # noqa: E402
 
 WRK_SCRIPT = os.path.join(HERE, "wrk_report.lua")
 READY_TIMEOUT = 30.0
+# app -> (its import path, its interface); the servers import it by that path.
+APPS = {
+    "starlette": ("benchmarks.web_apps:starlette_app", "asgi"),
+    "flask": ("benchmarks.web_apps:flask_app", "wsgi"),
+    "django": ("benchmarks.web_django:django_app", "wsgi"),
+}
+COST_CALLS = 4000           # calls a round when timing an app's own cost (after 2,000 unmeasured)
+COST_ROUNDS = 5             # rounds timed; the fastest is reported
 
 
 def configurations(args):
     py, w, t = sys.executable, str(args.workers), str(args.threads)
     me = os.path.abspath(__file__)
     rows = []
-    for app in ("starlette", "flask"):
-        target = f"benchmarks.web_apps:{app}_app"
-        kind = "asgi" if app == "starlette" else "wsgi"
+    for app, (target, kind) in APPS.items():
         for policy in ("rr", "none"):
             rows.append((app, f"fastfork {policy}",
                          [py, me, "--serve", policy, "--app", app, "--port", "{port}",
@@ -190,7 +198,7 @@ def _median(measured):
             for mode in ("close", "keepalive")}
 
 
-def render(results, args):
+def render(results, args, costs=None):
     lines = [f"Served by {args.workers} workers on loopback; wrk -t1 -c{args.connections} "
              f"-d{args.duration}s; medians of {args.repeat} alternating run(s); "
              "ratios to fastfork rr for the same app.", "",
@@ -198,7 +206,7 @@ def render(results, args):
              "| CPU µs/request, new connection (primary or master) "
              "| CPU µs/request, keep-alive | errors |",
              "|---|---|---|---|---|---|---|"]
-    for app in ("starlette", "flask"):
+    for app in APPS:
         reference = results.get((app, "fastfork rr"))
         for (row_app, label), data in results.items():
             if row_app != app:
@@ -219,15 +227,90 @@ def render(results, args):
                 f"{data['keepalive']['cpu_us']:.0f}"
             lines.append(f"| {app} | {label} | {cells[0]} | {cells[1]} | {cpu} | {cpu_kept} "
                          f"| {errors} |")
+    if costs:
+        lines += ["", "The apps alone, called in a loop in one process without I/O "
+                  "(`--cost APP`; the fastest of 5 rounds), CPU µs/request: "
+                  + ", ".join(f"{app} {cost:.0f}" for app, cost in costs.items()) + "."]
     return "\n".join(lines) + "\n"
+
+
+def _load(target):
+    module, _, name = target.partition(":")
+    return getattr(__import__(module, fromlist=[name]), name)
+
+
+def app_cost(app):
+    """``--cost APP``: the CPU µs one call of the app takes, with no server around
+    it: a WSGI call with a minimal environ and its iterable read and closed, or an
+    ASGI call awaited on an event loop with a no-op send."""
+    import asyncio
+    import io
+    target, kind = APPS[app]
+    application = _load(target)
+    environ = {
+        "REQUEST_METHOD": "GET", "SCRIPT_NAME": "", "PATH_INFO": "/", "QUERY_STRING": "",
+        "SERVER_NAME": "127.0.0.1", "SERVER_PORT": "8000", "SERVER_PROTOCOL": "HTTP/1.1",
+        "wsgi.version": (1, 0), "wsgi.url_scheme": "http", "wsgi.errors": sys.stderr,
+        "wsgi.multithread": True, "wsgi.multiprocess": True, "wsgi.run_once": False,
+        "wsgi.input_terminated": True, "REMOTE_ADDR": "127.0.0.1", "REMOTE_PORT": "50000",
+        "HTTP_HOST": "127.0.0.1:8000", "HTTP_USER_AGENT": "wrk"}
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "GET", "scheme": "http", "path": "/", "raw_path": b"/",
+             "root_path": "", "query_string": b"", "headers": [(b"host", b"127.0.0.1:8000")],
+             "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 50000), "state": {}}
+
+    def start_response(status, headers, exc_info=None):
+        return None
+
+    async def receive():
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message):
+        return None
+
+    def call_wsgi(calls):
+        for _ in range(calls):
+            iterable = application(dict(environ, **{"wsgi.input": io.BytesIO()}),
+                                   start_response)
+            for _part in iterable:
+                pass
+            close = getattr(iterable, "close", None)
+            if close is not None:
+                close()
+
+    async def call_asgi(calls):
+        for _ in range(calls):
+            await application(dict(scope), receive, send)
+
+    def run(calls):
+        if kind == "wsgi":
+            call_wsgi(calls)
+        else:
+            asyncio.run(call_asgi(calls))
+
+    run(2000)
+    rounds = []
+    for _ in range(COST_ROUNDS):
+        started = time.process_time()
+        run(COST_CALLS)
+        rounds.append((time.process_time() - started) / COST_CALLS * 1e6)
+    return min(rounds)        # the noise of a shared machine only ever adds
+
+
+def measure_cost(app):
+    """``app_cost`` in a process of its own (each app's imports and settings apart)."""
+    out = subprocess.run([sys.executable, os.path.abspath(__file__), "--cost", app], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr else "failed")
+    return float(out.stdout.strip())
 
 
 def serve_fastfork(args):
     """``--serve POLICY``: the fastfork row itself (a primary and its workers)."""
     import fastfork
     import fastfork.web
-    from benchmarks import web_apps
-    app = getattr(web_apps, f"{args.app}_app")
+    app = _load(APPS[args.app][0])
 
     def worker():
         fastfork.web.serve(app, f"127.0.0.1:{args.port}", access_log=False,
@@ -253,9 +336,13 @@ def main():
     parser.add_argument("--app", default="starlette", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--http", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--cost", choices=tuple(APPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         return serve_fastfork(args)
+    if args.cost:
+        print(f"{app_cost(args.cost):.2f}")
+        return 0
     if not shutil.which("wrk"):
         sys.exit("web_compare: wrk is not installed (apt-get install wrk)")
     rows = [row for row in configurations(args)
@@ -273,7 +360,13 @@ def main():
                 runs[(app, label)] = f"failed: {exc}"
     results = {key: data if isinstance(data, str) else _median(data)
                for key, data in runs.items()}
-    table = render(results, args)
+    costs = {}
+    for app in dict.fromkeys(app for app, _, _ in rows):
+        try:
+            costs[app] = measure_cost(app)
+        except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+            print(f"{app}: its own cost was not measured: {exc}", file=sys.stderr)
+    table = render(results, args, costs)
     os.makedirs(os.path.join(HERE, "results"), exist_ok=True)
     with open(os.path.join(HERE, "results", "web_compare.md"), "w") as f:
         f.write(table)

@@ -90,6 +90,14 @@ def test_app_serves_http_under_every_policy(web_cluster, app, policy):
         assert local is not None and sockets == [local] * 3
         assert len(set(answers)) == 1 and answers[0] in pids
 
+        # TCP_NODELAY on the worker's end, as uvicorn's transports set it:
+        # without it a response written in parts waits for the client's
+        # delayed ACK (40 ms) before each part after the first.
+        response, body = call(conn, "GET", "/nodelay")
+        assert response.status == 200
+        options = json.loads(body)
+        assert options["nodelay"] is True and options["connections"] >= 1
+
         # A chunked request body (no Content-Length), read by the app as it arrives.
         pieces = [bytes([i]) * 8192 for i in range(40)]
         response, body = call(conn, "POST", "/echo", body=iter(pieces),

@@ -36,8 +36,9 @@ from fastfork.handoff._c.includes.epoll cimport (
     EPOLLOUT, epoll_create1, epoll_ctl, epoll_event, epoll_wait)
 from .includes.system cimport (
     AF_INET, AF_INET6, CLOCK_MONOTONIC, EINTR, INET6_ADDRSTRLEN, clock_gettime, errno,
-    getpeername, getsockname, inet_ntop, ntohs, SHUT_WR, shutdown, sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socklen_t,
-    timespec, would_block)
+    getpeername, getsockname, inet_ntop, IPPROTO_TCP, ntohs, SHUT_WR, setsockopt, shutdown,
+    sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socklen_t, TCP_NODELAY, timespec,
+    would_block)
 
 import collections
 import logging
@@ -176,6 +177,12 @@ cdef class Engine:
         peer as a PROXY header gave it (else ``getpeername``)."""
         cdef HttpConn conn = HttpConn.__new__(HttpConn)
         cdef epoll_event ev
+        cdef int one = 1
+        # As uvloop and asyncio do for every TCP transport: a response written
+        # in parts (a head, then a stream's parts) must not wait for the
+        # client's delayed ACK of the part before.  A Unix socket refuses
+        # the option (EOPNOTSUPP), and has no Nagle to turn off.
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
         conn.setup(self, fd, owner, server, client)
         ev.events = EPOLLIN
         ev.data.ptr = <void*>conn

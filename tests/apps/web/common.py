@@ -16,12 +16,15 @@ Every app serves the same routes so one test can drive any of them:
                         in the Django app
     GET  /scheme        {"scheme", "id"}: http or https, as the app sees it (Starlette
                         and Flask apps only)
+    GET  /nodelay       {"nodelay", "connections"}: whether every TCP connection this
+                        worker holds now has TCP_NODELAY set, and how many it holds
 """
 
 import asyncio
 import hashlib
 import json
 import os
+import socket
 import threading
 import time
 
@@ -74,6 +77,28 @@ def block_loop(seconds):
         done = threading.Event()
         loop.call_soon_threadsafe(lambda: (block(), done.set()))
         done.wait()
+
+
+def nodelay():
+    """Whether every connected TCP socket of this process has TCP_NODELAY (the
+    one this request came on among them), read from the fds themselves."""
+    flags = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            sock = socket.socket(fileno=os.dup(int(name)))
+        except OSError:
+            continue                  # not a socket, or gone already
+        try:
+            if sock.type != socket.SOCK_STREAM or sock.family not in (
+                    socket.AF_INET, socket.AF_INET6):
+                continue
+            sock.getpeername()        # connected: not a listener
+            flags.append(bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)))
+        except OSError:
+            continue
+        finally:
+            sock.close()
+    return {"nodelay": bool(flags) and all(flags), "connections": len(flags)}
 
 
 def requests_served():

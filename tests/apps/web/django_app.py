@@ -58,7 +58,11 @@ def requests(request):
     return JsonResponse(common.requests_served())
 
 
-urlpatterns = [path("whoami", whoami), path("echo", echo), path("stream", stream),
+def nodelay(request):
+    return JsonResponse(common.nodelay())
+
+
+urlpatterns = [path("whoami", whoami), path("nodelay", nodelay), path("echo", echo), path("stream", stream),
                path("slow", slow), path("requests", requests), path("block", block)]
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402

@@ -25,6 +25,11 @@ async def whoami():
     return common.whoami("fastapi")
 
 
+@app.get("/nodelay")
+async def nodelay():
+    return common.nodelay()
+
+
 @app.get("/client")
 async def client(request: Request):
     host, port = request.scope["client"]

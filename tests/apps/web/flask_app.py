@@ -54,6 +54,11 @@ def scheme():
     return jsonify({"scheme": request.scheme, "id": common.whoami("flask")["id"]})
 
 
+@app.get("/nodelay")
+def nodelay():
+    return jsonify(common.nodelay())
+
+
 @app.get("/client")
 def client():
     return jsonify({"host": request.environ["REMOTE_ADDR"],

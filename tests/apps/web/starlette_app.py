@@ -49,6 +49,10 @@ async def client(request):
     return JSONResponse({"host": host, "port": port})
 
 
+async def nodelay(request):
+    return JSONResponse(common.nodelay())
+
+
 async def disconnect(request):
     # Reads the body, then waits for the client to leave: http.disconnect.
     while (await request.receive())["type"] != "http.disconnect":
@@ -98,6 +102,7 @@ app = Starlette(routes=[
     Route("/slow", slow), Route("/requests", requests), Route("/block", block),
     Route("/client", client), Route("/disconnect", disconnect), Route("/late-body", late_body),
     Route("/release-body", release_body), Route("/scheme", scheme),
+    Route("/nodelay", nodelay),
 ], lifespan=lifespan)
 
 

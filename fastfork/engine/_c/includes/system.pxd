@@ -16,6 +16,7 @@ cdef extern from "<sys/socket.h>" nogil:
     int getpeername(int fd, sockaddr *addr, socklen_t *addrlen)
     ssize_t recv(int fd, void *buf, size_t len, int flags)
     int shutdown(int fd, int how)
+    int setsockopt(int fd, int level, int optname, const void *optval, socklen_t optlen)
     enum:
         AF_INET
         AF_INET6
@@ -37,6 +38,11 @@ cdef extern from "<netinet/in.h>" nogil:
         uint16_t sin6_port
         in6_addr sin6_addr
     uint16_t ntohs(uint16_t)
+
+cdef extern from "<netinet/tcp.h>" nogil:
+    enum:
+        IPPROTO_TCP
+        TCP_NODELAY
 
 cdef extern from "<arpa/inet.h>" nogil:
     const char *inet_ntop(int af, const void *src, char *dst, socklen_t size)
