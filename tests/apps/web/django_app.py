@@ -62,8 +62,9 @@ def nodelay(request):
     return JsonResponse(common.nodelay())
 
 
-urlpatterns = [path("whoami", whoami), path("nodelay", nodelay), path("echo", echo), path("stream", stream),
-               path("slow", slow), path("requests", requests), path("block", block)]
+urlpatterns = [path("whoami", whoami), path("nodelay", nodelay), path("echo", echo),
+               path("stream", stream), path("slow", slow), path("requests", requests),
+               path("block", block)]
 
 from django.core.wsgi import get_wsgi_application  # noqa: E402
 
