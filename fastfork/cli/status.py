@@ -24,8 +24,10 @@ def build_parser():
         description="Show the workers of running fastfork primaries: per worker its id, "
                     "index, pid, uptime, restarts, connections dispatched, open and queued "
                     "(sent by the primary, not yet taken), RSS and "
-                    f"state, and the totals. Control sockets are looked for in {default_dir()} "
-                    "(set FASTFORK_RUN_DIR to change it) unless --socket is given.")
+                    "state, and the totals. Control sockets are looked for in "
+                    "$FASTFORK_RUN_DIR if set, else /run/fastfork for root, else "
+                    "$XDG_RUNTIME_DIR/fastfork, else /tmp/fastfork-UID, unless --socket is "
+                    "given.")
 
 
 def duration(seconds):
