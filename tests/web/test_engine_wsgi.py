@@ -13,7 +13,7 @@ import socket
 import pytest
 
 from tests.web_harness import (call, connect, fetch, get_json, need_engine, need_web_extra,
-                               read_until_closed)
+                               parse_responses, raw_request, read_response, read_until_closed)
 
 need_web_extra()
 need_engine()
@@ -76,6 +76,49 @@ def test_flask_bodies_keep_alive_and_the_body_limit(flask):
         except ConnectionResetError:
             pass
         assert read_until_closed(sock).startswith(b"HTTP/1.1 413 ")
+
+
+def test_the_answers_of_one_pass_are_written_whole_in_order_and_closed_after(one_web_cluster):
+    """On the loop thread the engine corks a pass's answers (writes them together
+    at its end).  Requests made ready together, by blocking the loop while
+    they arrive, are read in one pass: each connection gets its pipelined
+    answers whole and in order, and one that asked to close is closed after
+    them; a request too long to read is refused in the same pass."""
+    cluster = one_web_cluster("--app", "flask", *ON_LOOP)
+    address, _ = cluster.wait_listening(1)
+    socks = [socket.create_connection(address, timeout=10) for _ in range(6)]
+    try:
+        for sock in socks:                    # attached and idle before the loop blocks
+            sock.sendall(b"GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_response(sock)[0].startswith("HTTP/1.1 200 ")
+        blocker = raw_request(address, "/block?s=0.5")
+        try:
+            assert cluster.wait_event("message")["data"]["blocking"] == "loop"
+            for i, sock in enumerate(socks):
+                last = b"Connection: close\r\n" if i % 2 else b""
+                sock.sendall(b"GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n"
+                             b"GET /client HTTP/1.1\r\nHost: t\r\n%s\r\n" % last)
+            refused = socket.create_connection(address, timeout=10)
+            refused.sendall(b"GET /" + b"x" * 5000 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_response(blocker)[0].startswith("HTTP/1.1 200 ")
+        finally:
+            blocker.close()
+        for i, sock in enumerate(socks):
+            if i % 2:
+                answers, rest = parse_responses(read_until_closed(sock))
+            else:
+                data = b""
+                while len(parse_responses(data)[0]) < 2:
+                    data += sock.recv(65536)
+                answers, rest = parse_responses(data)
+            assert rest == b"" and [status for status, _, _ in answers] == [200, 200]
+            assert json.loads(answers[0][2])["kind"] == "flask"
+            assert json.loads(answers[1][2])["port"] == sock.getsockname()[1]
+        with refused:
+            assert read_until_closed(refused).startswith(b"HTTP/1.1 400 ")
+    finally:
+        for sock in socks:
+            sock.close()
 
 
 def test_threads_0_needs_the_engine():

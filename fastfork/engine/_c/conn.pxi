@@ -42,6 +42,7 @@ cdef class HttpConn:
     cdef bint paused              # reading stopped: body or pipeline backlog
     cdef bint close_when_flushed
     cdef bint lingering           # answered, write side shut after the flush, input dropped
+    cdef bint corked              # its bytes wait in out for the end of the pass (Engine.cork)
     cdef unsigned int interest    # the epoll events registered now
     cdef bytearray out            # bytes the socket had no room for
     cdef object drained           # a future send() waits on while out is over HIGH_WATER
@@ -342,6 +343,13 @@ cdef class HttpConn:
         cdef bytes part
         if self.closed:
             return
+        if self.engine.corked is not None:
+            for part in parts:
+                self.out += part
+            if not self.corked:
+                self.corked = True
+                self.engine.corked.append(self)
+            return
         if self.out or len(parts) > 16:
             for part in parts:
                 self.out += part
@@ -427,7 +435,7 @@ cdef class HttpConn:
             return
         if not self.paused:
             want |= EPOLLIN
-        if self.out:
+        if self.out and not self.corked:    # a corked one is written at the pass's end
             want |= EPOLLOUT
         if want != self.interest:
             ev.events = want
