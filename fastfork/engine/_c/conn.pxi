@@ -42,7 +42,7 @@ cdef class HttpConn:
     cdef bint paused              # reading stopped: body or pipeline backlog
     cdef bint close_when_flushed
     cdef bint lingering           # answered, write side shut after the flush, input dropped
-    cdef bint corked              # its bytes wait in out for the end of the pass (Engine.cork)
+    cdef bint corked              # its bytes wait in out for the end of the pass (corking)
     cdef unsigned int interest    # the epoll events registered now
     cdef bytearray out            # bytes the socket had no room for
     cdef object drained           # a future send() waits on while out is over HIGH_WATER

@@ -61,7 +61,7 @@ cdef enum:
     READ_SIZE = 65536       # one read per readiness: fair to the other connections
     EVENTS = 256            # epoll events taken per loop callback
 
-# The longest a corked response waits for the rest of its pass (see Engine.cork).
+# The longest a corked response waits for the rest of its pass (Engine, "corking").
 cdef double CORK_SECONDS = 0.0005
 
 
@@ -122,7 +122,7 @@ cdef class Engine:
     cdef object ticker
     cdef double tick
     cdef epoll_event events[EVENTS]
-    # Corking (WSGI on the loop thread): see ``cork``.
+    # Corking (WSGI on the loop thread): see "corking" below.
     cdef bint cork
     cdef list corked                    # None, or during a pass the connections it wrote to
     cdef list attached                  # connections attached, their first read not yet done
@@ -233,7 +233,7 @@ cdef class Engine:
         cdef int n, i
         cdef HttpConn conn
         cdef unsigned int what
-        cdef double started
+        cdef double started = 0.0
         n = epoll_wait(self.epfd, self.events, EVENTS, 0)
         if self.cork and n > 1:
             self.corked = []
