@@ -85,9 +85,14 @@ def nodelay():
     flags = []
     for name in os.listdir("/proc/self/fd"):
         try:
-            sock = socket.socket(fileno=os.dup(int(name)))
+            fd = os.dup(int(name))
         except OSError:
-            continue                  # not a socket, or gone already
+            continue                  # gone already
+        try:
+            sock = socket.socket(fileno=fd)
+        except OSError:
+            os.close(fd)              # not a socket
+            continue
         try:
             if sock.type != socket.SOCK_STREAM or sock.family not in (
                     socket.AF_INET, socket.AF_INET6):
