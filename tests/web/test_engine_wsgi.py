@@ -83,7 +83,8 @@ def test_the_answers_of_one_pass_are_written_whole_in_order_and_closed_after(one
     at its end).  Requests made ready together, by blocking the loop while
     they arrive, are read in one pass: each connection gets its pipelined
     answers whole and in order, and one that asked to close is closed after
-    them; a request too long to read is refused in the same pass."""
+    them; a request too long to read is refused in the same pass, and a
+    response larger than the high-water mark arrives whole."""
     cluster = one_web_cluster("--app", "flask", *ON_LOOP)
     address, _ = cluster.wait_listening(1)
     socks = [socket.create_connection(address, timeout=10) for _ in range(6)]
@@ -98,6 +99,8 @@ def test_the_answers_of_one_pass_are_written_whole_in_order_and_closed_after(one
                 last = b"Connection: close\r\n" if i % 2 else b""
                 sock.sendall(b"GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n"
                              b"GET /client HTTP/1.1\r\nHost: t\r\n%s\r\n" % last)
+            # Larger than the engine's high-water mark: written as it grows.
+            socks[0].sendall(b"GET /stream?n=12000 HTTP/1.1\r\nHost: t\r\n\r\n")
             refused = socket.create_connection(address, timeout=10)
             refused.sendall(b"GET /" + b"x" * 5000 + b" HTTP/1.1\r\nHost: t\r\n\r\n")
             assert read_response(blocker)[0].startswith("HTTP/1.1 200 ")
@@ -108,14 +111,19 @@ def test_the_answers_of_one_pass_are_written_whole_in_order_and_closed_after(one
                 answers, rest = parse_responses(read_until_closed(sock))
             else:
                 data = b""
-                while len(parse_responses(data)[0]) < 2:
+                while len(parse_responses(data)[0]) < (3 if i == 0 else 2):
                     data += sock.recv(65536)
                 answers, rest = parse_responses(data)
+            if i == 0:
+                stream = answers.pop()
+                assert stream[0] == 200
+                assert stream[2] == b"".join(b"chunk %d\n" % n for n in range(12000))
             assert rest == b"" and [status for status, _, _ in answers] == [200, 200]
             assert json.loads(answers[0][2])["kind"] == "flask"
             assert json.loads(answers[1][2])["port"] == sock.getsockname()[1]
         with refused:
             assert read_until_closed(refused).startswith(b"HTTP/1.1 400 ")
+
     finally:
         for sock in socks:
             sock.close()

@@ -349,6 +349,8 @@ cdef class HttpConn:
             if not self.corked:
                 self.corked = True
                 self.engine.corked.append(self)
+            if len(self.out) > HIGH_WATER:
+                self.on_writable()    # a large response goes out as it grows
             return
         if self.out or len(parts) > 16:
             for part in parts:
