@@ -112,7 +112,9 @@ def test_the_answers_of_one_pass_are_written_whole_in_order_and_closed_after(one
             else:
                 data = b""
                 while len(parse_responses(data)[0]) < (3 if i == 0 else 2):
-                    data += sock.recv(65536)
+                    chunk = sock.recv(65536)
+                    assert chunk, f"connection {i} closed before its answers: {data!r}"
+                    data += chunk
                 answers, rest = parse_responses(data)
             if i == 0:
                 stream = answers.pop()
@@ -123,7 +125,6 @@ def test_the_answers_of_one_pass_are_written_whole_in_order_and_closed_after(one
             assert json.loads(answers[1][2])["port"] == sock.getsockname()[1]
         with refused:
             assert read_until_closed(refused).startswith(b"HTTP/1.1 400 ")
-
     finally:
         for sock in socks:
             sock.close()

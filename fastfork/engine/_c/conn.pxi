@@ -343,19 +343,18 @@ cdef class HttpConn:
         cdef bytes part
         if self.closed:
             return
-        if self.engine.corked is not None:
+        if self.engine.corked is not None or self.out or len(parts) > 16:
             for part in parts:
                 self.out += part
-            if not self.corked:
-                self.corked = True
-                self.engine.corked.append(self)
-            if len(self.out) > HIGH_WATER:
-                self.on_writable()    # a large response goes out as it grows
-            return
-        if self.out or len(parts) > 16:
-            for part in parts:
-                self.out += part
-            if self.interest & EPOLLOUT == 0:
+            if self.engine.corked is not None:
+                # Written at the end of the engine's pass (corking), or now
+                # once large: a large response goes out as it grows.
+                if not self.corked:
+                    self.corked = True
+                    self.engine.corked.append(self)
+                if len(self.out) > HIGH_WATER:
+                    self.on_writable()
+            elif self.interest & EPOLLOUT == 0:
                 self.on_writable()
             return
         for part in parts:

@@ -248,8 +248,7 @@ cdef class Engine:
                     conn.on_writable()
                 if what & (EPOLLIN | EPOLLHUP | EPOLLERR) and not conn.closed:
                     conn.on_readable()
-                if self.corked is not None:
-                    started = self.corked_for(started)
+                started = self.corked_for(started)
         finally:
             self.uncork()
 
@@ -264,7 +263,8 @@ cdef class Engine:
     # loop's drains already write several threads' responses in one pass.
 
     cdef double corked_for(self, double started):
-        """Flush now if the pass has held its responses long enough; the new start."""
+        """Flush now if the pass has held its responses long enough; the new start.
+        (Not corking, or nothing held yet: nothing to do.)"""
         cdef double now
         if not self.corked:
             return started
