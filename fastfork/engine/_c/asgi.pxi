@@ -85,7 +85,7 @@ cdef class AsgiExchange:
             # 413).  On the pool, one whose body is too large to read first,
             # or of unknown length, goes to the ASGI app instead: the WSGI
             # adapter, which streams it to the thread as it arrives.
-            self.wsgi = engine.wsgi_queue is None or _body_fits(headers, engine.body_limit)
+            self.wsgi = engine.pool is None or _body_fits(headers, engine.body_limit)
 
     cdef start(self):
         cdef Engine engine = self.conn.engine

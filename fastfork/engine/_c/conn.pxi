@@ -133,8 +133,11 @@ cdef class HttpConn:
             # Only now: llhttp refuses some heads (two lengths, a bad
             # Transfer-Encoding) after on_headers_complete, and such a request
             # must never reach the app.
-            self.start_due = False
-            self.current.start()
+            if self.engine.corked is not None:
+                self.engine.due.append(self)  # after the pass's reads (corking)
+            else:
+                self.start_due = False
+                self.current.start()
         if self.parser is not None and self.in_head and (
                 self.since_field > LIMIT_REQUEST_FIELD_SIZE + 2):
             self.refuse(None, 431)

@@ -8,7 +8,7 @@
 # - on a pool of ``wsgi_threads`` threads, fed from here: the environ is
 #   built on the loop, the call and the iteration of its response run on a
 #   pool thread, which queues the response's parts on the request and wakes
-#   the loop once for however many it queued (``call_soon_threadsafe``);
+#   the loop once for however many it queued (``WsgiPool.post``, pool.pxi);
 #   the loop writes them.  A one-part response is one hand-off each way and
 #   no Python-level queue, future, Task or coroutine.  A thread streaming a
 #   body waits when it gets more than HIGH_WATER ahead of the client.  A
@@ -144,12 +144,9 @@ cdef class StartResponse:
         """(thread) Make sure a drain is on its way to the loop."""
         if not self.wake_posted:
             self.wake_posted = True
-            try:
-                self.ex.conn.engine.loop.call_soon_threadsafe(self.drain)
-            except RuntimeError:
-                pass              # the loop is closed: the worker is exiting
+            self.ex.conn.engine.pool.post(self)
 
-    def drain(self):
+    cdef drain(self):
         """(loop) Write what the thread queued; finish the request once it is done."""
         cdef AsgiExchange ex = self.ex
         cdef Engine engine = ex.conn.engine
@@ -206,24 +203,14 @@ cdef call_wsgi(AsgiExchange ex):
     if engine.scope_filter is not None:
         engine.scope_filter(ex.scope)
     environ = build_environ(ex, body)
-    if engine.wsgi_queue is None:
+    if engine.pool is None:
         run_wsgi(ex, start, environ)
         return
     environ["wsgi.multithread"] = True
     start.threaded = True
     start.parts = []
     engine.in_threads += 1
-    engine.wsgi_queue.put((start, environ))
-
-
-def _pool_thread(queue):
-    """A pool thread: call the WSGI app for each request queued, until None."""
-    while True:
-        item = queue.get()
-        if item is None:
-            return
-        run_in_thread(<StartResponse>item[0], <dict>item[1])
-        item = None           # hold nothing of a finished request while waiting
+    engine.pool.submit(start, environ)
 
 
 cdef run_in_thread(StartResponse start, dict environ):

@@ -14,12 +14,16 @@
                             asked for; GET /made: how many were made so far
     GET /endless            16 KiB parts until the server stops asking (then close())
     GET /whoami             {"id", "index", "pid", "kind"}
+    GET /thread             {"thread"}: the name of the thread that ran the call
+    GET /sleep?s=S          sleeps S seconds in the call, then answers /thread's JSON
+    GET /block?s=S          blocks the worker's event loop S seconds (common.block_loop)
     GET /requests-served    {"requests": fastfork.web.requests_served()} of this worker
 """
 
 import json
 import sys
 import threading
+import time
 
 import common
 
@@ -55,6 +59,14 @@ def app(environ, start_response):
         return _json(start_response, common.whoami("pep3333"))
     if path == "/requests-served":
         return _json(start_response, common.requests_served())
+    if path == "/thread":
+        return _json(start_response, {"thread": threading.current_thread().name})
+    if path == "/sleep":
+        time.sleep(float(environ["QUERY_STRING"].partition("=")[2]))
+        return _json(start_response, {"thread": threading.current_thread().name})
+    if path == "/block":
+        common.block_loop(float(environ["QUERY_STRING"].partition("=")[2]))
+        return _json(start_response, common.whoami("pep3333"))
     if path == "/closed":
         return _json(start_response, {"closed": len(_closed)})
     if path == "/replace-start":

@@ -57,6 +57,20 @@ cdef extern from "<time.h>" nogil:
     enum:
         CLOCK_MONOTONIC
 
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum:
+        EFD_CLOEXEC
+        EFD_NONBLOCK
+
+cdef extern from "<sys/resource.h>" nogil:
+    # RUSAGE_THREAD is Linux's (_GNU_SOURCE, which Python.h defines).
+    struct rusage:
+        long ru_nvcsw             # voluntary context switches: the thread slept
+    int getrusage(int who, rusage *usage)
+    enum:
+        RUSAGE_THREAD
+
 cdef extern from "<errno.h>" nogil:
     int errno
     enum:

@@ -1,0 +1,210 @@
+# The pool of threads that runs a WSGI app's calls off the loop thread
+# (``--threads N``), and when it wakes another of them.
+#
+# The GIL lets one thread run Python at a time, so for calls that do not
+# block a second thread adds nothing but hand-offs: a queue that woke an idle
+# thread for every call had ten threads taking turns with the GIL and with
+# each other across the cores (Flask, 2 workers, keep-alive: 20.0k req/s
+# with 18% of the CPU idle, against 24.6k with one thread).  So the pool has
+# two modes:
+#
+# - calm (the calls do not block): a call goes to a thread already running,
+#   which takes the calls waiting in order; a thread is woken only when none
+#   is running.
+# - eager (they do): every call wakes an idle thread, as any thread pool.
+#
+# A call that slept (a voluntary context switch between its start and its
+# end: I/O, a lock, a sleep, a client too slow to take its stream) makes the
+# pool eager for EAGER_FOR seconds, and each such call restarts that time.
+# A call that blocks before the pool knows it (the first, or in calm times)
+# is noticed by the loop: calls waiting with none taken for WAKE_AFTER wake a
+# thread and make the pool eager.  An idle thread woken is the one that
+# stopped last (its stack and the app's objects are the warmest).
+#
+# A thread hands its calls' responses back through ``post``: the request
+# joins ``posted`` and, if the loop has not been told yet, one 8-byte write to
+# the pool's eventfd (a C write, which keeps the GIL) wakes it; the loop drains
+# every request posted in one callback.  (``loop.call_soon_threadsafe`` made a
+# Handle per response and, on asyncio's loop, a socket send that releases the
+# GIL: the loop thread took it there, mid-call, and every call slept.)
+#
+# The loop thread and the pool's threads share ``pending``, ``idle``,
+# ``taken``, ``eager_until``, ``posted`` and ``signalled``; each method that
+# touches them runs no Python code between reading and writing them, so the
+# GIL makes it atomic.
+
+# How long calls may wait, none of them taken, before the loop wakes a thread:
+# longer than a busy thread is kept off the CPU by the GIL's switch interval
+# (5 ms) or the scheduler, or the pool turns eager for calls that never block.
+cdef double WAKE_AFTER = 0.005
+# How long the pool stays eager after a call that slept.
+cdef double EAGER_FOR = 2.0
+
+
+@cython.final
+cdef class _PoolThread:
+    cdef object lock            # held while the thread waits: released to wake it
+    cdef object item            # the call it is given: (StartResponse, environ)
+
+
+@cython.final
+cdef class WsgiPool:
+    cdef object loop
+    cdef object pending         # calls no thread has taken yet, in arrival order
+    cdef list idle              # the threads waiting, the last to stop on top
+    cdef list threads
+    cdef Py_ssize_t size
+    cdef unsigned long taken    # calls taken so far: the queue's progress
+    cdef unsigned long taken_seen
+    cdef object check_handle    # the loop's timer that looks at the progress
+    cdef int efd                # the eventfd the threads wake the loop with
+    cdef list posted            # requests whose thread has parts or an end for the loop
+    cdef bint signalled         # the eventfd was written since the loop last drained
+    cdef double eager_until     # monotonic(): eager until then
+    cdef readonly unsigned long slept       # calls that slept (made the pool eager)
+    cdef readonly unsigned long stalls      # times the loop found the calls stuck
+    cdef readonly bint closed
+
+    def __cinit__(self):
+        self.efd = -1
+
+    def __init__(self, loop, int size):
+        cdef _PoolThread pt
+        self.efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC)
+        if self.efd < 0:
+            raise OSError(errno, "eventfd failed")
+        self.loop = loop
+        self.posted = []
+        loop.add_reader(self.efd, self._on_posted)
+        self.pending = collections.deque()
+        self.idle = []
+        self.threads = []
+        self.size = size
+        for i in range(size):
+            pt = _PoolThread.__new__(_PoolThread)
+            pt.lock = threading.Lock()
+            pt.lock.acquire()
+            self.idle.append(pt)
+            thread = threading.Thread(target=_pool_run, args=(self, pt),
+                                      name=f"fastfork-wsgi-{i}", daemon=True)
+            thread.start()
+            self.threads.append(thread)
+
+    @property
+    def running(self):
+        """Threads in a call (or woken for one)."""
+        return self.size - len(self.idle)
+
+    @property
+    def eager(self):
+        return monotonic() < self.eager_until
+
+    cdef submit(self, StartResponse start, dict environ):
+        """(loop) Have the app called for this request."""
+        item = (start, environ)
+        if self.idle and (len(self.idle) == self.size or monotonic() < self.eager_until):
+            self.wake(item)
+            return
+        self.pending.append(item)
+        if self.idle and self.check_handle is None:
+            self.taken_seen = self.taken
+            self.check_handle = self.loop.call_later(WAKE_AFTER, self.check)
+
+    def check(self):
+        """(loop) Calls are waiting: if none was taken since the last look, the
+        running threads are stuck (blocked, or in long calls): wake one more."""
+        self.check_handle = None
+        if self.closed or not self.pending or not self.idle:
+            return
+        if self.taken == self.taken_seen:
+            self.stalls += 1
+            self.eager_until = monotonic() + EAGER_FOR
+            while self.pending and self.idle:
+                self.wake(self.pending.popleft())
+            return
+        self.taken_seen = self.taken
+        self.check_handle = self.loop.call_later(WAKE_AFTER, self.check)
+
+    cdef post(self, StartResponse start):
+        """(thread) ``start`` has something for the loop: wake it, once per drain."""
+        cdef uint64_t one = 1
+        self.posted.append(start)
+        if not self.signalled:
+            self.signalled = True
+            write(self.efd, &one, sizeof(one))
+
+    def _on_posted(self):
+        """(loop) Drain every request the threads posted."""
+        cdef uint64_t count
+        cdef StartResponse start
+        read(self.efd, &count, sizeof(count))
+        self.signalled = False
+        posted, self.posted = self.posted, []
+        for start in posted:
+            try:
+                start.drain()
+            except Exception as exc:      # a bug: the others are still drained
+                start.ex.conn.engine.logger.error("Exception draining a WSGI response\n",
+                                                  exc_info=exc)
+
+    cdef wake(self, item):
+        cdef _PoolThread pt = self.idle.pop()
+        pt.item = item
+        self.taken += 1
+        pt.lock.release()
+
+    cdef bint next_call(self, _PoolThread pt, bint slept):
+        """(thread) ``pt``'s call is done (``slept``: it slept); give it the next
+        waiting call.  False: none, and ``pt`` is idle."""
+        if slept:
+            self.slept += 1
+            self.eager_until = monotonic() + EAGER_FOR
+        if self.pending:
+            pt.item = self.pending.popleft()
+            self.taken += 1
+            return True
+        if not self.closed:
+            self.idle.append(pt)
+        return False
+
+    cdef close(self):
+        """The threads end once the calls given to them are done."""
+        cdef _PoolThread pt
+        if self.closed:
+            return
+        self.closed = True
+        self.loop.remove_reader(self.efd)
+        if self.check_handle is not None:
+            self.check_handle.cancel()
+            self.check_handle = None
+        idle, self.idle = self.idle, []
+        for pt in idle:
+            pt.item = None
+            pt.lock.release()
+
+
+    def __dealloc__(self):
+        # Not in close(): a thread finishing a call may still post, and the
+        # fd's number must not be another file's by then.  The threads hold
+        # the pool until they end.
+        if self.efd >= 0:
+            close(self.efd)
+
+
+def _pool_run(WsgiPool pool, _PoolThread pt):
+    """A pool thread: wait to be woken, then run calls while there are any."""
+    cdef rusage usage
+    cdef long switches
+    while True:
+        pt.lock.acquire()
+        item, pt.item = pt.item, None
+        while item is not None:
+            getrusage(RUSAGE_THREAD, &usage)
+            switches = usage.ru_nvcsw
+            run_in_thread(<StartResponse>item[0], <dict>item[1])
+            item = None           # hold nothing of a finished request while waiting
+            getrusage(RUSAGE_THREAD, &usage)
+            if pool.next_call(pt, usage.ru_nvcsw != switches):
+                item, pt.item = pt.item, None
+        if pool.closed:
+            return

@@ -1,0 +1,91 @@
+"""The engine's pool of WSGI threads (``--threads N``, the default): which thread a
+call goes to (fastfork/engine/_c/pool.pxi).  Calls that never block share one
+thread, however many arrive together; once a call has slept, calls that
+arrive together get a thread each; a call that blocks before the pool knows
+it does not hold the calls behind it (/hold and /release, in
+test_wsgi_responses.py, on every path).  Through a real cluster of one worker
+and real sockets; the thread is the one the app itself names.
+"""
+
+import collections
+import json
+import socket
+import time
+
+import pytest
+
+from tests.web_harness import fetch, need_engine, need_web_extra, raw_request, read_response
+
+need_web_extra()
+need_engine()
+
+THREADS = 10
+PATIENCE = 20.0           # seconds: far past the pool's eager time (2 s) after a stray sleep
+
+
+@pytest.fixture
+def pooled(one_web_cluster):
+    cluster = one_web_cluster("--app", "pep3333", "--http", "engine", "--workers", "1",
+                              "--threads", str(THREADS))
+    address, _ = cluster.wait_listening(1)
+    return cluster, address
+
+
+def thread_of(sock):
+    head, body = read_response(sock)
+    assert head.startswith("HTTP/1.1 200 "), head
+    return json.loads(body)["thread"]
+
+
+def test_calls_that_never_block_share_one_thread(pooled):
+    """Eight connections keep a request each in flight: with a queue that woke a
+    thread per call they ran on up to eight threads, taking turns with the GIL.
+    A round is 160 calls; one stray sleep (a page fault, a loaded machine)
+    may make the pool eager for a while, so rounds go on until one is calm."""
+    _, address = pooled
+    socks = [socket.create_connection(address, timeout=10) for _ in range(8)]
+    try:
+        deadline = time.monotonic() + PATIENCE
+        while True:
+            threads = collections.Counter()
+            for _ in range(20):
+                for sock in socks:
+                    sock.sendall(b"GET /thread HTTP/1.1\r\nHost: t\r\n\r\n")
+                for sock in socks:
+                    threads[thread_of(sock)] += 1
+            if len(threads) == 1 or time.monotonic() > deadline:
+                break
+        assert len(threads) == 1, f"calls that never block ran on several threads: {threads}"
+        assert sum(threads.values()) == 160
+    finally:
+        for sock in socks:
+            sock.close()
+
+
+def test_once_a_call_has_slept_calls_that_arrive_together_get_a_thread_each(pooled):
+    """A call that sleeps (I/O, a lock) shows the app blocks: the pool turns eager.
+    Six requests made ready together, by blocking the loop while they arrive,
+    are then read in one pass and each wakes an idle thread; calm, they would
+    have waited for one thread in turn."""
+    cluster, address = pooled
+    socks = [socket.create_connection(address, timeout=10) for _ in range(6)]
+    try:
+        for sock in socks:                    # attached and idle before the loop blocks
+            sock.sendall(b"GET /thread HTTP/1.1\r\nHost: t\r\n\r\n")
+            thread_of(sock)
+        response, _ = fetch(address, "/sleep?s=0.05")
+        assert response.status == 200
+        blocker = raw_request(address, "/block?s=0.3")
+        try:
+            assert cluster.wait_event("message")["data"]["blocking"] == "loop"
+            for sock in socks:
+                sock.sendall(b"GET /thread HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert read_response(blocker)[0].startswith("HTTP/1.1 200 ")
+        finally:
+            blocker.close()
+        threads = [thread_of(sock) for sock in socks]
+        assert len(set(threads)) == 6, f"calls made ready together shared threads: {threads}"
+        assert all(name.startswith("fastfork-wsgi-") for name in threads)
+    finally:
+        for sock in socks:
+            sock.close()
