@@ -413,12 +413,13 @@ cdef class HttpConn:
         return self.drained
 
     cdef close_after_write(self):
-        self.pause()
-        if self.out:
-            self.close_when_flushed = True
+        if not self.out:
+            self.close()              # no epoll_ctl first: the close's own DEL is enough
+            return
+        self.paused = True
+        self.close_when_flushed = True
+        if not self.corked:           # corked: written at the pass's end, then closed or updated
             self.update()
-        else:
-            self.close()
 
     # -- epoll interest ----------------------------------------------------------
     cdef pause(self):
