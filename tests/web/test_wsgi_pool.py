@@ -37,26 +37,33 @@ def thread_of(sock):
     return json.loads(body)["thread"]
 
 
-def test_calls_that_never_block_share_one_thread(pooled):
-    """Eight connections keep a request each in flight: with a queue that woke a
-    thread per call they ran on up to eight threads, taking turns with the GIL.
-    A round is 160 calls; one stray sleep (a page fault, a loaded machine)
-    may make the pool eager for a while, so rounds go on until one is calm."""
+@pytest.mark.parametrize("connections, spin", [(8, 0), (32, 0.0005)],
+                         ids=["8-connections", "32-connections-of-busy-calls"])
+def test_calls_that_never_block_share_one_thread(pooled, connections, spin):
+    """Connections keep a request each in flight: with a queue that woke a thread
+    per call they ran on up to eight threads, taking turns with the GIL.  With
+    32 calls of 0.5 ms of CPU each waiting, the thread has more than the GIL's
+    switch interval (5 ms) of work in a row: it lets the loop have its turn
+    between calls, or the loop would take the GIL in mid-call and the call
+    would look as if it had blocked.  A round is 20 calls per connection; one
+    stray sleep (a page fault, a loaded machine) may make the pool eager for a
+    while, so rounds go on until one is calm."""
     _, address = pooled
-    socks = [socket.create_connection(address, timeout=10) for _ in range(8)]
+    socks = [socket.create_connection(address, timeout=10) for _ in range(connections)]
+    request = b"GET /thread?spin=%r HTTP/1.1\r\nHost: t\r\n\r\n" % spin
     try:
         deadline = time.monotonic() + PATIENCE
         while True:
             threads = collections.Counter()
             for _ in range(20):
                 for sock in socks:
-                    sock.sendall(b"GET /thread HTTP/1.1\r\nHost: t\r\n\r\n")
+                    sock.sendall(request)
                 for sock in socks:
                     threads[thread_of(sock)] += 1
             if len(threads) == 1 or time.monotonic() > deadline:
                 break
         assert len(threads) == 1, f"calls that never block ran on several threads: {threads}"
-        assert sum(threads.values()) == 160
+        assert sum(threads.values()) == 20 * connections
     finally:
         for sock in socks:
             sock.close()

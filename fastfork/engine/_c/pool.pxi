@@ -17,9 +17,16 @@
 # end: I/O, a lock, a sleep, a client too slow to take its stream) makes the
 # pool eager for EAGER_FOR seconds, and each such call restarts that time.
 # A call that blocks before the pool knows it (the first, or in calm times)
-# is noticed by the loop: calls waiting with none taken for WAKE_AFTER wake a
-# thread and make the pool eager.  An idle thread woken is the one that
-# stopped last (its stack and the app's objects are the warmest).
+# is noticed by the loop: calls waiting with none taken for WAKE_AFTER wake
+# the idle threads and make the pool eager.  An idle thread woken is the one
+# that stopped last (its stack and the app's objects are the warmest).
+#
+# Waiting for the GIL is a voluntary switch too.  The loop thread wants it
+# whenever a response is posted or a request arrives, and takes it by force
+# after the switch interval (5 ms): in mid-call, which would make a calm pool
+# with a long queue eager.  So a thread that has run calls for RUN_FOR gives
+# the loop its turn between two calls: it waits as if idle, and the loop
+# wakes it again once it has run.
 #
 # A thread hands its calls' responses back through ``post``: the request
 # joins ``posted`` and, if the loop has not been told yet, one 8-byte write to
@@ -31,20 +38,25 @@
 # The loop thread and the pool's threads share ``pending``, ``idle``,
 # ``taken``, ``eager_until``, ``posted`` and ``signalled``; each method that
 # touches them runs no Python code between reading and writing them, so the
-# GIL makes it atomic.
+# GIL makes it atomic.  (This module does not declare itself free-threading
+# safe, so a free-threaded CPython turns the GIL on when it imports it.)
 
-# How long calls may wait, none of them taken, before the loop wakes a thread:
-# longer than a busy thread is kept off the CPU by the GIL's switch interval
-# (5 ms) or the scheduler, or the pool turns eager for calls that never block.
+# How long calls may wait, none of them taken, before the loop wakes threads:
+# longer than the scheduler keeps a busy thread off a loaded CPU, or the pool
+# turns eager for calls that never block.
 cdef double WAKE_AFTER = 0.005
 # How long the pool stays eager after a call that slept.
 cdef double EAGER_FOR = 2.0
+# How long a thread runs calls back to back (from its waking) before it gives
+# the loop its turn: well under the GIL's switch interval.
+cdef double RUN_FOR = 0.001
 
 
 @cython.final
 cdef class _PoolThread:
     cdef object lock            # held while the thread waits: released to wake it
     cdef object item            # the call it is given: (StartResponse, environ)
+    cdef double woken           # monotonic() when it was woken: its turn's start
 
 
 @cython.final
@@ -101,12 +113,10 @@ cdef class WsgiPool:
 
     cdef submit(self, StartResponse start, dict environ):
         """(loop) Have the app called for this request."""
-        item = (start, environ)
+        self.pending.append((start, environ))
         if self.idle and (len(self.idle) == self.size or monotonic() < self.eager_until):
-            self.wake(item)
-            return
-        self.pending.append(item)
-        if self.idle and self.check_handle is None:
+            self.wake(self.pending.popleft())
+        elif self.idle and self.check_handle is None:
             self.taken_seen = self.taken
             self.check_handle = self.loop.call_later(WAKE_AFTER, self.check)
 
@@ -116,7 +126,9 @@ cdef class WsgiPool:
         self.check_handle = None
         if self.closed or not self.pending or not self.idle:
             return
-        if self.taken == self.taken_seen:
+        if len(self.idle) == self.size:
+            self.wake(self.pending.popleft())     # a thread that gave the loop its turn
+        elif self.taken == self.taken_seen:
             self.stalls += 1
             self.eager_until = monotonic() + EAGER_FOR
             while self.pending and self.idle:
@@ -127,8 +139,11 @@ cdef class WsgiPool:
 
     cdef post(self, StartResponse start):
         """(thread) ``start`` has something for the loop: wake it, once per drain."""
-        cdef uint64_t one = 1
         self.posted.append(start)
+        self.signal()
+
+    cdef signal(self):
+        cdef uint64_t one = 1
         if not self.signalled:
             self.signalled = True
             write(self.efd, &one, sizeof(one))
@@ -146,10 +161,13 @@ cdef class WsgiPool:
             except Exception as exc:      # a bug: the others are still drained
                 start.ex.conn.engine.logger.error("Exception draining a WSGI response\n",
                                                   exc_info=exc)
+        if self.pending and len(self.idle) == self.size and not self.closed:
+            self.wake(self.pending.popleft())     # the thread that gave the loop its turn
 
     cdef wake(self, item):
         cdef _PoolThread pt = self.idle.pop()
         pt.item = item
+        pt.woken = monotonic()
         self.taken += 1
         pt.lock.release()
 
@@ -160,9 +178,15 @@ cdef class WsgiPool:
             self.slept += 1
             self.eager_until = monotonic() + EAGER_FOR
         if self.pending:
-            pt.item = self.pending.popleft()
-            self.taken += 1
-            return True
+            if monotonic() - pt.woken < RUN_FOR or self.closed:
+                pt.item = self.pending.popleft()
+                self.taken += 1
+                return True
+            # Its turn is over: the thread waits (letting the GIL go) and the
+            # loop, once it has run, wakes it again for the calls waiting.
+            self.idle.append(pt)
+            self.signal()
+            return False
         if not self.closed:
             self.idle.append(pt)
         return False

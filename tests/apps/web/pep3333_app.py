@@ -14,7 +14,8 @@
                             asked for; GET /made: how many were made so far
     GET /endless            16 KiB parts until the server stops asking (then close())
     GET /whoami             {"id", "index", "pid", "kind"}
-    GET /thread             {"thread"}: the name of the thread that ran the call
+    GET /thread?spin=S      {"thread"}: the name of the thread that ran the call, after
+                            S seconds of CPU work (default 0)
     GET /sleep?s=S          sleeps S seconds in the call, then answers /thread's JSON
     GET /block?s=S          blocks the worker's event loop S seconds (common.block_loop)
     GET /requests-served    {"requests": fastfork.web.requests_served()} of this worker
@@ -60,6 +61,10 @@ def app(environ, start_response):
     if path == "/requests-served":
         return _json(start_response, common.requests_served())
     if path == "/thread":
+        spin = float(environ["QUERY_STRING"].partition("=")[2] or 0)
+        until = time.thread_time() + spin
+        while time.thread_time() < until:
+            pass
         return _json(start_response, {"thread": threading.current_thread().name})
     if path == "/sleep":
         time.sleep(float(environ["QUERY_STRING"].partition("=")[2]))
