@@ -219,6 +219,7 @@ def _pool_run(WsgiPool pool, _PoolThread pt):
     """A pool thread: wait to be woken, then run calls while there are any."""
     cdef rusage usage
     cdef long switches
+    usage.ru_nvcsw = 0            # (getrusage cannot fail for the calling thread)
     while True:
         pt.lock.acquire()
         item, pt.item = pt.item, None
