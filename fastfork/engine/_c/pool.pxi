@@ -73,9 +73,7 @@ cdef class WsgiPool:
     cdef list posted            # requests whose thread has parts or an end for the loop
     cdef bint signalled         # the eventfd was written since the loop last drained
     cdef double eager_until     # monotonic(): eager until then
-    cdef readonly unsigned long slept       # calls that slept (made the pool eager)
-    cdef readonly unsigned long stalls      # times the loop found the calls stuck
-    cdef readonly bint closed
+    cdef bint closed
 
     def __cinit__(self):
         self.efd = -1
@@ -102,15 +100,6 @@ cdef class WsgiPool:
             thread.start()
             self.threads.append(thread)
 
-    @property
-    def running(self):
-        """Threads in a call (or woken for one)."""
-        return self.size - len(self.idle)
-
-    @property
-    def eager(self):
-        return monotonic() < self.eager_until
-
     cdef submit(self, StartResponse start, dict environ):
         """(loop) Have the app called for this request."""
         self.pending.append((start, environ))
@@ -126,16 +115,22 @@ cdef class WsgiPool:
         self.check_handle = None
         if self.closed or not self.pending or not self.idle:
             return
-        if len(self.idle) == self.size:
-            self.wake(self.pending.popleft())     # a thread that gave the loop its turn
-        elif self.taken == self.taken_seen:
-            self.stalls += 1
+        if not self.resume() and self.taken == self.taken_seen:
             self.eager_until = monotonic() + EAGER_FOR
             while self.pending and self.idle:
                 self.wake(self.pending.popleft())
             return
-        self.taken_seen = self.taken
-        self.check_handle = self.loop.call_later(WAKE_AFTER, self.check)
+        if self.pending and self.idle:
+            self.taken_seen = self.taken
+            self.check_handle = self.loop.call_later(WAKE_AFTER, self.check)
+
+    cdef bint resume(self):
+        """(loop) Calls wait and every thread is idle (one gave the loop its turn):
+        wake one."""
+        if self.pending and len(self.idle) == self.size and not self.closed:
+            self.wake(self.pending.popleft())
+            return True
+        return False
 
     cdef post(self, StartResponse start):
         """(thread) ``start`` has something for the loop: wake it, once per drain."""
@@ -161,8 +156,7 @@ cdef class WsgiPool:
             except Exception as exc:      # a bug: the others are still drained
                 start.ex.conn.engine.logger.error("Exception draining a WSGI response\n",
                                                   exc_info=exc)
-        if self.pending and len(self.idle) == self.size and not self.closed:
-            self.wake(self.pending.popleft())     # the thread that gave the loop its turn
+        self.resume()
 
     cdef wake(self, item):
         cdef _PoolThread pt = self.idle.pop()
@@ -175,7 +169,6 @@ cdef class WsgiPool:
         """(thread) ``pt``'s call is done (``slept``: it slept); give it the next
         waiting call.  False: none, and ``pt`` is idle."""
         if slept:
-            self.slept += 1
             self.eager_until = monotonic() + EAGER_FOR
         if self.pending:
             if monotonic() - pt.woken < RUN_FOR or self.closed:
@@ -205,7 +198,6 @@ cdef class WsgiPool:
         for pt in idle:
             pt.item = None
             pt.lock.release()
-
 
     def __dealloc__(self):
         # Not in close(): a thread finishing a call may still post, and the
