@@ -205,8 +205,9 @@ class Settings:
         "(default auto: when the app supports them)", "http apps", "auto|on|off")
     threads: int = _setting(
         10, c.count, "threads per worker that run a WSGI app's calls (with the "
-        "engine, fed from C); 0: on the loop thread, no pool (the engine only; for apps that "
-        "do not block) (default 10)",
+        "engine, fed from C: one of them while the calls never wait, one each once they do); "
+        "0: on the loop thread, no pool (the engine only; for apps that do not block) "
+        "(default 10)",
         "http apps", "N")
     root_path: str = _setting(
         "", c.text_or_empty, "the ASGI root_path (the app is mounted under this URL prefix)",
