@@ -15,7 +15,9 @@
 #
 # A call that slept (a voluntary context switch between its start and its
 # end: I/O, a lock, a sleep, a client too slow to take its stream) makes the
-# pool eager for EAGER_FOR seconds, and each such call restarts that time.
+# pool eager for a while, and each such call restarts that time: half a
+# second, doubled (up to 8 s) each time the pool turns eager again soon after
+# the last time ended, as with an app that blocks often (``eager_window``).
 # A call that blocks before the pool knows it (the first, or in calm times)
 # is noticed by the loop: calls waiting with none taken for WAKE_AFTER wake
 # the idle threads and make the pool eager.  An idle thread woken is the one
@@ -45,8 +47,29 @@
 # longer than the scheduler keeps a busy thread off a loaded CPU, or the pool
 # turns eager for calls that never block.
 cdef double WAKE_AFTER = 0.005
-# How long the pool stays eager after a call that slept.
-cdef double EAGER_FOR = 2.0
+# How long the pool stays eager after a call that slept: the first time, and
+# at most.  A return to calm costs the calls behind the next one that blocks a
+# wait (up to WAKE_AFTER); a long eager time costs an app that blocked once
+# (its first call, importing) its calm.
+cdef double EAGER_MIN = 0.5
+cdef double EAGER_MAX = 8.0
+
+
+cdef (double, double) eager_window(double now, double until, double length) noexcept:
+    """The pool, eager until ``until`` for ``length`` seconds, turns eager at
+    ``now``: its new (until, length).  Eager still: the time restarts.  Calm
+    for less than its last eager time: twice as long.  Else: EAGER_MIN."""
+    if now >= until:
+        if now < until + length:
+            length = min(length * 2, EAGER_MAX)
+        else:
+            length = EAGER_MIN
+    return now + length, length
+
+
+def _eager_window(double now, double until, double length):
+    """``eager_window`` for the tests' table."""
+    return eager_window(now, until, length)
 # How long a thread runs calls back to back (from its waking) before it gives
 # the loop its turn: well under the GIL's switch interval.
 cdef double RUN_FOR = 0.001
@@ -73,6 +96,7 @@ cdef class WsgiPool:
     cdef list posted            # requests whose thread has parts or an end for the loop
     cdef bint signalled         # the eventfd was written since the loop last drained
     cdef double eager_until     # monotonic(): eager until then
+    cdef double eager_for       # how long a call that sleeps makes it eager now
     cdef bint closed
 
     def __cinit__(self):
@@ -116,7 +140,7 @@ cdef class WsgiPool:
         if self.closed or not self.pending or not self.idle:
             return
         if not self.resume() and self.taken == self.taken_seen:
-            self.eager_until = monotonic() + EAGER_FOR
+            self.turn_eager()
             while self.pending and self.idle:
                 self.wake(self.pending.popleft())
             return
@@ -158,6 +182,11 @@ cdef class WsgiPool:
                                                   exc_info=exc)
         self.resume()
 
+    cdef turn_eager(self):
+        """A call slept, or calls were stuck."""
+        self.eager_until, self.eager_for = eager_window(monotonic(), self.eager_until,
+                                                        self.eager_for)
+
     cdef wake(self, item):
         cdef _PoolThread pt = self.idle.pop()
         pt.item = item
@@ -169,7 +198,7 @@ cdef class WsgiPool:
         """(thread) ``pt``'s call is done (``slept``: it slept); give it the next
         waiting call.  False: none, and ``pt`` is idle."""
         if slept:
-            self.eager_until = monotonic() + EAGER_FOR
+            self.turn_eager()
         if self.pending:
             if monotonic() - pt.woken < RUN_FOR or self.closed:
                 pt.item = self.pending.popleft()
