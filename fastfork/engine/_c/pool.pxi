@@ -53,6 +53,9 @@ cdef double WAKE_AFTER = 0.005
 # (its first call, importing) its calm.
 cdef double EAGER_MIN = 0.5
 cdef double EAGER_MAX = 8.0
+# How long a thread runs calls back to back (from its waking) before it gives
+# the loop its turn: well under the GIL's switch interval.
+cdef double RUN_FOR = 0.001
 
 
 cdef (double, double) eager_window(double now, double until, double length) noexcept:
@@ -70,9 +73,6 @@ cdef (double, double) eager_window(double now, double until, double length) noex
 def _eager_window(double now, double until, double length):
     """``eager_window`` for the tests' table."""
     return eager_window(now, until, length)
-# How long a thread runs calls back to back (from its waking) before it gives
-# the loop its turn: well under the GIL's switch interval.
-cdef double RUN_FOR = 0.001
 
 
 @cython.final
@@ -87,7 +87,6 @@ cdef class WsgiPool:
     cdef object loop
     cdef object pending         # calls no thread has taken yet, in arrival order
     cdef list idle              # the threads waiting, the last to stop on top
-    cdef list threads
     cdef Py_ssize_t size
     cdef unsigned long taken    # calls taken so far: the queue's progress
     cdef unsigned long taken_seen
@@ -112,17 +111,14 @@ cdef class WsgiPool:
         loop.add_reader(self.efd, self._on_posted)
         self.pending = collections.deque()
         self.idle = []
-        self.threads = []
         self.size = size
         for i in range(size):
             pt = _PoolThread.__new__(_PoolThread)
             pt.lock = threading.Lock()
             pt.lock.acquire()
             self.idle.append(pt)
-            thread = threading.Thread(target=_pool_run, args=(self, pt),
-                                      name=f"fastfork-wsgi-{i}", daemon=True)
-            thread.start()
-            self.threads.append(thread)
+            threading.Thread(target=_pool_run, args=(self, pt), name=f"fastfork-wsgi-{i}",
+                             daemon=True).start()
 
     cdef submit(self, StartResponse start, dict environ):
         """(loop) Have the app called for this request."""
