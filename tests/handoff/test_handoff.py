@@ -202,3 +202,36 @@ def test_a_worker_at_its_fd_limit_is_sent_nothing_until_it_has_room(handoff):
     rig.receive_all(1 + 3 + 2)
     assert rig.d.worker_stats(full.slot)[0] == 5        # round-robin: one of the two
     assert recv_exactly(full.conns[-1][1], 1)[0] in (7, 8)
+
+
+def test_a_forked_child_may_not_use_its_parents_ends(handoff):
+    """Both ends refuse a child of fork (each would act on the parent's
+    channel), and the parent's keep working: the check reads a pid that each
+    fork() sets again in the child, not getpid() per call."""
+    rig = handoff(window=8)
+    worker = rig.add_worker()
+    rig.connect(1)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:                  # the child: report what each end did, then leave
+        results = []
+        for use in (lambda: worker.receiver.receive(), lambda: rig.d.poll(0)):
+            try:
+                use()
+                results.append("used")
+            except RuntimeError as exc:
+                results.append("refused" if "parent process" in str(exc) else repr(exc))
+            except BaseException as exc:
+                results.append(repr(exc))
+        os.write(write, ",".join(results).encode())
+        os._exit(0)
+    os.close(write)
+    try:
+        with os.fdopen(read, "rb") as pipe:
+            reported = pipe.read().decode()
+    finally:
+        _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert reported == "refused,refused"
+    conns = worker.receive_until(1)
+    assert tags(conns) == [0]

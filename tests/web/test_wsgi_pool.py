@@ -21,6 +21,7 @@ need_engine()
 
 THREADS = 10
 PATIENCE = 20.0           # seconds: far past the pool's eager time after a stray sleep
+ATTEMPTS = 5
 
 
 @pytest.fixture
@@ -79,26 +80,35 @@ def test_once_a_call_has_slept_calls_that_arrive_together_get_a_thread_each(pool
     for half a second the first time.  Six requests made ready together, by
     blocking the loop for a quarter of a second while they arrive, are then
     read in one pass and each wakes an idle thread; calm, they would have
-    waited for one thread in turn."""
+    waited for one thread in turn.  (A call that was also preempted is not
+    counted, since a preempted thread loses the GIL as a sleeping one does:
+    on a loaded machine a round may miss, so up to ATTEMPTS rounds are
+    tried; a pool that never turns eager fails every one.)"""
     cluster, address = pooled
     socks = [socket.create_connection(address, timeout=10) for _ in range(6)]
     try:
         for sock in socks:                    # attached and idle before the loop blocks
             sock.sendall(b"GET /thread HTTP/1.1\r\nHost: t\r\n\r\n")
             thread_of(sock)
-        response, _ = fetch(address, "/sleep?s=0.05")
-        assert response.status == 200
-        blocker = raw_request(address, "/block?s=0.25")
-        try:
-            assert cluster.wait_event("message")["data"]["blocking"] == "loop"
-            for sock in socks:
-                sock.sendall(b"GET /thread HTTP/1.1\r\nHost: t\r\n\r\n")
-            assert read_response(blocker)[0].startswith("HTTP/1.1 200 ")
-        finally:
-            blocker.close()
-        threads = [thread_of(sock) for sock in socks]
-        assert len(set(threads)) == 6, f"calls made ready together shared threads: {threads}"
-        assert all(name.startswith("fastfork-wsgi-") for name in threads)
+        rounds = []
+        for _ in range(ATTEMPTS):
+            response, _ = fetch(address, "/sleep?s=0.05")
+            assert response.status == 200
+            blocker = raw_request(address, "/block?s=0.25")
+            try:
+                assert cluster.wait_event("message")["data"]["blocking"] == "loop"
+                for sock in socks:
+                    sock.sendall(b"GET /thread HTTP/1.1\r\nHost: t\r\n\r\n")
+                assert read_response(blocker)[0].startswith("HTTP/1.1 200 ")
+            finally:
+                blocker.close()
+            threads = [thread_of(sock) for sock in socks]
+            assert all(name.startswith("fastfork-wsgi-") for name in threads)
+            rounds.append(threads)
+            if len(set(threads)) == 6:
+                break
+        else:
+            pytest.fail(f"calls made ready together shared threads in every round: {rounds}")
     finally:
         for sock in socks:
             sock.close()

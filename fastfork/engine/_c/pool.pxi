@@ -14,10 +14,11 @@
 # - eager (they do): every call wakes an idle thread, as any thread pool.
 #
 # A call that slept (a voluntary context switch between its start and its
-# end: I/O, a lock, a sleep, a client too slow to take its stream) makes the
-# pool eager for a while, and each such call restarts that time: half a
-# second, doubled (up to 8 s) each time the pool turns eager again soon after
-# the last time ended, as with an app that blocks often (``eager_window``).
+# end: I/O, a lock, a sleep, a client too slow to take its stream), and was
+# not preempted, makes the pool eager for a while, and each such call
+# restarts that time: half a second, doubled (up to 8 s) each time the pool
+# turns eager again soon after the last time ended, as with an app that
+# blocks often (``eager_window``).
 # A call that blocks before the pool knows it (the first, or in calm times)
 # is noticed by the loop: calls waiting with none taken for WAKE_AFTER wake
 # the idle threads and make the pool eager.  An idle thread woken is the one
@@ -28,7 +29,13 @@
 # after the switch interval (5 ms): in mid-call, which would make a calm pool
 # with a long queue eager.  So a thread that has run calls for RUN_FOR gives
 # the loop its turn between two calls: it waits as if idle, and the loop
-# wakes it again once it has run.
+# wakes it again once it has run.  A thread preempted while it holds the GIL
+# (on a busy machine) loses it so too, in mid-call: a call that was also
+# preempted is not counted as one that slept.  (Counted, a Flask worker
+# serving new connections on 2 busy cores turned eager once or twice in a
+# few seconds, all ten threads taking turns for a second or more each time.)
+# A call that blocked and was preempted as well is missed so, and the stall
+# check catches it instead.
 #
 # A thread hands its calls' responses back through ``post``: the request
 # joins ``posted`` and, if the loop has not been told yet, one 8-byte write to
@@ -235,18 +242,18 @@ cdef class WsgiPool:
 def _pool_run(WsgiPool pool, _PoolThread pt):
     """A pool thread: wait to be woken, then run calls while there are any."""
     cdef rusage usage
-    cdef long switches
-    usage.ru_nvcsw = 0            # (getrusage cannot fail for the calling thread)
+    cdef long switches, preempted     # the thread's voluntary and involuntary switches
+    usage.ru_nvcsw = usage.ru_nivcsw = 0  # (getrusage cannot fail for the calling thread)
     while True:
         pt.lock.acquire()
         item, pt.item = pt.item, None
         while item is not None:
             getrusage(RUSAGE_THREAD, &usage)
-            switches = usage.ru_nvcsw
+            switches, preempted = usage.ru_nvcsw, usage.ru_nivcsw
             run_in_thread(<StartResponse>item[0], <dict>item[1])
             item = None           # hold nothing of a finished request while waiting
             getrusage(RUSAGE_THREAD, &usage)
-            if pool.next_call(pt, usage.ru_nvcsw != switches):
+            if pool.next_call(pt, usage.ru_nvcsw != switches and usage.ru_nivcsw == preempted):
                 item, pt.item = pt.item, None
         if pool.closed:
             return

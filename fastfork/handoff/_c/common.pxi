@@ -26,11 +26,24 @@ from .includes.system cimport (
     accept4, ff_recv_fds_batch, ff_recv_many, ff_send_fds,
     getsockopt, send, socklen_t, would_block, ff_credit_t, FF_CREDIT_SIZE, ff_credit_load,
     ff_credit_add, ff_credit_want, ff_credit_take_want, ff_credit_store_flag,
-    ff_credit_load_flag, ff_credit_store_tick, ff_credit_load_tick)
+    ff_credit_load_flag, ff_credit_store_tick, ff_credit_load_tick, pthread_atfork)
 from .includes.python cimport (PyInterpreterState_ThreadHead, PyThreadState, PyThreadState_Get,
                                PyThreadState_GetInterpreter, PyThreadState_Next)
 from fastfork.handoff import wire
 from fastfork.handoff.wire import ProtocolError
+
+# This process's pid, without a getpid() system call per use: the Receiver
+# and the Dispatcher check it on every call (a child of fork must not use its
+# parent's), several times a connection.  Set again in every child of fork()
+# (os.fork and multiprocessing call fork(); what spawns with vfork or
+# posix_spawn execs at once).
+cdef pid_t _process_id = getpid()
+
+cdef void _forked_child() noexcept nogil:
+    global _process_id
+    _process_id = getpid()
+
+pthread_atfork(NULL, NULL, _forked_child)
 
 cdef enum:
     MSG_FDS = 1

@@ -113,7 +113,7 @@ cdef class Dispatcher:
         if pause_ms < 0:
             raise ValueError(f"pause_ms must be >= 0, got {pause_ms}")
         self.pause_ms = pause_ms
-        self._pid = getpid()
+        self._pid = _process_id
         self._sched = scheduler_for(policy, self.window, worker_connections)
         self.policy = policy
         self._closed_slots = []
@@ -492,7 +492,7 @@ cdef class Dispatcher:
 
     # -- internals --------------------------------------------------------------------
     cdef int _check(self) except -1:
-        if getpid() != self._pid:
+        if _process_id != self._pid:
             raise RuntimeError("this Dispatcher belongs to the parent process; "
                                "call close() in the child")
         if self._closed:

@@ -43,7 +43,7 @@ cdef class Receiver:
         self._credit = NULL
 
     def __init__(self, int fd, int credit_fd=-1):
-        self._pid = getpid()
+        self._pid = _process_id
         _check_socket(fd)
         _set_nonblocking(fd)
         if credit_fd >= 0:
@@ -53,7 +53,7 @@ cdef class Receiver:
         self.ended = self.at_fd_limit = self._told_limit = False
 
     def __dealloc__(self):
-        if self._fd >= 0 and getpid() == self._pid:
+        if self._fd >= 0 and _process_id == self._pid:
             close(self._fd)
         _unmap_credit(self._credit)
 
@@ -223,7 +223,7 @@ cdef class Receiver:
         return 0
 
     cdef int _check_usable(self) except -1:
-        if getpid() != self._pid:
+        if _process_id != self._pid:
             raise RuntimeError("this Receiver belongs to the parent process")
         if self._fd < 0:
             raise ValueError("I/O operation on a closed Receiver")
@@ -290,7 +290,7 @@ cdef class Receiver:
 
     def close(self):
         if self._fd >= 0:
-            if getpid() == self._pid:
+            if _process_id == self._pid:
                 close(self._fd)
             self._fd = -1
         _unmap_credit(self._credit)

@@ -67,6 +67,7 @@ cdef extern from "<sys/resource.h>" nogil:
     # RUSAGE_THREAD is Linux's (_GNU_SOURCE, which Python.h defines).
     struct rusage:
         long ru_nvcsw             # voluntary context switches: the thread slept
+        long ru_nivcsw            # involuntary ones: it was preempted
     int getrusage(int who, rusage *usage)
     enum:
         RUSAGE_THREAD

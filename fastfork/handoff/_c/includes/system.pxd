@@ -25,6 +25,10 @@ cdef extern from "<sys/socket.h>" nogil:
         MSG_CTRUNC
         MSG_CMSG_CLOEXEC
 
+cdef extern from "<pthread.h>" nogil:
+    int pthread_atfork(void (*prepare)() noexcept nogil, void (*parent)() noexcept nogil,
+                       void (*child)() noexcept nogil)
+
 cdef extern from "<limits.h>" nogil:
     enum:
         INT_MAX
