@@ -24,7 +24,8 @@ LOOPS = loops.LOOPS
 
 
 def prepare(app: object, *addresses: Address, kind: str = "auto", threads: int = DEFAULT_THREADS,
-            body_buffer: int = DEFAULT_BODY_BUFFER, access_log_format: Optional[str] = None,
+            body_buffer: int = DEFAULT_BODY_BUFFER, sched_batch: bool = True,
+            access_log_format: Optional[str] = None,
             access_log_file: Optional[str] = None, **options: Any) -> AsgiServer:
     """Check and build the worker's ``AsgiServer`` (not started); see ``serve``."""
     if kind not in KINDS:
@@ -55,6 +56,7 @@ def prepare(app: object, *addresses: Address, kind: str = "auto", threads: int =
             # is built with (its pool starts only if it is used).
             options["wsgi_app"] = app
             options["wsgi_threads"] = threads
+            options["wsgi_sched_batch"] = sched_batch
             options["wsgi_body_limit"] = body_buffer
         app, close = wrap(app, max(threads, 1), body_buffer)
         # WSGI has no lifespan and no WebSockets: do not offer either.
@@ -114,8 +116,10 @@ def serve(app: object, *addresses: Address, kind: str = "auto", loop: str = "aut
     loop thread, by the engine: for apps that do not block);
     ``body_buffer``: a WSGI request body is read on the loop up to that many
     bytes before a thread is taken (0: off; on the loop thread: the largest
-    body, past which a 413).  Other options
-    go to ``AsgiServer`` (uvicorn's: ``http``, ``ws``, ``lifespan``,
+    body, past which a 413); ``sched_batch``: a worker whose WSGI calls run
+    on the engine's pool runs under ``SCHED_BATCH`` (see the pool's notes in
+    ``docs/deployment/asgi-wsgi.md``).  Other options go to ``AsgiServer``
+    (uvicorn's: ``http``, ``ws``, ``lifespan``,
     ``timeout_keep_alive``, ``root_path``, ``proxy_headers``,
     ``forwarded_allow_ips``, ``limit_concurrency``,
     ``h11_max_incomplete_event_size``, ``access_log``, ``log_level``,

@@ -9,11 +9,13 @@ and real sockets; the thread is the one the app itself names.
 
 import collections
 import json
+import os
 import socket
 import time
 
 import pytest
 
+from tests.harness import ROOT
 from tests.web_harness import fetch, need_engine, need_web_extra, raw_request, read_response
 
 need_web_extra()
@@ -112,3 +114,25 @@ def test_once_a_call_has_slept_calls_that_arrive_together_get_a_thread_each(pool
     finally:
         for sock in socks:
             sock.close()
+
+
+@pytest.mark.parametrize("args, expected", [
+    ((), "SCHED_BATCH"),
+    (("--no-wsgi-sched-batch",), "SCHED_OTHER"),
+    (("--threads", "0"), "SCHED_OTHER"),
+], ids=["default", "no-wsgi-sched-batch", "no-pool"])
+def test_a_worker_with_a_pool_runs_under_sched_batch(runner_factory, args, expected):
+    """The pool puts the loop's thread under SCHED_BATCH before it starts its
+    threads, which inherit it: a thread of the worker woken while the other
+    holds the GIL does not preempt it.  ``--no-wsgi-sched-batch`` leaves the
+    policy alone, as does a worker with no pool.  Through ``fastfork run``:
+    the setting, the CLI and the engine (as any user, no privilege asked)."""
+    app = os.path.join(ROOT, "tests", "apps", "web", "pep3333_app.py")
+    run = runner_factory(f"{app}:app", "--workers", "1", "--http", "engine",
+                         "--bind", "127.0.0.1:0", "--no-access-log", *args)
+    run.wait_serving(1)
+    response, body = fetch(run.address(), "/policy")
+    assert response.status == 200, body
+    seen = json.loads(body)
+    assert seen["thread"].startswith("fastfork-wsgi-") == (args != ("--threads", "0")), seen
+    assert (seen["policy"], seen["main"]) == (expected, expected), seen

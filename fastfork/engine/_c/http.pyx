@@ -45,6 +45,7 @@ from .includes.system cimport (
 
 import collections
 import logging
+import os
 import threading
 import urllib.parse
 
@@ -86,7 +87,9 @@ cdef class Engine:
     instead of ``app`` (``wsgi.pxi``), its bodies read whole first, up to
     ``body_limit`` bytes: on the loop thread (``wsgi_threads=0``; 413 past
     the limit), or on a pool of ``wsgi_threads`` threads fed from here (a
-    body past the limit, or chunked, goes to ``app``, the WSGI adapter).  ``limit_concurrency`` (0: none):
+    body past the limit, or chunked, goes to ``app``, the WSGI adapter;
+    ``wsgi_sched_batch``: the loop's thread and the pool's run under
+    SCHED_BATCH, pool.pxi).  ``limit_concurrency`` (0: none):
     as uvicorn's, a request that arrives while this many connections are open
     or app calls run is answered 503 instead.  ``scope_filter(scope)``: called
     on each WSGI request's scope before its environ is built (the client and
@@ -133,7 +136,8 @@ cdef class Engine:
     def __init__(self, loop, app, app_state, *, double keep_alive=5.0, double head_timeout=60.0,
                  str root_path="", access_logger=None, logger=None, on_upgrade=None,
                  wsgi_app=None, Py_ssize_t body_limit=1 << 20,
-                 Py_ssize_t limit_concurrency=0, scope_filter=None, int wsgi_threads=0):
+                 Py_ssize_t limit_concurrency=0, scope_filter=None, int wsgi_threads=0,
+                 bint wsgi_sched_batch=False):
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")
@@ -160,7 +164,7 @@ cdef class Engine:
         self.attached = []
         self.due = []
         if wsgi_app is not None and wsgi_threads > 0:
-            self.pool = WsgiPool(loop, wsgi_threads)
+            self.pool = WsgiPool(loop, wsgi_threads, wsgi_sched_batch)
         shortest = min([t for t in (keep_alive, head_timeout) if t > 0] or [1.0])
         # Deadlines are checked on a tick: a tenth of the shortest timeout,
         # within [50 ms, 1 s], is precise enough for either and costs nothing.

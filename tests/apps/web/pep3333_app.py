@@ -18,10 +18,13 @@
                             S seconds of CPU work (default 0)
     GET /sleep?s=S          sleeps S seconds in the call, then answers /thread's JSON
     GET /block?s=S          blocks the worker's event loop S seconds (common.block_loop)
+    GET /policy             {"thread", "policy", "main"}: the scheduling policy of the thread
+                            that ran the call and of the worker's main (loop) thread
     GET /requests-served    {"requests": fastfork.web.requests_served()} of this worker
 """
 
 import json
+import os
 import sys
 import threading
 import time
@@ -66,6 +69,12 @@ def app(environ, start_response):
         while time.thread_time() < until:
             pass
         return _json(start_response, {"thread": threading.current_thread().name})
+    if path == "/policy":
+        names = {os.SCHED_OTHER: "SCHED_OTHER", os.SCHED_BATCH: "SCHED_BATCH"}
+        return _json(start_response, {
+            "thread": threading.current_thread().name,
+            "policy": names.get(os.sched_getscheduler(0), "other"),
+            "main": names.get(os.sched_getscheduler(os.getpid()), "other")})
     if path == "/sleep":
         time.sleep(float(environ["QUERY_STRING"].partition("=")[2]))
         return _json(start_response, {"thread": threading.current_thread().name})
