@@ -116,6 +116,15 @@ def set_defer_accept(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, DEFER_ACCEPT_SECONDS)
 
 
+def set_nodelay(sock: socket.socket) -> None:
+    """TCP_NODELAY on a TCP listener, as gunicorn sets it on its own: Linux
+    copies it to every connection accepted from it, so the workers need not
+    set it on each (``fastfork.engine``'s gate checks the first).  No-op for
+    unix sockets."""
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def bind_listener(family: int, sockaddr: SockAddr, backlog: int = DEFAULT_BACKLOG,
                   reuseport: bool = False, listen: bool = True,
                   defer_accept: bool = False) -> socket.socket:
@@ -137,6 +146,7 @@ def bind_listener(family: int, sockaddr: SockAddr, backlog: int = DEFAULT_BACKLO
         if family == socket.AF_UNIX:
             _remove_stale_unix_socket(cast(str, sockaddr))
         sock.bind(sockaddr)
+        set_nodelay(sock)
         if defer_accept:
             set_defer_accept(sock)
         if listen:

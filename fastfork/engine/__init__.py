@@ -85,6 +85,11 @@ class EngineFactory:
     def attach_fd(self, fd: int, conn: Any, server: Any, client: Optional[Any] = None) -> None:
         self.engine.attach(fd, conn, server, client)
 
+    def gate(self, server: Any, owner: Any, sockname: Optional[Tuple[str, int]] = None) -> Any:
+        """The engine's way in for one address (``_c/gate.pxi``): ``take(fd)``
+        for each fd passed, or ``listen(fd)`` to accept on a listening socket."""
+        return load().Gate(self.engine, server, owner, sockname)
+
 
 def hand_over(fd: int, data: bytes, conn: Any, server: Any) -> None:
     """The engine's ``on_upgrade``: serve ``fd`` with the server's protocol from

@@ -18,7 +18,7 @@ import logging
 import os
 import socket
 
-from ..addresses import bind_listener, describe, set_defer_accept
+from ..addresses import bind_listener, describe, set_defer_accept, set_nodelay
 from ..settings import DISPATCHED
 from .activation import inherited_sockets
 
@@ -96,8 +96,10 @@ class Listeners:
             inherited = self._inherited.pop(key, None)
             sock = inherited or bind_listener(family, sockaddr, backlog,
                                               defer_accept=self.defer_accept)
-            if inherited is not None and self.defer_accept:
-                set_defer_accept(inherited)
+            if inherited is not None:
+                set_nodelay(inherited)
+                if self.defer_accept:
+                    set_defer_accept(inherited)
             lid = dispatcher.add_listener(sock.fileno()) if self.policy in DISPATCHED else -1
             shared = SharedListener(family, sockaddr, sock, lid)
             if inherited is not None:

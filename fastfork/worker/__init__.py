@@ -11,7 +11,9 @@
 A connection's path through a worker, each step a public method of the next:
 the data channel -> ``Receiver.receive`` (``fastfork.handoff``) ->
 ``WorkerRuntime.pump`` -> ``Listener.deliver`` -> ``Server.attach`` (or the
-queue of a blocking ``Listener.accept``) -> ``Connection.protocol`` -> the app.
+queue of a blocking ``Listener.accept``) -> ``Connection.protocol`` -> the app;
+on fastfork's engine, ``Listener.deliver`` -> the engine's ``Gate.take``, the
+connection counted by the server's one ``GateOwner``.
 
 Nothing here imports the package face (``fastfork/__init__.py``): the face
 asks ``runtime.current()`` who this process is.

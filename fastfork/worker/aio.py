@@ -14,10 +14,15 @@ A protocol factory with an ``attach_fd(fd, conn, server, client)`` method
 (``fastfork.engine.EngineFactory``) takes the bare fd instead: no transport
 is made, the factory's server reads and writes the fd itself and calls
 ``conn.finish()`` when it closes it; ``Server.reattach`` gives such an fd
-back to an ordinary protocol of the factory (a WebSocket upgrade).
+back to an ordinary protocol of the factory (a WebSocket upgrade).  With a
+``gate(server, owner, sockname)`` method too, the factory takes an address
+whole: the passed fds go to the gate bare, or under none/reuseport it
+accepts on the listening socket itself, and one ``GateOwner`` counts the
+connections, no object of ours made per connection.
 """
 
 import asyncio
+import errno
 import socket
 import ssl as _ssl
 from typing import Any, Awaitable, Callable, Iterable, List, Optional, Union
@@ -27,11 +32,13 @@ from .. import loops
 from . import proxy_protocol
 from .listener import AcceptedFd, Listener
 from .runtime import runtime as _get_runtime
-from .connection import CloseReporter, Connection
+from .connection import CloseReporter, Connection, GateOwner
 from .loopstate import ensure_data_reader, ensure_heartbeat, state_of
 
 _STREAM_LIMIT = 2 ** 16
 ACCEPT_BATCH = 64          # accepts per readiness, so one busy listener cannot starve the loop
+ACCEPT_RETRY = 1.0         # seconds without accepting after running out of fds (asyncio's)
+_OUT_OF_RESOURCES = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class Server:
@@ -58,6 +65,15 @@ class Server:
         self._attach_now = self._attach_old
         if self._takes_fd and self.listener.proxy_allow is None:
             self._attach_now = self._attach_fd
+        # The engine's way in (fastfork.engine's Gate): the passed fds go to it
+        # bare, or it accepts on the listening socket itself; no object of
+        # ours per connection.  A PROXY header is read here first, and TLS is
+        # uvicorn's: both keep the per-connection path.
+        self._gate = None
+        if (self._takes_fd and self.listener.proxy_allow is None and ssl is None
+                and hasattr(protocol_factory, "gate")):
+            self._gate = protocol_factory.gate(self, GateOwner(tracker, self._report),
+                                               listener.local_address())
 
     def _pick_attach(self, loop):
         if self.listener.proxy_allow is not None:
@@ -74,9 +90,15 @@ class Server:
     async def _start(self, backlog):
         sock = self.listener.sock
         if sock is None:
-            bare = self._attach_now in (self._attach_driven, self._attach_fd)
-            self.listener.on_connection(self.attach, bare=bare)
+            if self._gate is not None:
+                self.listener.on_fd(self._gate.take)
+            else:
+                bare = self._attach_now in (self._attach_driven, self._attach_fd)
+                self.listener.on_connection(self.attach, bare=bare)
             ensure_data_reader(self._loop)
+        elif self._gate is not None:
+            sock.setblocking(False)
+            self._gate.listen(sock.fileno())
         elif self.listener.proxy_allow is None and not self._takes_fd:
             self._asyncio_server = await self._loop.create_server(
                 self._factory, sock=sock, backlog=backlog, ssl=self.ssl)
@@ -93,9 +115,27 @@ class Server:
                 conn, _ = self.listener.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError:
-                return        # out of fds, or the client left: the next readiness retries
+            except OSError as exc:
+                if exc.errno in _OUT_OF_RESOURCES:
+                    self._pause_accept(exc)
+                return        # the client left first: the next readiness retries
             self.attach(conn)
+
+    def _pause_accept(self, exc):
+        # The backlog keeps the listener readable: retried at once, accept
+        # would fail again at once, the loop spinning.  As asyncio does (and
+        # the engine's gate), take nothing for a while; under none the other
+        # workers take the address's connections meanwhile.
+        fd = self.listener.sock.fileno()
+        self._loop.remove_reader(fd)
+        self._loop.call_exception_handler({
+            "message": f"accepting on {self.address}: {exc.strerror}; accepting again "
+                       f"in {ACCEPT_RETRY:.0f} s"})
+
+        def resume():
+            if not self._closed:
+                self._loop.add_reader(fd, self._accept_ready)
+        self._loop.call_later(ACCEPT_RETRY, resume)
 
     def attach(self, sock: Union[socket.socket, AcceptedFd]) -> None:
         """Serve ``sock`` (a connection the listener took) with this server's
@@ -138,10 +178,14 @@ class Server:
         conn.handed()
         self._protocol_factory.attach_fd(sock.detach(), conn, self)
 
-    def reattach(self, fd: int, conn: Connection, data: bytes) -> None:
+    def reattach(self, fd: int, conn: Union[Connection, GateOwner], data: bytes) -> None:
         """Serve ``fd``, which an fd-taking factory's server had, with the factory's
         protocol from here on, ``data`` (what was read of it) fed first."""
         sock = socket.socket(fileno=fd)
+        if isinstance(conn, GateOwner):
+            # Counted open by the gate already; from here on it is one of ours.
+            conn = Connection(sock, self._protocol_factory, self._tracker, self._report,
+                              self._failed, counted=True)
         conn.reopen(sock)
         base = conn.protocol
 
@@ -229,7 +273,9 @@ class Server:
 
     def close(self) -> None:
         """Stop taking new connections on this address."""
-        if not self._closed and self.listener.sock is not None and self._asyncio_server is None:
+        if not self._closed and self._gate is not None:
+            self._gate.close()
+        elif not self._closed and self.listener.sock is not None and self._asyncio_server is None:
             self._loop.remove_reader(self.listener.sock.fileno())
         if not self._closed and self.listener.sock is None:
             self.listener.close()     # and the primary sends nothing more for it

@@ -117,6 +117,31 @@ class CloseReporter:
             self._loop.call_later(_REPORT_RETRY, self._flush)
 
 
+class GateOwner:
+    """What counts the connections an engine's gate takes for one server
+    (``fastfork.engine``'s ``Gate``): one object for all of them, where a
+    ``Connection`` is one per connection.  ``opened()`` as each is taken,
+    ``finish()`` once each closes; ``refused()`` for one that came after the
+    server closed, never opened here but, under least, counted open by the
+    primary."""
+
+    __slots__ = ("opened", "_release", "_closed")
+
+    def __init__(self, tracker, closed=None):
+        self.opened = tracker.opened
+        self._release = tracker.release
+        self._closed = closed
+
+    def finish(self):
+        self._release()
+        if self._closed is not None:
+            self._closed()
+
+    def refused(self):
+        if self._closed is not None:
+            self._closed()
+
+
 class Connection:
     """One dispatched connection, counted open from the moment it is attached
     until its protocol's connection_lost (or the attach fails), its close
@@ -130,9 +155,11 @@ class Connection:
     __slots__ = ("_factory", "_tracker", "_closed", "_on_error", "_lost", "_open", "_coro",
                  "_sock")
 
-    def __init__(self, sock, protocol_factory, tracker, closed=None, on_error=None):
+    def __init__(self, sock, protocol_factory, tracker, closed=None, on_error=None,
+                 counted=False):
         """``sock`` (a socket or an ``AcceptedFd``) is served by a protocol of
-        ``protocol_factory``; ``tracker`` counts it open until it closes;
+        ``protocol_factory``; ``tracker`` counts it open until it closes
+        (``counted``: it does already, a gate's connection handed back);
         ``closed()`` (under least) reports its close; ``on_error(exc)`` is told
         of an attach that failed for another reason than the client leaving."""
         self._factory = protocol_factory
@@ -143,7 +170,8 @@ class Connection:
         self._lost = None
         self._coro = None
         self._open = True
-        tracker.opened()
+        if not counted:
+            tracker.opened()
 
     def protocol(self):
         """The app's protocol, its connection_lost hooked to ``finish``."""

@@ -1,6 +1,7 @@
 """A listening address in a worker, and blocking ``accept()`` on it."""
 
 import collections
+import ipaddress
 import os
 import select
 import socket
@@ -112,6 +113,7 @@ class Listener:
         self._callback = None                  # asyncio: called with each new socket
         self._socket, self._family, self._proto = _kind(address)
         self._bare = False                     # deliver AcceptedFd, not a socket
+        self._on_fd = None                     # deliver the bare fd to this
 
     def on_connection(self, callback: Callable[[Union[socket.socket, "AcceptedFd"]], object],
                       bare: bool = False) -> None:
@@ -124,8 +126,38 @@ class Listener:
         self._callback = callback
         self._bare = bare and self._family > 0
 
+    def on_fd(self, callback: Callable[[int], object]) -> None:
+        """Hand each connection the primary passes to ``callback(fd)`` as the
+        bare fd, with no object made for it (an engine's ``Gate.take``)."""
+        self._on_fd = callback
+
+    def local_address(self) -> Optional[Tuple[str, int]]:
+        """``(host, port)``: the local address of every connection on this
+        address when it is bound to one IP; None for a wildcard (``0.0.0.0``,
+        ``::``), a unix path, or an address not known here."""
+        try:
+            if self.sock is not None:
+                family, bound = self.sock.family, self.sock.getsockname()
+            else:
+                family, bound = parse_address(self.address)
+        except (OSError, ValueError):
+            return None
+        if family not in (socket.AF_INET, socket.AF_INET6):
+            return None
+        host, port = bound[0], bound[1]
+        try:
+            ip = ipaddress.ip_address(host)       # not a name, nor a scoped fe80::1%eth0
+        except ValueError:
+            return None
+        if ip.is_unspecified or not port:
+            return None
+        return host, port
+
     def deliver(self, fd: int) -> None:
         """A connection the primary passed for this address (the runtime calls this)."""
+        if self._on_fd is not None:
+            self._on_fd(fd)
+            return
         if self._bare:
             sock = AcceptedFd(fd, self._family)
         else:

@@ -86,8 +86,8 @@ cdef class HttpConn:
         cdef sockaddr_storage ss
         cdef socklen_t size = sizeof(ss)
         self.addressed = True
-        if getsockname(self.fd, <sockaddr*>&ss, &size) == 0:
-            self.server_address = _inet(&ss)
+        if self.server_address is None and getsockname(self.fd, <sockaddr*>&ss, &size) == 0:
+            self.server_address = _inet(&ss)     # else its gate knew it
         if self.client is None:
             size = sizeof(ss)
             if getpeername(self.fd, <sockaddr*>&ss, &size) == 0:

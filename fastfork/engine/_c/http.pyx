@@ -1,9 +1,10 @@
 # cython: language_level=3
 """The worker's HTTP/1.1 engine in C: connections from fd to ASGI app, no transport.
 
-One ``Engine`` per served app and event loop.  ``attach(fd, owner, server)``
-takes a connection the channel (or the worker's own accept) delivered; from
-there everything is here: non-blocking ``read`` into one shared buffer,
+One ``Engine`` per served app and event loop.  A ``Gate`` (one per address)
+takes the fds the channel passes, or accepts on a listening socket itself;
+``attach(fd, owner, server)`` takes any other connection (one whose PROXY
+header the worker read).  From there everything is here: non-blocking ``read`` into one shared buffer,
 llhttp (through httptools' ``HttpRequestParser``) for the parsing, responses
 framed here and written with ``writev``, unsent bytes kept per connection.
 
@@ -17,7 +18,8 @@ syscall to release it around.
 Files: ``limits.pxi`` (gunicorn's limits, the status lines, the header
 checks), ``conn.pxi`` (one connection: I/O, parsing, pipelining, keep-alive,
 timeouts), ``asgi.pxi`` (one request as ASGI: scope, receive, send),
-``wsgi.pxi`` (a WSGI app: environ, start_response, the call on the loop
+``gate.pxi`` (an address's connections coming in: passed fds, or the
+engine's own accept), ``wsgi.pxi`` (a WSGI app: environ, start_response, the call on the loop
 thread or a pool thread), ``pool.pxi`` (the pool's threads: which one a call
 goes to, and their hand-back to the loop).  Why
 httptools' Python-level parser and not llhttp cimported: httptools ships no C
@@ -39,8 +41,9 @@ from fastfork.handoff._c.includes.epoll cimport (
     EPOLLOUT, epoll_create1, epoll_ctl, epoll_event, epoll_wait)
 from .includes.system cimport (
     AF_INET, AF_INET6, CLOCK_MONOTONIC, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, INET6_ADDRSTRLEN,
-    clock_gettime, errno, eventfd, getpeername, getrusage, getsockname, inet_ntop, IPPROTO_TCP,
-    ntohs, rusage, RUSAGE_THREAD, SHUT_WR, setsockopt, shutdown, sockaddr, sockaddr_in,
+    accept4, clock_gettime, EMFILE, ENFILE, ENOBUFS, ENOMEM, errno, eventfd, getpeername,
+    getrusage, getsockname, getsockopt, inet_ntop, IPPROTO_TCP, ntohs, rusage, RUSAGE_THREAD,
+    SHUT_WR, setsockopt, shutdown, SOCK_CLOEXEC, SOCK_NONBLOCK, sockaddr, sockaddr_in,
     sockaddr_in6, sockaddr_storage, socklen_t, TCP_NODELAY, timespec, would_block)
 
 import collections
@@ -69,6 +72,7 @@ cdef double CORK_SECONDS = 0.0005
 
 
 include "conn.pxi"
+include "gate.pxi"
 include "asgi.pxi"
 include "wsgi.pxi"
 include "pool.pxi"
@@ -185,16 +189,24 @@ cdef class Engine:
         """Serve ``fd`` (a connected, non-blocking stream socket, now the engine's).
 
         ``owner.finish()`` is called once when it closes; ``client``: the
-        peer as a PROXY header gave it (else ``getpeername``)."""
+        peer as a PROXY header gave it (else ``getpeername``).  A ``Gate``
+        does this for an address's connections with less per connection."""
+        self._attach(fd, owner, server, client, None)
+
+    cdef _attach(self, int fd, owner, server, client, Gate gate):
         cdef HttpConn conn = HttpConn.__new__(HttpConn)
         cdef epoll_event ev
         cdef int one = 1
         # As uvloop and asyncio do for every TCP transport: a response written
         # in parts (a head, then a stream's parts) must not wait for the
         # client's delayed ACK of the part before.  A Unix socket refuses
-        # the option (EOPNOTSUPP), and has no Nagle to turn off.
-        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
+        # the option (EOPNOTSUPP), and has no Nagle to turn off.  A gate's
+        # connections usually have it from their listener (gate.pxi).
+        if gate is None or gate.set_nodelay(fd):
+            setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one))
         conn.setup(self, fd, owner, server, client)
+        if gate is not None:
+            conn.server_address = gate.sockname
         ev.events = EPOLLIN
         ev.data.ptr = <void*>conn
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:

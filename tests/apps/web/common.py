@@ -14,6 +14,9 @@ Every app serves the same routes so one test can drive any of them:
     GET  /client        {"host", "port"}: the client as the app sees it (ASGI's
                         scope["client"], WSGI's REMOTE_ADDR and REMOTE_PORT); not
                         in the Django app
+    GET  /server        {"host", "port"}: the local address as the app sees it (ASGI's
+                        scope["server"], WSGI's SERVER_NAME and SERVER_PORT); Starlette
+                        and Flask apps only
     GET  /scheme        {"scheme", "id"}: http or https, as the app sees it (Starlette
                         and Flask apps only)
     GET  /nodelay       {"nodelay", "connections"}: whether every TCP connection this

@@ -59,6 +59,12 @@ def nodelay():
     return jsonify(common.nodelay())
 
 
+@app.get("/server")
+def server():
+    return jsonify({"host": request.environ["SERVER_NAME"],
+                    "port": int(request.environ["SERVER_PORT"])})
+
+
 @app.get("/client")
 def client():
     return jsonify({"host": request.environ["REMOTE_ADDR"],

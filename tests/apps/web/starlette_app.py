@@ -49,6 +49,11 @@ async def client(request):
     return JSONResponse({"host": host, "port": port})
 
 
+async def server(request):
+    host, port = request.scope["server"]
+    return JSONResponse({"host": host, "port": port})
+
+
 async def nodelay(request):
     return JSONResponse(common.nodelay())
 
@@ -102,7 +107,7 @@ app = Starlette(routes=[
     Route("/slow", slow), Route("/requests", requests), Route("/block", block),
     Route("/client", client), Route("/disconnect", disconnect), Route("/late-body", late_body),
     Route("/release-body", release_body), Route("/scheme", scheme),
-    Route("/nodelay", nodelay),
+    Route("/nodelay", nodelay), Route("/server", server),
 ], lifespan=lifespan)
 
 

@@ -17,7 +17,11 @@ cdef extern from "<sys/socket.h>" nogil:
     ssize_t recv(int fd, void *buf, size_t len, int flags)
     int shutdown(int fd, int how)
     int setsockopt(int fd, int level, int optname, const void *optval, socklen_t optlen)
+    int getsockopt(int fd, int level, int optname, void *optval, socklen_t *optlen)
+    int accept4(int fd, sockaddr *addr, socklen_t *addrlen, int flags)
     enum:
+        SOCK_NONBLOCK
+        SOCK_CLOEXEC
         AF_INET
         AF_INET6
         AF_UNIX
@@ -78,6 +82,10 @@ cdef extern from "<errno.h>" nogil:
         EAGAIN
         EWOULDBLOCK
         EINTR
+        EMFILE
+        ENFILE
+        ENOBUFS
+        ENOMEM
 
 cdef extern from *:
     """

@@ -1,0 +1,132 @@
+"""How connections come into a worker (the engine's ``Gate``): real clusters,
+real sockets on loopback.
+
+What every connection of an address shares is found out once per address,
+not asked of the kernel per connection (TCP_NODELAY, the local address), and
+under ``none`` and ``reuseport`` the engine accepts for itself: the app must
+see the same two ends of its connection as on uvicorn's protocols, on an
+address bound to one IP and on a wildcard, and a worker at its fd limit
+must neither spin nor stop serving once it has fds again.
+"""
+
+import json
+import os
+import resource
+import socket
+import time
+
+import pytest
+
+from tests.harness import wait_until
+from tests.implementations import DEFAULT
+from tests.runner_harness import APPS, pids_of
+from tests.web_harness import call, connect, need_engine, need_web_extra, read_response
+
+need_web_extra()
+
+# Seconds of the worker's CPU measured while it cannot accept: a bound against
+# spinning (a level-triggered listener retried at once), not a speed claim.
+AT_LIMIT_WINDOW = 1.0
+MAX_CPU_AT_LIMIT = 0.5
+
+WEB = os.path.join(APPS, "web")
+
+
+def _ipv6_loopback():
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as probe:
+            probe.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("policy, bind, host", [
+    ("rr", "127.0.0.1", "127.0.0.1"), ("rr", "0.0.0.0", "127.0.0.1"),
+    ("none", "127.0.0.1", "127.0.0.1"), ("none", "0.0.0.0", "127.0.0.1"),
+    ("rr", "[::1]", "::1")])
+@pytest.mark.parametrize("app", ["starlette", "flask"])
+def test_the_app_sees_both_ends_of_its_connection(web_cluster, app, policy, bind, host):
+    if host == "::1" and not _ipv6_loopback():
+        pytest.skip("this machine has no IPv6 loopback")
+    cluster = web_cluster("--app", app, "--policy", policy, "--workers", "1",
+                          "--address", f"{bind}:0")
+    (_, port), _ = cluster.wait_listening(1)
+    conn = connect((host, port))
+    try:
+        for _ in range(2):                      # the first connection and the next
+            response, body = call(conn, "GET", "/server")
+            assert response.status == 200
+            assert json.loads(body) == {"host": host, "port": port}
+            response, body = call(conn, "GET", "/client")
+            assert response.status == 200
+            local = conn.sock.getsockname()
+            assert json.loads(body) == {"host": local[0], "port": local[1]}
+            conn.close()
+    finally:
+        conn.close()
+
+
+def _cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / 100     # utime, stime (clock ticks)
+
+
+def _ask(address, proxy):
+    """A connection that asked for /whoami (behind a PROXY header if ``proxy``)
+    and was answered; kept open (keep-alive)."""
+    sock = socket.create_connection(address, timeout=15)
+    if proxy:
+        sock.sendall(b"PROXY TCP4 203.0.113.7 10.0.0.1 51000 80\r\n")
+    sock.sendall(b"GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n")
+    return sock
+
+
+@pytest.mark.parametrize("proxy", [False, True], ids=["engine-accepts", "proxy-protocol"])
+def test_a_worker_out_of_fds_pauses_its_accept_and_serves_again(runner_factory, proxy):
+    """Under none a worker accepts for itself (the engine's gate; the worker's
+    own loop when a PROXY header comes first): at the fd limit (EMFILE) it
+    stops accepting for a while, says so, and takes the waiting connection
+    once a fd is free.  It does not retry at once on a listener that stays
+    readable: that spun a core until a fd was free."""
+    need_engine()
+    runner = runner_factory(os.path.join(WEB, "starlette_app.py:app"), "--workers", "1",
+                            "--bind", "127.0.0.1:0", "--policy", "none",
+                            *(["--proxy-protocol"] if proxy else []), impl=DEFAULT)
+    (worker,) = pids_of(runner.wait_serving(1))
+    address = runner.address()
+    held = []
+    try:
+        # One connection served first: whatever the worker opens with its
+        # first connection is open before the limit is counted.
+        held.append(_ask(address, proxy))
+        assert read_response(held[0])[0].startswith("HTTP/1.1 200")
+        fds = [int(fd) for fd in os.listdir(f"/proc/{worker}/fd")]
+        limit = max(fds) + 1 + 2              # above every fd it has: room for limit - len
+        _, hard = resource.prlimit(worker, resource.RLIMIT_NOFILE)
+        resource.prlimit(worker, resource.RLIMIT_NOFILE, (limit, hard))
+        for _ in range(limit - len(fds)):
+            held.append(_ask(address, proxy))
+            assert read_response(held[-1])[0].startswith("HTTP/1.1 200")
+        lines_at = len(runner.output().splitlines())
+
+        waiting = _ask(address, proxy)
+        held.append(waiting)
+        wait_until(lambda: "Too many open files" in "\n".join(
+            runner.output().splitlines()[lines_at:]), 10, "the worker saying it is out of fds")
+        cpu_at = _cpu_seconds(worker)
+        time.sleep(AT_LIMIT_WINDOW)             # measuring, not waiting for something
+        cpu = (_cpu_seconds(worker) - cpu_at) / AT_LIMIT_WINDOW
+        assert cpu < MAX_CPU_AT_LIMIT, f"the worker used {cpu:.0%} of a core at its fd limit"
+
+        for sock in held[1:-1]:
+            sock.close()
+        head, body = read_response(waiting)
+        assert head.startswith("HTTP/1.1 200"), head
+        assert json.loads(body)["pid"] == worker
+        # The same worker still: nothing was restarted to get here.
+        assert pids_of(runner.status()) == {worker}
+    finally:
+        for sock in held:
+            sock.close()
