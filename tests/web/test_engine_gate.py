@@ -130,3 +130,37 @@ def test_a_worker_out_of_fds_pauses_its_accept_and_serves_again(runner_factory, 
     finally:
         for sock in held:
             sock.close()
+
+
+def test_under_least_the_primary_counts_the_engines_connections_closed(runner_factory):
+    """Under least the primary counts each worker's open connections from the
+    workers' close reports: the gate's connections (one owner for all), and a
+    WebSocket handed from the engine to uvicorn's protocol, are reported
+    closed once, or least would see them open for ever."""
+    need_engine()
+    client = pytest.importorskip("websockets.sync.client",
+                                 reason="the websockets package is not installed")
+    pytest.importorskip("fastapi", reason="FastAPI is not installed")
+    runner = runner_factory(os.path.join(WEB, "fastapi_app.py:app"), "--workers", "2",
+                            "--bind", "127.0.0.1:0", "--policy", "least", impl=DEFAULT)
+    runner.wait_serving(2)
+    address = runner.address()
+    assert "served by fastfork's engine" in runner.output()
+
+    def open_total(want, what):
+        runner.wait_status(lambda s: s["totals"]["open"] == want, what)
+
+    for _ in range(20):                     # each on a connection of its own, closed
+        sock = _ask(address, False)
+        with sock:
+            assert read_response(sock)[0].startswith("HTTP/1.1 200")
+    open_total(0, "20 closed connections counted closed")
+    kept = _ask(address, False)
+    with kept:
+        assert read_response(kept)[0].startswith("HTTP/1.1 200")
+        open_total(1, "the kept-alive connection counted open")
+        with client.connect(f"ws://{address[0]}:{address[1]}/ws", open_timeout=10) as ws:
+            assert ws.recv(timeout=10).startswith("hello from worker")
+            open_total(2, "the WebSocket counted open")
+        open_total(1, "the WebSocket counted closed")
+    open_total(0, "the kept-alive connection counted closed")
