@@ -64,7 +64,18 @@ cdef class Gate:
             self.owner.refused()
             return
         self.opened()
-        self.engine._attach(fd, self.owner, self.server, None, self)
+        self._serve(fd, None)
+
+    cdef _serve(self, int fd, client):
+        # A connection that fails here (epoll_ctl refused it: ENOMEM, or
+        # max_user_watches) is closed and counted closed by _attach; the
+        # ones after it in the batch are served all the same.
+        try:
+            self.engine._attach(fd, self.owner, self.server, client, self)
+        except Exception as exc:
+            self.engine.loop.call_exception_handler({
+                "message": f"serving a connection on {getattr(self.server, 'address', '?')} "
+                           f"failed", "exception": exc})
 
     def listen(self, int fd):
         """Accept on ``fd`` (a non-blocking listening socket, still the
@@ -111,7 +122,7 @@ cdef class Gate:
                 continue              # EINTR, or the client left first (ECONNABORTED)
             self.accepted += 1
             self.opened()
-            self.engine._attach(fd, self.owner, self.server, _inet(&ss), self)
+            self._serve(fd, _inet(&ss))
             if self.closed:
                 return                # a connection's app stopped the server
 
