@@ -231,9 +231,11 @@ class Settings:
         "this much, before a --threads thread runs the app, so that a slow upload does not "
         "hold a thread (0: off) (default 1M)", "http apps", "SIZE")
     wsgi_sched_batch: bool = _setting(
-        True, c.flag, "run a worker with a WSGI pool under SCHED_BATCH, so that its thread "
-        "woken while another holds the GIL waits for its turn instead of preempting that one "
-        "(the engine; default on)", "http apps", flag=True)
+        False, c.flag, "run a worker with a WSGI pool under SCHED_BATCH, so that its thread "
+        "woken while another holds the GIL waits for its turn instead of preempting that one: "
+        "fewer context switches, but a worker that waits for the CPU behind other processes "
+        "(its p99 latency 1.7x, and 3-5x beside CPU-bound processes, in our measurements; "
+        "the engine; default off)", "http apps", flag=True)
     limit_concurrency: int = _setting(
         0, c.count, "answer 503 beyond this many connections and tasks per worker "
         "(0: no limit)", "http apps", "N")

@@ -152,7 +152,7 @@ class AsgiServer:
                  on_close: Optional[Callable[[], object]] = None,
                  timeout_request_head: float = DEFAULT_HEAD_TIMEOUT,
                  wsgi_app: Optional[object] = None, wsgi_threads: int = 0,
-                 wsgi_body_limit: int = 1 << 20, wsgi_sched_batch: bool = True,
+                 wsgi_body_limit: int = 1 << 20, wsgi_sched_batch: bool = False,
                  ssl: Optional[_ssl.SSLContext] = None,
                  **config_options: Any) -> None:
         # The engine does not do TLS: auto then picks uvicorn's protocol, and

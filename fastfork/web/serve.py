@@ -24,7 +24,7 @@ LOOPS = loops.LOOPS
 
 
 def prepare(app: object, *addresses: Address, kind: str = "auto", threads: int = DEFAULT_THREADS,
-            body_buffer: int = DEFAULT_BODY_BUFFER, sched_batch: bool = True,
+            body_buffer: int = DEFAULT_BODY_BUFFER, sched_batch: bool = False,
             access_log_format: Optional[str] = None,
             access_log_file: Optional[str] = None, **options: Any) -> AsgiServer:
     """Check and build the worker's ``AsgiServer`` (not started); see ``serve``."""

@@ -117,16 +117,17 @@ def test_once_a_call_has_slept_calls_that_arrive_together_get_a_thread_each(pool
 
 
 @pytest.mark.parametrize("args, expected", [
-    ((), "SCHED_BATCH"),
-    (("--no-wsgi-sched-batch",), "SCHED_OTHER"),
-    (("--threads", "0"), "SCHED_OTHER"),
-], ids=["default", "no-wsgi-sched-batch", "no-pool"])
+    (("--wsgi-sched-batch",), "SCHED_BATCH"),
+    ((), "SCHED_OTHER"),
+    (("--wsgi-sched-batch", "--threads", "0"), "SCHED_OTHER"),
+], ids=["wsgi-sched-batch", "default", "no-pool"])
 def test_a_worker_with_a_pool_runs_under_sched_batch(runner_factory, args, expected):
-    """The pool puts the loop's thread under SCHED_BATCH before it starts its
-    threads, which inherit it: a thread of the worker woken while the other
-    holds the GIL does not preempt it.  ``--no-wsgi-sched-batch`` leaves the
-    policy alone, as does a worker with no pool.  Through ``fastfork run``:
-    the setting, the CLI and the engine (as any user, no privilege asked)."""
+    """With ``--wsgi-sched-batch`` the pool puts the loop's thread under
+    SCHED_BATCH before it starts its threads, which inherit it: a thread of
+    the worker woken while the other holds the GIL does not preempt it.  By
+    default the policy is left alone, as it is in a worker with no pool.
+    Through ``fastfork run``: the setting, the CLI and the engine (as any
+    user, no privilege asked)."""
     app = os.path.join(ROOT, "tests", "apps", "web", "pep3333_app.py")
     run = runner_factory(f"{app}:app", "--workers", "1", "--http", "engine",
                          "--bind", "127.0.0.1:0", "--no-access-log", *args)
@@ -134,5 +135,5 @@ def test_a_worker_with_a_pool_runs_under_sched_batch(runner_factory, args, expec
     response, body = fetch(run.address(), "/policy")
     assert response.status == 200, body
     seen = json.loads(body)
-    assert seen["thread"].startswith("fastfork-wsgi-") == (args != ("--threads", "0")), seen
+    assert seen["thread"].startswith("fastfork-wsgi-") == ("--threads" not in args), seen
     assert (seen["policy"], seen["main"]) == (expected, expected), seen

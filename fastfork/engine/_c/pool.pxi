@@ -56,9 +56,12 @@
 # Measured (Flask, 2 workers, 2 cores, a new connection per request; the
 # server in a session of its own, as web_compare starts it): 1.10-1.43
 # context switches a request against 1.59-2.40, and 5,941 req/s against
-# 5,507 (5 pairs).  ``sched_batch=False`` (``--no-wsgi-sched-batch``)
-# leaves the policy alone; one that is not SCHED_OTHER (an operator's
-# choice) is left alone too, and closing the pool restores SCHED_OTHER.
+# 5,507 (5 pairs).  But a woken thread that does not preempt waits for
+# other processes' turns too: the next day the same p99 latency measured
+# 1.7x (Flask keep-alive, 1 worker, wrk -c8; 5 pairs) and 3-5x beside two
+# CPU-bound processes, so it is off by default (``--wsgi-sched-batch``).
+# A policy that is not SCHED_OTHER (an operator's choice) is left alone,
+# and closing the pool restores SCHED_OTHER.
 #
 # The loop thread and the pool's threads share ``pending``, ``idle``,
 # ``taken``, ``eager_until``, ``posted`` and ``signalled``; each method that
