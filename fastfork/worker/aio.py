@@ -19,6 +19,11 @@ back to an ordinary protocol of the factory (a WebSocket upgrade).  With a
 whole: the passed fds go to the gate bare, or under none/reuseport it
 accepts on the listening socket itself, and one ``GateOwner`` counts the
 connections, no object of ours made per connection.
+
+Just over 400 lines: ``Server`` is one object whose ways in (its own accept,
+the channel's fds, the engine's gate, the PROXY header read first, the
+hand-back of an upgrade) share its listener, counts and loop; the functions
+after it are the asyncio face over it.
 """
 
 import asyncio

@@ -4,9 +4,10 @@
 One ``Engine`` per served app and event loop.  A ``Gate`` (one per address)
 takes the fds the channel passes, or accepts on a listening socket itself;
 ``attach(fd, owner, server)`` takes any other connection (one whose PROXY
-header the worker read).  From there everything is here: non-blocking ``read`` into one shared buffer,
-llhttp (through httptools' ``HttpRequestParser``) for the parsing, responses
-framed here and written with ``writev``, unsent bytes kept per connection.
+header the worker read).  From there everything is here: non-blocking
+``read`` into one shared buffer, llhttp (through httptools'
+``HttpRequestParser``) for the parsing, responses framed here and written
+with ``writev``, unsent bytes kept per connection.
 
 Readiness comes from one epoll set of the engine's own, whose fd the event
 loop watches (``loop.add_reader``): one Python callback per loop iteration
@@ -17,11 +18,11 @@ syscall to release it around.
 
 Files: ``limits.pxi`` (gunicorn's limits, the status lines, the header
 checks), ``conn.pxi`` (one connection: I/O, parsing, pipelining, keep-alive,
-timeouts), ``asgi.pxi`` (one request as ASGI: scope, receive, send),
-``gate.pxi`` (an address's connections coming in: passed fds, or the
-engine's own accept), ``wsgi.pxi`` (a WSGI app: environ, start_response, the call on the loop
-thread or a pool thread), ``pool.pxi`` (the pool's threads: which one a call
-goes to, and their hand-back to the loop).  Why
+timeouts), ``gate.pxi`` (an address's connections coming in: passed fds,
+or the engine's own accept), ``asgi.pxi`` (one request as ASGI: scope,
+receive, send), ``wsgi.pxi`` (a WSGI app: environ, start_response, the call
+on the loop thread or a pool thread), ``pool.pxi`` (the pool's threads:
+which one a call goes to, and their hand-back to the loop).  Why
 httptools' Python-level parser and not llhttp cimported: httptools ships no C
 API (its ``cparser.pxd`` declares llhttp but neither the header nor exported
 symbols come with the wheel), so a cimport would build against a copy of
