@@ -24,6 +24,8 @@ cdef enum:
 # Out of fds (or kernel memory), accepting again at once would spin: the
 # backlog keeps the listener readable.  As asyncio does, accept nothing for
 # this long; under none the other workers take the address's connections.
+# (The worker's own accept, for a PROXY header read first, does the same:
+# fastfork.worker.aio, Server._pause_accept.)
 cdef double ACCEPT_RETRY = 1.0
 
 
