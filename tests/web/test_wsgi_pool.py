@@ -61,6 +61,7 @@ def test_calls_that_never_block_share_one_thread(pooled, connections, spin, slee
     request = b"GET /thread?spin=%r HTTP/1.1\r\nHost: t\r\n\r\n" % spin
     try:
         deadline = time.monotonic() + PATIENCE
+        rounds = 0
         while True:
             threads = collections.Counter()
             for _ in range(20):
@@ -68,7 +69,10 @@ def test_calls_that_never_block_share_one_thread(pooled, connections, spin, slee
                     sock.sendall(request)
                 for sock in socks:
                     threads[thread_of(sock)] += 1
-            if len(threads) == 1 or time.monotonic() > deadline:
+            rounds += 1
+            # Two rounds at least: one slowed past the deadline by a loaded
+            # machine (once over 20 s) must not be the only one.
+            if len(threads) == 1 or (time.monotonic() > deadline and rounds >= 2):
                 break
         assert len(threads) == 1, f"calls that never block ran on several threads: {threads}"
         assert sum(threads.values()) == 20 * connections
