@@ -72,6 +72,13 @@ def wait_until(predicate, timeout, what):
         time.sleep(0.02)
 
 
+def cpu_seconds(pid):
+    """CPU seconds (user + system) ``pid`` has used, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def fd_count(pid):
     """Open fds of ``pid``, less a spare one on /dev/null: uvloop's libuv opens it
     once per loop, with the loop's first connection (to shed connections when

@@ -22,8 +22,8 @@ from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from fastfork.handoff import control, wire
 from fastfork.primary import arbiter, messages
-from tests.harness import (ClusterProcess, ROOT, fd_count, http_get, request, session_pids,
-                           wait_until)
+from tests.harness import (ClusterProcess, ROOT, cpu_seconds, fd_count, http_get, request,
+                           session_pids, wait_until)
 from tests.implementations import DEFAULT
 from tests.loadgen import Load
 
@@ -97,12 +97,6 @@ def rss_kib(pid):
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
     raise AssertionError(f"no VmRSS for pid {pid}")
-
-
-def cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def proc_state(pid):

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from tests.harness import wait_until
+from tests.harness import cpu_seconds, wait_until
 from tests.implementations import DEFAULT
 from tests.runner_harness import APPS, pids_of
 from tests.web_harness import call, connect, need_engine, need_web_extra, read_response
@@ -67,12 +67,6 @@ def test_the_app_sees_both_ends_of_its_connection(web_cluster, app, policy, bind
         conn.close()
 
 
-def _cpu_seconds(pid):
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rpartition(")")[2].split()
-    return (int(fields[11]) + int(fields[12])) / 100     # utime, stime (clock ticks)
-
-
 def _ask(address, proxy):
     """A connection that asked for /whoami (behind a PROXY header if ``proxy``)
     and was answered; kept open (keep-alive)."""
@@ -115,9 +109,9 @@ def test_a_worker_out_of_fds_pauses_its_accept_and_serves_again(runner_factory, 
         held.append(waiting)
         wait_until(lambda: "Too many open files" in "\n".join(
             runner.output().splitlines()[lines_at:]), 10, "the worker saying it is out of fds")
-        cpu_at = _cpu_seconds(worker)
+        cpu_at = cpu_seconds(worker)
         time.sleep(AT_LIMIT_WINDOW)             # measuring, not waiting for something
-        cpu = (_cpu_seconds(worker) - cpu_at) / AT_LIMIT_WINDOW
+        cpu = (cpu_seconds(worker) - cpu_at) / AT_LIMIT_WINDOW
         assert cpu < MAX_CPU_AT_LIMIT, f"the worker used {cpu:.0%} of a core at its fd limit"
 
         for sock in held[1:-1]:
