@@ -18,14 +18,42 @@ from .listener import AcceptedFd
 _REPORT_RETRY = 0.01
 
 
+def _nothing():
+    pass
+
+
 class Tracker:
-    """Counts open connections so a graceful stop can wait for them."""
+    """Counts open connections so a graceful stop can wait for them, and says
+    when the loop may be running an app (``running()``, for its ``Ticker``)."""
 
     def __init__(self):
         self.active = 0
         self.total = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self.engines = []          # the engines serving on this loop (watch())
+        # What an engine calls as its first app call begins and its last
+        # ends: the loop's Ticker's started() and quiet(), once it has one.
+        self.app_started = self.app_ended = _nothing
+
+    def watch(self, engine):
+        """Count ``engine``'s connections as the engine says: running an app
+        only while one of its app calls is (``engine.running``), not for as
+        long as they are open; it calls ``app_started()``/``app_ended()``."""
+        if engine not in self.engines:
+            self.engines.append(engine)
+            engine.watch(self)
+
+    def running(self):
+        """May an app be running on this loop now?  An engine's connection
+        only while its app is called; any other (a protocol of uvicorn's, a
+        WebSocket handed over, the user's own) whenever it is open."""
+        others = self.active
+        for engine in self.engines:
+            if engine.running:
+                return True
+            others -= engine.open
+        return others > 0
 
     def wrap(self, protocol_factory):
         """``protocol_factory`` whose protocols are counted from connection_made

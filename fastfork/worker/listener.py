@@ -113,7 +113,8 @@ class Listener:
         self._callback = None                  # asyncio: called with each new socket
         self._socket, self._family, self._proto = _kind(address)
         self._bare = False                     # deliver AcceptedFd, not a socket
-        self._on_fd = None                     # deliver the bare fd to this
+        # on_fd's callback: the runtime hands the bare fd to it (Receiver.hand_out)
+        self.take: Optional[Callable[[int], object]] = None
 
     def on_connection(self, callback: Callable[[Union[socket.socket, "AcceptedFd"]], object],
                       bare: bool = False) -> None:
@@ -128,8 +129,13 @@ class Listener:
 
     def on_fd(self, callback: Callable[[int], object]) -> None:
         """Hand each connection the primary passes to ``callback(fd)`` as the
-        bare fd, with no object made for it (an engine's ``Gate.take``)."""
-        self._on_fd = callback
+        bare fd, with no object made for it (an engine's ``Gate.take``).
+
+        ``callback`` reads the connection's first request in the same pass of
+        the loop (at once, or in a callback it schedules with ``call_soon``),
+        which lets the data reader take the next connection a pass sooner
+        (``loopstate``)."""
+        self.take = callback
 
     def local_address(self) -> Optional[Tuple[str, int]]:
         """``(host, port)``: the local address of every connection on this
@@ -154,10 +160,9 @@ class Listener:
         return host, port
 
     def deliver(self, fd: int) -> None:
-        """A connection the primary passed for this address (the runtime calls this)."""
-        if self._on_fd is not None:
-            self._on_fd(fd)
-            return
+        """A connection the primary passed for this address, when ``take`` is
+        None (the runtime calls this): a socket for ``on_connection``'s
+        callback, or for ``accept()``."""
         if self._bare:
             sock = AcceptedFd(fd, self._family)
         else:

@@ -1,14 +1,18 @@
 """A worker's event loop proves it runs: the tick the primary routes by, the
 loop-lag histogram, and the log line that names where a blocked loop was.
 
-``Ticker``: while the loop holds connections it stores a timestamp on the
+``Ticker``: while an app may run on the loop it stores a timestamp on the
 credit page shared with the primary (``Receiver.tick``, ``csrc/credit.h``)
-from the data reader and from a callback every ``stall_ms / 3``; a late tick
+as the app starts and from a callback every ``stall_ms / 3``; a late tick
 tells the primary that the loop is blocked, so it sends this worker nothing
 and takes back what waits unread in its channel (the scheduler's rules 12
-and 13).  Holding none, it says it is idle (0) and stops: an idle loop wakes
-for whatever is sent.  How late each callback ran is the loop's lag, counted
-in ``LAG_BUCKETS`` for the metrics.
+and 13).  When none can, it says it is idle (0) and stops: an idle loop
+wakes for whatever is sent.  An app may run while a connection served by a
+transport (uvicorn's protocols, the user's own) is open; on an engine's
+connection only while the engine calls it (``Tracker.running``), so a loop
+that holds idle keep-alive connections sleeps, and a request answered within
+the pass that read it sets no timer.  How late each callback ran is the
+loop's lag, counted in ``LAG_BUCKETS`` for the metrics.
 
 ``Watchdog``: a thread that looks at the tick every ``stall_log_ms / 2``;
 when the loop has not ticked for ``stall_log_ms`` it reads the loop thread's
@@ -41,10 +45,14 @@ class Ticker:
         self._tracker = tracker
         self._runtime = runtime           # its stall_ms and stall_log_ms (the primary's config)
         self._handle = None
+        self._settling = False            # started() queued _settle
         self._due = 0.0
         self.last = 0.0                   # time.monotonic() of the last tick; 0: idle
         self.lag_counts = [0] * (len(LAG_BUCKETS) + 1)
         self.lag_sum = 0.0
+        # Its engines say when apps start and end (Tracker.watch), straight to these.
+        tracker.app_started = self.started
+        tracker.app_ended = self.quiet
 
     def _period(self):
         stall_ms = self._runtime.stall_ms
@@ -54,15 +62,57 @@ class Ticker:
 
     def kick(self):
         """From the data reader: the loop runs and may hold connections now."""
+        if self._handle is not None:
+            # Ticking: _run stores a fresh tick every period, so one here
+            # would tell the primary nothing new (and the data reader calls
+            # this once per pass of a busy loop).
+            return
         period = self._period()
         if not period:
             return
-        now = time.monotonic()
+        self._arm(time.monotonic(), period)
+
+    def started(self):
+        """From an engine (``Tracker.app_started``): an app call began.
+
+        The tick is fresh from now; a timer keeps it so only if an app still
+        runs once the pass has run the apps' first steps.  Most answer within
+        them: no timer to set and cancel per request, and no wake-up of a
+        loop that would sleep.  A call that blocks the loop leaves this tick
+        to go stale, which is what the primary looks for.  (Called per
+        request at low load: _period and _store are written out here.)"""
+        if self.last:
+            return                    # ticking, or a tick stored this pass
+        runtime = self._runtime
+        if not (runtime.stall_ms or runtime.stall_log_ms):
+            return
+        try:
+            self._receiver.tick(True)
+        except (OSError, ValueError):
+            pass
+        self.last = time.monotonic()
+        if not self._settling:        # (another app of this pass ended before this one)
+            self._settling = True
+            self._loop.call_soon(self._settle)   # after the first steps queued before it
+
+    def _settle(self):
+        # The end of the pass that started an app: the apps that answered
+        # within it have ended (quiet() left this to here); one that awaits
+        # something keeps the tick going.
+        self._settling = False
+        if self._handle is not None or not self.last:
+            return
+        period = self._period()
+        if period and self._tracker.running():
+            self._arm(time.monotonic(), period)
+        else:
+            self._idle()
+
+    def _arm(self, now, period):
         self._store(True)
         self.last = now
-        if self._handle is None:
-            self._due = now + period
-            self._handle = self._loop.call_later(period, self._run)
+        self._due = now + period
+        self._handle = self._loop.call_later(period, self._run)
 
     def _run(self):
         now = time.monotonic()
@@ -73,15 +123,28 @@ class Ticker:
             bucket += 1
         self.lag_counts[bucket] += 1
         period = self._period()
-        if self._tracker.active and period:
-            self._store(True)
-            self.last = now
-            self._due = now + period
-            self._handle = self._loop.call_later(period, self._run)
+        if self._tracker.running() and period:
+            self._arm(now, period)
         else:
-            self._store(False)            # idle: what is sent wakes it
-            self.last = 0.0
-            self._handle = None
+            self._idle()
+
+    def quiet(self):
+        """From an engine (``Tracker.app_ended``): its last app call ended.  If
+        nothing else runs, say idle at once instead of at the next tick (in
+        the pass that started it, _settle does, once the pass's apps ran)."""
+        if self._handle is None or self._tracker.running():
+            # Not ticking: this pass's _settle looks (or it is idle).  Or
+            # something else may run (another engine's app, a connection a
+            # transport serves, a WebSocket an engine handed over): the
+            # timer goes on, or the primary would take this loop for blocked.
+            return
+        self._handle.cancel()
+        self._idle()
+
+    def _idle(self):
+        self._store(False)                # idle: what is sent wakes it
+        self.last = 0.0
+        self._handle = None
 
     def _store(self, running):
         try:

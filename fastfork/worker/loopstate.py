@@ -52,7 +52,7 @@ def ensure_data_reader(loop):
     ticker = runtime.ticker = Ticker(loop, runtime.receiver, state.tracker, runtime)
     runtime.watchdog = Watchdog(ticker, runtime, threading.get_ident())
 
-    held = False            # a message was taken this pass or the next: wait
+    held = False            # took a connection a transport reads next pass: wait
 
     def on_readable():
         # Acknowledging from the loop itself is what makes credit honest: a
@@ -60,22 +60,30 @@ def ensure_data_reader(loop):
         nonlocal held
         if held:
             return
-        before = runtime.receiver.received
         if runtime.pump(1 if runtime.stall_ms else 0):
             loop.remove_reader(fd)
             ended.set()
             return
-        ticker.kick()
-        if runtime.stall_ms and runtime.receiver.received != before:
+        if not runtime.read_later:
+            # Nothing taken, or all by engines' gates: an engine tells the
+            # ticker itself when their apps run (Tracker.app_started).
+            return
+        ticker.kick()               # a transport's app may run as long as it is open
+        if runtime.stall_ms:
             # Late binding: hold only what this loop can run now.  One
-            # message taken, the next waits until the pass after the one that
-            # reads its requests (call_soon's callbacks run at the end of a
-            # pass; one added there runs at the end of the next), so a loop
-            # that then blocks holds at most these; the rest stay unread in
-            # the channel, where the primary takes them back (rules 12, 13).
-            # An idle loop turns passes over fast: no fixed cap.  The reader
-            # stays registered (no epoll_ctl per message): a readiness that
-            # comes while held is let pass, and comes again.
+            # message is taken per pass (pump(1)), and the next only once the
+            # pass that reads the first one's requests has run their apps'
+            # first steps, so a loop that then blocks holds at most these;
+            # the rest stay unread in the channel, where the primary takes
+            # them back (rules 12, 13).  An engine's gate reads at once, its
+            # apps' first steps queued for the end of this pass: the next
+            # message is the next pass's anyway, nothing to hold.  A
+            # transport reads its connection when the loop next polls: hold
+            # until the end of that pass (call_soon's callbacks run at the end
+            # of a pass, in order; one added there runs at the end of the
+            # next).  An idle loop turns passes over fast: no fixed cap.  The
+            # reader stays registered (no epoll_ctl per message): a readiness
+            # that comes while held is let pass, and comes again.
             held = True
             loop.call_soon(loop.call_soon, resume)
 

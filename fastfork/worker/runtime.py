@@ -67,6 +67,7 @@ class WorkerRuntime:
         self.ticker = None                # set by the loop that reads the data channel
         self.watchdog = None
         self._lost_seen = 0               # receiver.lost already logged and reported
+        self.read_later = False           # the last pump() gave a connection read next pass
         self._unreported = 0              # closes a full channel held back (least)
         self.stopping = threading.Event()
         # True while this worker imports its app (``fastfork run`` without
@@ -291,16 +292,7 @@ class WorkerRuntime:
     def pump(self, max_msgs=0):
         """Receive what the primary sent (at most ``max_msgs`` messages, 0: all)
         and route it to listeners; True at END."""
-        pairs, ended = self.receiver.receive(max_msgs)
-        dropped = 0
-        for lid, fd in pairs:
-            listener = self.listeners.get(lid)
-            if listener is None:
-                # A listener closed here while the primary still sends for it.
-                os.close(fd)
-                dropped += 1
-            else:
-                listener.deliver(fd)
+        _, self.read_later, dropped, ended = self.receiver.hand_out(max_msgs, self.listeners)
         lost = self.receiver.lost - self._lost_seen
         if lost:
             self._lost_seen = self.receiver.lost

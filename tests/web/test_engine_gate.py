@@ -12,15 +12,18 @@ must neither spin nor stop serving once it has fds again.
 import json
 import os
 import resource
+import signal
 import socket
 import time
 
 import pytest
 
+from fastfork.operations.status_socket import request as control_request
 from tests.harness import cpu_seconds, wait_until
 from tests.implementations import DEFAULT
 from tests.runner_harness import APPS, pids_of
-from tests.web_harness import call, connect, need_engine, need_web_extra, read_response
+from tests.web_harness import (call, connect, get_json, need_engine, need_web_extra,
+                               raw_request, read_response)
 
 need_web_extra()
 
@@ -158,3 +161,105 @@ def test_under_least_the_primary_counts_the_engines_connections_closed(runner_fa
             open_total(2, "the WebSocket counted open")
         open_total(1, "the WebSocket counted closed")
     open_total(0, "the kept-alive connection counted closed")
+
+
+def _queued(ctl_path):
+    return {w["id"]: w["queued"] for w in control_request(ctl_path)["workers"]}
+
+
+def _stopped(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0] in ("T", "t")
+
+
+def test_a_loop_blocked_in_a_handler_leaves_what_waits_behind_unread(web_cluster, ctl_path):
+    # Late binding on both HTTP paths: a worker takes one message of its
+    # channel a pass, so a loop blocked by the first request's handler holds
+    # only that one; the connections sent after it wait unread, the
+    # primary's to take back.  The engine reads a connection in the pass that
+    # takes it, uvicorn's transport in the next (loopstate holds the channel
+    # for that one).  One worker (nowhere to take them back to) and a
+    # stall_ms far longer than the test, so the channel is all there is to see.
+    cluster = web_cluster("--app", "starlette", "--workers", "1", "--control-socket", ctl_path,
+                          "--stall-ms", "60000")
+    address, listening = cluster.wait_listening(1)
+    wid, pid = listening[0]["id"], listening[0]["pid"]
+    os.kill(pid, signal.SIGSTOP)
+    clients = []
+    try:
+        wait_until(lambda: _stopped(pid), 5, "the worker to stop")
+        # Three messages in its channel, one connection each, sent one by one.
+        for n, path in enumerate(("/block?s=2", "/whoami", "/whoami"), 1):
+            clients.append(raw_request(address, path))
+            wait_until(lambda: _queued(ctl_path)[wid] == n, 10, f"{n} queued to the worker")
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    try:
+        assert cluster.wait_event("message")["data"]["blocking"] == "loop"
+        # Blocked on the first: what was behind it is still unread (a worker
+        # that drained its channel would show 0).
+        assert _queued(ctl_path)[wid] >= 1
+        for client in clients:
+            _, body = read_response(client)
+            assert json.loads(body)["id"] == wid
+        assert _queued(ctl_path)[wid] == 0
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_a_loop_blocked_in_a_handler_is_routed_around(web_cluster):
+    # The engine says when an app runs (the loop ticks then, and stops when
+    # none does): a handler that blocks its loop leaves the tick stale, and
+    # the primary sends that worker nothing until it runs again.  Round-robin
+    # would send it every other connection.
+    cluster = web_cluster("--app", "starlette", "--workers", "2")
+    address, _ = cluster.wait_listening(2)
+    blocker = raw_request(address, "/block?s=3")
+    try:
+        blocked = cluster.wait_event("message")["data"]
+        assert blocked["blocking"] == "loop"
+        for _ in range(4):
+            assert get_json(address, "/whoami")["id"] != blocked["id"]
+        _, body = read_response(blocker)
+        assert json.loads(body)["id"] == blocked["id"]
+    finally:
+        blocker.close()
+
+
+# Wake-ups of a worker's loop thread in a second while it holds only idle
+# keep-alive connections: a bound against ticking (every stall_ms / 3, 600 a
+# second at the default 5 ms), not a speed claim.
+IDLE_WINDOW = 1.0
+MAX_IDLE_WAKEUPS = 150
+
+
+def _wakeups(pid):
+    with open(f"/proc/{pid}/task/{pid}/status") as f:
+        return sum(int(line.split()[1]) for line in f
+                   if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")))
+
+
+@pytest.mark.parametrize("app", ["starlette", "flask"])
+def test_a_worker_holding_only_idle_keep_alive_connections_sleeps(runner_factory, app):
+    """No app runs, so the loop has nothing to prove: it does not tick (the
+    primary sees it idle, and what it sends wakes the loop)."""
+    need_engine()
+    runner = runner_factory(os.path.join(WEB, f"{app}_app.py:app"), "--workers", "1",
+                            "--bind", "127.0.0.1:0", impl=DEFAULT)
+    (worker,) = pids_of(runner.wait_serving(1))
+    conns = [connect(runner.address()) for _ in range(4)]
+    try:
+        for conn in conns:
+            response, _ = call(conn, "GET", "/whoami")
+            assert response.status == 200
+        before = _wakeups(worker)
+        time.sleep(IDLE_WINDOW)                 # measuring, not waiting for something
+        woke = _wakeups(worker) - before
+        assert woke < MAX_IDLE_WAKEUPS, f"the idle worker's loop woke {woke} times in 1 s"
+        for conn in conns:                      # held, and served again
+            response, body = call(conn, "GET", "/whoami")
+            assert response.status == 200 and json.loads(body)["pid"] == worker
+    finally:
+        for conn in conns:
+            conn.close()

@@ -1,13 +1,17 @@
-"""The loop's tick and lag (``Ticker``) and the watchdog's log line
-(``Watchdog``), with a fake receiver and runtime in this process."""
+"""The loop's tick and lag (``Ticker``), when the loop counts as running an
+app (``Tracker.running``), and the watchdog's log line (``Watchdog``), with
+a fake receiver, runtime and engines in this process."""
 
 import asyncio
 import logging
 import threading
 import time
 
+import pytest
+
 from fastfork.handoff.wire import LAG_BUCKETS
 from fastfork.worker import liveness
+from fastfork.worker.connection import Tracker
 from tests.harness import wait_until
 
 
@@ -19,8 +23,16 @@ class FakeReceiver:
         self.ticks.append(running)
 
 
-class FakeTracker:
-    active = 0
+class FakeEngine:
+    """What a Tracker reads of an engine: ``open`` connections, ``running`` app calls."""
+
+    def __init__(self, open_, running):
+        self.open = open_
+        self.running = running
+        self.watched_by = None
+
+    def watch(self, liveness):
+        self.watched_by = liveness
 
 
 class FakeRuntime:
@@ -34,7 +46,7 @@ class FakeRuntime:
 def test_the_loop_ticks_while_it_holds_connections_and_says_idle_after():
     async def main():
         loop = asyncio.get_running_loop()
-        receiver, tracker = FakeReceiver(), FakeTracker()
+        receiver, tracker = FakeReceiver(), Tracker()
         ticker = liveness.Ticker(loop, receiver, tracker, FakeRuntime(stall_ms=6))
         tracker.active = 1
         ticker.kick()
@@ -60,7 +72,7 @@ def test_the_loop_ticks_while_it_holds_connections_and_says_idle_after():
 def test_a_blocked_loop_counts_its_lag():
     async def main():
         loop = asyncio.get_running_loop()
-        receiver, tracker = FakeReceiver(), FakeTracker()
+        receiver, tracker = FakeReceiver(), Tracker()
         ticker = liveness.Ticker(loop, receiver, tracker, FakeRuntime(stall_ms=3))
         tracker.active = 1
         ticker.kick()
@@ -78,7 +90,7 @@ def test_a_blocked_loop_counts_its_lag():
 def test_no_ticks_without_thresholds():
     async def main():
         receiver = FakeReceiver()
-        ticker = liveness.Ticker(asyncio.get_running_loop(), receiver, FakeTracker(),
+        ticker = liveness.Ticker(asyncio.get_running_loop(), receiver, Tracker(),
                                  FakeRuntime(stall_ms=0, stall_log_ms=0))
         ticker.kick()
         assert receiver.ticks == []
@@ -99,7 +111,7 @@ def test_the_watchdog_logs_where_the_loop_is_blocked(caplog):
     watchdog = None
     try:
         started.wait(5)
-        ticker = liveness.Ticker(None, FakeReceiver(), FakeTracker(), FakeRuntime())
+        ticker = liveness.Ticker(None, FakeReceiver(), Tracker(), FakeRuntime())
         ticker.last = time.monotonic()  # its last tick, now late for good
         watchdog = liveness.Watchdog(ticker, FakeRuntime(stall_log_ms=20), loop_thread.ident)
         wait_until(lambda: caplog.records, 5, "the watchdog's line")
@@ -120,7 +132,7 @@ def test_the_watchdog_logs_where_the_loop_is_blocked(caplog):
 
 def test_the_log_is_rate_limited(caplog):
     caplog.set_level(logging.WARNING, logger="fastfork.worker")
-    ticker = liveness.Ticker(None, FakeReceiver(), FakeTracker(), FakeRuntime())
+    ticker = liveness.Ticker(None, FakeReceiver(), Tracker(), FakeRuntime())
     watchdog = liveness.Watchdog(ticker, FakeRuntime(stall_log_ms=0), threading.get_ident())
     try:
         for _ in range(3):
@@ -129,3 +141,89 @@ def test_the_log_is_rate_limited(caplog):
         watchdog.stop()
     assert len(caplog.records) == 1
     assert watchdog._unlogged == 2
+
+
+@pytest.mark.parametrize("active, engines, running", [
+    # (connections the tracker counts, engines as (open, running)) -> running?
+    (0, [], False),
+    (2, [], True),                      # uvicorn's protocols: running while open
+    (2, [(2, 0)], False),               # all the engine's, its app idle: keep-alive
+    (2, [(2, 1)], True),                # its app runs
+    (3, [(2, 0)], True),                # one of another kind (a WebSocket handed over)
+    (3, [(1, 0), (2, 0)], False),       # two engines (two apps), both idle
+    (3, [(1, 0), (2, 1)], True),
+    (0, [(0, 1)], True),                # an app call whose connection closed under it
+])
+def test_when_the_loop_counts_as_running_an_app(active, engines, running):
+    tracker = Tracker()
+    for open_, runs in engines:
+        engine = FakeEngine(open_, runs)
+        tracker.watch(engine)
+        tracker.watch(engine)           # once each, however many servers share it
+        assert engine.watched_by is tracker
+    assert len(tracker.engines) == len(engines)
+    tracker.active = active
+    assert tracker.running() is running
+
+
+def test_an_engine_with_no_app_running_stops_the_ticks_at_once():
+    # Holding only idle keep-alive connections the loop would otherwise wake
+    # every stall_ms / 3 to say it runs; the engine's last app call ending
+    # ends that (quiet), and its first one starts it again.
+    async def main():
+        loop = asyncio.get_running_loop()
+        receiver, tracker = FakeReceiver(), Tracker()
+        ticker = liveness.Ticker(loop, receiver, tracker, FakeRuntime(stall_ms=6))
+        engine = FakeEngine(1, 1)
+        tracker.watch(engine)
+        tracker.active = 1
+        tracker.app_started()           # as the engine calls it
+        assert receiver.ticks == [True] and ticker.last
+        # Within one pass an app ends and the next begins: the tick stays.
+        engine.running = 0
+        tracker.app_ended()
+        engine.running = 1
+        tracker.app_started()
+        assert receiver.ticks == [True] and ticker.last
+        deadline = time.monotonic() + 5
+        while len(receiver.ticks) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        assert receiver.ticks[:3] == [True] * 3       # ticking while its app runs
+        engine.running = 0
+        tracker.app_ended()
+        assert receiver.ticks[-1] is False and ticker.last == 0.0
+        idle = len(receiver.ticks)
+        await asyncio.sleep(0.02)       # ten periods
+        assert len(receiver.ticks) == idle              # no tick, no wake-up
+        engine.running = 1
+        tracker.app_started()
+        assert receiver.ticks[-1] is True and ticker.last
+        # A connection of another kind keeps it ticking when the engine's app ends.
+        tracker.active = 2
+        engine.running = 0
+        tracker.app_ended()
+        assert receiver.ticks[-1] is True
+        ticks = len(receiver.ticks)
+        while len(receiver.ticks) < ticks + 2 and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        assert receiver.ticks[-2:] == [True, True]
+        tracker.active = 1
+        while receiver.ticks[-1] and time.monotonic() < deadline:
+            await asyncio.sleep(0.001)
+        assert receiver.ticks[-1] is False               # at the next tick
+        # An app that answers within the pass that started it: a tick as it
+        # starts, idle once the pass ends, and no timer in between.
+        ticks = len(receiver.ticks)
+        lagged = sum(ticker.lag()[0])
+        engine.running = 1
+        tracker.app_started()
+        engine.running = 0
+        tracker.app_ended()
+        assert receiver.ticks[ticks:] == [True] and ticker.last
+        await asyncio.sleep(0)          # the pass's end
+        assert receiver.ticks[ticks:] == [True, False] and ticker.last == 0.0
+        await asyncio.sleep(0.02)
+        assert receiver.ticks[ticks:] == [True, False]
+        assert sum(ticker.lag()[0]) == lagged            # not one timer ran for it
+
+    asyncio.run(main())

@@ -96,6 +96,7 @@ cdef class AsgiExchange:
             engine.logger.warning("Exceeded concurrency limit.")
             self.task = engine.loop.create_task(self.run(_service_unavailable))
             engine.tasks.add(self.task)
+            engine.app_started()
             return
         if self.wsgi:
             if self.message_complete:
@@ -109,6 +110,7 @@ cdef class AsgiExchange:
             return
         self.task = engine.loop.create_task(self.run(engine.app))
         engine.tasks.add(self.task)
+        engine.app_started()
 
     async def run(self, app):
         cdef Engine engine = self.conn.engine
@@ -134,6 +136,7 @@ cdef class AsgiExchange:
         finally:
             engine.tasks.discard(self.task)
             self.task = None
+            engine.app_ended()
 
     async def send_500(self):
         await self.send({"type": "http.response.start", "status": 500,

@@ -131,6 +131,8 @@ cdef class Engine:
     cdef object scope_filter            # WSGI: rewrites a scope in place before its environ
     cdef object ticker
     cdef double tick
+    cdef object liveness                # told when app calls start and end (watch())
+    cdef readonly Py_ssize_t running    # app calls running on the loop (tasks, WSGI here)
     cdef epoll_event events[EVENTS]
     # Corking (WSGI on the loop thread): see "corking" below.
     cdef bint cork
@@ -181,6 +183,23 @@ cdef class Engine:
     def open(self):
         """Connections this engine serves now."""
         return len(self.conns)
+
+    def watch(self, liveness):
+        """``liveness.app_started()`` when ``running`` leaves 0 (an app call
+        began on the loop: an ASGI task, or a WSGI call on the loop's thread;
+        not one on the pool, which cannot block the loop), ``app_ended()``
+        when it is back at 0 (the worker's ``Tracker``, for its ``Ticker``)."""
+        self.liveness = liveness
+
+    cdef app_started(self):
+        self.running += 1
+        if self.running == 1 and self.liveness is not None:
+            self.liveness.app_started()
+
+    cdef app_ended(self):
+        self.running -= 1
+        if self.running == 0 and self.liveness is not None:
+            self.liveness.app_ended()
 
     def set_default_headers(self, headers):
         """The headers every response starts with (uvicorn's ``default_headers``)."""
@@ -287,11 +306,16 @@ cdef class Engine:
         if not self.due:
             return
         due, self.due = self.due, []
-        for conn in due:
-            if conn.start_due and not conn.closed:
-                conn.start_due = False
-                conn.current.start()
-            started = self.corked_for(started)
+        # One app_started for the pass's calls, not one each (liveness).
+        self.app_started()
+        try:
+            for conn in due:
+                if conn.start_due and not conn.closed:
+                    conn.start_due = False
+                    conn.current.start()
+                started = self.corked_for(started)
+        finally:
+            self.app_ended()
 
     cdef double corked_for(self, double started):
         """Flush now if the pass has held its responses long enough; the new start.

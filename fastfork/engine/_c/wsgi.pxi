@@ -239,6 +239,15 @@ cdef run_in_thread(StartResponse start, dict environ):
 cdef run_wsgi(AsgiExchange ex, StartResponse start, dict environ):
     """Call the app on the loop thread and write its response."""
     cdef Engine engine = ex.conn.engine
+    engine.app_started()
+    try:
+        _run_wsgi(ex, start, environ)
+    finally:
+        engine.app_ended()
+
+
+cdef _run_wsgi(AsgiExchange ex, StartResponse start, dict environ):
+    cdef Engine engine = ex.conn.engine
     try:
         iterable = engine.wsgi_app(environ, start)
         try:

@@ -73,6 +73,56 @@ cdef class Receiver:
         ``max_msgs``: read at most that many messages (0: all).  What is left
         stays the primary's to take back if this worker's loop then blocks.
         """
+        return self._receive(max_msgs)
+
+    def hand_out(self, int max_msgs, dict listeners):
+        """``receive(max_msgs)``, each connection handed to its listener at once.
+
+        ``listeners``: listener id -> an object with ``take`` (a callable
+        that serves the fd and reads its request in this pass of the loop, or
+        None) and ``deliver(fd)`` (any other way, ``take`` being None).  A
+        connection for an id not in ``listeners`` (closed here while the
+        primary still sent for it) is closed.  Returns ``(taken, later,
+        dropped, ended)``: connections handed out, whether one went to a
+        ``deliver``, connections closed for want of a listener, and
+        ``receive``'s ``ended``.  If a listener raises, the connections not
+        yet handed out are closed and the error goes to the caller.
+
+        The data reader's way, once per pass of its loop: no tuple or Python
+        frame per connection between the channel and an engine's gate.
+        """
+        cdef list pairs
+        cdef Py_ssize_t i, n
+        cdef int fd
+        cdef long taken = 0, dropped = 0
+        cdef bint later = False
+        pairs, ended = self._receive(max_msgs)
+        n = len(pairs)
+        i = 0
+        try:
+            while i < n:
+                lid, fd = pairs[i]
+                i += 1
+                listener = listeners.get(lid)
+                if listener is None:
+                    close(fd)
+                    dropped += 1
+                    continue
+                take = listener.take
+                if take is not None:
+                    take(fd)
+                else:
+                    listener.deliver(fd)
+                    later = True
+                taken += 1
+        except BaseException:
+            while i < n:
+                close(pairs[i][1])
+                i += 1
+            raise
+        return taken, later, dropped, ended
+
+    cdef tuple _receive(self, int max_msgs):
         cdef uint8_t bufs[FF_BATCH_MAX_MSGS * RECV_BUF]
         cdef int fds[FF_BATCH_MAX_MSGS * FF_SCM_MAX_FD]
         cdef int lens[FF_BATCH_MAX_MSGS]

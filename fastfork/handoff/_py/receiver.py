@@ -108,6 +108,42 @@ class Receiver:
             raise
         return pairs, self.ended
 
+    def hand_out(self, max_msgs, listeners):
+        """``receive(max_msgs)``, each connection handed to its listener at once.
+
+        ``listeners``: listener id -> an object with ``take`` (a callable
+        that serves the fd and reads its request in this pass of the loop, or
+        None) and ``deliver(fd)`` (any other way, ``take`` being None).  A
+        connection for an id not in ``listeners`` (closed here while the
+        primary still sent for it) is closed.  Returns ``(taken, later,
+        dropped, ended)``: connections handed out, whether one went to a
+        ``deliver``, connections closed for want of a listener, and
+        ``receive``'s ``ended``.  If a listener raises, the connections not
+        yet handed out are closed and the error goes to the caller.
+        """
+        pairs, ended = self.receive(max_msgs)
+        taken = dropped = 0
+        later = False
+        rest = iter(pairs)
+        try:
+            for lid, fd in rest:
+                listener = listeners.get(lid)
+                if listener is None:
+                    os.close(fd)
+                    dropped += 1
+                    continue
+                if listener.take is not None:
+                    listener.take(fd)
+                else:
+                    listener.deliver(fd)
+                    later = True
+                taken += 1
+        except BaseException:
+            for _, fd in rest:
+                os.close(fd)
+            raise
+        return taken, later, dropped, ended
+
     def _parse(self, data, flags, fds, pairs):
         # How many of the message's connections the kernel cut off.
         lids = parse_to_worker(data, flags & socket.MSG_TRUNC, len(fds),

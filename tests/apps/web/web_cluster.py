@@ -40,6 +40,8 @@ parser.add_argument("--ws", default="auto")
 parser.add_argument("--threads", type=int, default=4)
 parser.add_argument("--body-buffer", type=int, default=1 << 20)
 parser.add_argument("--no-access-log", action="store_true")
+parser.add_argument("--control-socket", default=None)
+parser.add_argument("--stall-ms", type=int, default=None, help="default: the Cluster's")
 parser.add_argument("--check-in-worker", action="store_true",
                     help="skip the primary's detect(): the worker's serve() must refuse the app")
 args = parser.parse_args()
@@ -94,9 +96,11 @@ def primary_main():
             print(f"web_cluster: error: {exc}", file=sys.stderr, flush=True)
             return 2
         emit("app", kind=kind)
+    extra = {} if args.stall_ms is None else {"stall_ms": args.stall_ms}
     cluster = fastfork.Cluster(worker_main, args.workers, policy=args.policy,
                                graceful_timeout=args.graceful_timeout,
-                               max_restarts=args.max_restarts)
+                               max_restarts=args.max_restarts,
+                               control_socket=args.control_socket, **extra)
     emit("primary", pid=os.getpid(), size=cluster.size)
     cluster.on("fork", lambda w: emit("fork", id=w.id, index=w.index, pid=w.pid))
     cluster.on("listening", lambda w, a: emit("listening", id=w.id, index=w.index, pid=w.pid,
