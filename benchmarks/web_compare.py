@@ -27,6 +27,7 @@ what each app costs alone, called in a loop without a server (``--cost``).
 """
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -171,18 +172,19 @@ def wrk(port, duration, connections, close, pids=()):
     return data
 
 
-def measure(command, args):
+@contextlib.contextmanager
+def serving(command, connections):
+    """``(port, pids)`` of a server started by ``command`` (``{port}`` filled
+    in), answering and warmed up (a 1 s wrk run: every worker up); its whole
+    process group is stopped afterwards."""
     port = free_port()
     argv = [part.replace("{port}", str(port)) for part in command]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             start_new_session=True, text=True)
     try:
         wait_ready(proc, port)
-        wrk(port, 1, args.connections, close=False)        # warm-up: every worker up
-        pids = process_tree(proc.pid)
-        return {mode: wrk(port, args.duration, args.connections, close=(mode == "close"),
-                          pids=pids)
-                for mode in ("close", "keepalive")}
+        wrk(port, 1, connections, close=False)
+        yield port, process_tree(proc.pid)
     finally:
         try:
             os.killpg(proc.pid, signal.SIGTERM)
@@ -192,6 +194,13 @@ def measure(command, args):
             proc.wait(5)
         except ProcessLookupError:
             pass
+
+
+def measure(command, args):
+    with serving(command, args.connections) as (port, pids):
+        return {mode: wrk(port, args.duration, args.connections, close=(mode == "close"),
+                          pids=pids)
+                for mode in ("close", "keepalive")}
 
 
 def _median(measured):
@@ -320,6 +329,8 @@ def serve_fastfork(args):
                            log_level="warning", threads=args.threads, http=args.http)
 
     options = {} if args.window is None else {"window": args.window}
+    if args.stall_ms is not None:
+        options["stall_ms"] = args.stall_ms
     return fastfork.Cluster(worker, args.workers, policy=args.serve, **options).run()
 
 
@@ -339,6 +350,7 @@ def main():
     parser.add_argument("--app", default="starlette", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--http", default="auto", help=argparse.SUPPRESS)
+    parser.add_argument("--stall-ms", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cost", choices=tuple(APPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
