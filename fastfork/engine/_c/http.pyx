@@ -132,7 +132,7 @@ cdef class Engine:
     cdef object ticker
     cdef double tick
     cdef object liveness                # told when app calls start and end (watch())
-    cdef readonly Py_ssize_t running    # app calls running on the loop (tasks, WSGI here)
+    cdef readonly Py_ssize_t running    # app calls running (tasks, WSGI calls here or on the pool)
     cdef epoll_event events[EVENTS]
     # Corking (WSGI on the loop thread): see "corking" below.
     cdef bint cork
@@ -186,8 +186,8 @@ cdef class Engine:
 
     def watch(self, liveness):
         """``liveness.app_started()`` when ``running`` leaves 0 (an app call
-        began on the loop: an ASGI task, or a WSGI call on the loop's thread;
-        not one on the pool, which cannot block the loop), ``app_ended()``
+        began: an ASGI task, a WSGI call on the loop's thread, or one on the
+        pool, whose threads can starve the loop of the GIL), ``app_ended()``
         when it is back at 0 (the worker's ``Tracker``, for its ``Ticker``)."""
         self.liveness = liveness
 

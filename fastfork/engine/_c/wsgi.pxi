@@ -157,6 +157,7 @@ cdef class StartResponse:
         if (done or failed) and not self.finished:
             self.finished = True
             engine.in_threads -= 1
+            engine.app_ended()
         if not (ex.complete or ex.disconnected):
             try:
                 data = b"".join(parts) if len(parts) != 1 else parts[0]
@@ -210,6 +211,7 @@ cdef call_wsgi(AsgiExchange ex):
     start.threaded = True
     start.parts = []
     engine.in_threads += 1
+    engine.app_started()
     engine.pool.submit(start, environ)
 
 
