@@ -203,6 +203,23 @@ def measure(command, args):
                 for mode in ("close", "keepalive")}
 
 
+def run_alternately(rows, repeat, measure_one):
+    """``(app, label) -> [measure_one(command), ...]`` for ``rows`` of ``(app,
+    label, command)``, the rows taking turns ``repeat`` times; a row that
+    failed once is ``"failed: ..."`` instead, and is not tried again."""
+    runs = {}
+    for rep in range(repeat):
+        for app, label, command in rows:
+            print(f"{app:9} {label} (run {rep + 1}/{repeat}) ...", file=sys.stderr, flush=True)
+            if isinstance(runs.get((app, label)), str):
+                continue
+            try:
+                runs.setdefault((app, label), []).append(measure_one(command))
+            except (RuntimeError, OSError, subprocess.SubprocessError, StopIteration) as exc:
+                runs[(app, label)] = f"failed: {exc}"
+    return runs
+
+
 def _median(measured):
     """The run with the median req/s, per mode, of repeated ``measure`` results."""
     return {mode: sorted((run[mode] for run in measured), key=lambda d: d["rps"])[
@@ -362,17 +379,7 @@ def main():
         sys.exit("web_compare: wrk is not installed (apt-get install wrk)")
     rows = [row for row in configurations(args)
             if not args.only or any(text in f"{row[0]} {row[1]}" for text in args.only)]
-    runs = {}
-    for rep in range(args.repeat):
-        for app, label, command in rows:
-            print(f"{app:9} {label} (run {rep + 1}/{args.repeat}) ...", file=sys.stderr,
-                  flush=True)
-            if isinstance(runs.get((app, label)), str):
-                continue            # failed in an earlier run: not tried again
-            try:
-                runs.setdefault((app, label), []).append(measure(command, args))
-            except (RuntimeError, OSError, subprocess.SubprocessError, StopIteration) as exc:
-                runs[(app, label)] = f"failed: {exc}"
+    runs = run_alternately(rows, args.repeat, lambda command: measure(command, args))
     results = {key: data if isinstance(data, str) else _median(data)
                for key, data in runs.items()}
     costs = {}

@@ -35,7 +35,8 @@ if __package__ in (None, ""):
     sys.path.insert(0, ROOT)
 
 from benchmarks.cpu_per_conn import CLK_TCK  # noqa: E402
-from benchmarks.web_compare import APPS, configurations, cpu_ticks, serving  # noqa: E402
+from benchmarks.web_compare import (  # noqa: E402
+    APPS, configurations, cpu_ticks, run_alternately, serving)
 
 SLICE_MS = 2                # h2load opens rate * SLICE_MS / 1000 connections per slice
 WARM_UP_CONNECTIONS = 32    # web_compare's warm-up: one wrk second with this many
@@ -123,20 +124,11 @@ def main():
     if args.rate < 1000 // SLICE_MS:
         sys.exit(f"web_rate: --rate must be at least {1000 // SLICE_MS} (one connection "
                  f"per {SLICE_MS} ms slice)")
-    runs = {}
-    chosen = rows(args)
-    for rep in range(args.repeat):
-        for app, label, command in chosen:
-            print(f"{app:9} {label} (run {rep + 1}/{args.repeat}) ...", file=sys.stderr,
-                  flush=True)
-            if isinstance(runs.get((app, label)), str):
-                continue            # failed in an earlier run: not tried again
-            try:
-                with serving(command, WARM_UP_CONNECTIONS) as (port, pids):
-                    runs.setdefault((app, label), []).append(
-                        h2load(port, args.rate, args.duration, pids))
-            except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-                runs[(app, label)] = f"failed: {exc}"
+    def measure(command):
+        with serving(command, WARM_UP_CONNECTIONS) as (port, pids):
+            return h2load(port, args.rate, args.duration, pids)
+
+    runs = run_alternately(rows(args), args.repeat, measure)
     results = {key: data if isinstance(data, str) else
                sorted(data, key=lambda run: run["cpu_us"])[len(data) // 2]
                for key, data in runs.items()}
