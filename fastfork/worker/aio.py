@@ -66,9 +66,10 @@ class Server:
         self._asyncio_server = None
         self._closed = False
         self._takes_fd = hasattr(protocol_factory, "attach_fd")
-        engine = getattr(protocol_factory, "engine", None)
-        if engine is not None:
-            tracker.watch(engine)    # its connections tick only while its app runs
+        if self._takes_fd and hasattr(protocol_factory, "gate"):
+            # fastfork.engine's EngineFactory (not any factory that happens
+            # to have an "engine"): its connections tick only while its app runs.
+            tracker.watch(protocol_factory.engine)
         self._attach_old = self._pick_attach(loop)
         self._attach_now = self._attach_old
         if self._takes_fd and self.listener.proxy_allow is None:
