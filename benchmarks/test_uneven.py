@@ -6,33 +6,16 @@ and really took the stall, and the latencies are those of real requests.
 """
 
 import json
-import os
-import signal
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 @pytest.mark.slow
-def test_uneven_smoke(tmp_path):
+def test_uneven_smoke(tmp_path, run_script):
     out = tmp_path / "uneven.json"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("FASTFORK_NO_EXTENSIONS", None)
-    proc = subprocess.Popen([sys.executable, "benchmarks/uneven.py", "--rows", "least,none",
-                             "--work", "stall", "--share", "0.05", "--burn-ms", "20",
-                             "--duration", "1", "--connections", "4", "--json", str(out)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        stdout, stderr = proc.communicate(timeout=50)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, stderr
+    code, stdout, stderr = run_script(
+        ["benchmarks/uneven.py", "--rows", "least,none", "--work", "stall", "--share", "0.05",
+         "--burn-ms", "20", "--duration", "1", "--connections", "4", "--json", str(out)])
+    assert code == 0, stderr
     assert "| fastfork least |" in stdout and "| fastfork none |" in stdout
     rows = json.loads(out.read_text())["rows"]
     assert set(rows) == {"least", "none"}

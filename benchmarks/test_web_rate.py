@@ -2,38 +2,21 @@
 second, the real run is a command.  Every fastfork row must have served all
 its connections, with CPU figures read from its processes."""
 
-import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def test_every_fastfork_row_serves_the_rate_it_is_offered(tmp_path):
+def test_every_fastfork_row_serves_the_rate_it_is_offered(tmp_path, run_script):
     for tool, package in (("h2load", "nghttp2-client"), ("wrk", "wrk")):
         if not shutil.which(tool):
             pytest.skip(f"{tool} is not installed (apt-get install {package})")
     pytest.importorskip("starlette", reason="starlette is not installed (the webtest extra)")
     out = tmp_path / "web_rate.md"
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    env.pop("FASTFORK_NO_EXTENSIONS", None)
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.web_rate", "--only",
-                             "starlette fastfork", "--rate", "1000", "--duration", "1",
-                             "--repeat", "1", "--out", str(out)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
-    try:
-        _, err = proc.communicate(timeout=50)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, err[-3000:]
+    code, _, stderr = run_script(["-m", "benchmarks.web_rate", "--only", "starlette fastfork",
+                                  "--rate", "1000", "--duration", "1", "--repeat", "1",
+                                  "--out", str(out)])
+    assert code == 0, stderr[-3000:]
     rows = {}
     for line in out.read_text().splitlines():
         cells = [cell.strip() for cell in line.strip("|").split("|")]
