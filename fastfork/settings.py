@@ -33,6 +33,7 @@ POLICIES = ("rr", "least", "none", "reuseport")
 # The policies under which the primary accepts and its dispatcher hands out
 # connections (the others let the workers accept by themselves).
 DISPATCHED = ("rr", "least")
+PRIMARY_SCHEDS = ("batch", "other")
 APP_TYPES = ("auto", "asgi", "wsgi", "stream", "protocol", "main")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
@@ -113,6 +114,13 @@ class Settings:
         "again, and what it was sent and has not taken goes to another worker; while on, a "
         "worker takes new connections one batch per pass of its loop; 0 disables "
         f"(default {DEFAULT_STALL_MS})", metavar="MS")
+    primary_sched: str = _setting(
+        "other", c.choice(PRIMARY_SCHEDS), "rr and least: the primary's scheduling policy. "
+        "batch: SCHED_BATCH, so that waking up to accept never preempts a worker in the "
+        "middle of a request, for a machine that runs nothing else CPU-bound (it waits for "
+        "other processes too: a core's time slice, a few ms); other: SCHED_OTHER, as any "
+        "process.  Workers keep the policy the primary started with, and one set with chrt "
+        "or systemd is kept (default other)", metavar="batch|other")
     stall_log_ms: int = _setting(
         100, c.count, "a worker logs, at most once in 10 s, where its event loop was (file "
         "and line) when it was blocked this many ms; 0 disables (default 100)",

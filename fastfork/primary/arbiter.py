@@ -34,7 +34,7 @@ from ..cpus import parse_workers
 from ..privileges import resolve_credentials
 from ..settings import DISPATCHED, POLICIES, Settings
 from ..worker import boot
-from . import backoff, health, messages, replacement, scaling, slots
+from . import backoff, health, messages, priority, replacement, scaling, slots
 from ..operations import metrics
 from ..operations.endpoint import Endpoint
 from .handle import Worker
@@ -314,6 +314,8 @@ class Cluster:
         self._ensure_started()
         self.open_endpoints()
         self._signals.install(self._wake_w)
+        if self.policy in DISPATCHED and self.settings.primary_sched == "batch":
+            priority.lower()
         try:
             self.manage_workers()
             while True:
@@ -545,6 +547,7 @@ class Cluster:
         # A forked worker must not keep the primary's copies of connections or
         # sockets alive: a connection's fd held here would keep it open after
         # the primary closed its own copy.
+        priority.restore()                  # a worker preempts as any process does
         for sock in primary_ends:
             sock.close()
         self.dispatcher.close()             # and with it the other workers' credit pages
@@ -832,6 +835,7 @@ class Cluster:
             self._control_server = None
         self._close_endpoints()
         self._signals.restore()
+        priority.restore()
         if self.dispatcher is not None:
             self.dispatcher.close()
             self.dispatcher = None

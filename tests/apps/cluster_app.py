@@ -38,6 +38,7 @@ parser.add_argument("--address", default="127.0.0.1:0")
 parser.add_argument("--window", type=int, default=8)
 parser.add_argument("--worker-connections", type=int, default=0)
 parser.add_argument("--stall-ms", type=int, default=None, help="default: the Cluster's")
+parser.add_argument("--primary-sched", default="other", choices=("batch", "other"))
 parser.add_argument("--control-socket", default=None, help="serve `fastfork status` here")
 parser.add_argument("--graceful-timeout", type=float, default=10.0)
 parser.add_argument("--max-restarts", type=int, default=10)
@@ -178,7 +179,7 @@ def primary_main():
                                graceful_timeout=args.graceful_timeout,
                                max_restarts=args.max_restarts, min_uptime=args.min_uptime,
                                timeout=args.timeout, proxy_protocol=args.proxy_protocol,
-                               **extra)
+                               primary_sched=args.primary_sched, **extra)
     emit("primary", pid=os.getpid(), implementation=cluster.implementation, size=cluster.size)
     cluster.on("fork", lambda w: emit("fork", id=w.id, index=w.index, pid=w.pid))
     cluster.on("online", lambda w: emit("online", id=w.id, pid=w.pid))
@@ -196,7 +197,7 @@ def primary_main():
                                                   code=code, signal=sig))
     code = cluster.run()
     emit("done", code=code, fds_before=fds_before, fds_after=len(os.listdir("/proc/self/fd")),
-         children=_children())
+         children=_children(), sched=os.sched_getscheduler(0))
     return code
 
 

@@ -203,7 +203,7 @@ def test_bind_errors_surface_in_listen(cluster_factory, impl):
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_graceful_shutdown_leaves_no_child_and_no_fd(cluster_factory, impl, sig):
-    cluster = cluster_factory("--workers", "2")
+    cluster = cluster_factory("--workers", "2", "--primary-sched", "batch")
     address, listening = cluster.wait_listening(2)
     # An open connection in the middle of a request must be finished, not cut.
     slow = socket.create_connection(address, timeout=30)
@@ -217,6 +217,7 @@ def test_graceful_shutdown_leaves_no_child_and_no_fd(cluster_factory, impl, sig)
     assert done["code"] == 0
     assert done["children"] == []
     assert done["fds_after"] == done["fds_before"], done
+    assert done["sched"] == os.SCHED_OTHER      # run() gives back the policy it lowered
     exits = [e for e in cluster.events if e["event"] == "exit"]
     assert sorted(e["pid"] for e in exits) == sorted(e["pid"] for e in listening)
     assert all(e["code"] == 0 for e in exits)
