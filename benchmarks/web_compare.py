@@ -18,6 +18,7 @@ what each app costs alone, called in a loop without a server (``--cost``).
 
     fastfork rr / none      fastfork.web.serve, defaults (http "auto": fastfork's
                             engine, C; loop "auto": uvloop when installed)
+    ..., --primary-sched batch  the primary as SCHED_BATCH (does not preempt workers)
     fastfork rr httptools   the same on uvicorn's httptools protocol
     ..., WSGI on the loop   and threads=0: the engine calls the WSGI app itself
     uvicorn --workers N     uvicorn's own process manager
@@ -70,6 +71,10 @@ def configurations(args):
                          [py, me, "--serve", policy, "--app", app, "--port", "{port}",
                           "--workers", w, "--threads", t]
                          + ([] if args.window is None else ["--window", str(args.window)])))
+        rows.append((app, "fastfork rr, --primary-sched batch",
+                     [py, me, "--serve", "rr", "--app", app, "--port", "{port}", "--workers", w,
+                      "--threads", t, "--primary-sched", "batch"]
+                     + ([] if args.window is None else ["--window", str(args.window)])))
         rows.append((app, "fastfork rr httptools",
                      [py, me, "--serve", "rr", "--app", app, "--port", "{port}", "--workers", w,
                       "--threads", t, "--http", "httptools"]
@@ -348,6 +353,8 @@ def serve_fastfork(args):
     options = {} if args.window is None else {"window": args.window}
     if args.stall_ms is not None:
         options["stall_ms"] = args.stall_ms
+    if args.primary_sched is not None:
+        options["primary_sched"] = args.primary_sched
     return fastfork.Cluster(worker, args.workers, policy=args.serve, **options).run()
 
 
@@ -368,6 +375,7 @@ def main():
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--http", default="auto", help=argparse.SUPPRESS)
     parser.add_argument("--stall-ms", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--primary-sched", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--cost", choices=tuple(APPS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
