@@ -23,7 +23,7 @@ def test_every_fastfork_row_serves_the_rate_it_is_offered(tmp_path, run_script):
         if len(cells) == 6 and cells[0] == "starlette":
             rows[cells[1]] = cells
     assert set(rows) == {"fastfork rr", "fastfork rr, --stall-ms 0", "fastfork none",
-                         "fastfork rr, --primary-sched batch", "fastfork rr httptools"}, \
+                         "fastfork rr, --primary-sched other", "fastfork rr httptools"}, \
         out.read_text()
     for label, (_, _, cpu, _, mean_ms, failed) in rows.items():
         assert failed == "0", (label, out.read_text())

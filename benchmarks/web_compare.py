@@ -18,7 +18,7 @@ what each app costs alone, called in a loop without a server (``--cost``).
 
     fastfork rr / none      fastfork.web.serve, defaults (http "auto": fastfork's
                             engine, C; loop "auto": uvloop when installed)
-    ..., --primary-sched batch  the primary as SCHED_BATCH (does not preempt workers)
+    ..., --primary-sched other  the primary as SCHED_OTHER always (auto: SCHED_BATCH when behind)
     fastfork rr httptools   the same on uvicorn's httptools protocol
     ..., WSGI on the loop   and threads=0: the engine calls the WSGI app itself
     uvicorn --workers N     uvicorn's own process manager
@@ -71,9 +71,9 @@ def configurations(args):
                          [py, me, "--serve", policy, "--app", app, "--port", "{port}",
                           "--workers", w, "--threads", t]
                          + ([] if args.window is None else ["--window", str(args.window)])))
-        rows.append((app, "fastfork rr, --primary-sched batch",
+        rows.append((app, "fastfork rr, --primary-sched other",
                      [py, me, "--serve", "rr", "--app", app, "--port", "{port}", "--workers", w,
-                      "--threads", t, "--primary-sched", "batch"]
+                      "--threads", t, "--primary-sched", "other"]
                      + ([] if args.window is None else ["--window", str(args.window)])))
         rows.append((app, "fastfork rr httptools",
                      [py, me, "--serve", "rr", "--app", app, "--port", "{port}", "--workers", w,

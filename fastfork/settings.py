@@ -33,7 +33,7 @@ POLICIES = ("rr", "least", "none", "reuseport")
 # The policies under which the primary accepts and its dispatcher hands out
 # connections (the others let the workers accept by themselves).
 DISPATCHED = ("rr", "least")
-PRIMARY_SCHEDS = ("batch", "other")
+PRIMARY_SCHEDS = ("auto", "batch", "other")
 APP_TYPES = ("auto", "asgi", "wsgi", "stream", "protocol", "main")
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 LOG_FORMATS = ("text", "json")
@@ -115,12 +115,13 @@ class Settings:
         "worker takes new connections one batch per pass of its loop; 0 disables "
         f"(default {DEFAULT_STALL_MS})", metavar="MS")
     primary_sched: str = _setting(
-        "other", c.choice(PRIMARY_SCHEDS), "rr and least: the primary's scheduling policy. "
+        "auto", c.choice(PRIMARY_SCHEDS), "rr and least: the primary's scheduling policy. "
         "batch: SCHED_BATCH, so that waking up to accept never preempts a worker in the "
-        "middle of a request, for a machine that runs nothing else CPU-bound (it waits for "
-        "other processes too: a core's time slice, a few ms); other: SCHED_OTHER, as any "
-        "process.  Workers keep the policy the primary started with, and one set with chrt "
-        "or systemd is kept (default other)", metavar="batch|other")
+        "middle of a request (it waits for other processes too: beside CPU-bound ones, a "
+        "time slice of a few ms); other: SCHED_OTHER, as any process; auto: batch while "
+        "connections wait unread in the workers' channels (they are behind), other when "
+        "not.  Workers keep the policy the primary started with, and one set with chrt or "
+        "systemd is kept (default auto)", metavar="auto|batch|other")
     stall_log_ms: int = _setting(
         100, c.count, "a worker logs, at most once in 10 s, where its event loop was (file "
         "and line) when it was blocked this many ms; 0 disables (default 100)",

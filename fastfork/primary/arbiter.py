@@ -151,6 +151,7 @@ class Cluster:
         self.restarts_by_cause = collections.Counter()   # (index, cause) -> re-forks
         self._stop_at = None              # SIGTERM with --shutdown-delay: drain from then
         self._next_check_at = 0.0
+        self._governor: Optional[priority.Governor] = None   # --primary-sched auto
         self._handlers = {name: [] for name in EVENTS}
         self._next_id = 1
         self._signals = SignalQueue()
@@ -314,8 +315,11 @@ class Cluster:
         self._ensure_started()
         self.open_endpoints()
         self._signals.install(self._wake_w)
-        if self.policy in DISPATCHED and self.settings.primary_sched == "batch":
-            priority.lower()
+        if self.policy in DISPATCHED and priority.adjustable():
+            if self.settings.primary_sched == "batch":
+                priority.lower()
+            elif self.settings.primary_sched == "auto":
+                self._governor = priority.Governor(time.monotonic())
         try:
             self.manage_workers()
             while True:
@@ -337,6 +341,7 @@ class Cluster:
                     server.expire()           # idle clients, unread answers
                 self.handle_signals()
                 self.report_pauses()
+                self.govern_priority()
                 self.reap_workers()
                 self.murder_workers()
                 if self._stop_at is not None and time.monotonic() >= self._stop_at:
@@ -394,6 +399,8 @@ class Cluster:
             deadlines.append(self._stop_at)
         if self._checks_enabled():
             deadlines.append(self._next_check_at)
+        if self._governor is not None:
+            deadlines.append(self._governor.next_at)
         # A oneshot client's deadline: waking for it is what closes an idle one.
         deadlines.extend(d for d in (s.next_deadline() for s in self._request_servers())
                          if d is not None)
@@ -406,6 +413,19 @@ class Cluster:
     def _checks_enabled(self):
         s = self.settings
         return bool(s.timeout or s.max_requests or s.max_memory)
+
+    def govern_priority(self):
+        """--primary-sched auto: yield to the workers while they are behind."""
+        governor, now = self._governor, time.monotonic()
+        if governor is None or now < governor.next_at:
+            return
+        live = [w for w in self.workers.values() if w.slot is not None and not w.is_dead()]
+        change = governor.sample(now, sum(w.queued() for w in live), len(live),
+                                 self.dispatcher.accepted)
+        if change is True and not priority.lower():
+            self._governor = None           # it could not: said once, not tried again
+        elif change is False:
+            priority.restore()
 
     def report_pauses(self):
         """Log accept() pauses (EMFILE and friends) at most once per PAUSE_LOG_INTERVAL."""

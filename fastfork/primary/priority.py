@@ -1,6 +1,6 @@
-"""The primary's CPU scheduling (``--primary-sched``): with ``batch``, while it
-hands out connections (rr, least), its thread runs as ``SCHED_BATCH``, so that
-waking up to accept never preempts a worker in the middle of a request.
+"""The primary's CPU scheduling (``--primary-sched``): while its workers are
+behind, the primary runs as ``SCHED_BATCH``, so that waking up to accept does
+not preempt a worker in the middle of a request.
 
 Why.  Under load every few connections wake the primary.  A ``SCHED_OTHER``
 thread that wakes after sleeping preempts whatever runs on its core at once
@@ -13,9 +13,14 @@ sleeps or its slice ends, and then finds more to hand out.  Its weight (nice 0)
 is unchanged, so it gets the same share of the CPU, and an idle core runs it
 at once.
 
-Why not the default.  It waits for every other process as well: beside
-processes that never sleep (CPU-bound jobs), each wake-up waits for their time
-slice to end, a few milliseconds.  Both are measured in
+Why not always.  It waits for every other process as well: beside processes
+that never sleep (CPU-bound jobs), each wake-up waits for their time slice to
+end, a few milliseconds, which a connection waits too when the workers have
+nothing else to do.  So ``auto`` (the default) runs the primary as
+``SCHED_BATCH`` only while its workers are behind: while connections wait
+unread in their channels (``Governor``, a mean over the last half second),
+where a wait for the primary costs nothing the queue does not cost anyway;
+``batch`` and ``other`` fix the policy.  Measured in
 ``docs/guides/policies.md`` ("The primary's scheduling policy").
 
 Workers are forked from the primary and would inherit the policy: each sets
@@ -27,6 +32,7 @@ changed is set back.  Linux's policies are per thread: the primary's threads
 started before ``lower`` keep theirs.
 """
 
+import collections
 import logging
 import os
 
@@ -35,6 +41,14 @@ log = logging.getLogger("fastfork")
 # The policy the primary lowered from, while lowered: what its forked workers
 # and the primary itself (as it stops) set back.
 _lowered_from = None
+
+
+def adjustable():
+    """Whether the calling thread runs as SCHED_OTHER: only then may it be changed."""
+    try:
+        return os.sched_getscheduler(0) == os.SCHED_OTHER
+    except OSError:
+        return False
 
 
 def lower():
@@ -65,3 +79,50 @@ def restore():
     except OSError as exc:
         log.warning("could not set the scheduling policy back to SCHED_OTHER (%s)", exc)
     _lowered_from = None
+
+
+# auto: how often the queues are sampled while connections come, and once
+# none came since the last sample (the primary wakes once a second anyway).
+SAMPLE_EVERY = 0.1
+IDLE_EVERY = 1.0
+SAMPLES = 5                 # the mean of the last half second's samples decides
+# Connections waiting unread, per worker, from which the primary yields, and
+# below which it preempts again (apart, so that it does not flap).  Measured
+# on 2 workers: 3.9-6.7 a worker under saturation, 0.3-0.7 at a fixed rate
+# that keeps them two-thirds busy or with four clients at a time.
+ENTER_PER_WORKER = 2.0
+LEAVE_PER_WORKER = 1.0
+
+
+def choose(batch, queued_mean, workers):
+    """Whether the primary should run as SCHED_BATCH: it does (``batch``) and
+    ``queued_mean`` connections wait unread across ``workers`` workers."""
+    if workers <= 0:
+        return False
+    per_worker = queued_mean / workers
+    return per_worker >= (LEAVE_PER_WORKER if batch else ENTER_PER_WORKER)
+
+
+class Governor:
+    """``--primary-sched auto``: samples the workers' queues and says when the
+    policy should change.  No I/O: the arbiter reads the queues and acts."""
+
+    def __init__(self, now):
+        self.batch = False
+        self.next_at = now + SAMPLE_EVERY
+        self._samples = collections.deque(maxlen=SAMPLES)
+        self._accepted = -1
+
+    def sample(self, now, queued, workers, accepted):
+        """One sample: ``queued`` connections unread across ``workers``, and
+        the primary's ``accepted`` count so far.  Returns the new state (True:
+        batch) when it changes, else None."""
+        idle = accepted == self._accepted
+        self._accepted = accepted
+        self.next_at = now + (IDLE_EVERY if idle and not queued else SAMPLE_EVERY)
+        self._samples.append(queued)
+        want = choose(self.batch, sum(self._samples) / len(self._samples), workers)
+        if want == self.batch:
+            return None
+        self.batch = want
+        return want

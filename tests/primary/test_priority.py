@@ -1,10 +1,11 @@
-"""The primary's scheduling policy (``fastfork.primary.priority``), read off a real
-`python -m fastfork run` primary and its workers with ``sched_getscheduler``.
+"""The primary's scheduling policy (``fastfork.primary.priority``): the auto
+governor's decisions as tables, then a real `python -m fastfork run` primary and
+its workers, read with ``sched_getscheduler``.
 
-With ``--primary-sched batch``, under rr and least, the primary runs as
-SCHED_BATCH, so that its wake-ups do not preempt workers; its workers, forked
-from it, must not inherit that, respawned ones included; and a policy the
-operator started it with stays as it was.
+Under rr and least, with ``--primary-sched batch`` or (auto) while its workers
+are behind, the primary runs as SCHED_BATCH, so that its wake-ups do not
+preempt workers; its workers, forked from it, must not inherit that, respawned
+ones included; and a policy the operator started it with stays as it was.
 """
 
 import os
@@ -12,9 +13,51 @@ import signal
 
 import pytest
 
+from tests.harness import wait_until
+from tests.loadgen import LineClient, Load
 from tests.runner_harness import APPS, OPS_APP, pids_of
+from fastfork.primary import priority
 
 OTHER, BATCH = os.SCHED_OTHER, os.SCHED_BATCH
+
+
+@pytest.mark.parametrize("batch, queued_mean, workers, want", [
+    (False, 0, 2, False),
+    (False, 3.9, 2, False),         # under 2 a worker: other stays
+    (False, 4.0, 2, True),          # 2 a worker: yield
+    (True, 4.0, 2, True),
+    (True, 2.0, 2, True),           # 1 a worker: batch stays (apart: no flapping)
+    (True, 1.9, 2, False),          # under 1 a worker: preempt again
+    (False, 16, 8, True),
+    (False, 15.9, 8, False),
+    (False, 5, 0, False),           # no worker: nothing to yield to
+    (True, 5, 0, False),
+])
+def test_choose(batch, queued_mean, workers, want):
+    assert priority.choose(batch, queued_mean, workers) is want
+
+
+def test_the_governor_decides_on_the_mean_of_its_last_samples_and_samples_slowly_when_idle():
+    g = priority.Governor(now=0.0)
+    assert g.next_at == priority.SAMPLE_EVERY
+    changes = []
+    t, accepted = 0.0, 0
+    for queued in [8, 8, 8, 8, 8]:         # 2 workers behind: the mean climbs past 4
+        t, accepted = t + 0.1, accepted + 50
+        changes.append(g.sample(t, queued, 2, accepted))
+    assert changes == [True, None, None, None, None] and g.batch
+    assert g.next_at == t + priority.SAMPLE_EVERY
+    changes = []
+    for queued in [0, 0, 0, 0, 0]:         # caught up; 8, 0, 0, 0, 0 is a mean of 1.6
+        t, accepted = t + 0.1, accepted + 50
+        changes.append(g.sample(t, queued, 2, accepted))
+    assert changes == [None, None, None, False, None] and not g.batch
+    t += 0.1
+    assert g.sample(t, 0, 2, accepted) is None        # nothing came since: idle
+    assert g.next_at == t + priority.IDLE_EVERY
+    t += 1.0
+    assert g.sample(t, 0, 2, accepted + 1) is None    # one came: sample often again
+    assert g.next_at == t + priority.SAMPLE_EVERY
 
 
 def policies(status):
@@ -23,7 +66,7 @@ def policies(status):
 
 
 @pytest.mark.parametrize("args, launcher, primary, workers", [
-    ([], None, OTHER, OTHER),                                    # the default
+    ([], None, OTHER, OTHER),                                    # the default, idle
     (["--primary-sched", "batch"], None, BATCH, OTHER),          # rr
     (["--primary-sched", "batch", "--policy", "least"], None, BATCH, OTHER),
     (["--primary-sched", "batch", "--policy", "none"], None, OTHER, OTHER),   # hands out none
@@ -49,3 +92,26 @@ def test_a_respawned_worker_runs_as_sched_other(runner_factory):
                                and all(w["state"] == "listening" for w in s["workers"]),
                                "a replacement for the killed worker")
     assert policies(after) == ({BATCH}, {OTHER})
+
+
+def test_auto_yields_while_the_workers_are_behind_and_preempts_again_after(runner_factory):
+    # Each request blocks its worker's loop 10 ms (under --stall-ms 50, so
+    # that no worker counts as stalled): 40 clients at a time keep
+    # connections waiting unread in both workers' channels.
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "2", "--bind", "127.0.0.1:0",
+                            "--stall-ms", "50")
+    status = runner.wait_serving(2)
+    assert policies(status) == ({OTHER}, {OTHER})
+
+    def primary_is(policy):
+        return os.sched_getscheduler(runner.pid) == policy
+
+    client = LineClient(b"block 0.01\n", check=lambda line, reply: reply.endswith(b"unblocked\n"),
+                        timeout=30)
+    with Load(runner.address(), concurrency=40, duration=60, client=client) as load:
+        wait_until(lambda: primary_is(BATCH), 15, "the primary running as SCHED_BATCH")
+        assert {os.sched_getscheduler(pid) for pid in pids_of(runner.status())} == {OTHER}
+        load.wait_more(20, "requests answered while it yields")
+    report = load.report()
+    assert report.failed == 0, report.errors
+    wait_until(lambda: primary_is(OTHER), 15, "the primary running as SCHED_OTHER again")
