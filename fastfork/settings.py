@@ -119,9 +119,10 @@ class Settings:
         "batch: SCHED_BATCH, so that waking up to accept never preempts a worker in the "
         "middle of a request (it waits for other processes too: beside CPU-bound ones, a "
         "time slice of a few ms); other: SCHED_OTHER, as any process; auto: batch while "
-        "connections wait unread in the workers' channels (they are behind), other when "
-        "not.  Workers keep the policy the primary started with, and one set with chrt or "
-        "systemd is kept (default auto)", metavar="auto|batch|other")
+        "the workers are behind (connections wait unread in their channels, or their "
+        "cores are busy), other when not.  Workers keep the policy the primary started "
+        "with, and one set with chrt or systemd is kept (default auto)",
+        metavar="auto|batch|other")
     stall_log_ms: int = _setting(
         100, c.count, "a worker logs, at most once in 10 s, where its event loop was (file "
         "and line) when it was blocked this many ms; 0 disables (default 100)",

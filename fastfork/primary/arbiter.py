@@ -30,7 +30,7 @@ from ..handoff import backend
 from ..addresses import DEFAULT_BACKLOG, Address, fd_of, parse_address
 from ..handoff import credit as credit_page
 from ..handoff.control import ControlChannel
-from ..cpus import parse_workers
+from ..cpus import parse_workers, usable_cpus
 from ..privileges import resolve_credentials
 from ..settings import DISPATCHED, POLICIES, Settings
 from ..worker import boot
@@ -319,7 +319,7 @@ class Cluster:
             if self.settings.primary_sched == "batch":
                 priority.lower()
             elif self.settings.primary_sched == "auto":
-                self._governor = priority.Governor(time.monotonic())
+                self._governor = priority.Governor(time.monotonic(), usable_cpus())
         try:
             self.manage_workers()
             while True:
@@ -421,7 +421,8 @@ class Cluster:
             return
         live = [w for w in self.workers.values() if w.slot is not None and not w.is_dead()]
         change = governor.sample(now, sum(w.queued() for w in live), len(live),
-                                 self.dispatcher.accepted)
+                                 self.dispatcher.accepted,
+                                 sum(w.cpu_seconds() or 0.0 for w in live))
         if change is True and not priority.lower():
             self._governor = None           # it could not: said once, not tried again
         elif change is False:

@@ -5,6 +5,7 @@ import signal
 import time
 
 _PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # A worker's states, in order: starting -> online -> listening, then
 # stopping (graceful) or hung (aborted), and dead once reaped.
@@ -124,6 +125,17 @@ class Worker:
         try:
             with open(f"/proc/{self.pid}/statm") as f:
                 return int(f.read().split()[1]) * _PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            return None
+
+    def cpu_seconds(self):
+        """CPU time it has used, all its threads (from /proc), or None once it is gone."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                # After the command's ")", which may hold spaces: utime and
+                # stime are fields 14 and 15 of the line, 12 and 13 after it.
+                fields = f.read().rpartition(")")[2].split()
+            return (int(fields[11]) + int(fields[12])) / _CLK_TCK
         except (OSError, ValueError, IndexError):
             return None
 

@@ -18,9 +18,9 @@ that never sleep (CPU-bound jobs), each wake-up waits for their time slice to
 end, a few milliseconds, which a connection waits too when the workers have
 nothing else to do.  So ``auto`` (the default) runs the primary as
 ``SCHED_BATCH`` only while its workers are behind: while connections wait
-unread in their channels (``Governor``, a mean over the last half second),
-where a wait for the primary costs nothing the queue does not cost anyway;
-``batch`` and ``other`` fix the policy.  Measured in
+unread in their channels or the workers keep their cores busy (``Governor``,
+over the last half second), where a wait for the primary costs nothing the
+queue does not cost anyway; ``batch`` and ``other`` fix the policy.  Measured in
 ``docs/guides/policies.md`` ("The primary's scheduling policy").
 
 Workers are forked from the primary and would inherit the policy: each sets
@@ -81,47 +81,64 @@ def restore():
     _lowered_from = None
 
 
-# auto: how often the queues are sampled while connections come, and once
+# auto: how often the workers are sampled while connections come, and once
 # none came since the last sample (the primary wakes once a second anyway).
 SAMPLE_EVERY = 0.1
 IDLE_EVERY = 1.0
-SAMPLES = 5                 # the mean of the last half second's samples decides
-# Connections waiting unread, per worker, from which the primary yields, and
-# below which it preempts again (apart, so that it does not flap).  Measured
-# on 2 workers: 3.9-6.7 a worker under saturation, 0.3-0.7 at a fixed rate
-# that keeps them two-thirds busy or with four clients at a time.
+SAMPLES = 5                 # the last half second's samples decide
+# The workers are behind when connections wait unread in their channels, or
+# when they keep their cores busy (a WSGI pool's queue is inside the worker,
+# which reads its channel at once).  From these the primary yields, and below
+# both of the lower ones it preempts again (apart, so that it does not flap).
+# Measured on 2 workers: 3.9-6.7 connections waiting a worker under
+# saturation, 0.3-0.7 at a fixed rate that keeps them two-thirds busy or with
+# four clients at a time; Django on the pool, saturated, left its channels
+# about empty in one run of ten, with its workers' cores busy.
 ENTER_PER_WORKER = 2.0
 LEAVE_PER_WORKER = 1.0
+ENTER_BUSY = 0.6            # of the cores the workers can use
+LEAVE_BUSY = 0.45
 
 
-def choose(batch, queued_mean, workers):
-    """Whether the primary should run as SCHED_BATCH: it does (``batch``) and
-    ``queued_mean`` connections wait unread across ``workers`` workers."""
+def choose(batch, queued_mean, workers, busy=0.0):
+    """Whether the primary should run as SCHED_BATCH: it does (``batch``),
+    ``queued_mean`` connections wait unread across ``workers`` workers, whose
+    CPU use is ``busy`` of the cores they can use (0 to 1)."""
     if workers <= 0:
         return False
     per_worker = queued_mean / workers
-    return per_worker >= (LEAVE_PER_WORKER if batch else ENTER_PER_WORKER)
+    if batch:
+        return per_worker >= LEAVE_PER_WORKER or busy >= LEAVE_BUSY
+    return per_worker >= ENTER_PER_WORKER or busy >= ENTER_BUSY
 
 
 class Governor:
-    """``--primary-sched auto``: samples the workers' queues and says when the
-    policy should change.  No I/O: the arbiter reads the queues and acts."""
+    """``--primary-sched auto``: samples the workers' queues and CPU and says
+    when the policy should change.  No I/O: the arbiter reads them and acts."""
 
-    def __init__(self, now):
+    def __init__(self, now, cpus):
         self.batch = False
+        self.cpus = cpus                # usable by the workers
         self.next_at = now + SAMPLE_EVERY
-        self._samples = collections.deque(maxlen=SAMPLES)
+        self._samples = collections.deque(maxlen=SAMPLES)   # (now, queued, cpu seconds)
         self._accepted = -1
 
-    def sample(self, now, queued, workers, accepted):
-        """One sample: ``queued`` connections unread across ``workers``, and
-        the primary's ``accepted`` count so far.  Returns the new state (True:
-        batch) when it changes, else None."""
+    def sample(self, now, queued, workers, accepted, cpu):
+        """One sample: ``queued`` connections unread across ``workers``, the
+        primary's ``accepted`` count so far and the workers' ``cpu`` seconds
+        so far.  Returns the new state (True: batch) when it changes, else None."""
         idle = accepted == self._accepted
         self._accepted = accepted
         self.next_at = now + (IDLE_EVERY if idle and not queued else SAMPLE_EVERY)
-        self._samples.append(queued)
-        want = choose(self.batch, sum(self._samples) / len(self._samples), workers)
+        if self._samples and cpu < self._samples[-1][2]:
+            self._samples.clear()       # a worker ended: its CPU left the sum
+        self._samples.append((now, queued, cpu))
+        first = self._samples[0]
+        busy = 0.0
+        if now > first[0] and workers > 0:
+            busy = (cpu - first[2]) / (now - first[0]) / min(workers, self.cpus)
+        queued_mean = sum(s[1] for s in self._samples) / len(self._samples)
+        want = choose(self.batch, queued_mean, workers, busy)
         if want == self.batch:
             return None
         self.batch = want

@@ -44,6 +44,15 @@ def block():
     return jsonify(common.whoami("flask"))
 
 
+@app.get("/spin")
+def spin():
+    # CPU-bound: on a pool thread, it keeps its worker's core busy, not its loop.
+    end = time.perf_counter() + float(request.args["ms"]) / 1000
+    while time.perf_counter() < end:
+        pass
+    return "spun"
+
+
 @app.get("/requests")
 def requests():
     return jsonify(common.requests_served())
