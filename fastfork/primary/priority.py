@@ -90,10 +90,10 @@ SAMPLES = 5                 # the last half second's samples decide
 # when they keep their cores busy (a WSGI pool's queue is inside the worker,
 # which reads its channel at once).  From these the primary yields, and below
 # both of the lower ones it preempts again (apart, so that it does not flap).
-# Measured on 2 workers: 3.9-6.7 connections waiting a worker under
-# saturation, 0.3-0.7 at a fixed rate that keeps them two-thirds busy or with
-# four clients at a time; Django on the pool, saturated, left its channels
-# about empty in one run of ten, with its workers' cores busy.
+# Measured on 2 workers, 2 cores: 3.9-6.7 connections waiting a worker under
+# saturation; 0.3-0.7 at 6,000 Flask connections a second (about 40% of the
+# cores) or with four clients at a time; Django on the pool, saturated, left
+# its channels about empty in one run of ten, with its workers' cores busy.
 ENTER_PER_WORKER = 2.0
 LEAVE_PER_WORKER = 1.0
 ENTER_BUSY = 0.6            # of the cores the workers can use
