@@ -69,6 +69,8 @@ def table(answer):
     if p.get("replacing"):
         r = p["replacing"]
         lines[0] += f"; replacing worker {r['old']} by {r['new']} ({r['reason']})"
+    if p.get("sched") == "batch":     # --primary-sched: it yields to busy workers
+        lines[0] += "; primary as SCHED_BATCH"
     if p.get("stopping"):
         lines[0] += "; stopping"
     if p.get("degraded"):         # .get: an older primary does not say

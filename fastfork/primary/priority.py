@@ -51,6 +51,19 @@ def adjustable():
         return False
 
 
+_NAMES = {os.SCHED_OTHER: "other", os.SCHED_BATCH: "batch", os.SCHED_IDLE: "idle",
+          os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr"}
+
+
+def current():
+    """The calling thread's policy, as ``chrt`` names it (``fastfork status``)."""
+    try:
+        policy = os.sched_getscheduler(0)
+    except OSError:
+        return None
+    return _NAMES.get(policy, str(policy))
+
+
 def lower():
     """Run the calling thread as SCHED_BATCH if it runs as SCHED_OTHER; True if it did."""
     global _lowered_from

@@ -2,7 +2,7 @@
 
 import time
 
-from . import slots
+from . import priority, slots
 
 
 def status(cluster):
@@ -25,6 +25,7 @@ def status(cluster):
     return {
         "primary": {"pid": cluster.pid, "name": cluster.name, "policy": cluster.policy,
                     "implementation": cluster.implementation, "size": cluster.size,
+                    "sched": priority.current(),
                     "uptime": round(time.monotonic() - cluster.started_at, 3),
                     "addresses": cluster.listeners.addresses(),
                     "replacing": replacing, "queued": len(cluster.replacements.queue),

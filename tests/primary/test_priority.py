@@ -16,6 +16,7 @@ import pytest
 from tests.harness import wait_until
 from tests.loadgen import HttpClient, LineClient, Load
 from tests.runner_harness import APPS, OPS_APP, pids_of
+from fastfork.cli.status import table
 from fastfork.primary import priority
 
 OTHER, BATCH = os.SCHED_OTHER, os.SCHED_BATCH
@@ -102,6 +103,8 @@ def test_the_primary_yields_to_its_workers_and_they_do_not_inherit_it(
     status = runner.wait_serving(2)
     assert status["primary"]["pid"] == runner.pid
     assert policies(status) == ({primary}, {workers})
+    assert status["primary"]["sched"] == {OTHER: "other", BATCH: "batch"}[primary]
+    assert ("; primary as SCHED_BATCH" in table(status)[0]) == (primary == BATCH)
 
 
 def test_a_respawned_worker_runs_as_sched_other(runner_factory):
