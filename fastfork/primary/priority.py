@@ -38,18 +38,9 @@ import os
 
 log = logging.getLogger("fastfork")
 
-# The policy the primary lowered from, while lowered: what its forked workers
-# and the primary itself (as it stops) set back.
-_lowered_from = None
-
-
-def adjustable():
-    """Whether the calling thread runs as SCHED_OTHER: only then may it be changed."""
-    try:
-        return os.sched_getscheduler(0) == os.SCHED_OTHER
-    except OSError:
-        return False
-
+# While the primary runs as SCHED_BATCH by ``lower``: what its forked workers
+# and the primary itself (as it stops) set back to SCHED_OTHER.
+_lowered = False
 
 _NAMES = {os.SCHED_OTHER: "other", os.SCHED_BATCH: "batch", os.SCHED_IDLE: "idle",
           os.SCHED_FIFO: "fifo", os.SCHED_RR: "rr"}
@@ -64,34 +55,38 @@ def current():
     return _NAMES.get(policy, str(policy))
 
 
+def adjustable():
+    """Whether the calling thread runs as SCHED_OTHER: only then may ``lower`` be
+    called (another policy is the operator's choice, kept)."""
+    return current() == "other"
+
+
 def lower():
-    """Run the calling thread as SCHED_BATCH if it runs as SCHED_OTHER; True if it did."""
-    global _lowered_from
-    if _lowered_from is not None:
+    """Run the calling thread, ``adjustable()``, as SCHED_BATCH; True if it does."""
+    global _lowered
+    if _lowered:
         return True
     try:
-        if os.sched_getscheduler(0) != os.SCHED_OTHER:
-            return False              # the operator chose a policy: keep it
         os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
     except OSError as exc:
         # A seccomp filter or an unusual kernel: the primary works as before.
         log.warning("the primary could not run as SCHED_BATCH (%s): its wake-ups may "
                     "preempt workers", exc)
         return False
-    _lowered_from = os.SCHED_OTHER
+    _lowered = True
     return True
 
 
 def restore():
     """Set back what ``lower`` changed, in the primary as it stops or in a forked worker."""
-    global _lowered_from
-    if _lowered_from is None:
+    global _lowered
+    if not _lowered:
         return
     try:
-        os.sched_setscheduler(0, _lowered_from, os.sched_param(0))
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
     except OSError as exc:
         log.warning("could not set the scheduling policy back to SCHED_OTHER (%s)", exc)
-    _lowered_from = None
+    _lowered = False
 
 
 # auto: how often the workers are sampled while connections come, and once
