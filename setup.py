@@ -24,6 +24,10 @@ extensions = [
               define_macros=macros, extra_compile_args=cflags),
     Extension("fastfork.handoff._c.dispatcher", [C + "dispatcher.pyx", "csrc/fdpass.c"], **csrc),
     Extension("fastfork.handoff._c.receiver", [C + "receiver.pyx", "csrc/fdpass.c"], **csrc),
+    # The worker's watchdog clock (fastfork.worker.liveness): the credit page's atomics.
+    Extension("fastfork.worker._c.stallclock", ["fastfork/worker/_c/stallclock.pyx"],
+              include_dirs=["csrc"], depends=["csrc/credit.h"], define_macros=macros,
+              extra_compile_args=cflags),
     # The worker's HTTP/1.1 engine (fastfork.engine): http.pyx and its .pxi files.
     Extension("fastfork.engine._c.http", ["fastfork/engine/_c/http.pyx"],
               define_macros=macros, extra_compile_args=cflags),

@@ -18,7 +18,10 @@ loop's lag, counted in ``LAG_BUCKETS`` for the metrics.
 when the loop has not ticked for ``stall_log_ms`` it reads the loop thread's
 frame (``sys._current_frames()``) and logs the file and line it is blocked
 at, at most once per ``LOG_EVERY`` seconds (the others counted in the next
-line).
+line).  It looks through a ``StallClock`` (``_c/stallclock.pyx``), which
+waits and looks without the GIL: a thread that took the GIL to look cost a
+busy loop up to 10 µs a request (see there).  ``PyStallClock`` is its
+pure-Python twin, for a build without extensions.
 """
 
 import logging
@@ -29,11 +32,66 @@ import threading
 import time
 import traceback
 
+from ..handoff.backend import forced_pure
 from ..handoff.wire import LAG_BUCKETS
 
 log = logging.getLogger("fastfork.worker")
 
 LOG_EVERY = 10.0
+# How long the watchdog's clock waits at most before the watchdog reads its
+# setting again (the GIL taken once so; the runtime's stall_log_ms may change).
+REREAD_EVERY = 1.0
+
+
+class PyStallClock:
+    """``StallClock``'s pure-Python twin: the same methods and results, but
+    each look takes the GIL."""
+
+    def __init__(self):
+        self._tick = 0.0
+        self._reported = 0.0
+        self._stopped = threading.Event()
+
+    def tick(self, now):
+        """The loop ticked at ``now`` (``time.monotonic()``); 0: it is idle."""
+        self._tick = now if now > 0 else 0.0
+
+    def stop(self):
+        """End a ``wait_stale`` (now or at its next look): it returns -1."""
+        self._stopped.set()
+
+    def wait_stale(self, threshold, most):
+        """Wait until a tick is ``threshold`` seconds old, looking every
+        ``threshold / 2`` (100 ms at most): its age in seconds.  A tick is
+        reported once; an idle loop (tick 0) never.  0.0 after ``most``
+        seconds (or none to wait for: ``threshold`` 0); -1.0 once stopped."""
+        step = min(threshold / 2 if threshold > 0 else 0.1, 0.1)
+        end = time.monotonic() + max(most, 0.0)
+        while True:
+            if self._stopped.is_set():
+                return -1.0
+            now = time.monotonic()
+            tick = self._tick
+            if (threshold > 0 and tick and tick != self._reported and tick < now
+                    and now - tick >= threshold):
+                self._reported = tick
+                return now - tick
+            if now >= end:
+                return 0.0
+            self._stopped.wait(min(end - now, step))
+
+
+def _clock_class():
+    if not forced_pure():
+        try:
+            from ._c.stallclock import StallClock
+            return StallClock
+        except ImportError:           # not built: the hand-off's loader said how, once
+            pass
+    return PyStallClock
+
+
+StallClock = _clock_class()
 
 
 class Ticker:
@@ -48,6 +106,7 @@ class Ticker:
         self._settling = False            # started() queued _settle
         self._due = 0.0
         self.last = 0.0                   # time.monotonic() of the last tick; 0: idle
+        self.clock = StallClock()         # the same, for the watchdog's thread
         self.lag_counts = [0] * (len(LAG_BUCKETS) + 1)
         self.lag_sum = 0.0
         # Its engines say when apps start and end (Tracker.watch), straight to these.
@@ -90,7 +149,8 @@ class Ticker:
             self._receiver.tick(True)
         except (OSError, ValueError):
             pass
-        self.last = time.monotonic()
+        self.last = now = time.monotonic()
+        self.clock.tick(now)
         if not self._settling:        # (another app of this pass ended before this one)
             self._settling = True
             self._loop.call_soon(self._settle)   # after the first steps queued before it
@@ -111,6 +171,7 @@ class Ticker:
     def _arm(self, now, period):
         self._store(True)
         self.last = now
+        self.clock.tick(now)
         self._due = now + period
         self._handle = self._loop.call_later(period, self._run)
 
@@ -144,6 +205,7 @@ class Ticker:
     def _idle(self):
         self._store(False)                # idle: what is sent wakes it
         self.last = 0.0
+        self.clock.tick(0.0)
         self._handle = None
 
     def _store(self, running):
@@ -161,11 +223,9 @@ class Watchdog:
     """Logs where the loop thread is when its ticks stop (see the module)."""
 
     def __init__(self, ticker, runtime, loop_thread_id):
-        self._ticker = ticker
+        self._clock = ticker.clock
         self._runtime = runtime
         self._loop_thread = loop_thread_id
-        self._stop = threading.Event()
-        self._reported = 0.0              # the tick whose lateness was counted
         self._last_log = -LOG_EVERY
         self._unlogged = 0
         self.stalls = 0                   # stalls over stall_log_ms, logged or not
@@ -174,19 +234,14 @@ class Watchdog:
         self._thread.start()
 
     def stop(self):
-        self._stop.set()
+        self._clock.stop()
 
     def _watch(self):
         while True:
-            threshold = self._runtime.stall_log_ms / 1000.0
-            if self._stop.wait(threshold / 2 if threshold else 1.0):
+            late = self._clock.wait_stale(self._runtime.stall_log_ms / 1000.0, REREAD_EVERY)
+            if late < 0:
                 return
-            last = self._ticker.last
-            if not threshold or not last or last == self._reported:
-                continue
-            late = time.monotonic() - last
-            if late >= threshold:
-                self._reported = last
+            if late:
                 self.stalls += 1
                 self._log(late)
 

@@ -112,7 +112,7 @@ def test_the_watchdog_logs_where_the_loop_is_blocked(caplog):
     try:
         started.wait(5)
         ticker = liveness.Ticker(None, FakeReceiver(), Tracker(), FakeRuntime())
-        ticker.last = time.monotonic()  # its last tick, now late for good
+        ticker.clock.tick(time.monotonic())   # its last tick, now late for good
         watchdog = liveness.Watchdog(ticker, FakeRuntime(stall_log_ms=20), loop_thread.ident)
         wait_until(lambda: caplog.records, 5, "the watchdog's line")
         # One line per stall (the same late tick is not counted again).
@@ -128,6 +128,100 @@ def test_the_watchdog_logs_where_the_loop_is_blocked(caplog):
     line = blocked_here.__code__.co_firstlineno + 2
     assert f"{__file__}:{line} in blocked_here" in record.getMessage(), record.getMessage()
     assert record.getMessage().startswith("worker 7: event loop blocked for ")
+
+
+@pytest.fixture(params=["cython", "python"])
+def clock_class(request):
+    """``StallClock`` (C, no GIL while it waits) and its pure-Python twin."""
+    if request.param == "python":
+        return liveness.PyStallClock
+    try:
+        from fastfork.worker._c.stallclock import StallClock
+    except ImportError as exc:
+        if liveness.forced_pure():
+            pytest.skip("FASTFORK_NO_EXTENSIONS is set: Cython build not required")
+        pytest.fail(f"the Cython extension is not built: {exc}")
+    return StallClock
+
+
+def test_the_tickers_clock_is_the_c_one_unless_told_otherwise():
+    clock = liveness.Ticker(None, FakeReceiver(), Tracker(), FakeRuntime()).clock
+    expected = "PyStallClock" if liveness.forced_pure() else "StallClock"
+    assert type(clock).__name__ == expected
+
+
+def test_the_tickers_clock_follows_its_ticks_and_idle():
+    async def main():
+        ticker = liveness.Ticker(asyncio.get_running_loop(), FakeReceiver(), Tracker(),
+                                 FakeRuntime())
+        ticker.clock = clock = FakeClock()
+        ticker.started()                  # an app call began: a tick
+        assert clock.ticks == [ticker.last] and ticker.last
+        await asyncio.sleep(0)            # the pass ends with nothing running: idle
+        assert clock.ticks[-1] == 0.0 and ticker.last == 0.0
+        ticker.kick()                     # the data reader: ticking again
+        assert clock.ticks[-1] == ticker.last and ticker.last
+
+    asyncio.run(main())
+
+
+# (tick: seconds before now, or 0 for idle; threshold; most) -> a stall reported?
+STALE_CASES = [
+    ((1.0, 0.05, 5.0), True),       # a tick late by a second: at the first look
+    ((0.0, 0.05, 0.2), False),      # idle: never late
+    ((-1.0, 10.0, 0.2), False),     # fresh (a second ahead): not late within most
+    ((1.0, 0.0, 0.2), False),       # threshold 0: the watchdog is off
+]
+
+
+@pytest.mark.parametrize("case, reported", STALE_CASES)
+def test_wait_stale_reports_a_late_tick_and_nothing_else(clock_class, case, reported):
+    ago, threshold, most = case
+    clock = clock_class()
+    clock.tick(time.monotonic() - ago if ago else 0.0)
+    late = clock.wait_stale(threshold, most)
+    if reported:
+        assert ago <= late < most
+    else:
+        assert late == 0.0
+
+
+def test_wait_stale_reports_each_tick_once(clock_class):
+    clock = clock_class()
+    tick = time.monotonic() - 1.0
+    clock.tick(tick)
+    assert clock.wait_stale(0.05, 5.0) >= 1.0
+    assert clock.wait_stale(0.05, 0.2) == 0.0          # the same tick: once
+    clock.tick(tick + 0.5)                              # a new one, late too
+    assert clock.wait_stale(0.05, 5.0) >= 0.5
+
+
+def test_wait_stale_sees_a_tick_go_late_while_it_waits(clock_class):
+    clock = clock_class()
+    clock.tick(time.monotonic())
+    late = clock.wait_stale(0.05, 10.0)
+    assert 0.05 <= late < 10.0
+
+
+def test_stop_ends_a_wait(clock_class):
+    clock = clock_class()
+    result = []
+    waiter = threading.Thread(target=lambda: result.append(clock.wait_stale(0.05, 60.0)))
+    waiter.start()
+    try:
+        clock.stop()
+    finally:
+        waiter.join(10)
+    assert result == [-1.0]
+    assert clock.wait_stale(0.05, 60.0) == -1.0         # stopped for good
+
+
+class FakeClock:
+    def __init__(self):
+        self.ticks = []
+
+    def tick(self, now):
+        self.ticks.append(now)
 
 
 def test_the_log_is_rate_limited(caplog):
