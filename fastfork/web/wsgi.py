@@ -27,6 +27,7 @@ A body larger than that is read by the app as it arrives, as before.
 import asyncio
 import collections
 import contextvars
+import re
 import threading
 
 from .deps import require
@@ -34,6 +35,12 @@ from .deps import require
 DEFAULT_THREADS = 10      # a2wsgi's own default
 DEFAULT_BODY_BUFFER = 1 << 20   # per request: most form posts and JSON bodies fit whole
 HIGH_WATER = 1 << 16      # bytes queued for the loop before a streaming thread waits
+# uvicorn's checks of a response header (HEADER_RE, HEADER_VALUE_RE), made when
+# the app calls start_response, as PEP 3333 asks, so that a bad header is the
+# app's error (a 500): uvicorn makes them once the response has begun, and
+# drops the connection without an answer.
+_BAD_NAME = re.compile(rb'[\x00-\x20\x7f()<>@,;:\[\]={}\\"]')
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def wrap(app, threads=DEFAULT_THREADS, body_buffer=DEFAULT_BODY_BUFFER):
@@ -197,6 +204,10 @@ class _Exchange:
                    for name, value in headers]
         self._unsent = None
         for name, value in encoded:
+            if not name or _BAD_NAME.search(name):
+                raise RuntimeError(f"invalid HTTP header name: {name!r}")
+            if _BAD_VALUE.search(value):
+                raise RuntimeError(f"invalid HTTP header value for {name!r}")
             if name == b"content-length" and value.isdigit():
                 self._unsent = int(value)
         self._start = {"type": "http.response.start", "status": code, "headers": encoded}

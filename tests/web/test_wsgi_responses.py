@@ -67,6 +67,18 @@ def test_no_start_response_is_a_500(bare):
     assert get_json(address, "/whoami")["pid"] == pid
 
 
+@pytest.mark.parametrize("kind", ["crlf", "name", "latin1"])
+def test_a_header_that_cannot_be_sent_is_a_500_and_nothing_forged(bare, kind):
+    cluster, address, pid = bare
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(f"GET /bad-header?h={kind} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        head, body = read_response(sock)
+    assert head.startswith("HTTP/1.1 500 "), head
+    assert "x-forged" not in head.lower() and "x-note" not in head.lower(), head
+    assert body != b"must not be sent"
+    assert get_json(address, "/whoami")["pid"] == pid
+
+
 def test_each_part_reaches_the_client_before_the_next_is_made(bare):
     cluster, address, _ = bare
     with socket.create_connection(address, timeout=5) as sock:

@@ -33,6 +33,7 @@ cdef class AsgiExchange:
     cdef bint disconnected
     cdef bint chunked
     cdef bint has_length
+    cdef bint says_close          # the app's own Connection: close
     cdef long long unsent_length
     cdef bytes head               # the response head, written with the first body part
     cdef object task
@@ -230,29 +231,32 @@ cdef class AsgiExchange:
                                f"already completed.")
 
     cdef start_response(self, message):
-        cdef Engine engine = self.conn.engine
-        cdef int status = message["status"]
-        cdef bint says_close = False
         cdef bytes name, value
+        cdef int status = message["status"]
+        parts = self.open_head(status)
+        for name, value in message.get("headers", ()):
+            self.head_field(parts, name, value)
+        self.close_head(parts, status)
+
+    # The response head in three steps, so that a WSGI app's headers (str)
+    # go straight into it, without an ASGI message in between (wsgi_part).
+    cdef list open_head(self, int status):
         self.started = True
+        self.says_close = False
         if self.expect_continue and not self.message_complete:
             # The client waits for a 100 that will not come: its body will
             # not follow, and the connection cannot be read past it.
             self.keep_alive = False
         self.expect_continue = False
-        if engine.access_logger is not None:
-            scope = self.scope
-            query = scope["query_string"]
-            engine.access_logger.info(
-                '%s - "%s %s HTTP/%s" %d', _client_addr(scope["client"]), scope["method"],
-                scope["path"] + "?" + query.decode("ascii") if query else scope["path"],
-                scope["http_version"], status)
-        parts = [status_line(status), engine.default_head]
-        for name, value in message.get("headers", ()):
-            if bad_name(name):
-                raise RuntimeError("Invalid HTTP header name.")
-            if bad_value(value):
-                raise RuntimeError("Invalid HTTP header value.")
+        return [status_line(status), self.conn.engine.default_head]
+
+    cdef head_field(self, list parts, bytes name, bytes value):
+        cdef Py_ssize_t size = PyBytes_GET_SIZE(name)
+        if bad_name(name):
+            raise RuntimeError("Invalid HTTP header name.")
+        if bad_value(value):
+            raise RuntimeError("Invalid HTTP header value.")
+        if size == 14 or size == 17 or size == 10:     # the three that frame the response
             lower = ascii_lower(name)
             if lower == b"content-length" and not self.chunked and not self.has_length:
                 self.unsent_length = int(value)
@@ -264,8 +268,14 @@ cdef class AsgiExchange:
             elif lower == b"connection":
                 if b"close" in [token.strip() for token in value.lower().split(b",")]:
                     self.keep_alive = False
-                    says_close = True
-            parts += [name, b": ", value, b"\r\n"]
+                    self.says_close = True
+        parts.append(name)
+        parts.append(b": ")
+        parts.append(value)
+        parts.append(b"\r\n")
+
+    cdef close_head(self, list parts, int status):
+        cdef Engine engine = self.conn.engine
         if (not self.has_length and not self.chunked and not self.head_request
                 and status != 204 and status != 304):
             if self.scope["http_version"] == "1.0":
@@ -273,10 +283,17 @@ cdef class AsgiExchange:
             else:
                 self.chunked = True
                 parts.append(b"transfer-encoding: chunked\r\n")
-        if not self.keep_alive and not says_close:
+        if not self.keep_alive and not self.says_close:
             parts.append(b"connection: close\r\n")
         parts.append(b"\r\n")
         self.head = b"".join(parts)
+        if engine.access_logger is not None:
+            scope = self.scope
+            query = scope["query_string"]
+            engine.access_logger.info(
+                '%s - "%s %s HTTP/%s" %d', _client_addr(scope["client"]), scope["method"],
+                scope["path"] + "?" + query.decode("ascii") if query else scope["path"],
+                scope["http_version"], status)
         if self.task is not None:
             # The head waits for the first body part (one writev for both),
             # but no longer than this step of the app's task: an app that
@@ -318,18 +335,20 @@ cdef class AsgiExchange:
 
 
     cdef wsgi_part(self, StartResponse start, bytes data, bint more, bint whole=False):
-        """A WSGI response part; the head goes out with the first (PEP 3333)."""
+        """A WSGI response part; the head goes out with the first (PEP 3333).
+        ``whole``: ``data`` is the whole body (framed by its length if the app
+        did not say)."""
+        cdef int status
         if not start.sent:
             if start.status is None:
                 raise RuntimeError("the WSGI app returned without calling start_response")
-            headers = [(key.encode("latin-1"), value.encode("latin-1"))
-                       for key, value in start.headers]
-            if whole and not any([ascii_lower(key) == b"content-length"
-                                  for key, _ in headers]):
-                headers.append((b"content-length", b"%d" % len(data)))
-            self.start_response({"type": "http.response.start",
-                                 "status": int(start.status.split(" ", 1)[0]),
-                                 "headers": headers})
+            status = int(start.status.split(" ", 1)[0])
+            parts = self.open_head(status)
+            for key, value in start.headers:
+                self.head_field(parts, key.encode("latin-1"), value.encode("latin-1"))
+            if whole and not self.has_length and not self.chunked:
+                self.head_field(parts, b"content-length", b"%d" % len(data))
+            self.close_head(parts, status)
             start.sent = True     # only now: a failure before may still become a 500
         if not self.complete and not self.disconnected:
             self.send_body(data, more)

@@ -282,6 +282,7 @@ cdef wsgi_failed(AsgiExchange ex, StartResponse start):
         ex.head = None
         ex.started = False
         ex.has_length = ex.chunked = False
+        ex.unsent_length = 0
         ex.keep_alive = False
         ex.start_response({"type": "http.response.start", "status": 500,
                            "headers": [(b"content-type", b"text/plain; charset=utf-8"),

@@ -6,6 +6,9 @@
                             the server must drop the connection, not start again
     GET /write              the legacy write() callable, then a returned part
     GET /no-start           returns a body without calling start_response
+    GET /bad-header?h=K     a header the server must refuse (a 500 instead): K=crlf, a
+                            value that would end the header and forge another; K=name, a
+                            name with a space; K=latin1, a value outside Latin-1
     GET /hold               "first\\n", then waits (up to 10 s) for GET /release before
                             "second\\n": the first part must reach the client meanwhile
     GET /release            lets /hold go on
@@ -100,6 +103,11 @@ def app(environ, start_response):
         return _Closing([b"three"])
     if path == "/no-start":
         return [b"nobody called start_response"]
+    if path == "/bad-header":
+        bad = {"crlf": ("X-Note", "one\r\nX-Forged: yes"), "name": ("X Note", "one"),
+               "latin1": ("X-Note", "\u20ac")}[environ["QUERY_STRING"][2:]]
+        start_response("200 OK", [("Content-Type", "text/plain"), bad])
+        return [b"must not be sent"]
     if path == "/hold":
         _released.clear()
         start_response("200 OK", [("Content-Type", "text/plain")])
