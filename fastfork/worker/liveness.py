@@ -62,10 +62,10 @@ class PyStallClock:
 
     def wait_stale(self, threshold, most):
         """Wait until a tick is ``threshold`` seconds old, looking every
-        ``threshold / 2`` (100 ms at most): its age in seconds.  A tick is
-        reported once; an idle loop (tick 0) never.  0.0 after ``most``
-        seconds (or none to wait for: ``threshold`` 0); -1.0 once stopped."""
-        step = min(threshold / 2 if threshold > 0 else 0.1, 0.1)
+        ``threshold / 2``: its age in seconds.  A tick is reported once; an
+        idle loop (tick 0) never.  0.0 after ``most`` seconds (or none to
+        wait for: ``threshold`` 0); -1.0 once stopped."""
+        step = threshold / 2 if threshold > 0 else max(most, 0.0)
         end = time.monotonic() + max(most, 0.0)
         while True:
             if self._stopped.is_set():

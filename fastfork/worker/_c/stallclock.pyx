@@ -63,9 +63,10 @@ cdef class StallClock:
 
     def wait_stale(self, double threshold, double most):
         """Wait until a tick is ``threshold`` seconds old, looking every
-        ``threshold / 2`` (100 ms at most): its age in seconds.  A tick is reported once; an
-        idle loop (tick 0) never.  0.0 after ``most`` seconds (or none to
-        wait for: ``threshold`` 0); -1.0 once stopped."""
+        ``threshold / 2`` (100 ms at most, for ``stop``): its age in seconds.
+        A tick is reported once; an idle loop (tick 0) never.  0.0 after
+        ``most`` seconds (or none to wait for: ``threshold`` 0); -1.0 once
+        stopped."""
         cdef uint64_t limit = <uint64_t>(threshold * 1e9) if threshold > 0 else 0
         cdef uint64_t step = limit // 2 if limit else SLICE_NS
         cdef uint64_t end = _now_ns() + <uint64_t>(most * 1e9 if most > 0 else 0)
