@@ -79,9 +79,10 @@ cdef class AsgiExchange:
             "raw_path": engine.root_path_b + raw_path if engine.root_path else raw_path,
             "query_string": query,
             "headers": headers,
-            "state": engine.app_state.copy(),
         }
-        if engine.wsgi_app is not None:
+        if engine.wsgi_app is None:
+            self.scope["state"] = engine.app_state.copy()
+        else:
             # On the loop thread every request is WSGI (a body past the limit:
             # 413).  On the pool, one whose body is too large to read first,
             # or of unknown length, goes to the ASGI app instead: the WSGI

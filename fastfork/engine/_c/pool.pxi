@@ -281,16 +281,21 @@ def _pool_run(WsgiPool pool, _PoolThread pt):
     cdef rusage usage
     cdef long switches, preempted     # the thread's voluntary and involuntary switches
     usage.ru_nvcsw = usage.ru_nivcsw = 0  # (getrusage cannot fail for the calling thread)
+    cdef bint slept
     while True:
         pt.lock.acquire()
         item, pt.item = pt.item, None
+        # One reading a call: the end of one is the start of the next (what
+        # runs between, next_call, neither blocks nor lets the GIL go).
+        getrusage(RUSAGE_THREAD, &usage)
+        switches, preempted = usage.ru_nvcsw, usage.ru_nivcsw
         while item is not None:
-            getrusage(RUSAGE_THREAD, &usage)
-            switches, preempted = usage.ru_nvcsw, usage.ru_nivcsw
             run_in_thread(<StartResponse>item[0], <dict>item[1])
             item = None           # hold nothing of a finished request while waiting
             getrusage(RUSAGE_THREAD, &usage)
-            if pool.next_call(pt, usage.ru_nvcsw != switches and usage.ru_nivcsw == preempted):
+            slept = usage.ru_nvcsw != switches and usage.ru_nivcsw == preempted
+            switches, preempted = usage.ru_nvcsw, usage.ru_nivcsw
+            if pool.next_call(pt, slept):
                 item, pt.item = pt.item, None
         if pool.closed:
             return
