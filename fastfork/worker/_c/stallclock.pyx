@@ -12,7 +12,7 @@ one worker, a new connection per request, 0.19 wake-ups of the watchdog a
 request and 92-97 µs of the worker's CPU a request against 82-89 with the
 watchdog off (``--stall-log-ms 0``).  Here the looking, and the sleeping
 between looks, are C without the GIL; it is taken only to log a stall, or
-once a ``most`` to read the setting again.
+once per ``wait_stale``'s ``most`` seconds to read the setting again.
 
 ``liveness.PyStallClock`` is the pure-Python twin, for a build without
 extensions; the same tests run against both.
