@@ -167,8 +167,7 @@ cdef class WsgiPool:
                 self.wake_due = True
                 self.loop.call_soon(self._wake_due)
         elif self.idle and self.check_handle is None:
-            self.taken_seen = self.taken
-            self.check_handle = self.loop.call_later(WAKE_AFTER, self.check)
+            self.arm_check()
 
     def _wake_due(self):
         """(loop) The end of the pass that submitted calls: wake a thread for
@@ -176,13 +175,11 @@ cdef class WsgiPool:
         self.wake_due = False
         if self.closed:
             return
-        if self.idle and self.pending and len(self.idle) == self.size:
-            self.wake(self.pending.popleft())
+        self.resume()
         while self.idle and self.pending and monotonic() < self.eager_until:
             self.wake(self.pending.popleft())
         if self.pending and self.idle and self.check_handle is None:
-            self.taken_seen = self.taken
-            self.check_handle = self.loop.call_later(WAKE_AFTER, self.check)
+            self.arm_check()
 
     def check(self):
         """(loop) Calls are waiting: if none was taken since the last look, the
@@ -196,8 +193,12 @@ cdef class WsgiPool:
                 self.wake(self.pending.popleft())
             return
         if self.pending and self.idle:
-            self.taken_seen = self.taken
-            self.check_handle = self.loop.call_later(WAKE_AFTER, self.check)
+            self.arm_check()
+
+    cdef arm_check(self):
+        """(loop) Look at the queue's progress in WAKE_AFTER (``check``)."""
+        self.taken_seen = self.taken
+        self.check_handle = self.loop.call_later(WAKE_AFTER, self.check)
 
     cdef bint resume(self):
         """(loop) Calls wait and every thread is idle (one gave the loop its turn):
