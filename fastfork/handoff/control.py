@@ -68,8 +68,10 @@ class ControlChannel:
     def fileno(self):
         return self.sock.fileno()
 
-    def send(self, message, fds=()):
-        self.sock.sendmsg([encode(message)], rights(fds))
+    def send(self, message, fds=(), wait=True):
+        """Send one message; ``wait=False``: raise BlockingIOError rather than
+        wait while the reader is behind (the channel's queue is full)."""
+        self.sock.sendmsg([encode(message)], rights(fds), 0 if wait else socket.MSG_DONTWAIT)
 
     def recv(self):
         """Receive one message: ``(message, fds)``, or ``(None, [])`` at EOF.

@@ -151,6 +151,7 @@ class Cluster:
         self.restarts_by_cause = collections.Counter()   # (index, cause) -> re-forks
         self._stop_at = None              # SIGTERM with --shutdown-delay: drain from then
         self._next_check_at = 0.0
+        self._running_at = 0.0                 # the loop's last noted turn (_note_running)
         self._governor: Optional[priority.Governor] = None   # --primary-sched auto
         self._handlers = {name: [] for name in EVENTS}
         self._next_id = 1
@@ -322,11 +323,16 @@ class Cluster:
                 self._governor = priority.Governor(time.monotonic(), usable_cpus())
         try:
             self.manage_workers()
+            self._running_at = time.monotonic()
             while True:
                 # poll() accepts and dispatches inside until a control
                 # message, a signal or the next deadline needs this loop, so
                 # under load the primary spends no Python per connection.
-                for fd in self.dispatcher.poll(self._poll_timeout_ms()):
+                timeout_ms = self._poll_timeout_ms()
+                self._note_running()
+                fds = self.dispatcher.poll(timeout_ms)
+                self._note_running(timeout_ms / 1000)
+                for fd in fds:
                     if fd == self._wake_r:
                         self._drain_wakeup()
                     elif fd in self._by_control_fd:
@@ -351,6 +357,7 @@ class Cluster:
                     if not self.workers:
                         break
                 else:
+                    self._note_running()
                     self.check_workers()
                     self.advance_replacement()
                     self.manage_workers()
@@ -358,6 +365,19 @@ class Cluster:
             self._teardown()
         log.info("primary %d exiting with code %d", self.pid, self.exit_code)
         return self.exit_code
+
+    def _note_running(self, may_have_waited=0.0):
+        """The loop is here, ``may_have_waited`` s (its poll's timeout) or less
+        after it was last noted: more than that, and the primary did not run
+        meanwhile, which is no worker's silence (health, rule 5).  Noted around
+        the poll and just before the workers are judged, so that a pause
+        anywhere in the loop (SIGSTOP lands where it lands) is seen first."""
+        now = time.monotonic()
+        late = now - self._running_at - may_have_waited
+        self._running_at = now
+        if health.excuse_pause(self.workers.values(), late):
+            log.warning("the primary did not run for %.1fs (stopped, or starved of CPU): "
+                        "its workers' heartbeat clocks start again", late)
 
     def _request_servers(self):
         """The status socket and the endpoints (``oneshot`` servers)."""

@@ -13,10 +13,21 @@ Rules
    (max-requests plus its jitter), or RSS over ``max_memory`` bytes.
 4. Workers beat at most every second, and four times per timeout when the
    timeout is shorter, so that one late beat is never taken for a hang.
+5. Time the primary itself did not run (stopped by SIGSTOP or a debugger,
+   the whole group stopped by Ctrl-Z, starved on a loaded machine), found
+   as its loop coming round more than PAUSE_SLACK after it was due, is not a
+   worker's silence: every worker's clock moves on by that much.  (Judged at
+   once, the workers that beat on time, their heartbeats still unread, or
+   that were stopped with it, were all aborted as hung.)
 """
 
 HEARTBEAT_MAX_INTERVAL = 1.0
 HEARTBEAT_MIN_INTERVAL = 0.05
+
+# How late the primary's loop may come round (past its poll's timeout) before
+# the time counts as the primary's own pause (rule 5): far longer than a busy
+# machine delays a runnable process, well under the shortest useful timeout.
+PAUSE_SLACK = 0.5
 
 ABORT = "abort"
 REPLACE = "replace"
@@ -27,6 +38,17 @@ def heartbeat_interval(timeout):
     if timeout:
         return max(HEARTBEAT_MIN_INTERVAL, min(HEARTBEAT_MAX_INTERVAL, timeout / 4))
     return HEARTBEAT_MAX_INTERVAL
+
+
+def excuse_pause(workers, late):
+    """The primary's loop came round ``late`` seconds after it was due: if that
+    is a pause (rule 5), move each worker's heartbeat clock on by it.  Returns
+    whether it did."""
+    if late <= PAUSE_SLACK:
+        return False
+    for worker in workers:
+        worker.last_heartbeat += late
+    return True
 
 
 def verdict(worker, now, timeout, max_memory):

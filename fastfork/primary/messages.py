@@ -99,19 +99,40 @@ def on_stopping(cluster, worker, message):
     cluster.note_restart(worker, "sigterm")
 
 
+# A count a worker reports: what status, metrics (floats) and max-requests
+# take as one.  2**53: where a float stops counting by ones.
+MAX_COUNT = 2**53
+
+
+def _count(value, what):
+    """``value`` as a reported count (None: not reported); ValueError if it is
+    not one (a negative number, 10**400, true, 1.5, a string)."""
+    if value is None:
+        return None
+    if type(value) is not int or not 0 <= value < MAX_COUNT:
+        raise ValueError(f"{what} {value!r} is not a count")
+    return value
+
+
 def on_heartbeat(cluster, worker, message):
+    # Checked whole before any is kept: a bad one replaces the worker.
+    opened = _count(message.get("open"), "open")
+    served = _count(message.get("served"), "served")
+    requests = _count(message.get("requests"), "requests")
+    head_timeouts = _count(message.get("head_timeouts"), "head_timeouts")
+    blocked = _count(message.get("blocked"), "blocked")
+    lag = message.get("lag")
+    if lag is not None:
+        if not isinstance(lag, list) or len(lag) != len(LAG_BUCKETS) + 1:
+            raise ValueError(f"lag is not {len(LAG_BUCKETS) + 1} counts")
+        lag_sum = message.get("lag_sum") or 0.0
+        if type(lag_sum) not in (int, float) or not 0.0 <= lag_sum < MAX_COUNT:
+            raise ValueError(f"lag_sum {lag_sum!r} is not a number of seconds")
+        worker.lag = ([_count(count, "a lag count") for count in lag], float(lag_sum))
     worker.last_heartbeat = time.monotonic()
     worker.heartbeats += 1
-    opened, served, requests = message.get("open"), message.get("served"), message.get("requests")
-    worker.open_connections = None if opened is None else int(opened)
-    worker.served = None if served is None else int(served)
-    worker.requests = None if requests is None else int(requests)
-    head_timeouts = message.get("head_timeouts")
-    worker.head_timeouts = None if head_timeouts is None else int(head_timeouts)
-    lag, blocked = message.get("lag"), message.get("blocked")
-    if isinstance(lag, list) and len(lag) == len(LAG_BUCKETS) + 1:
-        worker.lag = ([int(count) for count in lag], float(message.get("lag_sum") or 0.0))
-    worker.blocked = None if blocked is None else int(blocked)
+    worker.open_connections, worker.served, worker.requests = opened, served, requests
+    worker.head_timeouts, worker.blocked = head_timeouts, blocked
 
 
 def on_unlisten(cluster, worker, message):

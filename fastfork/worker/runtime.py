@@ -75,6 +75,7 @@ class WorkerRuntime:
         self.loading = False
         self._loaded_answer = threading.Event()
         self._last_beat = 0.0
+        self.beats_dropped = 0            # heartbeats a full control channel refused
         self.accepted = 0                 # connections blocking accept() returned
         # Set by a server that counts requests (fastfork.web): heartbeats report
         # them, and max-requests counts them instead of connections.
@@ -213,7 +214,13 @@ class WorkerRuntime:
             message["lag"], message["lag_sum"] = self.ticker.lag()
         if self.watchdog is not None:
             message["blocked"] = self.watchdog.stalls
-        self.control.send(message)
+        try:
+            # Never wait for a primary that is not reading (stopped, or a
+            # debugger holds it): this runs on the loop, which would stop
+            # serving.  Every count is a total, so the next beat says it all.
+            self.control.send(message, wait=False)
+        except BlockingIOError:
+            self.beats_dropped += 1
 
     def unlisten(self, lid: int) -> None:
         """This worker closed its listener ``lid`` and goes on: the primary must

@@ -87,6 +87,12 @@ CONTROL_GARBAGE = {
     "deep-nesting": (b"[" * 100000 + b"]" * 100000, 0),
     "huge-int": (b'{"t": "msg", "data": ' + b"7" * 5000 + b"}", 0),
     "bad-backlog": (b'{"t": "listen", "id": 99, "address": "127.0.0.1:0", "backlog": Infinity}', 0),
+    # Counts no metric can hold (a float overflows: every scrape failed) or
+    # that are no count at all.
+    "heartbeat-overflow": (b'{"t": "heartbeat", "open": 1' + b"0" * 400 + b"}", 0),
+    "heartbeat-negative": (b'{"t": "heartbeat", "requests": -5}', 0),
+    "heartbeat-lag-nan": (b'{"t": "heartbeat", "lag": [0,0,0,0,0,0,0,0,0,0,0,0,0], '
+                          b'"lag_sum": NaN}', 0),
     "too-many-fds": (b'{"t": "heartbeat"}', control.MAX_FDS + 3),
     "empty": (b"", 0),
     # Well-formed, but a worker has no reason to send descriptors: the primary

@@ -14,6 +14,7 @@ import socket
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -152,6 +153,71 @@ def test_a_blocked_loop_is_aborted_and_replaced(runner_factory):
     assert re.search(rf"\(pid {hung}\) exited with signal SIGABRT", output), output
     assert "ops_app.py" in output and "in handle" in output   # faulthandler's traceback
     assert {int(request(address, "whoami").split()[1]) for _ in range(4)} == pids_of(status)
+
+
+@pytest.mark.parametrize("whole_group", [False, True], ids=["primary", "whole-group"])
+def test_a_primary_stopped_past_the_timeout_takes_no_worker_for_hung(runner_factory,
+                                                                     whole_group):
+    # SIGSTOP for 3 timeouts (a debugger, or Ctrl-Z on the whole group), then
+    # SIGCONT: the workers beat on time (their beats wait unread) or were
+    # stopped too.  Before, the primary judged them at once and aborted both.
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "2", "--bind", "127.0.0.1:0",
+                            "--timeout", "1")
+    before = runner.wait_serving(2)
+    address = runner.address()
+
+    def stop(sig):
+        if whole_group:
+            os.killpg(runner.pid, sig)      # the primary leads its own session
+        else:
+            runner.signal(sig)
+
+    stop(signal.SIGSTOP)
+    try:
+        time.sleep(3.0)                   # the pause itself, not a wait for an outcome
+    finally:
+        stop(signal.SIGCONT)
+    # A connection held on each worker (rr: one each), which their next beats
+    # report: proof that the primary has heard from both since the pause.
+    held = [socket.create_connection(address, timeout=10) for _ in range(2)]
+    try:
+        for sock in held:
+            sock.sendall(b"whoami")         # no newline: the worker waits for the rest
+        status = runner.wait_status(lambda s: len(s["workers"]) == 2
+                                    and all(w["open"] == 1 for w in s["workers"]),
+                                    "a beat from each worker after the pause", timeout=15)
+    finally:
+        for sock in held:
+            sock.close()
+    output = runner.output()
+    assert pids_of(status) == pids_of(before), output
+    assert "sent no heartbeat" not in output
+    assert re.search(r"the primary did not run for [\d.]+s \(stopped, or starved of CPU\)",
+                     output), output
+
+
+def test_a_worker_serves_on_while_its_primary_is_stopped(runner_factory):
+    # A stopped primary reads no heartbeats: its control channel fills (about
+    # 250 of them, 13 s at --timeout 0.2's 20 a second).  The worker's loop
+    # sent them blocking, and stopped serving until the primary ran again.
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "1", "--bind", "127.0.0.1:0",
+                            "--timeout", "0.2")
+    (pid,) = pids_of(runner.wait_serving(1))
+    sock = socket.create_connection(runner.address(), timeout=10)
+    try:
+        sock.sendall(b"whoami")           # no newline: the worker waits for the rest
+        runner.wait_status(lambda s: s["workers"][0]["open"] == 1, "the connection taken")
+        runner.signal(signal.SIGSTOP)
+        try:
+            time.sleep(16.0)              # 320 heartbeat intervals: the pause itself
+            sock.sendall(b"\n")
+            assert sock.recv(100).split()[1] == str(pid).encode()
+        finally:
+            runner.signal(signal.SIGCONT)
+    finally:
+        sock.close()
+    runner.wait_serving(1)
+    assert "sent no heartbeat" not in runner.output()
 
 
 # -- recycling ----------------------------------------------------------------------------

@@ -710,6 +710,7 @@ def test_read_control_never_raises(impl):
 # End to end: a worker writes garbage, the primary replaces it, the other serves.
 CONTROL_KINDS = ["invalid-json", "not-object", "no-type", "unknown-type", "not-utf8",
                  "truncated", "oversized", "deep-nesting", "huge-int", "bad-backlog",
+                 "heartbeat-overflow", "heartbeat-negative", "heartbeat-lag-nan",
                  "too-many-fds", "empty"]
 DATA_KINDS = ["short", "long", "bad-type", "over-ack", "empty"]
 # Well-formed but with descriptors nobody asked for: tolerated, nothing leaks.

@@ -168,6 +168,26 @@ def test_a_starting_replacement_is_not_recycled_but_is_checked_for_hangs():
     assert health.verdict(worker, 10.0, 5.0, 0)[0] == health.ABORT
 
 
+# Rule 5: (how late the primary's loop came round) -> (excused, each worker's
+# silence at 100.0 with a 5 s timeout, for workers that last beat at 95.5 and 90.0)
+PAUSES = {
+    "on time": (0.0, False, [4.5, 10.0]),
+    "a busy machine's delay": (health.PAUSE_SLACK, False, [4.5, 10.0]),
+    "stopped 8 s: both clocks move on": (8.0, True, [-3.5, 2.0]),
+    "early (a signal woke it)": (-0.4, False, [4.5, 10.0]),
+}
+
+
+@pytest.mark.parametrize("late, excused, silences", list(PAUSES.values()), ids=list(PAUSES))
+def test_a_pause_of_the_primary_is_no_workers_silence(late, excused, silences):
+    workers = [W(0, beats=3, last_beat=95.5), W(1, beats=3, last_beat=90.0)]
+    assert health.excuse_pause(workers, late) is excused
+    assert [100.0 - w.last_heartbeat for w in workers] == pytest.approx(silences)
+    # The verdict follows: silent past the timeout outside the pause is still hung.
+    assert [health.verdict(w, 100.0, 5.0, 0) is not None for w in workers] == [
+        s > 5.0 for s in silences]
+
+
 @pytest.mark.parametrize("timeout, interval", [(0.0, 1.0), (30.0, 1.0), (2.0, 0.5), (0.1, 0.05)])
 def test_heartbeat_interval(timeout, interval):
     assert health.heartbeat_interval(timeout) == pytest.approx(interval)
