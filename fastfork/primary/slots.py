@@ -55,14 +55,23 @@ def readiness(cluster):
     serving = serving_workers(cluster)
     if not serving:
         return False, "no worker is serving yet"
-    # A worker out of fds is sent nothing until it has room: with all of
-    # them there, connections only wait in the backlog.
-    at_limit = sum(cluster.dispatcher.worker_at_fd_limit(w.slot) for w in serving
-                   if w.slot is not None)
+    # A worker out of fds, or whose event loop is blocked (rr, least: the
+    # dispatcher's stall detection), is sent nothing until it has room or
+    # runs again: with all of them so, connections only wait in the backlog.
+    dispatcher = cluster.dispatcher
+    slotted = [w.slot for w in serving if w.slot is not None]
+    at_limit = sum(dispatcher.worker_at_fd_limit(slot) for slot in slotted)
+    stalled = sum(dispatcher.worker_stalls(slot)[0] and not dispatcher.worker_at_fd_limit(slot)
+                  for slot in slotted)
     if at_limit == len(serving):
         return False, (f"every serving worker ({at_limit}) is at its file-descriptor "
                        f"limit: connections wait until one has room")
+    if at_limit + stalled == len(serving):
+        limited = f", {at_limit} at its file-descriptor limit" if at_limit else ""
+        return False, (f"every serving worker is stalled (its event loop blocked: "
+                       f"{stalled}{limited}): connections wait until one runs again")
     limited = f", {at_limit} at its file-descriptor limit" if at_limit else ""
+    limited += f", {stalled} stalled" if stalled else ""
     missing = degraded(cluster)
     if not missing:
         return True, f"ready: {len(serving)} of {cluster.size} workers serving{limited}"

@@ -18,7 +18,8 @@ import time
 
 import pytest
 
-from tests.harness import PY, request, wait_until
+from tests.harness import PY, http_get, request, wait_until
+from tests.implementations import DEFAULT
 from tests.loadgen import LineClient, Load
 from tests.runner_harness import APPS, OPS_APP, pids_of
 from fastfork.operations.status_socket import peer_allowed, peer_credentials
@@ -218,6 +219,36 @@ def test_a_worker_serves_on_while_its_primary_is_stopped(runner_factory):
         sock.close()
     runner.wait_serving(1)
     assert "sent no heartbeat" not in runner.output()
+
+
+def test_readyz_is_503_while_every_worker_is_stalled(runner_factory):
+    # Both loops blocked in a handler: the primary sends them nothing and new
+    # connections only wait in the backlog.  /readyz said 200 meanwhile.
+    if DEFAULT.pure:
+        pytest.skip("the Cython build is not built: the twin finds a blocked loop only "
+                    "by what it leaves unread, which this worker's reader thread takes")
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "2", "--bind", "127.0.0.1:0",
+                            "--health", "127.0.0.1:0", "--stall-ms", "100", impl=DEFAULT)
+    status = runner.wait_serving(2)
+    health = status["primary"]["endpoints"][0]
+    assert http_get(health, "/readyz") == (200, "ready: 2 of 2 workers serving\n")
+    address = runner.address()
+    clients = [socket.create_connection(address, timeout=30) for _ in range(3)]
+    try:
+        for sock in clients[:2]:
+            sock.sendall(b"block 5\n")  # rr: one each
+        clients[2].sendall(b"whoami\n")  # waits in the backlog: answered after the blocks
+        runner.wait_status(lambda s: all(w["stalled"] for w in s["workers"]),
+                           "both workers stalled", timeout=4)
+        code, body = http_get(health, "/readyz")
+        assert code == 503 and body.startswith("every serving worker is stalled"), body
+        for sock in clients[:2]:
+            assert sock.makefile().readline().split()[1] == "unblocked"
+        assert clients[2].makefile().readline().split()[1].isdigit()
+    finally:
+        for sock in clients:
+            sock.close()
+    wait_until(lambda: http_get(health, "/readyz")[0] == 200, 10, "/readyz back to 200")
 
 
 # -- recycling ----------------------------------------------------------------------------
