@@ -166,6 +166,26 @@ def bind_listener(family: int, sockaddr: SockAddr, backlog: int = DEFAULT_BACKLO
     return sock
 
 
+def file_identity(path: str) -> Optional[Tuple[int, int]]:
+    """``(st_dev, st_ino)`` of the file at ``path`` (not followed), or None."""
+    try:
+        st = os.lstat(path)
+    except (OSError, ValueError):     # gone, or an abstract name (a NUL byte)
+        return None
+    return st.st_dev, st.st_ino
+
+
+def unlink_if_same(path: str, identity: Optional[Tuple[int, int]]) -> None:
+    """Remove the socket file this process bound at ``path`` (``identity`` taken
+    then), unless another file took the path since: a newer primary bound
+    there (a deploy removed ours and started it), and its file is not ours."""
+    if identity is not None and file_identity(path) == identity:
+        try:
+            os.unlink(path)
+        except OSError:
+            pass
+
+
 def _remove_stale_unix_socket(path: str) -> None:
     """Unlink ``path`` if it is a socket file nobody listens on any more.
 

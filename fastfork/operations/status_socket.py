@@ -16,6 +16,7 @@ import socket
 import stat
 import struct
 
+from ..addresses import file_identity, unlink_if_same
 from .oneshot import BACKLOG, MAX_REQUEST, OneShotServer
 
 _UCRED = struct.Struct("3i")  # struct ucred: pid, uid, gid
@@ -101,6 +102,7 @@ class StatusServer(OneShotServer):
         finally:
             os.umask(old_umask)
         os.chmod(self.path, 0o600)
+        self._identity = file_identity(self.path)   # removed at the end only if still ours
         sock.listen(BACKLOG)
         sock.setblocking(False)
         super().__init__(sock, watch, unwatch)
@@ -146,10 +148,7 @@ class StatusServer(OneShotServer):
         """Stop serving; ``unlink=False`` in a forked worker (the path is the primary's)."""
         super().close(unwatch=unlink)
         if unlink and os.getpid() == self._pid:
-            try:
-                os.unlink(self.path)
-            except OSError:
-                pass
+            unlink_if_same(self.path, self._identity)
 
 
 USAGE = 'a request is one JSON line like {"cmd": "status"}'

@@ -15,10 +15,10 @@ named with ``fd://N`` (uvicorn's ``--fd``), are used instead of binding.
 
 import errno
 import logging
-import os
 import socket
 
-from ..addresses import bind_listener, describe, set_defer_accept, set_nodelay
+from ..addresses import (bind_listener, describe, file_identity, set_defer_accept, set_nodelay,
+                         unlink_if_same)
 from ..settings import DISPATCHED
 from .activation import inherited_sockets
 
@@ -37,6 +37,8 @@ class SharedListener:
         bound = sock.getsockname()
         self.sockaddr = bound if family == socket.AF_UNIX else bound[:2]
         self.display = describe(family, self.sockaddr)
+        # The socket file as bound: removed at the end only if still this one.
+        self.identity = file_identity(bound) if family == socket.AF_UNIX else None
 
 
 class Listeners:
@@ -130,10 +132,7 @@ class Listeners:
                 dispatcher.remove_listener(shared.lid)
             shared.sock.close()
             if shared.family == socket.AF_UNIX and not shared.inherited:
-                try:
-                    os.unlink(shared.sockaddr)
-                except OSError:
-                    pass
+                unlink_if_same(shared.sockaddr, shared.identity)
         self._shared.clear()
         for sock in self._reserved:
             sock.close()

@@ -16,7 +16,7 @@ import pytest
 
 import fastfork
 from tests.harness import PY, request
-from tests.runner_harness import APPS, OPS_APP, pids_of
+from tests.runner_harness import APPS, OPS_APP, Runner, pids_of
 
 from fastfork.cli import apps, options
 
@@ -207,3 +207,50 @@ def test_a_second_primary_on_the_same_control_socket_exits_2(runner_factory):
         f"fastfork run: error: control socket {first.socket_path} is in use by a running "
         f"primary (pid {first.pid}); give this one another --name or --control-socket"]
     assert first.status()["primary"]["pid"] == first.pid       # the first one is untouched
+
+
+@pytest.mark.parametrize("closed", ["1", "2", "0,1,2"], ids=["stdout", "stderr", "all-three"])
+def test_serves_with_its_standard_streams_closed(runner_factory, rundir, closed):
+    # `fastfork run ... >&-`: Python starts with no sys.stdout (or stderr),
+    # and the primary died flushing it (as it forks, or setting up the log).
+    log = os.path.join(rundir, "error.log")
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "1", "--bind", "127.0.0.1:0",
+                            "--error-logfile", log,
+                            launcher=[os.path.join(APPS, "closed_fd_launcher.py"), closed])
+    (pid,) = pids_of(runner.wait_serving(1))
+    assert request(runner.address(), "whoami").split()[1] == str(pid)
+    runner.signal(signal.SIGTERM)
+    assert runner.proc.wait_exit(30) == 0
+    with open(log) as f:
+        assert f"primary {runner.pid} exiting with code 0" in f.read()
+
+
+def test_a_stopping_primary_leaves_a_newer_primarys_socket_files(rundir):
+    # A deploy removes the old primary's socket files, starts the new one on
+    # the same paths, then stops the old one: which removed the new one's
+    # files as it exited (its clients: "No such file", its status: gone).
+    path = os.path.join(rundir, "app.sock")
+    args = [f"{OPS_APP}:handle", "--workers", "1", "--bind", f"unix:{path}"]
+    old = Runner(rundir, args, name="ctl")
+    new = None
+    try:
+        old.wait_serving(1)
+        os.unlink(path)
+        os.unlink(old.socket_path)
+        new = Runner(rundir, args, name="ctl")
+        (pid,) = pids_of(new.wait_serving(1))
+        old.signal(signal.SIGTERM)
+        assert old.proc.wait_exit(30) == 0
+        assert new.status()["primary"]["pid"] == new.pid
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(10)
+            sock.connect(path)
+            sock.sendall(b"whoami\n")
+            assert sock.makefile().readline().split()[1] == str(pid)
+        new.signal(signal.SIGTERM)
+        assert new.proc.wait_exit(30) == 0
+        assert not os.path.exists(path) and not os.path.exists(new.socket_path)
+    finally:
+        old.close()
+        if new is not None:
+            new.close()
