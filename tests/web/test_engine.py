@@ -134,3 +134,98 @@ def test_headers_go_out_before_a_delayed_first_body_part(engine):
             other.sendall(b"GET /release-body HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
             assert read_until_closed(other).startswith(b"HTTP/1.1 200 ")
         assert b"released" in recv_until(sock, b"released")
+
+
+SMUGGLED = b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+@pytest.mark.parametrize("request_bytes, status", [
+    # llhttp reads no body after an Upgrade head: the body was read as a
+    # second request (one request to a proxy in front, two here).
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+     b"Content-Length: %d\r\n\r\n" % len(SMUGGLED) + SMUGGLED, 400),
+    (b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: foo\r\n"
+     b"Transfer-Encoding: chunked\r\n\r\n%x\r\n" % len(SMUGGLED) + SMUGGLED + b"\r\n0\r\n\r\n",
+     400),
+    # No body: answered as a plain request, and the connection ends with it
+    # (what follows an Upgrade head is the other protocol's).
+    (b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
+     + SMUGGLED, 200),
+    (b"CONNECT x:443 HTTP/1.1\r\nHost: x:443\r\n\r\n" + SMUGGLED, 400),
+], ids=["upgrade-with-length", "upgrade-chunked", "upgrade-no-body", "connect"])
+def test_what_follows_an_upgrade_not_made_is_never_a_request(engine, request_bytes, status):
+    _, address = engine
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(request_bytes)
+        (answer, headers, _), = responses(read_until_closed(sock))
+    assert answer == status and headers[b"connection"] == b"close"
+
+
+def test_trailer_fields_are_held_to_the_head_limits(engine):
+    _, address = engine
+    head = (b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5\r\nhello\r\n0\r\n")
+    for trailers in (b"X-Big: " + b"a" * (1 << 20) + b"\r\n\r\n",       # a 1 MB field
+                     b"X-N: 1\r\n" * 101 + b"\r\n"):                   # 101 fields
+        with socket.create_connection(address, timeout=10) as sock:
+            try:
+                sock.sendall(head + trailers)
+                data = read_until_closed(sock)
+            except (BrokenPipeError, ConnectionResetError):
+                data = b""    # cut before the client finished sending
+        # The app was reading the body: the connection is cut, never answered 200.
+        assert data == b"" or data.startswith(b"HTTP/1.1 431 "), data[:200]
+    # Within the limits, trailers are read (and left out of the scope).
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(head + b"X-N: 1\r\n" * 100 + b"\r\n"
+                     + b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        (status, _, body), (then, _, _) = responses(read_until_closed(sock))
+    assert status == 200 and json.loads(body)["length"] == 5 and then == 200
+
+
+def test_an_answer_before_the_body_ends_reads_the_rest_and_keeps_the_connection(
+        one_web_cluster):
+    # A WSGI app that sleeps, then answers without reading its 8 MB body
+    # (past --wsgi-body-buffer: streamed to the pool by the adapter).  The
+    # engine had stopped reading at 64 KiB meanwhile and never read again:
+    # the client's upload stalled for good.
+    cluster = one_web_cluster("--app", "pep3333", "--workers", "1", "--http", "engine",
+                              "--threads", "2", "--body-buffer", "65536")
+    address, _ = cluster.wait_listening(1)
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"POST /sleep?s=0.3 HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                     % (8 << 20) + b"x" * (8 << 20))
+        sock.sendall(b"GET /whoami HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        answers = responses(read_until_closed(sock))
+    assert [status for status, _, _ in answers] == [200, 200]
+    assert json.loads(answers[1][2])["kind"] == "pep3333"
+
+
+@pytest.mark.parametrize("keep_alive", ["0", "1"])
+def test_the_keep_alive_time_bounds_idle_and_unfinished_bodies(one_web_cluster, keep_alive):
+    cluster = one_web_cluster("--app", "starlette", "--workers", "1", "--http", "engine",
+                              "--timeout-keep-alive", keep_alive)
+    address, _ = cluster.wait_listening(1)
+    with socket.create_connection(address, timeout=10) as sock:
+        if keep_alive == "0":
+            # No connection is kept: it said so, and closed (an idle one stayed open).
+            sock.sendall(b"GET /whoami HTTP/1.1\r\nHost: x\r\n\r\n")
+            (status, headers, _), = responses(read_until_closed(sock))
+            assert status == 200 and headers[b"connection"] == b"close"
+        else:
+            # Answered with 1 KB of its 1 MB body sent, then nothing: closed
+            # once the keep-alive time passes without a byte of the rest.
+            sock.sendall(b"POST /whoami HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n"
+                         % (1 << 20) + b"x" * 1024)
+            (status, _, _), = responses(read_until_closed(sock))
+            assert status == 405
+
+
+def test_a_fragment_in_the_target_is_cut_off(engine):
+    # As httptools' URL parser (uvicorn's protocol) reads it: "/whoami#x" is
+    # /whoami, not a path of its own.
+    _, address = engine
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET /whoami#frag HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        (status, _, body), = responses(read_until_closed(sock))
+    assert status == 200 and json.loads(body)["kind"] == "starlette"

@@ -179,3 +179,25 @@ def test_proxy_headers_reach_a_wsgi_app_on_the_loop(one_web_cluster, trusted):
     else:
         assert (client["host"], scheme["scheme"]) == ("127.0.0.1", "http")
     assert plain["host"] == "127.0.0.1" and plain["port"] > 0
+
+
+@pytest.mark.parametrize("target, path, query", [
+    (b"/target/a?x=1#frag", "/target/a", "x=1"),
+    (b"/target/a#frag?x=1", "/target/a", ""),            # the query is in the fragment
+    (b"/target/a%23frag", "/target/a#frag", ""),         # an escaped "#" is the path's
+    (b"http://x/target/a#frag?x=1", "/target/a", ""),
+])
+def test_the_request_target_is_read_as_httptools_reads_it(bare, target, path, query):
+    address, _ = bare
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET " + target + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        (status, _, body), = parse_responses(read_until_closed(sock))[0]
+    assert status == 200 and json.loads(body) == {"path": path, "query": query}
+
+
+def test_an_absolute_target_without_a_path_is_the_root(bare):
+    address, _ = bare
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET http://x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        (status, _, body), = parse_responses(read_until_closed(sock))[0]
+    assert (status, body) == (404, b"not found: /")      # PATH_INFO "/", not ""

@@ -53,7 +53,10 @@ cdef class AsgiExchange:
         if method_str is None:
             method_str = method.decode("ascii")
         self.head_request = method == b"HEAD"
-        if PyBytes_GET_SIZE(url) and p[0] == b'/':
+        # Origin form without a "#" (a fragment no client should send, which
+        # httptools' own parser cuts off, as uvicorn's protocol does).
+        if (PyBytes_GET_SIZE(url) and p[0] == b'/'
+                and memchr(p, b'#', PyBytes_GET_SIZE(url)) == NULL):
             q = <const char*>memchr(p, b'?', PyBytes_GET_SIZE(url))
             if q == NULL:
                 raw_path, query = url, b""
@@ -63,6 +66,8 @@ cdef class AsgiExchange:
             # Absolute form or "*": httptools' own URL parser.
             parsed = parse_url(url)
             raw_path, query = parsed.path or b"", parsed.query or b""
+            if not raw_path and method != b"OPTIONS":
+                raw_path = b"/"           # http://host: RFC 9112 3.2.2's empty path
         path = raw_path.decode("ascii")
         if "%" in path:
             path = urllib.parse.unquote(path)

@@ -13,6 +13,7 @@ cdef enum:
     TIMER_IDLE = 2        # keep-alive between requests (uvicorn's timeout_keep_alive)
     TIMER_GRACE = 3       # stopping: one more request may come until then
     TIMER_LINGER = 4      # answered and closing: the client's last bytes are drained
+    TIMER_DISCARD = 5     # answered before its body ended: the rest is read and dropped
 
 # After an answer that ends a connection whose client may still be sending
 # (a refused or timed-out head), the write side is shut and what arrives is
@@ -20,6 +21,11 @@ cdef enum:
 # close): closing with unread bytes sends an RST that can destroy the answer
 # before the client reads it.
 cdef double LINGER = 2.0
+# An answered request's body still arriving is read and dropped (so that the
+# client's upload ends and it reads the answer, as uvicorn does), for up to
+# this long in all, and while no more than the keep-alive time passes between
+# two reads (nginx's lingering_time and lingering_timeout).
+cdef double DISCARD_MAX = 30.0
 
 cdef bytes CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 cdef bytes TIMEOUT_BODY = b"the request head did not arrive in time\n"
@@ -56,7 +62,10 @@ cdef class HttpConn:
     cdef Py_ssize_t since_field   # bytes fed since the last complete header field
     cdef bint expect_continue
     cdef bint upgrading
+    cdef bint in_trailer          # after the last chunk's size: trailer fields, or extensions
     cdef int refused              # the status a callback refused the request with
+    cdef str refused_why          # and the answer's text
+    cdef double discard_until     # TIMER_DISCARD: when dropping the rest ends, at the latest
     cdef bytes refusal            # an answer due once the requests before it are answered
     # The requests: the one answered, those parsed and waiting, the one
     # whose body is being read (any of them).
@@ -112,9 +121,11 @@ cdef class HttpConn:
             self.timer = TIMER_NONE
             if self.engine.head_timeout > 0:
                 self.arm(TIMER_HEAD, monotonic() + self.engine.head_timeout)
+        elif self.timer == TIMER_DISCARD:
+            self.deadline = min(monotonic() + self.engine.keep_alive, self.discard_until)
         self.partial = True
         while start < n:
-            if self.in_head:
+            if self.in_head or self.in_trailer:
                 self.since_field += n - start
             try:
                 self.parser.feed_data(self.engine.rview[start:n])
@@ -123,7 +134,11 @@ cdef class HttpConn:
                 if self.upgrading:
                     self.hand_over(bytes(self.engine.rview[start:n]))
                     return
-                continue              # not a WebSocket: answered as a plain request
+                # An upgrade not made (not a WebSocket, or CONNECT): answered
+                # as a plain request, and the connection ends with it.  What
+                # follows its head is the other protocol's, or (llhttp reads
+                # no body after an Upgrade head) a body: never a request.
+                self.parser = None
             except HttpParserError as exc:
                 self.refuse(exc)      # and the requests before it still start
             break
@@ -138,7 +153,7 @@ cdef class HttpConn:
             else:
                 self.start_due = False
                 self.current.start()
-        if self.parser is not None and self.in_head and (
+        if self.parser is not None and (self.in_head or self.in_trailer) and (
                 self.since_field > LIMIT_REQUEST_FIELD_SIZE + 2):
             self.refuse(None, 431)
 
@@ -151,8 +166,8 @@ cdef class HttpConn:
             why = FIELDS_TOO_LARGE
         elif status == 413:
             why = BODY_TOO_LARGE
-        elif self.refused:
-            why = LINE_TOO_LONG
+        elif self.refused_why is not None:
+            why = self.refused_why
         else:
             why = "Invalid HTTP request received."
         if self.parsing is not None:
@@ -168,7 +183,7 @@ cdef class HttpConn:
                 return
             self.parsing = None
         self.parser = None            # nothing after it is read as a request
-        self.in_head = False
+        self.in_head = self.in_trailer = False
         self.timer = TIMER_NONE
         self.refusal = self.simple(status, why.encode())
         if self.current is None:
@@ -192,6 +207,7 @@ cdef class HttpConn:
         self.since_field = 0
         self.expect_continue = False
         self.upgrading = False
+        self.in_trailer = False
 
     def on_url(self, bytes url):
         self.url_parts.append(url)
@@ -199,21 +215,25 @@ cdef class HttpConn:
         if self.url_size > LIMIT_REQUEST_LINE - 12 and (
                 self.url_size + len(self.parser.get_method()) + 10 > LIMIT_REQUEST_LINE):
             self.refused = 400
+            self.refused_why = LINE_TOO_LONG
             raise _LimitExceeded(LINE_TOO_LONG)
 
     def on_header(self, bytes name, bytes value):
-        if not self.in_head:
-            return                    # a trailer field: not part of the scope
+        # A trailer field (after a chunked body) is held to the same limits
+        # (counted apart), and is not part of the scope.
         self.fields += 1
         self.since_field = 0
         if (self.fields > LIMIT_REQUEST_FIELDS
                 or len(name) + len(value) + 2 > LIMIT_REQUEST_FIELD_SIZE):
             self.refused = 431
             raise _LimitExceeded(FIELDS_TOO_LARGE)
+        if not self.in_head:
+            return
         if bad_name(name):
             # A newer llhttp refuses these itself; the one in httptools 0.6.0
             # (the lowest supported) lets them through: the engine checks too.
             self.refused = 400
+            self.refused_why = BAD_HEADER_NAME
             raise _LimitExceeded(BAD_HEADER_NAME)
         name = ascii_lower(name)
         value = rstrip_ows(value)
@@ -229,14 +249,23 @@ cdef class HttpConn:
         if self.timer == TIMER_HEAD:
             self.timer = TIMER_NONE
         parser = self.parser
-        if (parser.should_upgrade() and engine.on_upgrade is not None
+        upgrade = parser.should_upgrade()
+        if (upgrade and engine.on_upgrade is not None
                 and self.current is None and not self.queue and _wants_websocket(self.headers)):
             self.upgrading = True     # handed over once the parser stops (see feed)
             return
+        if upgrade and _declares_body(self.headers):
+            # llhttp reads no body after an Upgrade head: the engine could
+            # only answer it as a request without one (see feed).
+            self.refused = 400
+            self.refused_why = UPGRADE_WITH_BODY
+            raise _LimitExceeded(UPGRADE_WITH_BODY)
         url = b"".join(self.url_parts) if len(self.url_parts) != 1 else self.url_parts[0]
         self.url_parts = None
         version = parser.get_http_version()
-        keep_alive = version != "1.0" and parser.should_keep_alive() and not engine.stopping
+        # --timeout-keep-alive 0: no connection is kept (uvicorn closes at once).
+        keep_alive = (version != "1.0" and parser.should_keep_alive() and not engine.stopping
+                      and engine.keep_alive > 0 and not upgrade)
         if not self.addressed:
             self.address()
         exchange = AsgiExchange.__new__(AsgiExchange)
@@ -253,8 +282,19 @@ cdef class HttpConn:
                 self.pause()
 
     def on_body(self, bytes body):
+        self.in_trailer = False
         if self.parsing is not None:
             self.parsing.on_body(body)
+
+    def on_chunk_header(self):
+        # Before a chunk's data, or (the last chunk) the trailer fields: the
+        # bytes until the next body part or field are counted as a field's.
+        self.in_trailer = True
+        self.fields = 0
+        self.since_field = 0
+
+    def on_chunk_complete(self):
+        self.in_trailer = False
 
     def on_message_complete(self):
         if self.parsing is not None:
@@ -270,7 +310,12 @@ cdef class HttpConn:
         """``exchange``'s response is complete: the next request, or idle, or close."""
         self.engine.requests += 1
         if not exchange.keep_alive or self.closed:
-            self.close_after_write()
+            if (self.parsing is exchange or self.parser is None) and not self.closed:
+                # Its body still comes, or what follows an upgrade not made:
+                # closing with bytes unread would reset, the answer with it.
+                self.linger()
+            else:
+                self.close_after_write()
             return
         self.current = None
         if self.queue:
@@ -290,6 +335,14 @@ cdef class HttpConn:
             self.partial = False
             if self.engine.keep_alive > 0:
                 self.arm(TIMER_IDLE, monotonic() + self.engine.keep_alive)
+            self.resume()
+        else:
+            # Answered before its body ended (an early 401 or 413 from the
+            # app): the rest is read and dropped (AsgiExchange.on_body), then
+            # the connection is idle (on_message_complete).
+            self.discard_until = monotonic() + DISCARD_MAX
+            self.arm(TIMER_DISCARD, min(monotonic() + self.engine.keep_alive,
+                                        self.discard_until))
             self.resume()
 
     cdef shutdown(self):
@@ -484,6 +537,16 @@ cdef class HttpConn:
         self.detach()
         owner, self.owner = self.owner, None
         self.engine.on_upgrade(self.fd, b"".join(head) + rest, owner, self.server)
+
+
+cdef bint _declares_body(list headers):
+    """The head says a body follows: a Transfer-Encoding, or a Content-Length
+    other than 0."""
+    for name, value in headers:
+        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t")
+                                            not in (b"0", b"")):
+            return True
+    return False
 
 
 cdef bint _wants_websocket(list headers):

@@ -24,6 +24,7 @@ FIELDS_TOO_LARGE = "Request Header Fields Too Large"
 BODY_TOO_LARGE = "Request body is too large"
 # A header name with a byte no token may hold: gunicorn's answer.
 BAD_HEADER_NAME = "Invalid HTTP Header"
+UPGRADE_WITH_BODY = "An Upgrade or CONNECT request with a body is not served"
 
 cdef list STATUS_LINES = []
 for _code in range(600):

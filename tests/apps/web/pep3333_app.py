@@ -24,6 +24,8 @@
     GET /policy             {"thread", "policy", "main"}: the scheduling policy of the thread
                             that ran the call and of the worker's main (loop) thread
     GET /requests-served    {"requests": fastfork.web.requests_served()} of this worker
+    GET /target...          {"path", "query"}: PATH_INFO and QUERY_STRING as the server
+                            read the request target (any path under /target)
 """
 
 import json
@@ -66,6 +68,8 @@ def app(environ, start_response):
         return _json(start_response, common.whoami("pep3333"))
     if path == "/requests-served":
         return _json(start_response, common.requests_served())
+    if path.startswith("/target"):
+        return _json(start_response, {"path": path, "query": environ["QUERY_STRING"]})
     if path == "/thread":
         spin = float(environ["QUERY_STRING"].partition("=")[2] or 0)
         until = time.thread_time() + spin
@@ -125,7 +129,7 @@ def app(environ, start_response):
         _released.set()
         return _json(start_response, {"released": True})
     start_response("404 Not Found", [("Content-Type", "text/plain")])
-    return [b"not found"]
+    return [b"not found: " + path.encode("latin-1")]
 
 
 def _error_after_body(start_response):

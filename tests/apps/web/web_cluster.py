@@ -40,6 +40,7 @@ parser.add_argument("--ws", default="auto")
 parser.add_argument("--threads", type=int, default=4)
 parser.add_argument("--body-buffer", type=int, default=1 << 20)
 parser.add_argument("--no-access-log", action="store_true")
+parser.add_argument("--timeout-keep-alive", type=float, default=None, help="default: serve()'s")
 parser.add_argument("--control-socket", default=None)
 parser.add_argument("--stall-ms", type=int, default=None, help="default: the Cluster's")
 parser.add_argument("--check-in-worker", action="store_true",
@@ -82,10 +83,12 @@ APP = load_app(args.app)
 
 
 def worker_main():
+    extra = ({} if args.timeout_keep_alive is None
+             else {"timeout_keep_alive": args.timeout_keep_alive})
     fastfork.web.serve(APP, args.address, loop=args.loop, http=args.http, ws=args.ws,
                        threads=args.threads, body_buffer=args.body_buffer,
                        access_log=not args.no_access_log,
-                       graceful_timeout=args.graceful_timeout)
+                       graceful_timeout=args.graceful_timeout, **extra)
 
 
 def primary_main():
