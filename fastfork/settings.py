@@ -229,7 +229,8 @@ class Settings:
         "127.0.0.1", c.text_or_empty, "peers whose X-Forwarded-* headers are trusted, "
         "comma-separated, or * (default 127.0.0.1)", "http apps", "IPS")
     timeout_keep_alive: float = _setting(
-        5.0, c.seconds, "close a keep-alive connection idle this long (default 5)",
+        5.0, c.seconds, "close a keep-alive connection idle this long (0: keep none, each "
+        "closes after its answer) (default 5)",
         "http apps", "SECONDS")
     timeout_request_head: float = _setting(
         60.0, c.seconds, "close a connection whose request head (request line and headers) "
@@ -239,7 +240,9 @@ class Settings:
     wsgi_body_buffer: int = _setting(
         1 << 20, parse_size, "a WSGI app's request body is read on the event loop, up to "
         "this much, before a --threads thread runs the app, so that a slow upload does not "
-        "hold a thread (0: off) (default 1M)", "http apps", "SIZE")
+        "hold a thread; a larger one is read by the app as it arrives (0: every one is); "
+        "with --threads 0 the largest body taken, 413 past it (default 1M)", "http apps",
+        "SIZE")
     wsgi_sched_batch: bool = _setting(
         False, c.flag, "run a worker with a WSGI pool under SCHED_BATCH, so that its thread "
         "woken while another holds the GIL waits for its turn instead of preempting that one: "
@@ -409,6 +412,11 @@ class Settings:
             raise SettingError("reload", "cannot be used with preload (--preload): the app is "
                                          "then imported once in the primary, so no reload "
                                          "would run the code that changed")
+        if self.threads == 0 and self.wsgi_body_buffer == 0:
+            raise SettingError("wsgi_body_buffer", "must be more than 0 with threads 0 "
+                                                   "(--threads 0): a WSGI request's body is "
+                                                   "then read whole before the call, and a "
+                                                   "limit of 0 answers every body 413")
         if self.worker_connections and self.policy != "least":
             # Only least counts open connections; a cap rr cannot keep must not
             # look as if it were kept.

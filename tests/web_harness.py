@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import tempfile
+import time
 
 import pytest
 
@@ -195,3 +196,15 @@ def lifespan_records(directory):
         with open(os.path.join(directory, name)) as f:
             records[int(name)] = [json.loads(line)["phase"] for line in f]
     return records
+
+
+def made_once_still(address, timeout=15):
+    """/made once it has stopped growing for half a second (or at the timeout)."""
+    deadline = time.monotonic() + timeout
+    last, same = None, 0
+    while time.monotonic() < deadline and same < 10:
+        made = get_json(address, "/made")["made"]
+        same = same + 1 if made == last else 0
+        last = made
+        time.sleep(0.05)
+    return last

@@ -63,6 +63,8 @@ BAD_INPUT = [
     ([os.path.join(APPS, "ops_broken.py") + ":app"], "ops_broken.py, line 1)"),
     (["missing/app.py:app"], "no such file: missing/app.py"),
     (["ops_app:serve_when_ready"], "give --app-type asgi, wsgi, stream, protocol or main"),
+    (["ops_app:handle", "--threads", "0", "--wsgi-body-buffer", "0"],
+     "argument --wsgi-body-buffer: must be more than 0 with threads 0"),
 ]
 
 

@@ -12,8 +12,9 @@ import socket
 
 import pytest
 
-from tests.web_harness import (call, connect, fetch, get_json, need_engine, need_web_extra,
-                               parse_responses, raw_request, read_response, read_until_closed)
+from tests.web_harness import (call, connect, fetch, get_json, made_once_still, need_engine,
+                               need_web_extra, parse_responses, raw_request, read_response,
+                               read_until_closed)
 
 need_web_extra()
 need_engine()
@@ -201,3 +202,45 @@ def test_an_absolute_target_without_a_path_is_the_root(bare):
         sock.sendall(b"GET http://x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         (status, _, body), = parse_responses(read_until_closed(sock))[0]
     assert (status, body) == (404, b"not found: /")      # PATH_INFO "/", not ""
+
+
+def test_a_streamed_response_waits_for_a_client_that_does_not_read(bare):
+    # On the loop thread the whole response was iterated at once, into memory,
+    # for a client that reads none of it.
+    address, _ = bare
+    parts = 2048                  # 32 MiB: far more than the sockets' buffers hold
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % parts)
+        made = made_once_still(address)
+        assert 0 < made < parts // 2, f"{made} of {parts} parts made for a client reading none"
+        head, body = read_response(sock)
+    assert head.startswith("HTTP/1.1 200 ")
+    assert body == b"".join(bytes([i % 256]) * 16384 for i in range(parts))
+
+
+def peak_rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:"))
+
+
+def test_a_body_in_tiny_chunks_costs_its_size(bare):
+    # Read whole before the call: each 2-byte chunk was kept as an object of
+    # its own, some 25 times its size (1 MB of body: 28 MB of the worker's).
+    address, pid = bare
+    clients, chunks = 4, 1 << 16              # 128 KiB each, in 2-byte chunks
+    before = peak_rss_kib(pid)
+    socks = [socket.create_connection(address, timeout=30) for _ in range(clients)]
+    try:
+        for sock in socks:
+            sock.sendall(b"POST /target HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+                         + b"2\r\nab\r\n" * chunks)
+        for sock in socks:                     # all held at once, then each ends
+            sock.sendall(b"0\r\n\r\nGET /whoami HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        for sock in socks:
+            answers, rest = parse_responses(read_until_closed(sock))
+            assert [status for status, _, _ in answers] == [200, 200] and rest == b""
+    finally:
+        for sock in socks:
+            sock.close()
+    grown = peak_rss_kib(pid) - before
+    assert grown < 8 * 1024, f"{grown} KiB more at the peak for {clients * 2 * chunks} bytes"

@@ -14,14 +14,13 @@ import hashlib
 import json
 import socket
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.harness import wait_until
-from tests.web_harness import (call, connect, fetch, get_json, need_web_extra, read_response,
-                               read_until_closed)
+from tests.web_harness import (call, connect, fetch, get_json, made_once_still,
+                               need_web_extra, read_response, read_until_closed)
 
 need_web_extra()
 
@@ -95,18 +94,6 @@ def test_each_part_reaches_the_client_before_the_next_is_made(bare):
             assert piece, "the server closed before the end"
             data += piece
     assert b"second\n" in data
-
-
-def made_once_still(address, timeout=15):
-    """/made once it has stopped growing for half a second (or at the timeout)."""
-    deadline = time.monotonic() + timeout
-    last, same = None, 0
-    while time.monotonic() < deadline and same < 10:
-        made = get_json(address, "/made")["made"]
-        same = same + 1 if made == last else 0
-        last = made
-        time.sleep(0.05)
-    return last
 
 
 def test_a_streaming_call_waits_for_a_client_that_does_not_read(bare):

@@ -166,10 +166,10 @@ cdef class AsgiExchange:
             if self.buffered + len(body) > engine.body_limit:
                 self.conn.refused = 413
                 raise _LimitExceeded(BODY_TOO_LARGE)
-            self.body.append(body)
+            add_part(self.body, body)
             self.buffered += len(body)
             return
-        self.body.append(body)
+        add_part(self.body, body)
         self.buffered += len(body)
         if self.buffered > HIGH_WATER:
             self.conn.pause()
@@ -201,7 +201,7 @@ cdef class AsgiExchange:
             if self.disconnected or self.complete:
                 return dict(DISCONNECT_TEMPLATE)
             if self.buffered or (self.message_complete and not self.final_received):
-                body = b"".join(self.body) if len(self.body) != 1 else self.body[0]
+                body = joined(self.body)
                 self.body = []
                 self.buffered = 0
                 if self.message_complete:
@@ -358,6 +358,30 @@ cdef class AsgiExchange:
             start.sent = True     # only now: a failure before may still become a 500
         if not self.complete and not self.disconnected:
             self.send_body(data, more)
+
+
+cdef add_part(list parts, bytes body):
+    """Keep ``body`` (one of the parser's pieces) after ``parts``: small pieces
+    after a small one go into one bytearray, so that a body sent in tiny
+    chunks costs its size, not an object (some 40 bytes) per two-byte chunk."""
+    cdef object last
+    if PyBytes_GET_SIZE(body) < SMALL_PART and parts:
+        last = parts[-1]
+        if type(last) is bytearray:
+            (<bytearray>last).extend(body)
+            return
+        if PyBytes_GET_SIZE(last) < SMALL_PART:
+            parts[-1] = bytearray(last)
+            (<bytearray>parts[-1]).extend(body)
+            return
+    parts.append(body)
+
+
+cdef bytes joined(list parts):
+    """``parts`` (bytes, bytearrays) as one bytes object."""
+    if len(parts) == 1 and type(parts[0]) is bytes:
+        return parts[0]
+    return b"".join(parts)
 
 
 cdef bint _body_fits(list headers, Py_ssize_t limit):

@@ -293,10 +293,9 @@ cdef class HttpConn:
         self.fields = 0
         self.since_field = 0
 
-    def on_chunk_complete(self):
-        self.in_trailer = False
 
     def on_message_complete(self):
+        self.in_trailer = False
         if self.parsing is not None:
             self.parsing.on_message_complete()
             self.parsing = None

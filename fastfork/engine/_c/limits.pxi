@@ -13,6 +13,8 @@ cdef enum:
     # Buffered request body, or unsent response, past which reading (or the
     # app's send) waits: uvicorn's HIGH_WATER_LIMIT.
     HIGH_WATER = 65536
+    # Body pieces under this size are kept together (asgi.pxi, add_part).
+    SMALL_PART = 4096
     # Requests parsed ahead of the one being answered, before reading stops.
     PIPELINE_DEPTH = 16
 

@@ -197,7 +197,7 @@ cdef call_wsgi(AsgiExchange ex):
     """The request's body is in: call the app, here or on the pool."""
     cdef Engine engine = ex.conn.engine
     cdef StartResponse start = StartResponse.__new__(StartResponse)
-    body = b"".join(ex.body) if len(ex.body) != 1 else ex.body[0]
+    body = joined(ex.body)
     ex.body = []
     ex.buffered = 0
     start.ex = ex
@@ -250,27 +250,78 @@ cdef run_wsgi(AsgiExchange ex, StartResponse start, dict environ):
 
 cdef _run_wsgi(AsgiExchange ex, StartResponse start, dict environ):
     cdef Engine engine = ex.conn.engine
+    cdef _LoopStream stream
     try:
         iterable = engine.wsgi_app(environ, start)
-        try:
-            if type(iterable) is list and len(<list>iterable) == 1 and not start.sent:
-                start.committed = True
-                ex.wsgi_part(start, bytes((<list>iterable)[0]), False, True)
-            else:
-                for chunk in iterable:
-                    if chunk:
-                        start.committed = True
-                        ex.wsgi_part(start, bytes(chunk), True)
-                    if ex.disconnected:
-                        break
-                ex.wsgi_part(start, b"", False)
-        finally:
-            close = getattr(iterable, "close", None)
-            if close is not None:
-                close()
     except BaseException as exc:
         engine.logger.error("Exception in WSGI application\n", exc_info=exc)
         wsgi_failed(ex, start)
+        return
+    if type(iterable) is list and len(<list>iterable) == 1 and not start.sent:
+        try:
+            start.committed = True
+            ex.wsgi_part(start, bytes((<list>iterable)[0]), False, True)
+        except BaseException as exc:
+            engine.logger.error("Exception in WSGI application\n", exc_info=exc)
+            wsgi_failed(ex, start)
+        return
+    stream = _LoopStream.__new__(_LoopStream)
+    stream.ex, stream.start, stream.iterable = ex, start, iterable
+    stream.pump()
+
+
+@cython.final
+cdef class _LoopStream:
+    """A response iterated on the loop thread part by part: once more than
+    HIGH_WATER of it waits for the client, the next part is asked for only
+    when that is written, as a pool thread waits (else a client that does not
+    read had the whole response held for it: 8 of them, 50 MB each, 389 MiB)."""
+    cdef AsgiExchange ex
+    cdef StartResponse start
+    cdef object iterable
+    cdef object iterator
+
+    cdef pump(self):
+        cdef AsgiExchange ex = self.ex
+        cdef HttpConn conn = ex.conn
+        try:
+            if self.iterator is None:
+                self.iterator = iter(self.iterable)
+            while not (ex.disconnected or conn.closed):
+                try:
+                    chunk = next(self.iterator)
+                except StopIteration:
+                    ex.wsgi_part(self.start, b"", False)
+                    break
+                if chunk:
+                    self.start.committed = True
+                    ex.wsgi_part(self.start, bytes(chunk), True)
+                if len(conn.out) > HIGH_WATER and not (ex.disconnected or conn.closed):
+                    conn.wait_drained().add_done_callback(self._drained)
+                    return
+        except BaseException as exc:
+            conn.engine.logger.error("Exception in WSGI application\n", exc_info=exc)
+            wsgi_failed(ex, self.start)
+        self.finish()
+
+    def _drained(self, _):
+        cdef Engine engine = self.ex.conn.engine
+        engine.app_started()
+        try:
+            self.pump()
+        finally:
+            engine.app_ended()
+
+    cdef finish(self):
+        close = getattr(self.iterable, "close", None)
+        self.iterable = self.iterator = None
+        if close is not None:
+            try:
+                close()
+            except BaseException as exc:
+                self.ex.conn.engine.logger.error("Exception in WSGI application\n",
+                                                 exc_info=exc)
+                wsgi_failed(self.ex, self.start)
 
 
 cdef wsgi_failed(AsgiExchange ex, StartResponse start):
