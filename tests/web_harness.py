@@ -208,3 +208,17 @@ def made_once_still(address, timeout=15):
         last = made
         time.sleep(0.05)
     return last
+
+
+def check_a_stream_waits_for_a_client_that_reads_none(address, parts=2048):
+    """GET /big?n=PARTS (pep3333_app: 16 KiB parts made as asked for; 32 MiB by
+    default, far more than the sockets' buffers hold) read by nobody: fewer
+    than half are made (flow control: without it, every part at once), then
+    all of them arrive, in order, once the client reads."""
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % parts)
+        made = made_once_still(address)
+        assert 0 < made < parts // 2, f"{made} of {parts} parts made for a client reading none"
+        head, body = read_response(sock)
+    assert head.startswith("HTTP/1.1 200 ")
+    assert body == b"".join(bytes([i % 256]) * 16384 for i in range(parts))

@@ -12,9 +12,9 @@ import socket
 
 import pytest
 
-from tests.web_harness import (call, connect, fetch, get_json, made_once_still, need_engine,
-                               need_web_extra, parse_responses, raw_request, read_response,
-                               read_until_closed)
+from tests.web_harness import (call, check_a_stream_waits_for_a_client_that_reads_none,
+                               connect, fetch, get_json, need_engine, need_web_extra,
+                               parse_responses, raw_request, read_response, read_until_closed)
 
 need_web_extra()
 need_engine()
@@ -208,14 +208,7 @@ def test_a_streamed_response_waits_for_a_client_that_does_not_read(bare):
     # On the loop thread the whole response was iterated at once, into memory,
     # for a client that reads none of it.
     address, _ = bare
-    parts = 2048                  # 32 MiB: far more than the sockets' buffers hold
-    with socket.create_connection(address, timeout=10) as sock:
-        sock.sendall(b"GET /big?n=%d HTTP/1.1\r\nHost: t\r\n\r\n" % parts)
-        made = made_once_still(address)
-        assert 0 < made < parts // 2, f"{made} of {parts} parts made for a client reading none"
-        head, body = read_response(sock)
-    assert head.startswith("HTTP/1.1 200 ")
-    assert body == b"".join(bytes([i % 256]) * 16384 for i in range(parts))
+    check_a_stream_waits_for_a_client_that_reads_none(address)
 
 
 def peak_rss_kib(pid):
