@@ -164,8 +164,7 @@ cdef class AsgiExchange:
         if self.wsgi:
             # Read whole before the call, so bounded: past the limit, a 413.
             if self.buffered + len(body) > engine.body_limit:
-                self.conn.refused = 413
-                raise _LimitExceeded(BODY_TOO_LARGE)
+                raise self.conn.refusing(413, BODY_TOO_LARGE)
             add_part(self.body, body)
             self.buffered += len(body)
             return

@@ -162,12 +162,10 @@ cdef class HttpConn:
         cdef str why
         if status == 0:
             status = self.refused or 400
-        if status == 431:
-            why = FIELDS_TOO_LARGE
-        elif status == 413:
-            why = BODY_TOO_LARGE
-        elif self.refused_why is not None:
+        if status == self.refused and self.refused_why is not None:
             why = self.refused_why
+        elif status == 431:
+            why = FIELDS_TOO_LARGE
         else:
             why = "Invalid HTTP request received."
         if self.parsing is not None:
@@ -192,6 +190,13 @@ cdef class HttpConn:
             # The requests before it are answered first, in order: then this.
             self.pause()
 
+    cdef object refusing(self, int status, str why):
+        """In a parser callback: the request is refused with ``status`` and
+        ``why`` (``refuse`` answers it); raise what this returns."""
+        self.refused = status
+        self.refused_why = why
+        return _LimitExceeded(why)
+
     cdef send_refusal(self):
         self.send_parts([self.refusal])
         self.refusal = None
@@ -214,9 +219,7 @@ cdef class HttpConn:
         self.url_size += len(url)
         if self.url_size > LIMIT_REQUEST_LINE - 12 and (
                 self.url_size + len(self.parser.get_method()) + 10 > LIMIT_REQUEST_LINE):
-            self.refused = 400
-            self.refused_why = LINE_TOO_LONG
-            raise _LimitExceeded(LINE_TOO_LONG)
+            raise self.refusing(400, LINE_TOO_LONG)
 
     def on_header(self, bytes name, bytes value):
         # A trailer field (after a chunked body) is held to the same limits
@@ -225,16 +228,13 @@ cdef class HttpConn:
         self.since_field = 0
         if (self.fields > LIMIT_REQUEST_FIELDS
                 or len(name) + len(value) + 2 > LIMIT_REQUEST_FIELD_SIZE):
-            self.refused = 431
-            raise _LimitExceeded(FIELDS_TOO_LARGE)
+            raise self.refusing(431, FIELDS_TOO_LARGE)
         if not self.in_head:
             return
         if bad_name(name):
             # A newer llhttp refuses these itself; the one in httptools 0.6.0
             # (the lowest supported) lets them through: the engine checks too.
-            self.refused = 400
-            self.refused_why = BAD_HEADER_NAME
-            raise _LimitExceeded(BAD_HEADER_NAME)
+            raise self.refusing(400, BAD_HEADER_NAME)
         name = ascii_lower(name)
         value = rstrip_ows(value)
         if name == b"expect" and value.lower() == b"100-continue":
@@ -257,9 +257,7 @@ cdef class HttpConn:
         if upgrade and _declares_body(self.headers):
             # llhttp reads no body after an Upgrade head: the engine could
             # only answer it as a request without one (see feed).
-            self.refused = 400
-            self.refused_why = UPGRADE_WITH_BODY
-            raise _LimitExceeded(UPGRADE_WITH_BODY)
+            raise self.refusing(400, UPGRADE_WITH_BODY)
         url = b"".join(self.url_parts) if len(self.url_parts) != 1 else self.url_parts[0]
         self.url_parts = None
         version = parser.get_http_version()
@@ -292,7 +290,6 @@ cdef class HttpConn:
         self.in_trailer = True
         self.fields = 0
         self.since_field = 0
-
 
     def on_message_complete(self):
         self.in_trailer = False
@@ -542,8 +539,7 @@ cdef bint _declares_body(list headers):
     """The head says a body follows: a Transfer-Encoding, or a Content-Length
     other than 0."""
     for name, value in headers:
-        if name == b"transfer-encoding" or (name == b"content-length" and value.strip(b" \t")
-                                            not in (b"0", b"")):
+        if name == b"transfer-encoding" or (name == b"content-length" and value.lstrip(b"0")):
             return True
     return False
 
