@@ -21,7 +21,16 @@ Rules
    ``max_restarts`` quick deaths at one index.
 5. A fork that fails (out of fds or processes), or a replacement that never
    became ready, holds every fork for ``cap`` seconds.
+6. A worker that stops on its own on SIGTERM is forked again ``SIGTERM_HOLD``
+   seconds later, not at once: a SIGTERM sent to the whole process group
+   (systemd's default ``KillMode=control-group``) reaches the primary too, a
+   moment after the workers now and then, and a worker forked meanwhile was
+   only stopped again (2 runs in 3 forked one or two).
 """
+
+# Rule 6: far longer than a group's signals take to arrive, too short for a
+# missing worker to matter.
+SIGTERM_HOLD = 0.2
 
 RESET = "reset"         # the worker had lived: its index's streak is over
 WAIT = "wait"           # a quick death: fork this index again after the delay
@@ -72,6 +81,10 @@ class CrashLoop:
         """Rule 5: no fork for ``cap`` seconds; returns the delay."""
         self._held_until = now + self.cap
         return self.cap
+
+    def defer(self, index, until):
+        """Rule 6: no fork at ``index`` before ``until``."""
+        self._spawn_at[index] = max(self._spawn_at.get(index, 0.0), until)
 
     def spawn_at(self, index=None):
         """When ``index`` (or, with None, any index not backing off) may fork."""

@@ -16,6 +16,7 @@ from ..addresses import DEFAULT_BACKLOG, parse_address
 from ..handoff.control import MessageError
 from ..handoff.wire import LAG_BUCKETS
 from ..settings import DISPATCHED
+from . import backoff
 
 log = logging.getLogger("fastfork")
 
@@ -97,6 +98,7 @@ def on_stopping(cluster, worker, message):
     log.info("%s (pid %d) is stopping on its own (SIGTERM)", worker.label, worker.pid)
     cluster.stop_worker(worker)
     cluster.note_restart(worker, "sigterm")
+    cluster.crash_loop.defer(worker.index, time.monotonic() + backoff.SIGTERM_HOLD)
 
 
 # A count a worker reports: what status, metrics (floats) and max-requests

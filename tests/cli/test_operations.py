@@ -221,6 +221,20 @@ def test_a_worker_serves_on_while_its_primary_is_stopped(runner_factory):
     assert "sent no heartbeat" not in runner.output()
 
 
+def test_a_sigterm_to_the_whole_group_forks_no_replacement(runner_factory):
+    # systemd's default KillMode=control-group: every process gets SIGTERM,
+    # the primary now and then a moment after its workers, which it then
+    # re-forked (2 runs in 3), only to stop them again.  Eight runs.
+    for _ in range(8):
+        runner = runner_factory(f"{OPS_APP}:handle", "--workers", "2",
+                                "--bind", "127.0.0.1:0", impl=DEFAULT)
+        runner.wait_serving(2)
+        os.killpg(runner.pid, signal.SIGTERM)     # the primary leads its own session
+        assert runner.proc.wait_exit(30) == 0
+        output = runner.output()
+        assert len(re.findall(r"INFO forked worker \d+", output)) == 2, output
+
+
 def test_readyz_is_503_while_every_worker_is_stalled(runner_factory):
     # Both loops blocked in a handler: the primary sends them nothing and new
     # connections only wait in the backlog.  /readyz said 200 meanwhile.

@@ -105,6 +105,12 @@ def test_crash_loop_cap_and_hold():
     assert policy.hold(10.0) == 0.5
     assert not policy.may_spawn(10.4) and policy.may_spawn(10.5)
     assert not policy.may_spawn(10.4, 3) and policy.may_spawn(10.5, 3)
+    # Rule 6: a deferred index waits, the others do not; an earlier time
+    # never shortens a later wait already set.
+    policy.defer(4, 20.2)
+    policy.defer(4, 20.1)
+    assert not policy.may_spawn(20.15, 4) and policy.may_spawn(20.2, 4)
+    assert policy.may_spawn(20.0, 5)
 
 
 # -- scaling ------------------------------------------------------------------------------
