@@ -60,17 +60,17 @@ def readiness(cluster):
     # runs again: with all of them so, connections only wait in the backlog.
     dispatcher = cluster.dispatcher
     slotted = [w.slot for w in serving if w.slot is not None]
-    at_limit = sum(dispatcher.worker_at_fd_limit(slot) for slot in slotted)
-    stalled = sum(dispatcher.worker_stalls(slot)[0] and not dispatcher.worker_at_fd_limit(slot)
-                  for slot in slotted)
+    flags = [(dispatcher.worker_at_fd_limit(slot), dispatcher.worker_stalls(slot)[0])
+             for slot in slotted]
+    at_limit = sum(limit for limit, _ in flags)
+    stalled = sum(stall and not limit for limit, stall in flags)
     if at_limit == len(serving):
         return False, (f"every serving worker ({at_limit}) is at its file-descriptor "
                        f"limit: connections wait until one has room")
+    limited = f", {at_limit} at its file-descriptor limit" if at_limit else ""
     if at_limit + stalled == len(serving):
-        limited = f", {at_limit} at its file-descriptor limit" if at_limit else ""
         return False, (f"every serving worker is stalled (its event loop blocked: "
                        f"{stalled}{limited}): connections wait until one runs again")
-    limited = f", {at_limit} at its file-descriptor limit" if at_limit else ""
     limited += f", {stalled} stalled" if stalled else ""
     missing = degraded(cluster)
     if not missing:

@@ -75,7 +75,6 @@ class WorkerRuntime:
         self.loading = False
         self._loaded_answer = threading.Event()
         self._last_beat = 0.0
-        self.beats_dropped = 0            # heartbeats a full control channel refused
         self.accepted = 0                 # connections blocking accept() returned
         # Set by a server that counts requests (fastfork.web): heartbeats report
         # them, and max-requests counts them instead of connections.
@@ -220,7 +219,7 @@ class WorkerRuntime:
             # serving.  Every count is a total, so the next beat says it all.
             self.control.send(message, wait=False)
         except BlockingIOError:
-            self.beats_dropped += 1
+            pass
 
     def unlisten(self, lid: int) -> None:
         """This worker closed its listener ``lid`` and goes on: the primary must

@@ -175,8 +175,7 @@ cdef class StartResponse:
                 if failed:
                     wsgi_failed(ex, self)
             except BaseException as exc:
-                engine.logger.error("Exception in WSGI application\n", exc_info=exc)
-                wsgi_failed(ex, self)
+                app_failed(ex, self, exc)
         self.let_thread_on()
 
     cdef let_thread_on(self):
@@ -254,16 +253,14 @@ cdef _run_wsgi(AsgiExchange ex, StartResponse start, dict environ):
     try:
         iterable = engine.wsgi_app(environ, start)
     except BaseException as exc:
-        engine.logger.error("Exception in WSGI application\n", exc_info=exc)
-        wsgi_failed(ex, start)
+        app_failed(ex, start, exc)
         return
     if type(iterable) is list and len(<list>iterable) == 1 and not start.sent:
         try:
             start.committed = True
             ex.wsgi_part(start, bytes((<list>iterable)[0]), False, True)
         except BaseException as exc:
-            engine.logger.error("Exception in WSGI application\n", exc_info=exc)
-            wsgi_failed(ex, start)
+            app_failed(ex, start, exc)
         return
     stream = _LoopStream.__new__(_LoopStream)
     stream.ex, stream.start, stream.iterable = ex, start, iterable
@@ -300,8 +297,7 @@ cdef class _LoopStream:
                     conn.wait_drained().add_done_callback(self._drained)
                     return
         except BaseException as exc:
-            conn.engine.logger.error("Exception in WSGI application\n", exc_info=exc)
-            wsgi_failed(ex, self.start)
+            app_failed(ex, self.start, exc)
         self.finish()
 
     def _drained(self, _):
@@ -319,9 +315,13 @@ cdef class _LoopStream:
             try:
                 close()
             except BaseException as exc:
-                self.ex.conn.engine.logger.error("Exception in WSGI application\n",
-                                                 exc_info=exc)
-                wsgi_failed(self.ex, self.start)
+                app_failed(self.ex, self.start, exc)
+
+
+cdef app_failed(AsgiExchange ex, StartResponse start, exc):
+    """(loop) The app, or its response, raised ``exc``: logged, then ``wsgi_failed``."""
+    ex.conn.engine.logger.error("Exception in WSGI application\n", exc_info=exc)
+    wsgi_failed(ex, start)
 
 
 cdef wsgi_failed(AsgiExchange ex, StartResponse start):
