@@ -8,6 +8,8 @@ A line protocol, one request per connection:
     slow S        -> answers after S seconds (awaits: the loop stays alive)
     block S       -> blocks the event loop for S seconds (a hung worker)
     grow MB       -> keeps MB more MiB of memory, answers the RSS in bytes
+    fill N        -> a thread sends N messages of 60 KB to the primary (a stopped
+                     primary's control channel is full after a few); answers "filling"
     anything else -> echoed back
 
 ``VERSION`` lets a reload test see new code being picked up.
@@ -16,6 +18,7 @@ A line protocol, one request per connection:
 import asyncio
 import os
 import sys
+import threading
 import time
 
 import fastfork
@@ -52,11 +55,19 @@ async def handle(reader, writer):
             block[i] = 1                # touch every page so it counts in RSS
         _hoard.append(block)
         reply = str(_rss())
+    elif cmd == "fill":
+        threading.Thread(target=_fill, args=(int(arg),), daemon=True).start()
+        reply = "filling"
     else:
         reply = line
     writer.write((reply + "\n").encode())
     await writer.drain()
     writer.close()
+
+
+def _fill(count):
+    for _ in range(count):
+        fastfork.send("x" * 60_000)       # blocks while the primary reads nothing
 
 
 class EchoProtocol(asyncio.Protocol):

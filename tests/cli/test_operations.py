@@ -198,25 +198,32 @@ def test_a_primary_stopped_past_the_timeout_takes_no_worker_for_hung(runner_fact
 
 
 def test_a_worker_serves_on_while_its_primary_is_stopped(runner_factory):
-    # A stopped primary reads no heartbeats: its control channel fills (about
-    # 250 of them, 13 s at --timeout 0.2's 20 a second).  The worker's loop
-    # sent them blocking, and stopped serving until the primary ran again.
+    # A stopped primary reads nothing from its control channel, which fills:
+    # on its own after about 250 heartbeats (13 s at --timeout 0.2), here at
+    # once, with a few large messages from a thread of the worker.  The
+    # worker's loop sent its heartbeats blocking, and then served nothing
+    # until the primary ran again.
     runner = runner_factory(f"{OPS_APP}:handle", "--workers", "1", "--bind", "127.0.0.1:0",
                             "--timeout", "0.2")
     (pid,) = pids_of(runner.wait_serving(1))
-    sock = socket.create_connection(runner.address(), timeout=10)
+    filler = socket.create_connection(runner.address(), timeout=10)
+    probe = socket.create_connection(runner.address(), timeout=5)
     try:
-        sock.sendall(b"whoami")           # no newline: the worker waits for the rest
-        runner.wait_status(lambda s: s["workers"][0]["open"] == 1, "the connection taken")
+        filler.sendall(b"fill 40")        # no newline: each waits for the rest
+        probe.sendall(b"whoami")
+        runner.wait_status(lambda s: s["workers"][0]["open"] == 2, "both connections taken")
         runner.signal(signal.SIGSTOP)
         try:
-            time.sleep(16.0)              # 320 heartbeat intervals: the pause itself
-            sock.sendall(b"\n")
-            assert sock.recv(100).split()[1] == str(pid).encode()
+            filler.sendall(b"\n")
+            assert filler.recv(100) == b"filling\n"
+            time.sleep(1.0)               # 20 heartbeat intervals: the pause itself
+            probe.sendall(b"\n")
+            assert probe.recv(100).split()[1] == str(pid).encode()
         finally:
             runner.signal(signal.SIGCONT)
     finally:
-        sock.close()
+        filler.close()
+        probe.close()
     runner.wait_serving(1)
     assert "sent no heartbeat" not in runner.output()
 
