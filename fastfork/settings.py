@@ -243,6 +243,12 @@ class Settings:
         "hold a thread; a larger one is read by the app as it arrives (0: every one is); "
         "with --threads 0 the largest body taken, 413 past it (default 1M)", "http apps",
         "SIZE")
+    header_map: str = _setting(
+        "drop", c.choice(("drop", "refuse", "dangerous")), "what a WSGI app's environ does "
+        "with a request header whose name has an underscore, which would share its HTTP_ key "
+        "with the dashed name a proxy sets (X_Forwarded_For and X-Forwarded-For): drop it, "
+        "refuse the request (400), or map it as any other (dangerous); gunicorn's setting "
+        "(default drop)", "http apps", "drop|refuse|dangerous")
     wsgi_sched_batch: bool = _setting(
         False, c.flag, "run a worker with a WSGI pool under SCHED_BATCH, so that its thread "
         "woken while another holds the GIL waits for its turn instead of preempting that one: "

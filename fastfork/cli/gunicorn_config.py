@@ -34,7 +34,7 @@ SETTINGS = {
     "proxy_protocol": "proxy_protocol", "proxy_allow_ips": "proxy_allow_from",
     "certfile": "ssl_certfile", "keyfile": "ssl_keyfile", "ca_certs": "ssl_ca_certs",
     "cert_reqs": "ssl_cert_reqs", "ciphers": "ssl_ciphers", "ssl_version": "ssl_version",
-    "reload": "reload",
+    "reload": "reload", "header_map": "header_map",
 }
 REFUSED = {
     "daemon": "run fastfork under systemd (see README 'Under systemd')",

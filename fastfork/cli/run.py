@@ -109,6 +109,7 @@ def web_options(settings):
                "timeout_request_head": settings.timeout_request_head,
                "body_buffer": settings.wsgi_body_buffer,
                "sched_batch": settings.wsgi_sched_batch,
+               "header_map": settings.header_map,
                "limit_concurrency": settings.limit_concurrency or None,
                "access_log": not settings.no_access_log,
                "graceful_timeout": settings.graceful_timeout,

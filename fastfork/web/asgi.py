@@ -153,6 +153,7 @@ class AsgiServer:
                  timeout_request_head: float = DEFAULT_HEAD_TIMEOUT,
                  wsgi_app: Optional[object] = None, wsgi_threads: int = 0,
                  wsgi_body_limit: int = 1 << 20, wsgi_sched_batch: bool = False,
+                 wsgi_header_map: str = "drop",
                  ssl: Optional[_ssl.SSLContext] = None,
                  **config_options: Any) -> None:
         # The engine does not do TLS: auto then picks uvicorn's protocol, and
@@ -165,6 +166,7 @@ class AsgiServer:
         self._wsgi_threads = wsgi_threads
         self._wsgi_sched_batch = wsgi_sched_batch
         self._wsgi_body_limit = wsgi_body_limit
+        self._wsgi_header_map = wsgi_header_map
         self._limit_concurrency = limit_concurrency
         if wsgi_app is not None and not self._use_engine:
             raise ValueError(choice.needs_engine("wsgi_app (a WSGI app the engine calls)",
@@ -282,7 +284,8 @@ class AsgiServer:
             wsgi_app=self._wsgi_app, body_limit=self._wsgi_body_limit,
             limit_concurrency=self._limit_concurrency or 0,
             scope_filter=None if self._wsgi_app is None else scope_filter(self.config),
-            wsgi_threads=self._wsgi_threads, wsgi_sched_batch=self._wsgi_sched_batch)
+            wsgi_threads=self._wsgi_threads, wsgi_sched_batch=self._wsgi_sched_batch,
+            header_map=self._wsgi_header_map)
         self.engine.set_default_headers(self.state.default_headers)
         return self.engine
 

@@ -11,7 +11,7 @@ from typing import Any, Callable, Optional, cast
 
 import fastfork
 
-from . import access, choice, deps
+from . import access, choice, deps, header_map as _header_map
 from .. import loops
 from ..addresses import Address
 from ..worker import runtime as _runtime
@@ -25,11 +25,12 @@ LOOPS = loops.LOOPS
 
 def prepare(app: object, *addresses: Address, kind: str = "auto", threads: int = DEFAULT_THREADS,
             body_buffer: int = DEFAULT_BODY_BUFFER, sched_batch: bool = False,
-            access_log_format: Optional[str] = None,
+            header_map: str = _header_map.DEFAULT, access_log_format: Optional[str] = None,
             access_log_file: Optional[str] = None, **options: Any) -> AsgiServer:
     """Check and build the worker's ``AsgiServer`` (not started); see ``serve``."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    _header_map.check(header_map)
     detected, interface = classify(app)
     if kind == "auto":
         kind = detected
@@ -58,7 +59,8 @@ def prepare(app: object, *addresses: Address, kind: str = "auto", threads: int =
             options["wsgi_threads"] = threads
             options["wsgi_sched_batch"] = sched_batch
             options["wsgi_body_limit"] = body_buffer
-        app, close = wrap(app, max(threads, 1), body_buffer)
+            options["wsgi_header_map"] = header_map
+        app, close = wrap(app, max(threads, 1), body_buffer, header_map)
         # WSGI has no lifespan and no WebSockets: do not offer either.
         options.setdefault("lifespan", "off")
         options["ws"] = "none"
@@ -118,7 +120,12 @@ def serve(app: object, *addresses: Address, kind: str = "auto", loop: str = "aut
     bytes before a thread is taken (0: off; on the loop thread: the largest
     body, past which a 413); ``sched_batch``: a worker whose WSGI calls run
     on the engine's pool runs under ``SCHED_BATCH`` (see the pool's notes in
-    ``docs/deployment/asgi-wsgi.md``).  Other options go to ``AsgiServer``
+    ``docs/deployment/asgi-wsgi.md``); ``header_map``: what a WSGI app's
+    environ does with a request header whose name has an underscore:
+    ``"drop"`` it (the default), ``"refuse"`` the request (400), or map it
+    as any other (``"dangerous"``: ``X_Forwarded_For`` joins
+    ``X-Forwarded-For``), as gunicorn's setting of that name (see
+    ``fastfork.web.header_map``).  Other options go to ``AsgiServer``
     (uvicorn's: ``http``, ``ws``, ``lifespan``,
     ``timeout_keep_alive``, ``root_path``, ``proxy_headers``,
     ``forwarded_allow_ips``, ``limit_concurrency``,

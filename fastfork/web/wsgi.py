@@ -22,6 +22,9 @@ before the call takes a thread (nginx's request buffering, in small): a
 client uploading a byte a second then holds a coroutine, not one of the
 ``threads``, so that a few slow uploaders cannot starve every other request.
 A body larger than that is read by the app as it arrives, as before.
+
+A header whose name has an underscore is dropped, refused or mapped as
+``header_map`` says (``fastfork.web.header_map``), before anything else.
 """
 
 import asyncio
@@ -30,6 +33,7 @@ import contextvars
 import re
 import threading
 
+from . import header_map as _header_map
 from .deps import require
 
 DEFAULT_THREADS = 10      # a2wsgi's own default
@@ -43,7 +47,8 @@ _BAD_NAME = re.compile(rb'[\x00-\x20\x7f()<>@,;:\[\]={}\\"]')
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
-def wrap(app, threads=DEFAULT_THREADS, body_buffer=DEFAULT_BODY_BUFFER):
+def wrap(app, threads=DEFAULT_THREADS, body_buffer=DEFAULT_BODY_BUFFER,
+         header_map=_header_map.DEFAULT):
     """``(asgi_app, close)``: the ASGI adapter and a callable that stops its pool."""
     if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
         raise ValueError(f"threads must be a positive integer (WSGI calls run on that many "
@@ -51,6 +56,7 @@ def wrap(app, threads=DEFAULT_THREADS, body_buffer=DEFAULT_BODY_BUFFER):
     if not isinstance(body_buffer, int) or isinstance(body_buffer, bool) or body_buffer < 0:
         raise ValueError(f"body_buffer must be a number of bytes >= 0 (0: off), "
                          f"got {body_buffer!r}")
+    header_map = _header_map.check(header_map)
     require("a2wsgi", "run a WSGI app (its WSGIMiddleware adapts it to ASGI)")
     import a2wsgi.wsgi
 
@@ -60,6 +66,11 @@ def wrap(app, threads=DEFAULT_THREADS, body_buffer=DEFAULT_BODY_BUFFER):
         async def __call__(self, scope, receive, send):
             if scope["type"] != "http":
                 return await super().__call__(scope, receive, send)
+            headers = _header_map.apply(scope["headers"], header_map)
+            if headers is None:
+                return await _refuse(send)
+            if headers is not scope["headers"]:
+                scope = dict(scope, headers=headers)
             if body_buffer and _has_body(scope["headers"]):
                 receive = await _read_ahead(receive, body_buffer)
                 if receive is None:
@@ -81,6 +92,16 @@ def wrap(app, threads=DEFAULT_THREADS, body_buffer=DEFAULT_BODY_BUFFER):
         middleware.executor.shutdown(wait=False)
 
     return middleware, close
+
+
+async def _refuse(send):
+    """The 400 of ``header_map="refuse"``; the body is not read (the
+    ``connection: close`` lets the protocol drop it)."""
+    body = _header_map.REFUSED.encode()
+    await send({"type": "http.response.start", "status": 400,
+                "headers": [(b"content-type", b"text/plain; charset=utf-8"),
+                            (b"content-length", b"%d" % len(body)), (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 def _has_body(headers):

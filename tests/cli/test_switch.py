@@ -185,6 +185,7 @@ def test_gunicorn_config_file_reads_as_gunicorn_names_it(tmp_path):
         loglevel = "WARNING"
         worker_class = "uvicorn.workers.UvicornH11Worker"
         preload_app = True
+        header_map = "refuse"
         daemon = False                 # off: nothing to refuse
         def helper():                  # not a hook: left alone
             pass
@@ -198,6 +199,7 @@ def test_gunicorn_config_file_reads_as_gunicorn_names_it(tmp_path):
         (3, ("127.0.0.1:9010",), 4.0)
     assert (settings.access_logfile, settings.log_level, settings.http, settings.preload) == \
         ("-", "warning", "h11", True)
+    assert settings.header_map == "refuse"
     assert list(settings.hooks) == ["post_fork"]
     path.write_text("import ssl\ncertfile = 'c.pem'\nkeyfile = 'k.pem'\nca_certs = 'ca.pem'\n"
                     "cert_reqs = ssl.CERT_REQUIRED\nssl_version = ssl.PROTOCOL_TLS\n"

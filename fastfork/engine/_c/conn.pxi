@@ -235,6 +235,9 @@ cdef class HttpConn:
             # A newer llhttp refuses these itself; the one in httptools 0.6.0
             # (the lowest supported) lets them through: the engine checks too.
             raise self.refusing(400, BAD_HEADER_NAME)
+        if (self.engine.header_map == MAP_REFUSE and self.engine.wsgi_app is not None
+                and b"_" in name):
+            raise self.refusing(400, UNDERSCORE_NAME)
         name = ascii_lower(name)
         value = rstrip_ows(value)
         if name == b"expect" and value.lower() == b"100-continue":

@@ -99,7 +99,10 @@ cdef class Engine:
     or app calls run is answered 503 instead.  ``scope_filter(scope)``: called
     on each WSGI request's scope before its environ is built (the client and
     scheme a trusted proxy's headers give; an ASGI app has that middleware
-    around it already).  ``requests`` counts responses completed,
+    around it already).  ``header_map``: what a WSGI request's header whose
+    name has an underscore does: "drop" (not in the environ), "refuse" (a
+    400 while the head is read), "dangerous" (mapped as any other; see
+    ``fastfork.web.header_map``).  ``requests`` counts responses completed,
     ``head_timeouts`` connections closed at the head deadline.
     """
 
@@ -129,6 +132,7 @@ cdef class Engine:
     cdef Py_ssize_t body_limit          # its request bodies are read whole up to this
     cdef Py_ssize_t limit_concurrency   # uvicorn's: 503 at this many connections or tasks
     cdef object scope_filter            # WSGI: rewrites a scope in place before its environ
+    cdef int header_map                 # WSGI: MAP_DROP, MAP_REFUSE or MAP_DANGEROUS
     cdef object ticker
     cdef double tick
     cdef object liveness                # told when app calls start and end (watch())
@@ -144,7 +148,11 @@ cdef class Engine:
                  str root_path="", access_logger=None, logger=None, on_upgrade=None,
                  wsgi_app=None, Py_ssize_t body_limit=1 << 20,
                  Py_ssize_t limit_concurrency=0, scope_filter=None, int wsgi_threads=0,
-                 bint wsgi_sched_batch=False):
+                 bint wsgi_sched_batch=False, str header_map="drop"):
+        if header_map not in HEADER_MAPS:
+            raise ValueError(f"header_map must be one of {', '.join(HEADER_MAPS)}, "
+                             f"got {header_map!r}")
+        self.header_map = HEADER_MAPS[header_map]
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1 failed")

@@ -27,6 +27,17 @@ BODY_TOO_LARGE = "Request body is too large"
 # A header name with a byte no token may hold: gunicorn's answer.
 BAD_HEADER_NAME = "Invalid HTTP Header"
 UPGRADE_WITH_BODY = "An Upgrade or CONNECT request with a body is not served"
+# header_map "refuse": fastfork.web.header_map.REFUSED's words.
+UNDERSCORE_NAME = "Invalid HTTP Header Name: a name with an underscore"
+
+# What a WSGI environ does with a header name that has an underscore
+# (fastfork.web.header_map: gunicorn's header_map).
+cdef enum:
+    MAP_DROP = 0
+    MAP_REFUSE = 1
+    MAP_DANGEROUS = 2
+
+cdef dict HEADER_MAPS = {"drop": MAP_DROP, "refuse": MAP_REFUSE, "dangerous": MAP_DANGEROUS}
 
 cdef list STATUS_LINES = []
 for _code in range(600):

@@ -65,6 +65,8 @@ cdef dict build_environ(AsgiExchange ex, bytes body):
         environ["REMOTE_ADDR"] = client[0]
         environ["REMOTE_PORT"] = str(client[1])
     for name, value in scope["headers"]:
+        if engine.header_map != MAP_DANGEROUS and b"_" in name:
+            continue              # header_map "drop" ("refuse" refused it while parsing)
         if name == b"content-type":
             key = "CONTENT_TYPE"
         elif name == b"content-length":

@@ -26,6 +26,7 @@
     GET /requests-served    {"requests": fastfork.web.requests_served()} of this worker
     GET /target...          {"path", "query"}: PATH_INFO and QUERY_STRING as the server
                             read the request target (any path under /target)
+    GET /headers            {key: value} of every HTTP_ key of the environ
 """
 
 import json
@@ -68,6 +69,9 @@ def app(environ, start_response):
         return _json(start_response, common.whoami("pep3333"))
     if path == "/requests-served":
         return _json(start_response, common.requests_served())
+    if path == "/headers":
+        return _json(start_response, {key: value for key, value in environ.items()
+                                      if key.startswith("HTTP_")})
     if path.startswith("/target"):
         return _json(start_response, {"path": path, "query": environ["QUERY_STRING"]})
     if path == "/thread":
