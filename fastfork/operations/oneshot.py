@@ -15,8 +15,14 @@ Rules
    more.
 2. Every client of a burst is answered: up to ``MAX_CLIENTS`` are held at
    once, the rest wait in the listen backlog (``BACKLOG``) until one
-   finishes.  No client is ever evicted for a newer one; memory stays
-   bounded by ``MAX_CLIENTS`` requests of ``MAX_REQUEST`` and their answers.
+   finishes; memory stays bounded by ``MAX_CLIENTS`` requests of
+   ``MAX_REQUEST`` and their answers.  But a client that has not sent a
+   whole request within ``EVICT_AFTER`` gives its place to a new one when
+   all are taken, the oldest first: else ``MAX_CLIENTS`` idle connections,
+   opened again as each times out, would keep every probe of ``/livez``
+   waiting in the backlog past its timeout, and the orchestrator would
+   restart a primary that serves well.  A burst of real clients, each
+   sending its request at once, is read long before that.
 3. A client has ``CLIENT_TIMEOUT`` to send its request, and again as long to
    read its answer; then it is dropped (reset, if its answer was not all
    sent: the kernel keeps nothing for it).  ``next_deadline`` tells the
@@ -40,6 +46,7 @@ MAX_CLIENTS = 512
 BACKLOG = 1024                # the kernel caps it at net.core.somaxconn (4096 by default)
 MAX_REQUEST = 4096
 CLIENT_TIMEOUT = 5.0          # seconds to send the request, and again to read the answer
+EVICT_AFTER = 0.5             # seconds without a whole request before a client may be evicted
 LINGER = 1.0                  # seconds to wait for the client's close after the answer
 LINGER_BYTES = 1 << 16        # the most read and thrown away after the answer
 ACCEPT_RETRY = 0.1            # out of fds or memory: accept again this much later
@@ -53,11 +60,12 @@ READING, WRITING, LINGERING = "reading", "writing", "lingering"
 
 
 class _Client:
-    __slots__ = ("sock", "fd", "state", "buffer", "answer", "deadline", "discarded")
+    __slots__ = ("sock", "fd", "state", "buffer", "answer", "deadline", "discarded", "accepted")
 
     def __init__(self, sock, now):
         self.sock = sock
         self.fd = sock.fileno()
+        self.accepted = now
         self.state = READING
         self.buffer = b""
         self.answer = None
@@ -81,6 +89,7 @@ class OneShotServer:
         self._clients = {}                    # fd -> _Client
         self._accepting = True
         self._retry_at = None                 # accept() ran out of fds: try again then
+        self._evict_at = None                 # at the limit: a client may be evicted then
         self._epoll.register(sock.fileno(), select.EPOLLIN)
         watch(self._epoll.fileno())
 
@@ -133,8 +142,7 @@ class OneShotServer:
     def next_deadline(self):
         """When ``expire`` has something to do (a monotonic time), or None."""
         deadlines = [c.deadline for c in self._clients.values()]
-        if self._retry_at is not None:
-            deadlines.append(self._retry_at)
+        deadlines += [t for t in (self._retry_at, self._evict_at) if t is not None]
         return min(deadlines, default=None)
 
     def expire(self, now=None):
@@ -142,9 +150,13 @@ class OneShotServer:
         now = time.monotonic() if now is None else now
         for client in [c for c in self._clients.values() if c.deadline <= now]:
             self._drop(client, reset=client.state == WRITING)
+        if self._evict_at is not None and now >= self._evict_at:
+            self._evict_at = None
+            if self._retry_at is None:
+                self._set_accepting(True)      # _accept evicts one if it still must
         if self._retry_at is not None and now >= self._retry_at:
             self._retry_at = None
-            self._set_accepting(len(self._clients) < MAX_CLIENTS)
+            self._set_accepting(True)          # _accept sees to the limit (rule 2)
 
     # -- accepting ----------------------------------------------------------------------
     def _set_accepting(self, on):
@@ -155,9 +167,8 @@ class OneShotServer:
     def _accept(self):
         now = time.monotonic()
         for _ in range(ACCEPT_BATCH):
-            if len(self._clients) >= MAX_CLIENTS:
-                self._set_accepting(False)     # the rest wait in the backlog (rule 2)
-                return
+            if len(self._clients) >= MAX_CLIENTS and not self._evict(now):
+                return                         # the rest wait in the backlog (rule 2)
             try:
                 conn, _ = self._sock.accept()
             except (BlockingIOError, InterruptedError):
@@ -178,6 +189,21 @@ class OneShotServer:
                 refusal = b""                  # gone before it could be checked
             if refusal is not None:
                 self._start_answer(client, refusal)
+
+    def _evict(self, now):
+        """At the limit: drop the oldest client still without a whole request if
+        it has had ``EVICT_AFTER``, and say so; else stop accepting until one
+        leaves, or until the oldest such client has had that long."""
+        for client in self._clients.values():     # in the order they were accepted
+            if client.state != READING:
+                continue
+            if now - client.accepted >= EVICT_AFTER:
+                self._drop(client)
+                return True
+            self._evict_at = client.accepted + EVICT_AFTER
+            break
+        self._set_accepting(False)
+        return False
 
     # -- one client ------------------------------------------------------------------------
     def _read(self, client):

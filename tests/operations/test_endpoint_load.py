@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from fastfork.operations.oneshot import CLIENT_TIMEOUT
+from fastfork.operations.oneshot import CLIENT_TIMEOUT, EVICT_AFTER, MAX_CLIENTS
 from tests.harness import wait_until
 from tests.runner_harness import APPS, OPS_APP
 
@@ -128,6 +128,36 @@ def test_idle_clients_are_closed_on_time(runner_factory):
     assert http_after is not None, "the idle endpoint client was never closed"
     assert control_after is not None, "the idle status client was never closed"
     assert CLIENT_TIMEOUT - 0.5 < http_after < CLIENT_TIMEOUT + 1.5
+
+
+def test_idle_clients_at_the_limit_do_not_starve_a_probe(runner_factory):
+    # MAX_CLIENTS connections that send nothing (opened again as each is
+    # closed, they would be there for good): /livez waited in the backlog
+    # for the first of them to time out, past any probe's timeout (a
+    # kubelet's default is 1 s), and the orchestrator restarts the primary.
+    runner = runner_factory(f"{OPS_APP}:handle", "--workers", "1", "--bind", "127.0.0.1:0",
+                            "--health", "127.0.0.1:0")
+    runner.wait_serving(1)
+    endpoint = endpoint_address(runner)
+    idle = []
+    try:
+        for _ in range(MAX_CLIENTS):
+            idle.append(socket.create_connection(endpoint, timeout=10))
+        started = time.monotonic()
+        with socket.create_connection(endpoint, timeout=10) as probe:
+            probe.settimeout(EVICT_AFTER + 1.5)
+            probe.sendall(b"GET /livez HTTP/1.1\r\n\r\n")
+            answer = probe.recv(100)
+        took = time.monotonic() - started
+        assert answer.startswith(b"HTTP/1.1 200 OK\r\n"), answer
+        assert took < CLIENT_TIMEOUT - 1, took
+        # The probe took the place of the oldest idle client, not a newer one's.
+        assert closes_within(idle[0], 1.0) is not None
+        assert closes_within(idle[-1], 0.05) is None
+    finally:
+        for sock in idle:
+            sock.close()
+    assert runner.status()["primary"]["pid"] == runner.pid
 
 
 def unread_bytes(sock):
