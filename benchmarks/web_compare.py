@@ -4,7 +4,8 @@
     python benchmarks/web_compare.py --duration 1          # a quick look
 
 The same answer from a Starlette app (ASGI), a Flask app and a Django app (WSGI),
-``benchmarks/web_apps.py`` and ``benchmarks/web_django.py``,
+``benchmarks/web_apps.py`` and ``benchmarks/web_django.py``, and from a bare
+ASGI and a bare WSGI callable (no framework: the server's own cost per request),
 served with ``--workers`` workers on loopback by each configuration below,
 one at a time, loaded by ``wrk -t1 -c32 -dNs`` twice: a new connection per
 request (``-H 'Connection: close'``) and keep-alive.  Each server gets a 1 s
@@ -53,7 +54,12 @@ APPS = {
     "starlette": ("benchmarks.web_apps:starlette_app", "asgi"),
     "flask": ("benchmarks.web_apps:flask_app", "wsgi"),
     "django": ("benchmarks.web_django:django_app", "wsgi"),
+    # No framework: what a row costs here is the server's own (and the kernel's).
+    "asgi-bare": ("benchmarks.web_apps:bare_asgi", "asgi"),
+    "wsgi-bare": ("benchmarks.web_apps:bare_wsgi", "wsgi"),
 }
+# What must be importable for an app's rows (a bare app needs nothing).
+FRAMEWORK = {"starlette": "starlette", "flask": "flask", "django": "django"}
 COST_CALLS = 4000           # calls a round when timing an app's own cost (after 2,000 unmeasured)
 COST_ROUNDS = 5             # rounds timed; the fastest is reported
 
@@ -63,7 +69,7 @@ def configurations(args):
     me = os.path.abspath(__file__)
     rows = []
     for app, (target, kind) in APPS.items():
-        if not _importable(app):
+        if app in FRAMEWORK and not _importable(FRAMEWORK[app]):
             print(f"{app} is not installed: its rows are left out", file=sys.stderr)
             continue
         for policy in ("rr", "none"):
