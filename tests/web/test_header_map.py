@@ -106,8 +106,12 @@ def test_a_mode_that_is_not_one_is_refused_before_forking(runner_factory):
     assert "forked worker" not in output
 
 
-def test_the_api_names_the_modes():
+def test_the_api_names_the_modes(monkeypatch, tmp_path):
+    from fastfork.cli import run
     from fastfork.web.wsgi import wrap
+    monkeypatch.chdir(tmp_path)       # no config file to read
+    for mode in header_map.MODES:     # the command line takes each, and only these
+        assert run.parse(["x:app", "--header-map", mode]).header_map == mode
     with pytest.raises(ValueError, match="drop, refuse, dangerous"):
         wrap(lambda environ, start_response: [], header_map="merge")
     assert header_map.apply([(b"x_a", b"1"), (b"x-b", b"2")], "drop") == [(b"x-b", b"2")]
