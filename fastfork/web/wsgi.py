@@ -76,7 +76,7 @@ def wrap(app, threads=DEFAULT_THREADS, body_buffer=DEFAULT_BODY_BUFFER,
                 if receive is None:
                     return          # the client left before its body came: nobody to answer
             exchange = _Exchange()
-            receive = _BodyEnd(receive, not _has_body(scope["headers"]))
+            receive = _Input(receive, not _has_body(scope["headers"]))
             environ = a2wsgi.wsgi.build_environ(scope, a2wsgi.wsgi.Body(exchange.loop, receive))
             environ.setdefault("wsgi.input_terminated", True)
             context = contextvars.copy_context()
@@ -138,23 +138,90 @@ async def _read_ahead(receive, limit):
     return replay
 
 
-class _BodyEnd:
-    """``receive`` that notes when the request body has all been received: after
-    that, one more ``receive()`` waits for the client to leave (uvicorn's
-    ``http.disconnect``), which is how ``pump`` learns that a streamed response
-    has nobody to go to (uvicorn's ``send`` then returns as if it had sent)."""
+class ClientDisconnected(OSError):
+    """What a WSGI app's ``wsgi.input`` raises when the client left before its
+    request body ended (gunicorn raises its ``NoMoreData``, an IOError, there):
+    a body cut short must not read as a whole one."""
 
-    __slots__ = ("_receive", "done")
+
+class _Input:
+    """The one reader of a request's ``receive``: for the app's input (a2wsgi's
+    ``Body``, which the thread has call it on the loop) and for ``watch``.
+
+    ``done``: the body has all been received.  ``watch()``, once the
+    response is streamed, waits for the client to leave (``http.disconnect``),
+    which is how ``pump`` learns that a streamed response has nobody to go to:
+    uvicorn's ``send`` and the engine's then return as if they had sent.  It
+    watches whether or not the app has read its body: a body part it reads
+    meanwhile is kept for the app (one part, and more up to HIGH_WATER bytes:
+    the first may be what was read ahead), and past that the rest of the
+    body is read and dropped (an app that streams its answer without reading
+    its input), after which the app's input raises.  The
+    two never wait on ``receive`` at once (the servers' ``receive`` takes one
+    caller at a time): one waits for the other's message (``_busy``)."""
+
+    __slots__ = ("_receive", "done", "_stash", "_stashed", "_busy", "_gone", "_dropped")
 
     def __init__(self, receive, done):
         self._receive = receive
         self.done = done
+        self._stash = collections.deque()   # body parts watch read for the app
+        self._stashed = 0
+        self._busy = None       # a future done when the receive() in progress returns
+        self._gone = False      # the client left
+        self._dropped = False   # body parts were dropped
 
-    async def __call__(self):
-        message = await self._receive()
-        if message["type"] == "http.disconnect" or not message.get("more_body", False):
+    async def _next(self):
+        """The next message from the server; None if another caller's receive()
+        was in progress (it has returned: look at the stash again)."""
+        if self._busy is not None:
+            await asyncio.shield(self._busy)
+            return None
+        self._busy = asyncio.get_running_loop().create_future()
+        try:
+            message = await self._receive()
+        finally:
+            self._busy.set_result(None)
+            self._busy = None
+        if message["type"] == "http.disconnect":
+            self._gone = True
+        elif not message.get("more_body", False):
             self.done = True
         return message
+
+    async def __call__(self):
+        """The app's read."""
+        while True:
+            if self._stash:
+                message = self._stash.popleft()
+                self._stashed -= len(message.get("body", b""))
+                return message
+            if self._dropped:
+                raise ClientDisconnected("the request body was dropped: the response was "
+                                         f"streamed while more than {HIGH_WATER} bytes of it "
+                                         "were left unread")
+            if self._gone:
+                if self.done:
+                    return {"type": "http.disconnect"}
+                raise ClientDisconnected("the client left before its request body ended")
+            message = await self._next()
+            if message is not None and message["type"] != "http.disconnect":
+                return message
+
+    async def watch(self):
+        """Return once the client has left."""
+        while not self._gone:
+            message = await self._next()
+            if message is None or message["type"] == "http.disconnect":
+                continue
+            body = message.get("body", b"")
+            if self._dropped or (self._stash and self._stashed + len(body) > HIGH_WATER):
+                self._dropped = True
+                self._stash.clear()
+                self._stashed = 0
+                continue
+            self._stash.append(message)
+            self._stashed += len(body)
 
 
 class _ClientGone(ConnectionError):
@@ -288,9 +355,9 @@ class _Exchange:
     async def pump(self, send, receive=None):
         """Send what the thread queues until it ends; re-raise what the call raised.
 
-        ``receive`` (a ``_BodyEnd``): once the response is streaming and the
-        request body is in, a task waits on it for the client to leave, and
-        then stops the thread at its next part."""
+        ``receive`` (an ``_Input``): once the response is streaming, a task
+        waits on it for the client to leave, and then stops the thread at its
+        next part."""
         messages = self._messages
         watch = None
         try:
@@ -309,7 +376,7 @@ class _Exchange:
                         # look complete).
                         message["more_body"] = False
                     await self._send(send, message)
-                    if (watch is None and receive is not None and receive.done
+                    if (watch is None and receive is not None
                             and message.get("more_body") and not self._complete):
                         watch = self.loop.create_task(self._watch(receive))
         finally:
@@ -317,8 +384,7 @@ class _Exchange:
                 watch.cancel()
 
     async def _watch(self, receive):
-        while (await receive())["type"] != "http.disconnect":
-            pass
+        await receive.watch()
         if not self._complete:
             self._failed = _ClientGone("the client left")
             self._room.set()

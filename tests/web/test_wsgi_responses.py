@@ -115,6 +115,64 @@ def test_a_client_that_leaves_mid_stream_ends_the_call(bare):
     assert get_json(address, "/whoami")["pid"] == pid
 
 
+def test_a_client_that_leaves_mid_stream_ends_a_call_that_did_not_read_its_body(
+        web_cluster):
+    # On the adapter (a body past --body-buffer): the call streamed on for
+    # ever, a thread spinning, once its client left without the app having
+    # read the body (only a client gone after the body was read was seen).
+    cluster = web_cluster("--app", "pep3333", "--workers", "1", "--body-buffer", "1024")
+    address, _ = cluster.wait_listening(1)
+    before = get_json(address, "/closed")["closed"]
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET /endless HTTP/1.1\r\nHost: t\r\nContent-Length: 2000\r\n\r\n"
+                     + b"b" * 2000)
+        received = 0
+        while received < 1 << 20:
+            received += len(sock.recv(65536))
+    wait_until(lambda: get_json(address, "/closed")["closed"] == before + 1, 10,
+               "the endless response's close() after its client left")
+
+
+def test_a_call_that_reads_its_body_after_its_first_part_gets_it_whole(web_cluster):
+    # The watch for the client leaving reads the body as it comes once the
+    # response streams: what it reads is kept for the app.
+    cluster = web_cluster("--app", "pep3333", "--workers", "1", "--body-buffer", "1024")
+    address, _ = cluster.wait_listening(1)
+    conn = connect(address)
+    try:
+        for size in (2000, 50_000):
+            response, answer = call(conn, "POST", "/stream-then-read", body=b"y" * size)
+            assert (response.status, answer) == (200, b"first\n%d\n" % size)
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("framing", ["chunked", "length"])
+def test_a_body_cut_short_by_the_client_leaving_is_an_error_to_the_app(web_cluster, framing):
+    # The app read 49,000 bytes of a chunked body whose client then left as
+    # a whole body: a2wsgi's input ends at http.disconnect as at the end.
+    cluster = web_cluster("--app", "pep3333", "--workers", "1", "--body-buffer", "1024")
+    address, _ = cluster.wait_listening(1)
+    sent = b"x" * 7000
+    with socket.create_connection(address, timeout=10) as sock:
+        if framing == "chunked":
+            sock.sendall(b"POST /read-body HTTP/1.1\r\nHost: t\r\n"
+                         b"Transfer-Encoding: chunked\r\n\r\n"
+                         + b"%x\r\n%s\r\n" % (len(sent), sent) * 7)
+        else:
+            sock.sendall(b"POST /read-body HTTP/1.1\r\nHost: t\r\n"
+                         b"Content-Length: 100000\r\n\r\n" + sent * 7)
+        wait_until(lambda: get_json(address, "/last-read").get("reading"), 10,
+                   "the app reading the body")
+    last = {}
+
+    def read_ended():
+        last.update(get_json(address, "/last-read"))
+        return not last["reading"]
+    wait_until(read_ended, 10, "the app's read to end")
+    assert last["raised"] == "ClientDisconnected", last
+
+
 def test_a_body_too_large_to_read_first_is_streamed_to_the_app(web_cluster):
     # Past --body-buffer (or chunked), the request is not read whole before
     # the call: the app reads it as it arrives (the engine gives it to the

@@ -27,6 +27,10 @@
     GET /target...          {"path", "query"}: PATH_INFO and QUERY_STRING as the server
                             read the request target (any path under /target)
     GET /headers            {key: value} of every HTTP_ key of the environ
+    POST /read-body         reads wsgi.input to its end; GET /last-read: {"reading": true}
+                            meanwhile, then {"got": bytes read, "raised": the exception's
+                            class name or null} of the last
+    POST /stream-then-read  "first\n", then reads wsgi.input whole and answers its length
 """
 
 import json
@@ -39,6 +43,7 @@ import common
 
 _released = threading.Event()
 _closed = []
+_last_read = {}
 _made = [0]
 PART = 16384
 
@@ -69,6 +74,22 @@ def app(environ, start_response):
         return _json(start_response, common.whoami("pep3333"))
     if path == "/requests-served":
         return _json(start_response, common.requests_served())
+    if path == "/read-body":
+        _last_read.clear()
+        _last_read["reading"] = True
+        got, raised = 0, None
+        try:
+            while chunk := environ["wsgi.input"].read(65536):
+                got += len(chunk)
+        except Exception as exc:
+            raised = type(exc).__name__
+        _last_read.update(got=got, raised=raised, reading=False)
+        return _json(start_response, dict(_last_read))
+    if path == "/stream-then-read":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _stream_then_read(environ["wsgi.input"])
+    if path == "/last-read":
+        return _json(start_response, dict(_last_read))
     if path == "/headers":
         return _json(start_response, {key: value for key, value in environ.items()
                                       if key.startswith("HTTP_")})
@@ -143,6 +164,11 @@ def _error_after_body(start_response):
         raise ValueError("failed after the headers went out")
     except ValueError:
         start_response("500 Internal Server Error", [], sys.exc_info())
+
+
+def _stream_then_read(stream):
+    yield b"first\n"
+    yield b"%d\n" % len(stream.read())
 
 
 def _held():
