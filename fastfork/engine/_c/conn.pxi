@@ -62,6 +62,7 @@ cdef class HttpConn:
     cdef Py_ssize_t since_field   # bytes fed since the last complete header field
     cdef bint expect_continue
     cdef bint upgrading
+    cdef bytes upgrade_rest       # an upgrade waiting for the answer before it to be sent
     cdef bint in_trailer          # after the last chunk's size: trailer fields, or extensions
     cdef int refused              # the status a callback refused the request with
     cdef str refused_why          # and the answer's text
@@ -132,7 +133,14 @@ cdef class HttpConn:
             except HttpParserUpgrade as exc:
                 start += exc.args[0]
                 if self.upgrading:
-                    self.hand_over(bytes(self.engine.rview[start:n]))
+                    if self.out:
+                        # The answer before it is not all sent: handed over
+                        # now, its rest was lost and the 101 went out inside
+                        # its body.  Nothing more is read until it is sent.
+                        self.upgrade_rest = bytes(self.engine.rview[start:n])
+                        self.pause()
+                    else:
+                        self.hand_over(bytes(self.engine.rview[start:n]))
                     return
                 # An upgrade not made (not a WebSocket, or CONNECT): answered
                 # as a plain request, and the connection ends with it.  What
@@ -450,6 +458,10 @@ cdef class HttpConn:
             if self.close_when_flushed:
                 self.close()
                 return
+            if self.upgrade_rest is not None:
+                rest, self.upgrade_rest = self.upgrade_rest, None
+                self.hand_over(rest)
+                return
             if self.lingering:
                 shutdown(self.fd, SHUT_WR)
             if self.drained is not None:
@@ -481,7 +493,7 @@ cdef class HttpConn:
 
     cdef resume(self):
         if (self.paused and not self.close_when_flushed and self.refusal is None
-                and len(self.queue) < PIPELINE_DEPTH):
+                and self.upgrade_rest is None and len(self.queue) < PIPELINE_DEPTH):
             self.paused = False
             self.update()
 

@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 
 from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 
 import common
 import fastfork.web
@@ -52,6 +52,12 @@ async def stream(n: int = 5):
             await asyncio.sleep(0)
 
     return StreamingResponse(body(), media_type="text/plain")
+
+
+@app.get("/big")
+async def big(mb: int = 1):
+    """``mb`` MiB of b"x" in one body message."""
+    return Response(b"x" * (mb << 20), media_type="application/octet-stream")
 
 
 @app.get("/slow")
