@@ -348,6 +348,14 @@ class AsgiServer:
                     http.connection_lost(exc)
 
             ws_protocol.connection_lost = connection_lost
+            if self.stopping:
+                # An upgrade that came after stop() shut the WebSockets down
+                # (on a connection idle then, in its grace): nothing would
+                # close this one, and the drain would wait for it until the
+                # worker is killed, its lifespan shutdown never run.  Shut
+                # down as uvicorn does one mid-handshake: a 500, or 1012 once
+                # accepted (after connection_made, which follows this).
+                self.loop.call_soon(ws_protocol.shutdown)
             return ws_protocol
         return make
 

@@ -17,7 +17,7 @@ import pytest
 
 from tests.harness import wait_until
 from tests.web_harness import (ASGI_APPS, WSGI_APPS, call, connect, get_json, need_web_extra,
-                               raw_request, read_response)
+                               raw_request, read_response, read_until_closed)
 
 need_web_extra()
 
@@ -216,6 +216,29 @@ def test_an_upgrade_after_a_large_answer_follows_all_of_it(web_cluster):
             rest += chunk
     assert rest[:size].count(b"x") == size, "the answer's body is not whole"
     assert rest[size:size + 12] == b"HTTP/1.1 101"
+
+
+def test_an_upgrade_in_the_stop_s_grace_is_shut_down_too(web_cluster):
+    # An idle keep-alive connection may send one more request in the stop's
+    # grace; an upgrade then made a WebSocket that nothing closed: the worker
+    # was killed at the graceful timeout, its lifespan shutdown never run.
+    cluster = web_cluster("--app", "fastapi", "--workers", "1", "--graceful-timeout", "20")
+    address, _ = cluster.wait_listening(1)
+    with socket.create_connection(address, timeout=10) as sock:
+        sock.sendall(b"GET /on-stop HTTP/1.1\r\nHost: t\r\n\r\n")
+        head, _ = read_response(sock)
+        assert head.startswith("HTTP/1.1 200")
+        cluster.signal(signal.SIGTERM)
+        assert cluster.wait_event("message")["data"]["stopping"] is True
+        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        answer = read_until_closed(sock)
+    # uvicorn's answer to a WebSocket shut down mid-handshake (a 500), or a
+    # close frame (1012: service restart) if it was accepted first.
+    assert answer.startswith(b"HTTP/1.1 500") or (
+        answer.startswith(b"HTTP/1.1 101") and b"\x88\x02\x03\xf4" in answer), answer[:200]
+    assert cluster.wait_exit(10) == 0
 
 
 def test_h11_wsproto_and_uvloop(web_cluster):

@@ -54,6 +54,13 @@ async def stream(n: int = 5):
     return StreamingResponse(body(), media_type="text/plain")
 
 
+@app.get("/on-stop")
+async def on_stop():
+    """From now on, this worker tells the primary when it is asked to stop."""
+    fastfork.on_stop(lambda: common.announce(stopping=True))
+    return {"ok": True}
+
+
 @app.get("/big")
 async def big(mb: int = 1):
     """``mb`` MiB of b"x" in one body message."""
