@@ -12,14 +12,17 @@ import os
 import re
 import signal
 import socket
+import struct
 
 import pytest
 
-from tests.harness import wait_until
+from tests.harness import fd_count, wait_until
 from tests.web_harness import (ASGI_APPS, WSGI_APPS, call, connect, get_json, need_web_extra,
                                raw_request, read_response, read_until_closed)
 
 need_web_extra()
+UPGRADE_HEAD = (b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
 
 WORKERS = 2
 
@@ -203,9 +206,7 @@ def test_an_upgrade_after_a_large_answer_follows_all_of_it(web_cluster):
     with socket.create_connection(address, timeout=10) as sock:
         sock.sendall(b"GET /big?mb=8 HTTP/1.1\r\nHost: t\r\n\r\n")
         received = sock.recv(65536)       # the app has answered: its upgrade may come
-        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        sock.sendall(UPGRADE_HEAD)
         while b"\r\n\r\n" not in received:
             received += sock.recv(65536)
         head, _, rest = received.partition(b"\r\n\r\n")
@@ -230,15 +231,34 @@ def test_an_upgrade_in_the_stop_s_grace_is_shut_down_too(web_cluster):
         assert head.startswith("HTTP/1.1 200")
         cluster.signal(signal.SIGTERM)
         assert cluster.wait_event("message")["data"]["stopping"] is True
-        sock.sendall(b"GET /ws HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\n"
-                     b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
-                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        sock.sendall(UPGRADE_HEAD)
         answer = read_until_closed(sock)
     # uvicorn's answer to a WebSocket shut down mid-handshake (a 500), or a
     # close frame (1012: service restart) if it was accepted first.
     assert answer.startswith(b"HTTP/1.1 500") or (
         answer.startswith(b"HTTP/1.1 101") and b"\x88\x02\x03\xf4" in answer), answer[:200]
     assert cluster.wait_exit(10) == 0
+
+
+def test_clients_gone_right_after_an_upgrade_head_log_no_traceback(web_cluster):
+    # Each client that sent an upgrade head and closed at once (FIN or RST)
+    # cost a traceback in the log ("Exception in ASGI application") on the
+    # engine with uvloop: the handed-over transport saw the end before the
+    # app's first step, and uvicorn skipped its accept.
+    cluster = web_cluster("--app", "fastapi", "--workers", "1", "--loop", "uvloop")
+    address, listening = cluster.wait_listening(1)
+    pid = listening[0]["pid"]
+    before = fd_count(pid)
+    for i in range(40):
+        sock = socket.create_connection(address, timeout=10)
+        sock.sendall(UPGRADE_HEAD)
+        if i % 2:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        sock.close()
+    wait_until(lambda: fd_count(pid) <= before, 10, "the worker to close them all")
+    cluster.signal(signal.SIGTERM)
+    assert cluster.wait_exit(10) == 0
+    assert "Exception in ASGI application" not in cluster.output()
 
 
 def test_h11_wsproto_and_uvloop(web_cluster):

@@ -541,6 +541,16 @@ cdef class HttpConn:
     cdef hand_over(self, bytes rest):
         """A WebSocket upgrade: the fd goes, with the request as read, to uvicorn's
         protocols (the engine speaks HTTP/1.1 only)."""
+        cdef char byte
+        cdef ssize_t n = recv(self.fd, &byte, 1, MSG_PEEK | MSG_DONTWAIT)
+        if n == 0 or (n < 0 and not (would_block(errno) or errno == EINTR)):
+            # The client has left already (its FIN or RST came with the
+            # head): nobody to upgrade for.  Handed over, the new transport
+            # saw the end before the app's first step, uvicorn skipped the
+            # accept without calling the client gone, and the app's first
+            # send raised: a traceback in the log for every such client.
+            self.close()
+            return
         head = [self.parser.get_method(), b" ", b"".join(self.url_parts), b" HTTP/1.1\r\n"]
         for name, value in self.headers:
             head += [name, b": ", value, b"\r\n"]

@@ -27,6 +27,8 @@ cdef extern from "<sys/socket.h>" nogil:
         AF_UNIX
         SHUT_WR
         MSG_NOSIGNAL
+        MSG_PEEK
+        MSG_DONTWAIT
 
 cdef extern from "<netinet/in.h>" nogil:
     struct in_addr:
