@@ -156,9 +156,9 @@ class _Input:
     meanwhile is kept for the app (one part, and more up to HIGH_WATER bytes:
     the first may be what was read ahead), and past that the rest of the
     body is read and dropped (an app that streams its answer without reading
-    its input), after which the app's input raises.  The
-    two never wait on ``receive`` at once (the servers' ``receive`` takes one
-    caller at a time): one waits for the other's message (``_busy``)."""
+    its input), after which the app's input raises.  The two never wait on
+    ``receive`` at once (the servers' ``receive`` takes one caller at a
+    time): one waits for the other's message (``_busy``)."""
 
     __slots__ = ("_receive", "done", "_stash", "_stashed", "_busy", "_gone", "_dropped")
 

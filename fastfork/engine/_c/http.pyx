@@ -44,8 +44,9 @@ from .includes.system cimport (
     AF_INET, AF_INET6, CLOCK_MONOTONIC, EFD_CLOEXEC, EFD_NONBLOCK, EINTR, INET6_ADDRSTRLEN,
     accept4, clock_gettime, EMFILE, ENFILE, ENOBUFS, ENOMEM, errno, eventfd, getpeername,
     getrusage, getsockname, getsockopt, inet_ntop, IPPROTO_TCP, MSG_DONTWAIT, MSG_PEEK, ntohs,
-    recv, rusage, RUSAGE_THREAD, SHUT_WR, setsockopt, shutdown, SOCK_CLOEXEC, SOCK_NONBLOCK, sockaddr, sockaddr_in,
-    sockaddr_in6, sockaddr_storage, socklen_t, TCP_NODELAY, timespec, would_block)
+    recv, rusage, RUSAGE_THREAD, SHUT_WR, setsockopt, shutdown, SOCK_CLOEXEC, SOCK_NONBLOCK,
+    sockaddr, sockaddr_in, sockaddr_in6, sockaddr_storage, socklen_t, TCP_NODELAY, timespec,
+    would_block)
 
 import collections
 import logging
