@@ -21,7 +21,8 @@ The request body is read on the loop first, up to ``body_buffer`` bytes,
 before the call takes a thread (nginx's request buffering, in small): a
 client uploading a byte a second then holds a coroutine, not one of the
 ``threads``, so that a few slow uploaders cannot starve every other request.
-A body larger than that is read by the app as it arrives, as before.
+A body larger than that is read by the app as it arrives, as before
+(``wsgi_input``: the request body side, and the watch for a client that left).
 
 A header whose name has an underscore is dropped, refused or mapped as
 ``header_map`` says (``fastfork.web.header_map``), before anything else.
@@ -35,6 +36,7 @@ import threading
 
 from . import header_map as _header_map
 from .deps import require
+from .wsgi_input import Input, read_ahead
 
 DEFAULT_THREADS = 10      # a2wsgi's own default
 DEFAULT_BODY_BUFFER = 1 << 20   # per request: most form posts and JSON bodies fit whole
@@ -72,11 +74,11 @@ def wrap(app, threads=DEFAULT_THREADS, body_buffer=DEFAULT_BODY_BUFFER,
             if headers is not scope["headers"]:
                 scope = dict(scope, headers=headers)
             if body_buffer and _has_body(scope["headers"]):
-                receive = await _read_ahead(receive, body_buffer)
+                receive = await read_ahead(receive, body_buffer)
                 if receive is None:
                     return          # the client left before its body came: nobody to answer
             exchange = _Exchange()
-            receive = _Input(receive, not _has_body(scope["headers"]))
+            receive = Input(receive, not _has_body(scope["headers"]))
             environ = a2wsgi.wsgi.build_environ(scope, a2wsgi.wsgi.Body(exchange.loop, receive))
             environ.setdefault("wsgi.input_terminated", True)
             context = contextvars.copy_context()
@@ -111,117 +113,6 @@ def _has_body(headers):
         if name == b"transfer-encoding":
             return True
     return False
-
-
-async def _read_ahead(receive, limit):
-    """Read the body on the loop until it ends or ``limit`` bytes came; returns a
-    ``receive`` that gives what was read as one message, then the rest, or None
-    if the client disconnected.  One message: a2wsgi's input crosses to the
-    loop once per message it asks for."""
-    parts, size, more = [], 0, True
-    while more and size < limit:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            return None
-        body = message.get("body", b"")
-        parts.append(body)
-        size += len(body)
-        more = message.get("more_body", False)
-    first = {"type": "http.request", "body": b"".join(parts), "more_body": more}
-
-    async def replay():
-        nonlocal first
-        if first is None:
-            return await receive()
-        message, first = first, None
-        return message
-    return replay
-
-
-class ClientDisconnected(OSError):
-    """What a WSGI app's ``wsgi.input`` raises when the client left before its
-    request body ended (gunicorn raises its ``NoMoreData``, an IOError, there):
-    a body cut short must not read as a whole one."""
-
-
-class _Input:
-    """The one reader of a request's ``receive``: for the app's input (a2wsgi's
-    ``Body``, which the thread has call it on the loop) and for ``watch``.
-
-    ``done``: the body has all been received.  ``watch()``, once the
-    response is streamed, waits for the client to leave (``http.disconnect``),
-    which is how ``pump`` learns that a streamed response has nobody to go to:
-    uvicorn's ``send`` and the engine's then return as if they had sent.  It
-    watches whether or not the app has read its body: a body part it reads
-    meanwhile is kept for the app (one part, and more up to HIGH_WATER bytes:
-    the first may be what was read ahead), and past that the rest of the
-    body is read and dropped (an app that streams its answer without reading
-    its input), after which the app's input raises.  The two never wait on
-    ``receive`` at once (the servers' ``receive`` takes one caller at a
-    time): one waits for the other's message (``_busy``)."""
-
-    __slots__ = ("_receive", "done", "_stash", "_stashed", "_busy", "_gone", "_dropped")
-
-    def __init__(self, receive, done):
-        self._receive = receive
-        self.done = done
-        self._stash = collections.deque()   # body parts watch read for the app
-        self._stashed = 0
-        self._busy = None       # a future done when the receive() in progress returns
-        self._gone = False      # the client left
-        self._dropped = False   # body parts were dropped
-
-    async def _next(self):
-        """The next message from the server; None if another caller's receive()
-        was in progress (it has returned: look at the stash again)."""
-        if self._busy is not None:
-            await asyncio.shield(self._busy)
-            return None
-        self._busy = asyncio.get_running_loop().create_future()
-        try:
-            message = await self._receive()
-        finally:
-            self._busy.set_result(None)
-            self._busy = None
-        if message["type"] == "http.disconnect":
-            self._gone = True
-        elif not message.get("more_body", False):
-            self.done = True
-        return message
-
-    async def __call__(self):
-        """The app's read."""
-        while True:
-            if self._stash:
-                message = self._stash.popleft()
-                self._stashed -= len(message.get("body", b""))
-                return message
-            if self._dropped:
-                raise ClientDisconnected("the request body was dropped: the response was "
-                                         f"streamed while more than {HIGH_WATER} bytes of it "
-                                         "were left unread")
-            if self._gone:
-                if self.done:
-                    return {"type": "http.disconnect"}
-                raise ClientDisconnected("the client left before its request body ended")
-            message = await self._next()
-            if message is not None and message["type"] != "http.disconnect":
-                return message
-
-    async def watch(self):
-        """Return once the client has left."""
-        while not self._gone:
-            message = await self._next()
-            if message is None or message["type"] == "http.disconnect":
-                continue
-            body = message.get("body", b"")
-            if self._dropped or (self._stash and self._stashed + len(body) > HIGH_WATER):
-                self._dropped = True
-                self._stash.clear()
-                self._stashed = 0
-                continue
-            self._stash.append(message)
-            self._stashed += len(body)
 
 
 class _ClientGone(ConnectionError):
@@ -355,7 +246,7 @@ class _Exchange:
     async def pump(self, send, receive=None):
         """Send what the thread queues until it ends; re-raise what the call raised.
 
-        ``receive`` (an ``_Input``): once the response is streaming, a task
+        ``receive`` (a ``wsgi_input.Input``): once the response is streaming, a task
         waits on it for the client to leave, and then stops the thread at its
         next part."""
         messages = self._messages
