@@ -6,7 +6,6 @@ each path that builds an environ: the engine on the loop thread and on its
 pool, the adapter the engine streams a large body to, and uvicorn's protocol.
 """
 
-import http.client
 import json
 import os
 import socket
@@ -16,7 +15,8 @@ import pytest
 from fastfork.web import header_map
 from tests.implementations import DEFAULT
 from tests.runner_harness import APPS
-from tests.web_harness import need_engine, need_web_extra, read_until_closed
+from tests.web_harness import (call, connect, need_engine, need_web_extra,
+                               read_until_closed)
 
 need_web_extra()
 APP = os.path.join(APPS, "web", "pep3333_app.py") + ":app"
@@ -44,15 +44,10 @@ def serve(runner_factory, path, *more):
 
 def environ_headers(address):
     """``(status, body)`` of ``POST /headers`` sent with ``SENT``."""
-    conn = http.client.HTTPConnection(*address, timeout=10)
+    conn = connect(address)
     try:
-        conn.putrequest("POST", "/headers")
-        for name, value in SENT:
-            conn.putheader(name, value)
-        conn.putheader("Content-Length", str(len(BODY)))
-        conn.endheaders(BODY)
-        response = conn.getresponse()
-        return response.status, response.read()
+        response, body = call(conn, "POST", "/headers", body=BODY, headers=dict(SENT))
+        return response.status, body
     finally:
         conn.close()
 
@@ -83,18 +78,12 @@ def test_refuse_answers_400_and_serves_on(runner_factory, path):
         head, _, body = read_until_closed(sock).partition(b"\r\n\r\n")
     assert head.startswith(b"HTTP/1.1 400 "), head
     assert header_map.REFUSED.encode() in body
-    status, body = http_get_headers(address)
-    assert status == 200 and json.loads(body)["HTTP_X_FORWARDED_FOR"] == "10.0.0.1"
-
-
-def http_get_headers(address):
-    conn = http.client.HTTPConnection(*address, timeout=10)
+    conn = connect(address)
     try:
-        conn.request("GET", "/headers", headers={"X-Forwarded-For": "10.0.0.1"})
-        response = conn.getresponse()
-        return response.status, response.read()
+        response, body = call(conn, "GET", "/headers", headers={"X-Forwarded-For": "10.0.0.1"})
     finally:
         conn.close()
+    assert response.status == 200 and json.loads(body)["HTTP_X_FORWARDED_FOR"] == "10.0.0.1"
 
 
 def test_a_mode_that_is_not_one_is_refused_before_forking(runner_factory):
