@@ -356,7 +356,11 @@ def serve_fastfork(args):
         fastfork.web.serve(app, f"127.0.0.1:{args.port}", access_log=False,
                            log_level="warning", threads=args.threads, http=args.http)
 
-    options = {} if args.window is None else {"window": args.window}
+    # TCP_DEFER_ACCEPT as `fastfork run` sets it by default (the library's
+    # Cluster leaves it off, for protocols in which the server speaks first).
+    options = {"defer_accept": True}
+    if args.window is not None:
+        options["window"] = args.window
     if args.stall_ms is not None:
         options["stall_ms"] = args.stall_ms
     if args.primary_sched is not None:

@@ -73,7 +73,7 @@ def run(main):
     return loops.run(main(), "asyncio")
 
 
-def test_a_fd_the_engine_refuses_is_counted_closed_and_the_batch_goes_on():
+def test_a_fd_that_is_no_connection_is_counted_closed_and_the_batch_goes_on():
     async def main():
         loop = asyncio.get_running_loop()
         failures = []
@@ -82,14 +82,16 @@ def test_a_fd_the_engine_refuses_is_counted_closed_and_the_batch_goes_on():
         owner = GateOwner()
         gate = engine_module.Gate(engine, None, owner)
         try:
-            # A regular file: epoll_ctl refuses it (EPERM).
+            # A regular file (epoll_ctl would refuse it: EPERM): the engine
+            # reads a connection before it watches it, and the file's end
+            # is a client that left.
             refused = os.open(os.devnull, os.O_RDONLY)
             client, server = socket.socketpair()
             client.setblocking(False)
             server.setblocking(False)
             gate.take(refused)
             gate.take(server.detach())
-            assert len(failures) == 1 and isinstance(failures[0]["exception"], OSError)
+            assert failures == []
             with pytest.raises(OSError):
                 os.fstat(refused)                   # closed by the engine
             status, _, _ = await ask(loop, client)

@@ -263,3 +263,36 @@ def test_a_worker_holding_only_idle_keep_alive_connections_sleeps(runner_factory
     finally:
         for conn in conns:
             conn.close()
+
+
+@pytest.mark.parametrize("policy", ["rr", "none"])
+@pytest.mark.parametrize("app, threads", [("starlette", "10"), ("flask", "10"), ("flask", "0")])
+def test_a_connection_whose_request_comes_late_is_served(one_web_cluster, app, threads, policy):
+    """The engine reads a connection once before it watches it (a connection
+    answered and closed in that pass never costs an epoll_ctl): one whose
+    request is not there yet must be watched all the same, on every app
+    model (a task, the pool, the loop thread), and keep-alive after it."""
+    need_engine()
+    cluster = one_web_cluster("--app", app, "--http", "engine", "--threads", threads,
+                              "--policy", policy, "--workers", "1")
+    address, _ = cluster.wait_listening(1)
+    late = socket.create_connection(address, timeout=10)
+    try:
+        # One worker takes connections in the order they come (the channel,
+        # or its own accept queue): once a later one is answered, the worker
+        # has read the first, found nothing, and gone on.
+        # The later one came with its request: it is watched only once its
+        # answer is out (on the pool: drained), and is kept alive all the same.
+        barrier = connect(address)
+        try:
+            for _ in range(2):
+                response, body = call(barrier, "GET", "/whoami")
+                assert response.status == 200
+        finally:
+            barrier.close()
+        for _ in range(2):
+            late.sendall(b"GET /whoami HTTP/1.1\r\nHost: t\r\n\r\n")
+            head, body = read_response(late)
+            assert head.startswith("HTTP/1.1 200 ") and "pid" in json.loads(body)
+    finally:
+        late.close()

@@ -37,6 +37,8 @@ cdef class AsgiExchange:
     cdef long long unsent_length
     cdef bytes head               # the response head, written with the first body part
     cdef object task
+    cdef bint stepped             # the task has begun (the engine watches the fd after that)
+    cdef bint in_pool             # WSGI: its call is on the pool, not yet drained as done
     cdef bint wsgi                # served as WSGI by the engine (else the ASGI app)
     cdef bint wsgi_due            # WSGI: called once its body is complete
 
@@ -121,6 +123,7 @@ cdef class AsgiExchange:
 
     async def run(self, app):
         cdef Engine engine = self.conn.engine
+        self.stepped = True
         try:
             result = await app(self.scope, self.receive, self.send)
         except BaseException as exc:

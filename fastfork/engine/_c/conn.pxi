@@ -50,6 +50,7 @@ cdef class HttpConn:
     cdef bint lingering           # answered, write side shut after the flush, input dropped
     cdef bint corked              # its bytes wait in out for the end of the pass (corking)
     cdef unsigned int interest    # the epoll events registered now
+    cdef bint registered          # in the engine's epoll set (only once its first read is done)
     cdef bytearray out            # bytes the socket had no room for
     cdef object drained           # a future send() waits on while out is over HIGH_WATER
     cdef object parser
@@ -506,9 +507,22 @@ cdef class HttpConn:
             want |= EPOLLIN
         if self.out and not self.corked:    # a corked one is written at the pass's end
             want |= EPOLLOUT
-        if want != self.interest:
-            ev.events = want
-            ev.data.ptr = <void*>self
+        ev.events = want
+        ev.data.ptr = <void*>self
+        if not self.registered:
+            # The first interest: the connection has been read once already
+            # (Engine._attach), and one answered and closed before this
+            # never enters the set at all.
+            if epoll_ctl(self.engine.epfd, EPOLL_CTL_ADD, self.fd, &ev) < 0:
+                err = errno       # ENOMEM, or the user's max_user_watches
+                self.close()
+                self.engine.loop.call_exception_handler({
+                    "message": "a connection could not be watched, closed",
+                    "exception": OSError(err, "epoll_ctl(ADD) failed")})
+                return
+            self.registered = True
+            self.interest = want
+        elif want != self.interest:
             epoll_ctl(self.engine.epfd, EPOLL_CTL_MOD, self.fd, &ev)
             self.interest = want
 
@@ -516,7 +530,8 @@ cdef class HttpConn:
     cdef detach(self):
         """Forget the fd (it stays open): out of the epoll set and the engine."""
         self.closed = True
-        epoll_ctl(self.engine.epfd, EPOLL_CTL_DEL, self.fd, NULL)
+        if self.registered:
+            epoll_ctl(self.engine.epfd, EPOLL_CTL_DEL, self.fd, NULL)
         del self.engine.conns[self.fd]
         self.parser = None            # it holds our bound methods: no cycle left
         self.timer = TIMER_NONE

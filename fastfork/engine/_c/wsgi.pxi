@@ -158,6 +158,7 @@ cdef class StartResponse:
         done, failed = self.done, self.failed      # read after the swap: nothing is lost
         if (done or failed) and not self.finished:
             self.finished = True
+            ex.in_pool = False
             engine.in_threads -= 1
             engine.app_ended()
         if not (ex.complete or ex.disconnected):
@@ -178,6 +179,8 @@ cdef class StartResponse:
                     wsgi_failed(ex, self)
             except BaseException as exc:
                 app_failed(ex, self, exc)
+        if self.finished:
+            ex.conn.update()          # into the epoll set if it was left out (Engine._watch)
         self.let_thread_on()
 
     cdef let_thread_on(self):
@@ -211,6 +214,7 @@ cdef call_wsgi(AsgiExchange ex):
     environ["wsgi.multithread"] = True
     start.threaded = True
     start.parts = []
+    ex.in_pool = True
     engine.in_threads += 1
     engine.app_started()
     engine.pool.submit(start, environ)
