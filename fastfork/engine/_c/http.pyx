@@ -28,6 +28,10 @@ API (its ``cparser.pxd`` declares llhttp but neither the header nor exported
 symbols come with the wheel), so a cimport would build against a copy of
 llhttp of our own; its callbacks are vectorcalls into this module's methods,
 a few per request, and the bytes they pass are what the scope needs anyway.
+
+Over 400 lines on purpose: ``Engine`` is one cdef class (attaching, the
+epoll set, corking and the timers share its fields), and Cython cannot split
+a class's methods across files.
 """
 
 cimport cython
