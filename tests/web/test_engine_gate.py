@@ -19,7 +19,7 @@ import time
 import pytest
 
 from fastfork.operations.status_socket import request as control_request
-from tests.harness import cpu_seconds, wait_until
+from tests.harness import cpu_seconds, fd_count, wait_until
 from tests.implementations import DEFAULT
 from tests.runner_harness import APPS, pids_of
 from tests.web_harness import (call, connect, get_json, need_engine, need_web_extra,
@@ -296,3 +296,27 @@ def test_a_connection_whose_request_comes_late_is_served(one_web_cluster, app, t
             assert head.startswith("HTTP/1.1 200 ") and "pid" in json.loads(body)
     finally:
         late.close()
+
+
+def test_a_client_that_leaves_during_a_pool_call_leaves_no_fd(one_web_cluster):
+    """A connection whose WSGI call is on the pool is watched only once the
+    call is done (the engine reads nothing meanwhile): a client that left
+    in the call is found gone then, and its fd closed, not held until the
+    keep-alive time (a minute here) runs out."""
+    need_engine()
+    cluster = one_web_cluster("--app", "pep3333", "--http", "engine", "--threads", "1",
+                              "--workers", "1", "--timeout-keep-alive", "60")
+    address, listening = cluster.wait_listening(1)
+    worker = listening[0]["pid"]
+    idle = fd_count(worker)
+    with socket.create_connection(address, timeout=10) as leaving:
+        leaving.sendall(b"GET /sleep?s=0.3 HTTP/1.1\r\nHost: t\r\n\r\n")
+    # One thread takes the calls in order: this one is answered after the
+    # leaving client's call is done.
+    conn = connect(address)
+    try:
+        assert call(conn, "GET", "/whoami")[0].status == 200
+    finally:
+        conn.close()
+    wait_until(lambda: fd_count(worker) <= idle, 15,
+               "the fd of a client that left in its call closed once the call ended")
